@@ -1,0 +1,15 @@
+//! Wire formats shared by the enclave, the host shim, clients and proxies.
+//!
+//! Nothing here performs I/O: every type is a value or a sans-I/O state
+//! machine, so that each party drives it from its own transport.
+
+pub mod bhttp_msg;
+pub mod cbor;
+pub mod evidence;
+pub mod limits;
+pub mod media;
+pub mod ohttp;
+pub mod receipt;
+
+pub use evidence::{Claims, EvidenceDocument, ModelClaim, Platform};
+pub use receipt::{Receipt, ReceiptSigner};
