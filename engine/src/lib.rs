@@ -1,1 +1,103 @@
+//! The interface between the enclave's OpenAI-compatible API and a model.
+//!
+//! Generation is blocking and callback-driven: the engine calls `emit` with
+//! each piece of text as it is decoded, and stops early when `emit` asks it to
+//! (the client went away). The enclave runs it off the async runtime.
 
+use std::ops::ControlFlow;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Formatted with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Used verbatim.
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 1.0, top_p: 1.0, top_k: None, seed: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    pub prompt: Prompt,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub finish_reason: FinishReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The name clients ask for (`model` in requests).
+    pub id: String,
+    /// SHA-256 over the model files in their defined order.
+    pub digest: [u8; 32],
+    /// Longest prompt plus completion, in tokens.
+    pub context_length: u32,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("the engine is busy: {queued} requests are queued (limit {limit}); retry later")]
+    Busy { queued: usize, limit: usize },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("the prompt has {prompt} tokens; this model's context is {limit}")]
+    ContextLength { prompt: u32, limit: u32 },
+    #[error("generation was cancelled")]
+    Cancelled,
+    #[error("engine failure: {0}")]
+    Internal(String),
+}
+
+pub trait Engine: Send + Sync + 'static {
+    fn model(&self) -> &ModelInfo;
+
+    /// Generates a completion, calling `emit` with each new piece of text.
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Completion, EngineError>;
+}

@@ -1,0 +1,365 @@
+//! The OpenAI-compatible API served inside the seal.
+//!
+//! Requests arrive as decoded Binary HTTP; replies are either a whole body or
+//! a stream of Server-Sent Events, plus the completion's token counts for the
+//! usage receipt.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use cocoon_engine::{ChatMessage, Completion, Engine, EngineError, GenerationRequest, Prompt, Sampling};
+use cocoon_protocol::bhttp_msg::InnerRequest;
+
+/// Completion tokens granted when a request does not say.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Completion tokens granted at most, whatever a request asks.
+pub const MAX_TOKENS_CAP: u32 = 4096;
+const MAX_STOP_SEQUENCES: usize = 4;
+const MAX_MESSAGES: usize = 512;
+/// SSE events buffered between the engine and the network.
+const STREAM_BUFFER: usize = 64;
+
+pub struct ApiReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: ReplyBody,
+}
+
+pub enum ReplyBody {
+    /// A whole body; `Some` when it is the result of a completed generation.
+    Full(Vec<u8>, Option<Completion>),
+    /// SSE events as they are generated; `done` resolves when generation ends.
+    Stream { events: mpsc::Receiver<Vec<u8>>, done: oneshot::Receiver<Option<Completion>> },
+}
+
+impl ApiReply {
+    fn json(status: u16, v: serde_json::Value) -> Self {
+        ApiReply { status, content_type: "application/json", body: ReplyBody::Full(v.to_string().into_bytes(), None) }
+    }
+
+    /// An OpenAI-style error body.
+    pub fn error(status: u16, kind: &str, code: &str, message: impl Into<String>) -> Self {
+        Self::json(status, error_body(kind, code, &message.into()))
+    }
+}
+
+fn error_body(kind: &str, code: &str, message: &str) -> serde_json::Value {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
+
+fn engine_error(e: &EngineError) -> ApiReply {
+    match e {
+        EngineError::Busy { .. } => ApiReply::error(429, "server_busy", "busy", e.to_string()),
+        EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => {
+            ApiReply::error(400, "invalid_request_error", "invalid_request", e.to_string())
+        }
+        EngineError::Cancelled | EngineError::Internal(_) => ApiReply::error(500, "server_error", "engine", e.to_string()),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiReply {
+    ApiReply::error(400, "invalid_request_error", "invalid_request", message)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Fields shared by chat and text completions. Unknown fields are refused:
+/// silently ignoring a parameter the client relies on would be worse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+    user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextRequest {
+    model: String,
+    prompt: String,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+    user: Option<String>,
+}
+
+struct Common {
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+impl Kind {
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Text, _) => "text_completion",
+        }
+    }
+}
+
+/// Routes one inner request.
+pub async fn handle(engine: Option<Arc<dyn Engine>>, req: InnerRequest) -> ApiReply {
+    let path = req.path.split('?').next().unwrap_or_default();
+    match (req.method.as_str(), path) {
+        ("GET", "/v1/models") => models(engine.as_deref()),
+        ("POST", "/v1/chat/completions") => match serde_json::from_slice::<ChatRequest>(&req.body) {
+            Ok(r) => {
+                if r.messages.is_empty() || r.messages.len() > MAX_MESSAGES {
+                    return invalid(format!("messages: expected 1 to {MAX_MESSAGES} messages, found {}", r.messages.len()));
+                }
+                let common = Common {
+                    model: r.model,
+                    stream: r.stream,
+                    include_usage: r.stream_options.is_some_and(|o| o.include_usage),
+                    max_tokens: r.max_completion_tokens.or(r.max_tokens),
+                    temperature: r.temperature,
+                    top_p: r.top_p,
+                    top_k: r.top_k,
+                    seed: r.seed,
+                    stop: r.stop,
+                    n: r.n,
+                };
+                let _ = r.user;
+                complete(engine, Kind::Chat, Prompt::Chat(r.messages), common).await
+            }
+            Err(e) => invalid(format!("request body: {e}")),
+        },
+        ("POST", "/v1/completions") => match serde_json::from_slice::<TextRequest>(&req.body) {
+            Ok(r) => {
+                let common = Common {
+                    model: r.model,
+                    stream: r.stream,
+                    include_usage: r.stream_options.is_some_and(|o| o.include_usage),
+                    max_tokens: r.max_tokens,
+                    temperature: r.temperature,
+                    top_p: r.top_p,
+                    top_k: r.top_k,
+                    seed: r.seed,
+                    stop: r.stop,
+                    n: r.n,
+                };
+                let _ = r.user;
+                complete(engine, Kind::Text, Prompt::Text(r.prompt), common).await
+            }
+            Err(e) => invalid(format!("request body: {e}")),
+        },
+        (_, "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
+            ApiReply::error(405, "invalid_request_error", "method_not_allowed", format!("{} {path}", req.method))
+        }
+        _ => ApiReply::error(404, "invalid_request_error", "not_found", format!("no route for {} {path}", req.method)),
+    }
+}
+
+fn models(engine: Option<&dyn Engine>) -> ApiReply {
+    let data: Vec<_> = engine
+        .map(|e| json!({"id": e.model().id, "object": "model", "created": 0, "owned_by": "cocoon"}))
+        .into_iter()
+        .collect();
+    ApiReply::json(200, json!({"object": "list", "data": data}))
+}
+
+fn generation_request(prompt: Prompt, c: &Common) -> Result<GenerationRequest, ApiReply> {
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(invalid("n: only 1 choice per request is supported"));
+    }
+    let temperature = c.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(invalid(format!("temperature: expected 0 to 2, found {temperature}")));
+    }
+    let top_p = c.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(invalid(format!("top_p: expected a value in (0, 1], found {top_p}")));
+    }
+    let stop = match &c.stop {
+        None => vec![],
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOP_SEQUENCES || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+        return Err(invalid(format!("stop: expected at most {MAX_STOP_SEQUENCES} non-empty strings of up to 256 bytes")));
+    }
+    if c.max_tokens == Some(0) {
+        return Err(invalid("max_tokens: expected at least 1"));
+    }
+    Ok(GenerationRequest {
+        prompt,
+        max_tokens: c.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).min(MAX_TOKENS_CAP),
+        sampling: Sampling { temperature, top_p, top_k: c.top_k, seed: c.seed },
+        stop,
+    })
+}
+
+fn random_id(prefix: &str) -> String {
+    let mut b = [0u8; 12];
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+fn usage_json(c: &Completion) -> serde_json::Value {
+    json!({
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+    })
+}
+
+async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c: Common) -> ApiReply {
+    let Some(engine) = engine else {
+        return ApiReply::error(503, "server_error", "model_not_loaded", "this enclave has no model loaded");
+    };
+    let served = engine.model().id.clone();
+    if c.model != served {
+        return ApiReply::error(404, "invalid_request_error", "model_not_found", format!(
+            "model {:?} is not served here; this enclave serves {served:?}",
+            c.model
+        ));
+    }
+    let request = match generation_request(prompt, &c) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    let id = random_id(match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Text => "cmpl",
+    });
+    let created = crate::state::unix_now();
+    if c.stream {
+        stream(engine, kind, request, id, created, served, c.include_usage)
+    } else {
+        whole(engine, kind, request, id, created, served).await
+    }
+}
+
+async fn whole(engine: Arc<dyn Engine>, kind: Kind, request: GenerationRequest, id: String, created: u64, model: String) -> ApiReply {
+    let result = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let done = engine.generate(&request, &mut |piece| {
+            text.push_str(piece);
+            ControlFlow::Continue(())
+        });
+        done.map(|c| (text, c))
+    })
+    .await;
+    let (text, completion) = match result {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return engine_error(&e),
+        Err(e) => return ApiReply::error(500, "server_error", "engine", format!("engine task failed: {e}")),
+    };
+    let choice = match kind {
+        Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": completion.finish_reason}),
+        Kind::Text => json!({"index": 0, "text": text, "finish_reason": completion.finish_reason}),
+    };
+    let body = json!({
+        "id": id, "object": kind.object(false), "created": created, "model": model,
+        "choices": [choice], "usage": usage_json(&completion),
+    });
+    ApiReply { status: 200, content_type: "application/json", body: ReplyBody::Full(body.to_string().into_bytes(), Some(completion)) }
+}
+
+fn sse(v: &serde_json::Value) -> Vec<u8> {
+    format!("data: {v}\n\n").into_bytes()
+}
+
+fn stream(
+    engine: Arc<dyn Engine>,
+    kind: Kind,
+    request: GenerationRequest,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+) -> ApiReply {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let chunk = |delta: serde_json::Value, finish: Option<cocoon_engine::FinishReason>| {
+            let choice = match kind {
+                Kind::Chat => json!({"index": 0, "delta": delta, "finish_reason": finish}),
+                Kind::Text => json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish}),
+            };
+            sse(&json!({"id": id, "object": kind.object(true), "created": created, "model": model, "choices": [choice]}))
+        };
+        if matches!(kind, Kind::Chat) && tx.blocking_send(chunk(json!({"role": "assistant", "content": ""}), None)).is_err() {
+            let _ = done_tx.send(None);
+            return;
+        }
+        let result = engine.generate(&request, &mut |piece| match tx.blocking_send(chunk(json!({"content": piece}), None)) {
+            Ok(()) => ControlFlow::Continue(()),
+            // The client went away: stop generating.
+            Err(_) => ControlFlow::Break(()),
+        });
+        match result {
+            Ok(completion) => {
+                let _ = tx.blocking_send(chunk(json!({}), Some(completion.finish_reason)));
+                if include_usage {
+                    let _ = tx.blocking_send(sse(&json!({
+                        "id": id, "object": kind.object(true), "created": created, "model": model,
+                        "choices": [], "usage": usage_json(&completion),
+                    })));
+                }
+                let _ = tx.blocking_send(b"data: [DONE]\n\n".to_vec());
+                let _ = done_tx.send(Some(completion));
+            }
+            Err(e) => {
+                let (kind, code) = match e {
+                    EngineError::Busy { .. } => ("server_busy", "busy"),
+                    EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => ("invalid_request_error", "invalid_request"),
+                    _ => ("server_error", "engine"),
+                };
+                let _ = tx.blocking_send(sse(&error_body(kind, code, &e.to_string())));
+                let _ = done_tx.send(None);
+            }
+        }
+    });
+    ApiReply { status: 200, content_type: "text/event-stream", body: ReplyBody::Stream { events: rx, done: done_rx } }
+}

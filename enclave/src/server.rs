@@ -1,0 +1,278 @@
+//! HTTP/1.1 over the enclave's listener: keys, evidence, and the OHTTP gateway.
+//!
+//! Routes (the host shim maps its public endpoints onto these):
+//! `GET /healthz`, `GET /.well-known/ohttp-keys`, `GET /attestation?nonce=HEX`,
+//! `POST /ohttp` (`message/ohttp-req` or `message/ohttp-chunked-req`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use cocoon_engine::Completion;
+use cocoon_protocol::bhttp_msg::{InnerRequest, InnerResponse, StreamingResponseEncoder};
+use cocoon_protocol::ohttp::ChunkedResponseSealer;
+use cocoon_protocol::{Receipt, limits, media};
+
+use crate::api::{self, ApiReply, ReplyBody};
+use crate::state::{EnclaveState, unix_now};
+use crate::transport::Listener;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Slowest a client may be to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a sealed request body may take to arrive.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accepts connections until the process ends.
+pub async fn serve(listener: Listener, state: Arc<EnclaveState>) -> anyhow::Result<()> {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Running out of descriptors must not end the enclave.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| route(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).expect("static media type"));
+    r
+}
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    full(status, "text/plain; charset=utf-8", text.into())
+}
+
+async fn route(state: Arc<EnclaveState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let resp = match (req.method().as_str(), path.as_str()) {
+        ("GET", "/healthz") => plain(StatusCode::OK, "ok\n"),
+        ("GET", "/.well-known/ohttp-keys") => full(StatusCode::OK, media::OHTTP_KEYS, state.key_configs.clone()),
+        ("GET", "/attestation") => attestation(&state, req.uri().query()).await,
+        ("POST", "/ohttp") => ohttp(state, req).await,
+        (_, "/healthz" | "/.well-known/ohttp-keys" | "/attestation" | "/ohttp") => {
+            plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => plain(StatusCode::NOT_FOUND, format!("no route for {path}\n")),
+    };
+    Ok(resp)
+}
+
+/// Parses `nonce=HEX` from a query string.
+pub fn parse_nonce(query: Option<&str>) -> Result<Option<Vec<u8>>, String> {
+    let Some(q) = query else { return Ok(None) };
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        if k == "nonce" {
+            let n = hex::decode(v.as_bytes()).map_err(|e| format!("nonce is not hex: {e}"))?;
+            if n.is_empty() || n.len() > limits::MAX_NONCE {
+                return Err(format!("nonce must be 1 to {} bytes, found {}", limits::MAX_NONCE, n.len()));
+            }
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
+}
+
+async fn attestation(state: &Arc<EnclaveState>, query: Option<&str>) -> Response<Body> {
+    let nonce = match parse_nonce(query) {
+        Ok(n) => n,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Some(nonce) = nonce else {
+        return full(StatusCode::OK, media::EVIDENCE, state.cached_evidence.clone());
+    };
+    // Hardware quote generation is slow; keep it off the async workers.
+    let s = state.clone();
+    match tokio::task::spawn_blocking(move || s.evidence(Some(&nonce))).await {
+        Ok(Ok(doc)) => full(StatusCode::OK, media::EVIDENCE, doc),
+        Ok(Err(e)) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("evidence: {e}\n")),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("evidence task failed: {e}\n")),
+    }
+}
+
+async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Body> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let chunked = match content_type {
+        media::OHTTP_REQUEST => false,
+        media::OHTTP_CHUNKED_REQUEST => true,
+        other => {
+            return plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("expected {} or {}, found {other:?}\n", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
+            );
+        }
+    };
+    let body = Limited::new(req.into_body(), limits::MAX_SEALED_REQUEST).collect();
+    let sealed = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("sealed request exceeds {} bytes\n", limits::MAX_SEALED_REQUEST),
+            );
+        }
+        Ok(Err(e)) => return plain(StatusCode::BAD_REQUEST, format!("reading request body: {e}\n")),
+        Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "request body arrived too slowly\n"),
+    };
+    let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
+
+    if chunked {
+        let (inner, sealer) = match state.gateway.open_chunked_request(&sealed) {
+            Ok(v) => v,
+            Err(e) => return refused(e),
+        };
+        let reply = inner_reply(&state, &inner).await;
+        chunked_response(state, sealer, reply, request_hash)
+    } else {
+        let (inner, sealer) = match state.gateway.open_request(&sealed) {
+            Ok(v) => v,
+            Err(e) => return refused(e),
+        };
+        let reply = inner_reply(&state, &inner).await;
+        let (status, content_type, body, completion) = collect(reply).await;
+        let response = InnerResponse {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body,
+        };
+        let sealed_response = match sealer.seal(&response.encode()) {
+            Ok(s) => s,
+            Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("sealing the response: {e}\n")),
+        };
+        let mut resp = full(StatusCode::OK, media::OHTTP_RESPONSE, sealed_response);
+        if let Some(c) = completion {
+            let receipt = receipt_value(&state, &request_hash, &c);
+            resp.headers_mut().insert(media::RECEIPT_HEADER, receipt);
+        }
+        resp
+    }
+}
+
+/// A request that cannot be opened gets a plain 400: there is no key to seal with.
+fn refused(e: cocoon_protocol::ohttp::OhttpError) -> Response<Body> {
+    info!("refused a sealed request: {e}");
+    plain(StatusCode::BAD_REQUEST, format!("cannot open the sealed request: {e}\n"))
+}
+
+async fn inner_reply(state: &EnclaveState, inner: &[u8]) -> ApiReply {
+    match InnerRequest::decode(inner) {
+        Ok(req) => api::handle(state.engine.clone(), req).await,
+        Err(e) => ApiReply::error(400, "invalid_request_error", "bad_message", format!("inner request: {e}")),
+    }
+}
+
+/// Collects a reply into one body (for non-chunked OHTTP).
+async fn collect(reply: ApiReply) -> (u16, &'static str, Vec<u8>, Option<Completion>) {
+    match reply.body {
+        ReplyBody::Full(body, c) => (reply.status, reply.content_type, body, c),
+        ReplyBody::Stream { mut events, done } => {
+            let mut body = Vec::new();
+            while let Some(e) = events.recv().await {
+                body.extend(e);
+            }
+            (reply.status, reply.content_type, body, done.await.ok().flatten())
+        }
+    }
+}
+
+fn receipt_value(state: &EnclaveState, request_hash: &[u8; 32], c: &Completion) -> HeaderValue {
+    let receipt = Receipt {
+        request_hash: ByteBuf::from(request_hash.to_vec()),
+        model_id: state.claims.model.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+        model_digest: state.claims.model.as_ref().map(|m| m.digest.clone()),
+        prompt_tokens: c.prompt_tokens,
+        completion_tokens: c.completion_tokens,
+        issued_at: unix_now(),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(state.receipts.sign(&receipt));
+    HeaderValue::from_str(&b64).expect("base64 is a valid header value")
+}
+
+/// Streams a chunked OHTTP response: each SSE event is sealed and sent as it
+/// is produced; the receipt follows as an HTTP trailer.
+fn chunked_response(
+    state: Arc<EnclaveState>,
+    mut sealer: ChunkedResponseSealer,
+    reply: ApiReply,
+    request_hash: [u8; 32],
+) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Frame<Bytes>>(16);
+    tokio::spawn(async move {
+        let head = StreamingResponseEncoder::head(reply.status, &[("content-type", reply.content_type)]);
+        let completion = match reply.body {
+            ReplyBody::Full(body, c) => {
+                let mut first = head;
+                first.extend(StreamingResponseEncoder::content(&body));
+                if !forward(&tx, sealer.seal_chunk(&first)).await {
+                    return;
+                }
+                c
+            }
+            ReplyBody::Stream { mut events, done } => {
+                if !forward(&tx, sealer.seal_chunk(&head)).await {
+                    return;
+                }
+                while let Some(event) = events.recv().await {
+                    // Returning drops `events`, which tells the engine the client is gone.
+                    if !forward(&tx, sealer.seal_chunk(&StreamingResponseEncoder::content(&event))).await {
+                        return;
+                    }
+                }
+                done.await.ok().flatten()
+            }
+        };
+        if !forward(&tx, sealer.seal_final(&StreamingResponseEncoder::end())).await {
+            return;
+        }
+        if let Some(c) = completion {
+            let mut trailers = HeaderMap::new();
+            trailers.insert(media::RECEIPT_HEADER, receipt_value(&state, &request_hash, &c));
+            let _ = tx.send(Frame::trailers(trailers)).await;
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (Ok(f), rx)) });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OHTTP_CHUNKED_RESPONSE));
+    r.headers_mut().insert(header::TRAILER, HeaderValue::from_static(media::RECEIPT_HEADER));
+    r
+}
+
+/// Sends one sealed piece; false when sealing failed or the receiver is gone.
+async fn forward(tx: &mpsc::Sender<Frame<Bytes>>, sealed: Result<Vec<u8>, cocoon_protocol::ohttp::OhttpError>) -> bool {
+    match sealed {
+        Ok(bytes) => tx.send(Frame::data(Bytes::from(bytes))).await.is_ok(),
+        Err(e) => {
+            warn!("sealing a response chunk failed: {e}");
+            false
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The enclave's secrets and what it says about itself.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+
+use cocoon_attestation::{AttestationError, EvidenceProducer, report_data};
+use cocoon_engine::Engine;
+use cocoon_protocol::evidence::{CLAIMS_VERSION, EVIDENCE_VERSION, EvidenceDocument};
+use cocoon_protocol::ohttp::{GatewayKey, KeyConfig};
+use cocoon_protocol::{Claims, ModelClaim, ReceiptSigner};
+
+pub struct EnclaveState {
+    pub gateway: GatewayKey,
+    pub receipts: ReceiptSigner,
+    pub claims: Claims,
+    pub claims_bytes: Vec<u8>,
+    pub key_configs: Vec<u8>,
+    /// Evidence for the current key epoch, made once at start (no nonce).
+    pub cached_evidence: Vec<u8>,
+    pub producer: Arc<dyn EvidenceProducer>,
+    pub engine: Option<Arc<dyn Engine>>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl EnclaveState {
+    /// Generates keys, builds claims and produces the cached evidence.
+    pub fn new(
+        producer: Arc<dyn EvidenceProducer>,
+        engine: Option<Arc<dyn Engine>>,
+        config_bytes: &[u8],
+    ) -> Result<Self, AttestationError> {
+        let gateway = GatewayKey::generate(1);
+        let receipts = ReceiptSigner::generate();
+        let key_configs = KeyConfig::encode_list(std::slice::from_ref(gateway.config()));
+        let claims = Claims {
+            version: CLAIMS_VERSION,
+            platform: producer.platform(),
+            ohttp_keys: ByteBuf::from(key_configs.clone()),
+            receipt_key: ByteBuf::from(receipts.public_key().to_vec()),
+            model: engine.as_ref().map(|e| ModelClaim {
+                id: e.model().id.clone(),
+                digest: ByteBuf::from(e.model().digest.to_vec()),
+            }),
+            config_digest: ByteBuf::from(Sha256::digest(config_bytes).to_vec()),
+            image_version: env!("CARGO_PKG_VERSION").to_string(),
+            issued_at: unix_now(),
+        };
+        let claims_bytes = claims.encode();
+        let mut state = EnclaveState {
+            gateway,
+            receipts,
+            claims,
+            claims_bytes,
+            key_configs,
+            cached_evidence: Vec::new(),
+            producer,
+            engine,
+        };
+        state.cached_evidence = state.evidence(None)?;
+        Ok(state)
+    }
+
+    /// An evidence document, fresh for `nonce` when one is given.
+    pub fn evidence(&self, nonce: Option<&[u8]>) -> Result<Vec<u8>, AttestationError> {
+        let ev = self.producer.produce(&report_data(&self.claims_bytes, nonce))?;
+        let doc = EvidenceDocument {
+            version: EVIDENCE_VERSION,
+            platform: self.producer.platform(),
+            claims: ByteBuf::from(self.claims_bytes.clone()),
+            nonce: nonce.map(|n| ByteBuf::from(n.to_vec())),
+            quote_or_report: ByteBuf::from(ev.quote_or_report),
+            certificates: ev.certificates.map(|c| c.into_iter().map(ByteBuf::from).collect()),
+            event_log: ev.event_log.map(ByteBuf::from),
+            gpu: None,
+        };
+        Ok(doc.encode())
+    }
+}
