@@ -1,1 +1,13 @@
+//! Client and proxy library: fetch and verify a worker's evidence, then
+//! seal requests to the key its evidence vouches for, stream the answers
+//! back, and verify the usage receipts.
+//!
+//! Nothing is sent to a worker before its evidence passed the policy: the
+//! only way to get a [`Worker`] is [`Worker::attest`].
 
+pub mod chat;
+pub mod http;
+pub mod worker;
+
+pub use chat::{ChatOptions, ChatOutcome, Usage};
+pub use worker::{ClientError, ResponseStream, Worker};
