@@ -1,0 +1,11 @@
+//! The enclave program with the deterministic test engine, for end-to-end tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_tests::echo_engine::EchoEngine;
+
+fn main() -> anyhow::Result<()> {
+    let delay_ms = std::env::var("COCOON_TEST_TOKEN_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    cocoon_enclave::run(Some(Arc::new(EchoEngine::new(Duration::from_millis(delay_ms)))))
+}

@@ -1,0 +1,185 @@
+//! Processes and network helpers for end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A workspace binary next to the test executable (cargo builds them for `cargo test --workspace`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first", bin.display());
+    bin
+}
+
+pub fn test_enclave_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cocoon-test-enclave"))
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cocoon-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn start_enclave(socket: &Path, token_delay_ms: u64) -> Proc {
+    let child = Command::new(test_enclave_bin())
+        .args(["--listen", &format!("unix:{}", socket.display()), "--platform", "simulated", "--insecure-simulated"])
+        .env("COCOON_TEST_TOKEN_DELAY_MS", token_delay_ms.to_string())
+        .env("COCOON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the test enclave");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(Instant::now() < deadline, "enclave did not come up at {}", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proc { child }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn start_host(enclave: &str, extra: &[&str]) -> (Proc, String) {
+    let port = free_port();
+    let child = Command::new(workspace_bin("cocoon-host"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--enclave", enclave])
+        .args(extra)
+        .env("COCOON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the host shim");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "host shim did not come up on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc { child }, format!("http://127.0.0.1:{port}"))
+}
+
+/// Both directions of every connection through a [`Relay`], as bytes on the wire.
+#[derive(Clone, Default)]
+pub struct Recording(pub Arc<Mutex<Vec<u8>>>);
+
+impl Recording {
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A TCP relay in front of the host shim that records what crosses it and,
+/// when asked, flips one byte inside the first sealed (`message/ohttp-res`) body.
+pub struct Relay {
+    pub url: String,
+    pub recording: Recording,
+}
+
+pub async fn start_relay(target: &str, flip_sealed_response: bool) -> Relay {
+    let target = target.trim_start_matches("http://").to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let recording = Recording::default();
+    let rec = recording.clone();
+    let flipped = Arc::new(Mutex::new(!flip_sealed_response));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&target).await else { continue };
+            let (rec, flipped) = (rec.clone(), flipped.clone());
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let rec_up = rec.clone();
+                let up = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        rec_up.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                });
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 16 << 10];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let start = seen.len();
+                    seen.extend_from_slice(&buf[..n]);
+                    {
+                        let mut done = flipped.lock().unwrap();
+                        if !*done && let Some(at) = sealed_body_offset(&seen) {
+                            let target = at + 40;
+                            if target >= start && target < start + n {
+                                buf[target - start] ^= 0x20;
+                                *done = true;
+                            }
+                        }
+                    }
+                    rec.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = up.await;
+            });
+        }
+    });
+    Relay { url, recording }
+}
+
+/// Offset of the body of the first response whose type is `message/ohttp-res`.
+fn sealed_body_offset(stream: &[u8]) -> Option<usize> {
+    let ct = find(stream, b"content-type: message/ohttp-res\r\n")?;
+    Some(ct + find(&stream[ct..], b"\r\n\r\n")? + 4)
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A raw HTTP/1.1 request; returns the status code and body text.
+pub async fn raw_http(url: &str, request: &[u8]) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+pub async fn get(url: &str, path: &str) -> (u16, String) {
+    let host = url.trim_start_matches("http://");
+    raw_http(url, format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes()).await
+}
