@@ -62,7 +62,8 @@ impl EvidenceProducer for SimulatedProducer {
 /// A valid signature only shows the report was not altered in transit.
 pub fn verify(report: &[u8]) -> Result<[u8; 64], AttestationError> {
     let malformed = |reason: String| AttestationError::Malformed { platform: Platform::Simulated, reason };
-    let r: SimulatedReport = cbor::from_slice(report, MAX_REPORT, "simulated report").map_err(|e| malformed(e.to_string()))?;
+    let r: SimulatedReport =
+        cbor::from_slice(report, MAX_REPORT, "simulated report").map_err(|e| malformed(e.to_string()))?;
     let report_data: [u8; 64] = r
         .report_data
         .as_slice()

@@ -95,7 +95,10 @@ pub fn verify_evidence(
     // 3. The report data binds exactly these claims (and the nonce).
     let expected = report_data(&doc.claims, doc.nonce.as_deref().map(|n| n.as_slice()));
     if reported != expected {
-        return Err(AttestationError::ReportDataMismatch { expected: hex::encode(expected), found: hex::encode(reported) });
+        return Err(AttestationError::ReportDataMismatch {
+            expected: hex::encode(expected),
+            found: hex::encode(reported),
+        });
     }
     pass("report_data", "SHA-512(claims [|| nonce]) matches the report".into());
     if let Some(want) = nonce {
@@ -147,5 +150,12 @@ pub fn verify_evidence(
         reason: format!("claims ohttp_keys: {e}"),
     })?;
     let receipt_key = claims.receipt_key_bytes();
-    Ok(VerifiedWorker { platform: doc.platform, claims, key_configs, receipt_key, nonce: nonce.map(<[u8]>::to_vec), rules })
+    Ok(VerifiedWorker {
+        platform: doc.platform,
+        claims,
+        key_configs,
+        receipt_key,
+        nonce: nonce.map(<[u8]>::to_vec),
+        rules,
+    })
 }

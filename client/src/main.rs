@@ -33,7 +33,9 @@ impl PolicyArgs {
             None => Policy::default(),
         };
         if self.insecure_simulated {
-            eprintln!("WARNING: --insecure-simulated: simulated evidence will be accepted; it proves nothing about the worker.");
+            eprintln!(
+                "WARNING: --insecure-simulated: simulated evidence will be accepted; it proves nothing about the worker."
+            );
             p.allow_simulated = true;
         }
         Ok(p)

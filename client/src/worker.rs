@@ -70,7 +70,11 @@ impl Worker {
         let uri = join(base, &path).map_err(ClientError::Http)?;
         let (status, body) = http.get(uri, limits::MAX_EVIDENCE).await.map_err(ClientError::Http)?;
         if !status.is_success() {
-            return Err(ClientError::Status { what: "attestation endpoint", status: status.as_u16(), body: text_of(&body) });
+            return Err(ClientError::Status {
+                what: "attestation endpoint",
+                status: status.as_u16(),
+                body: text_of(&body),
+            });
         }
         let verified = verify_evidence(&body, policy, nonce.as_deref(), unix_now())?;
         Ok(Worker { base: base.to_string(), http, verified })
@@ -137,7 +141,11 @@ impl Worker {
     }
 }
 
-fn verify_receipt(headers: &HeaderMap, request_hash: &[u8; 32], key: &[u8; 32]) -> Result<Option<Receipt>, ClientError> {
+fn verify_receipt(
+    headers: &HeaderMap,
+    request_hash: &[u8; 32],
+    key: &[u8; 32],
+) -> Result<Option<Receipt>, ClientError> {
     let Some(v) = headers.get(media::RECEIPT_HEADER) else { return Ok(None) };
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(v.as_bytes())

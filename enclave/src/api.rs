@@ -57,7 +57,9 @@ fn engine_error(e: &EngineError) -> ApiReply {
         EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => {
             ApiReply::error(400, "invalid_request_error", "invalid_request", e.to_string())
         }
-        EngineError::Cancelled | EngineError::Internal(_) => ApiReply::error(500, "server_error", "engine", e.to_string()),
+        EngineError::Cancelled | EngineError::Internal(_) => {
+            ApiReply::error(500, "server_error", "engine", e.to_string())
+        }
     }
 }
 
@@ -155,7 +157,10 @@ pub async fn handle(engine: Option<Arc<dyn Engine>>, req: InnerRequest) -> ApiRe
         ("POST", "/v1/chat/completions") => match serde_json::from_slice::<ChatRequest>(&req.body) {
             Ok(r) => {
                 if r.messages.is_empty() || r.messages.len() > MAX_MESSAGES {
-                    return invalid(format!("messages: expected 1 to {MAX_MESSAGES} messages, found {}", r.messages.len()));
+                    return invalid(format!(
+                        "messages: expected 1 to {MAX_MESSAGES} messages, found {}",
+                        r.messages.len()
+                    ));
                 }
                 let common = Common {
                     model: r.model,
@@ -226,7 +231,9 @@ fn generation_request(prompt: Prompt, c: &Common) -> Result<GenerationRequest, A
         Some(Stop::Many(v)) => v.clone(),
     };
     if stop.len() > MAX_STOP_SEQUENCES || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
-        return Err(invalid(format!("stop: expected at most {MAX_STOP_SEQUENCES} non-empty strings of up to 256 bytes")));
+        return Err(invalid(format!(
+            "stop: expected at most {MAX_STOP_SEQUENCES} non-empty strings of up to 256 bytes"
+        )));
     }
     if c.max_tokens == Some(0) {
         return Err(invalid("max_tokens: expected at least 1"));
@@ -259,10 +266,12 @@ async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c
     };
     let served = engine.model().id.clone();
     if c.model != served {
-        return ApiReply::error(404, "invalid_request_error", "model_not_found", format!(
-            "model {:?} is not served here; this enclave serves {served:?}",
-            c.model
-        ));
+        return ApiReply::error(
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            format!("model {:?} is not served here; this enclave serves {served:?}", c.model),
+        );
     }
     let request = match generation_request(prompt, &c) {
         Ok(r) => r,
@@ -280,7 +289,14 @@ async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c
     }
 }
 
-async fn whole(engine: Arc<dyn Engine>, kind: Kind, request: GenerationRequest, id: String, created: u64, model: String) -> ApiReply {
+async fn whole(
+    engine: Arc<dyn Engine>,
+    kind: Kind,
+    request: GenerationRequest,
+    id: String,
+    created: u64,
+    model: String,
+) -> ApiReply {
     let result = tokio::task::spawn_blocking(move || {
         let mut text = String::new();
         let done = engine.generate(&request, &mut |piece| {
@@ -296,14 +312,20 @@ async fn whole(engine: Arc<dyn Engine>, kind: Kind, request: GenerationRequest, 
         Err(e) => return ApiReply::error(500, "server_error", "engine", format!("engine task failed: {e}")),
     };
     let choice = match kind {
-        Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": completion.finish_reason}),
+        Kind::Chat => {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": completion.finish_reason})
+        }
         Kind::Text => json!({"index": 0, "text": text, "finish_reason": completion.finish_reason}),
     };
     let body = json!({
         "id": id, "object": kind.object(false), "created": created, "model": model,
         "choices": [choice], "usage": usage_json(&completion),
     });
-    ApiReply { status: 200, content_type: "application/json", body: ReplyBody::Full(body.to_string().into_bytes(), Some(completion)) }
+    ApiReply {
+        status: 200,
+        content_type: "application/json",
+        body: ReplyBody::Full(body.to_string().into_bytes(), Some(completion)),
+    }
 }
 
 fn sse(v: &serde_json::Value) -> Vec<u8> {
@@ -325,19 +347,26 @@ fn stream(
         let chunk = |delta: serde_json::Value, finish: Option<cocoon_engine::FinishReason>| {
             let choice = match kind {
                 Kind::Chat => json!({"index": 0, "delta": delta, "finish_reason": finish}),
-                Kind::Text => json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish}),
+                Kind::Text => {
+                    json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish})
+                }
             };
-            sse(&json!({"id": id, "object": kind.object(true), "created": created, "model": model, "choices": [choice]}))
+            sse(
+                &json!({"id": id, "object": kind.object(true), "created": created, "model": model, "choices": [choice]}),
+            )
         };
-        if matches!(kind, Kind::Chat) && tx.blocking_send(chunk(json!({"role": "assistant", "content": ""}), None)).is_err() {
+        if matches!(kind, Kind::Chat)
+            && tx.blocking_send(chunk(json!({"role": "assistant", "content": ""}), None)).is_err()
+        {
             let _ = done_tx.send(None);
             return;
         }
-        let result = engine.generate(&request, &mut |piece| match tx.blocking_send(chunk(json!({"content": piece}), None)) {
-            Ok(()) => ControlFlow::Continue(()),
-            // The client went away: stop generating.
-            Err(_) => ControlFlow::Break(()),
-        });
+        let result =
+            engine.generate(&request, &mut |piece| match tx.blocking_send(chunk(json!({"content": piece}), None)) {
+                Ok(()) => ControlFlow::Continue(()),
+                // The client went away: stop generating.
+                Err(_) => ControlFlow::Break(()),
+            });
         match result {
             Ok(completion) => {
                 let _ = tx.blocking_send(chunk(json!({}), Some(completion.finish_reason)));
@@ -353,7 +382,9 @@ fn stream(
             Err(e) => {
                 let (kind, code) = match e {
                     EngineError::Busy { .. } => ("server_busy", "busy"),
-                    EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => ("invalid_request_error", "invalid_request"),
+                    EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => {
+                        ("invalid_request_error", "invalid_request")
+                    }
                     _ => ("server_error", "engine"),
                 };
                 let _ = tx.blocking_send(sse(&error_body(kind, code, &e.to_string())));

@@ -159,11 +159,7 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
         };
         let reply = inner_reply(&state, &inner).await;
         let (status, content_type, body, completion) = collect(reply).await;
-        let response = InnerResponse {
-            status,
-            headers: vec![("content-type".into(), content_type.into())],
-            body,
-        };
+        let response = InnerResponse { status, headers: vec![("content-type".into(), content_type.into())], body };
         let sealed_response = match sealer.seal(&response.encode()) {
             Ok(s) => s,
             Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("sealing the response: {e}\n")),

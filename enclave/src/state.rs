@@ -43,10 +43,9 @@ impl EnclaveState {
             platform: producer.platform(),
             ohttp_keys: ByteBuf::from(key_configs.clone()),
             receipt_key: ByteBuf::from(receipts.public_key().to_vec()),
-            model: engine.as_ref().map(|e| ModelClaim {
-                id: e.model().id.clone(),
-                digest: ByteBuf::from(e.model().digest.to_vec()),
-            }),
+            model: engine
+                .as_ref()
+                .map(|e| ModelClaim { id: e.model().id.clone(), digest: ByteBuf::from(e.model().digest.to_vec()) }),
             config_digest: ByteBuf::from(Sha256::digest(config_bytes).to_vec()),
             image_version: env!("CARGO_PKG_VERSION").to_string(),
             issued_at: unix_now(),

@@ -68,9 +68,8 @@ pub fn run() -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         tracing::info!(listen = %listener.local_addr()?, enclave = %args.enclave, "host shim ready");
         let shim = Shim::new(args.enclave, measurements, limits);
         tokio::select! {

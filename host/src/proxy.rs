@@ -125,7 +125,8 @@ fn counted(shim: &Shim, endpoint: &'static str, r: Response) -> Response {
 async fn ohttp(State(shim): State<Arc<Shim>>, req: Request) -> Response {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > shim.limits.max_body as u64) {
-        let msg = format!("request body of {} bytes exceeds the limit of {}\n", declared.unwrap_or(0), shim.limits.max_body);
+        let msg =
+            format!("request body of {} bytes exceeds the limit of {}\n", declared.unwrap_or(0), shim.limits.max_body);
         return counted(&shim, "ohttp", text(StatusCode::PAYLOAD_TOO_LARGE, msg));
     }
     let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
@@ -176,17 +177,20 @@ async fn healthz(State(shim): State<Arc<Shim>>) -> Response {
 }
 
 async fn metrics(State(shim): State<Arc<Shim>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        shim.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shim.metrics.render())
         .into_response()
 }
 
 /// Headers of the enclave's response that the client needs.
 const PASSED_HEADERS: [&str; 4] = ["content-type", "trailer", media::RECEIPT_HEADER, "cache-control"];
 
-async fn forward(shim: &Arc<Shim>, method: Method, path: String, content_type: Option<HeaderValue>, body: Body) -> Response {
+async fn forward(
+    shim: &Arc<Shim>,
+    method: Method,
+    path: String,
+    content_type: Option<HeaderValue>,
+    body: Body,
+) -> Response {
     let Ok(permit) = shim.in_flight.clone().try_acquire_owned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later\n");
     };
@@ -276,7 +280,10 @@ struct ReceiverStream(mpsc::Receiver<FrameResult>);
 
 impl futures_core::Stream for ReceiverStream {
     type Item = FrameResult;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
 }

@@ -81,7 +81,8 @@ impl Upstream {
         match self {
             Upstream::Unix(path) => Ok(Box::new(UnixStream::connect(path).await.map_err(err)?)),
             Upstream::Vsock { cid, port } => {
-                let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await.map_err(err)?;
+                let s =
+                    tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await.map_err(err)?;
                 Ok(Box::new(s))
             }
             Upstream::VsockMux { path, port } => {

@@ -308,45 +308,44 @@ impl StreamingResponseDecoder {
         }
         Ok(events)
     }
-
 }
 
 /// A field section; `None` when more bytes are needed.
 fn read_fields(indeterminate: bool, r: &mut Reader<'_>) -> Result<Option<Vec<(String, String)>>, BhttpError> {
-        let mut fields = Vec::new();
-        if !indeterminate {
-            let Some(len) = r.varint() else { return Ok(None) };
-            let len = bounded(len, MAX_FIELDS * MAX_FIELD_LEN, "field section")?;
-            let Some(section) = r.take(len) else { return Ok(None) };
-            let mut s = Reader::new(section);
-            while !s.is_empty() {
-                let (n, v) = read_field(&mut s)?.ok_or_else(|| BhttpError::Malformed("field truncated".into()))?;
-                push_field(&mut fields, n, v)?;
-            }
+    let mut fields = Vec::new();
+    if !indeterminate {
+        let Some(len) = r.varint() else { return Ok(None) };
+        let len = bounded(len, MAX_FIELDS * MAX_FIELD_LEN, "field section")?;
+        let Some(section) = r.take(len) else { return Ok(None) };
+        let mut s = Reader::new(section);
+        while !s.is_empty() {
+            let (n, v) = read_field(&mut s)?.ok_or_else(|| BhttpError::Malformed("field truncated".into()))?;
+            push_field(&mut fields, n, v)?;
+        }
+        return Ok(Some(fields));
+    }
+    loop {
+        let Some(name_len) = r.varint() else { return Ok(None) };
+        if name_len == 0 {
             return Ok(Some(fields));
         }
-        loop {
-            let Some(name_len) = r.varint() else { return Ok(None) };
-            if name_len == 0 {
-                return Ok(Some(fields));
-            }
-            let name_len = bounded(name_len, MAX_FIELD_LEN, "field name")?;
-            let Some(name) = r.take(name_len) else { return Ok(None) };
-            let Some(value_len) = r.varint() else { return Ok(None) };
-            let value_len = bounded(value_len, MAX_FIELD_LEN, "field value")?;
-            let Some(value) = r.take(value_len) else { return Ok(None) };
-            push_field(&mut fields, text(name, "field name")?, text(value, "field value")?)?;
-        }
+        let name_len = bounded(name_len, MAX_FIELD_LEN, "field name")?;
+        let Some(name) = r.take(name_len) else { return Ok(None) };
+        let Some(value_len) = r.varint() else { return Ok(None) };
+        let value_len = bounded(value_len, MAX_FIELD_LEN, "field value")?;
+        let Some(value) = r.take(value_len) else { return Ok(None) };
+        push_field(&mut fields, text(name, "field name")?, text(value, "field value")?)?;
     }
+}
 
 /// `Some(Some(chunk))` for a content chunk, `Some(None)` at the content's end.
 fn read_content(r: &mut Reader<'_>) -> Result<Option<Option<Vec<u8>>>, BhttpError> {
-        let Some(len) = r.varint() else { return Ok(None) };
-        if len == 0 {
-            return Ok(Some(None));
-        }
-        let len = bounded(len, crate::limits::MAX_STREAMED_RESPONSE, "content chunk")?;
-        Ok(r.take(len).map(|c| Some(c.to_vec())))
+    let Some(len) = r.varint() else { return Ok(None) };
+    if len == 0 {
+        return Ok(Some(None));
+    }
+    let len = bounded(len, crate::limits::MAX_STREAMED_RESPONSE, "content chunk")?;
+    Ok(r.take(len).map(|c| Some(c.to_vec())))
 }
 
 fn read_field(r: &mut Reader<'_>) -> Result<Option<(String, String)>, BhttpError> {

@@ -31,8 +31,8 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8], limit: usize, what: &'stati
         return Err(CborError::TooLarge { what, found: bytes.len(), limit });
     }
     let mut cursor = std::io::Cursor::new(bytes);
-    let value: T = ciborium::from_reader(&mut cursor)
-        .map_err(|e| CborError::Malformed { what, reason: e.to_string() })?;
+    let value: T =
+        ciborium::from_reader(&mut cursor).map_err(|e| CborError::Malformed { what, reason: e.to_string() })?;
     if cursor.position() as usize != bytes.len() {
         return Err(CborError::Malformed { what, reason: "trailing bytes after the item".into() });
     }

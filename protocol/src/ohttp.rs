@@ -147,14 +147,12 @@ impl KeyConfig {
         }
         let pk = r.take(PUBLIC_KEY_LEN).ok_or(OhttpError::BadKeyConfig("public key truncated"))?;
         let sym_len = r.u16().ok_or(OhttpError::BadKeyConfig("missing algorithms length"))? as usize;
-        if sym_len == 0 || sym_len % 4 != 0 {
+        if sym_len == 0 || !sym_len.is_multiple_of(4) {
             return Err(OhttpError::BadKeyConfig("algorithms length is not a positive multiple of 4"));
         }
         let sym = r.take(sym_len).ok_or(OhttpError::BadKeyConfig("algorithms truncated"))?;
-        let symmetric = sym
-            .chunks_exact(4)
-            .map(|c| (u16::from_be_bytes([c[0], c[1]]), u16::from_be_bytes([c[2], c[3]])))
-            .collect();
+        let symmetric =
+            sym.chunks_exact(4).map(|c| (u16::from_be_bytes([c[0], c[1]]), u16::from_be_bytes([c[2], c[3]]))).collect();
         Ok(KeyConfig { key_id, public_key: pk.try_into().expect("length checked"), symmetric })
     }
 
@@ -190,10 +188,7 @@ impl KeyConfig {
     /// The suite a client uses with this config: AES-256-GCM if offered, else AES-128-GCM.
     pub fn preferred_aead(&self) -> Result<Aead> {
         let offered = |a: Aead| self.symmetric.iter().any(|&(k, x)| k == KDF_HKDF_SHA256 && x == a.id());
-        [Aead::Aes256Gcm, Aead::Aes128Gcm]
-            .into_iter()
-            .find(|&a| offered(a))
-            .ok_or(OhttpError::NoUsableConfig)
+        [Aead::Aes256Gcm, Aead::Aes128Gcm].into_iter().find(|&a| offered(a)).ok_or(OhttpError::NoUsableConfig)
     }
 }
 
@@ -223,8 +218,7 @@ impl GatewayKey {
 
     /// A gateway key from its private key bytes (for known-answer tests).
     pub fn from_secret(key_id: u8, secret: &[u8], aeads: &[Aead]) -> Result<Self> {
-        let secret = <Kem as hpke::Kem>::PrivateKey::from_bytes(secret)
-            .map_err(|e| OhttpError::Hpke(e.to_string()))?;
+        let secret = <Kem as hpke::Kem>::PrivateKey::from_bytes(secret).map_err(|e| OhttpError::Hpke(e.to_string()))?;
         let public = Kem::sk_to_pk(&secret);
         let config = KeyConfig {
             key_id,
@@ -290,8 +284,7 @@ impl GatewayKey {
             _ => return Err(OhttpError::UnsupportedSuite { kem, kdf, aead: aead_id }),
         };
         let enc = &msg[REQUEST_HEADER_LEN..REQUEST_HEADER_LEN + ENC_LEN];
-        let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
-            .map_err(|_| OhttpError::BadEncapsulatedKey)?;
+        let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| OhttpError::BadEncapsulatedKey)?;
         let info = info(label, header);
         let ctx = ReceiverCtx::new(aead, &self.secret, &encapped, &info)?;
         Ok((ctx, enc.to_vec(), aead, &msg[REQUEST_HEADER_LEN + ENC_LEN..]))
@@ -565,12 +558,12 @@ impl ResponseCipher {
         let nonce = self.nonce_for(seq);
         let payload = Payload { msg: pt, aad };
         let r = match self.aead {
-            Aead::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(&self.key)
-                .expect("key length")
-                .encrypt(&nonce.into(), payload),
-            Aead::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(&self.key)
-                .expect("key length")
-                .encrypt(&nonce.into(), payload),
+            Aead::Aes128Gcm => {
+                aes_gcm::Aes128Gcm::new_from_slice(&self.key).expect("key length").encrypt(&nonce.into(), payload)
+            }
+            Aead::Aes256Gcm => {
+                aes_gcm::Aes256Gcm::new_from_slice(&self.key).expect("key length").encrypt(&nonce.into(), payload)
+            }
         };
         r.map_err(|_| OhttpError::Hpke("AES-GCM seal failed".into()))
     }
@@ -579,12 +572,12 @@ impl ResponseCipher {
         let nonce = self.nonce_for(seq);
         let payload = Payload { msg: ct, aad };
         let r = match self.aead {
-            Aead::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(&self.key)
-                .expect("key length")
-                .decrypt(&nonce.into(), payload),
-            Aead::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(&self.key)
-                .expect("key length")
-                .decrypt(&nonce.into(), payload),
+            Aead::Aes128Gcm => {
+                aes_gcm::Aes128Gcm::new_from_slice(&self.key).expect("key length").decrypt(&nonce.into(), payload)
+            }
+            Aead::Aes256Gcm => {
+                aes_gcm::Aes256Gcm::new_from_slice(&self.key).expect("key length").decrypt(&nonce.into(), payload)
+            }
         };
         r.map_err(|_| OhttpError::Authentication)
     }

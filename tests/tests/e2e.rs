@@ -46,7 +46,8 @@ async fn streamed_answer_is_correct_and_nothing_readable_crosses_the_shim() {
     let prompt = "please reverse these seven distinctive words quickly";
     let start = Instant::now();
     let mut arrivals = Vec::new();
-    let outcome = worker.chat(prompt, &opts(), |piece| arrivals.push((start.elapsed(), piece.to_string()))).await.unwrap();
+    let outcome =
+        worker.chat(prompt, &opts(), |piece| arrivals.push((start.elapsed(), piece.to_string()))).await.unwrap();
     let total = start.elapsed();
 
     assert_eq!(outcome.text, expected(prompt));
@@ -61,7 +62,11 @@ async fn streamed_answer_is_correct_and_nothing_readable_crosses_the_shim() {
 
     let wire = relay.recording.bytes();
     assert!(find(&wire, b"message/ohttp-chunked-req").is_some(), "the relay saw the sealed exchange");
-    for secret in [prompt.to_string()].into_iter().chain(prompt.split_whitespace().map(str::to_uppercase)).chain(prompt.split_whitespace().map(str::to_string)) {
+    for secret in [prompt.to_string()]
+        .into_iter()
+        .chain(prompt.split_whitespace().map(str::to_uppercase))
+        .chain(prompt.split_whitespace().map(str::to_string))
+    {
         assert!(find(&wire, secret.as_bytes()).is_none(), "{secret:?} crossed the shim in clear");
     }
 }
@@ -154,9 +159,13 @@ async fn evidence_whose_claims_do_not_match_is_refused_before_any_prompt() {
     }
     .encode();
     static POSTS: AtomicUsize = AtomicUsize::new(0);
-    let app = axum::Router::new()
-        .route("/v1/attestation", get(move || async move { doc.clone() }))
-        .route("/v1/ohttp", post(|| async { POSTS.fetch_add(1, Ordering::SeqCst); "" }));
+    let app = axum::Router::new().route("/v1/attestation", get(move || async move { doc.clone() })).route(
+        "/v1/ohttp",
+        post(|| async {
+            POSTS.fetch_add(1, Ordering::SeqCst);
+            ""
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -200,7 +209,8 @@ async fn inner_errors_come_back_sealed_in_openai_style() {
     let w = worker("apierr", 0);
     let worker = Worker::attest(&w.url, &dev_policy(), false).await.unwrap();
     let body = serde_json::json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "logit_bias": {}});
-    let (resp, receipt) = worker.send(&InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes())).await.unwrap();
+    let (resp, receipt) =
+        worker.send(&InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes())).await.unwrap();
     assert_eq!(resp.status, 400);
     let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
@@ -208,7 +218,8 @@ async fn inner_errors_come_back_sealed_in_openai_style() {
     assert!(receipt.is_none(), "no receipt without a completion");
 
     let body = serde_json::json!({"model": "other", "messages": [{"role": "user", "content": "x"}]});
-    let (resp, _) = worker.send(&InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes())).await.unwrap();
+    let (resp, _) =
+        worker.send(&InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes())).await.unwrap();
     assert_eq!(resp.status, 404);
 
     let models = InnerRequest { method: "GET".into(), path: "/v1/models".into(), headers: vec![], body: vec![] };
@@ -218,7 +229,8 @@ async fn inner_errors_come_back_sealed_in_openai_style() {
 
     // Text completions, streamed, with max_tokens honoured.
     let body = serde_json::json!({"model": MODEL_ID, "prompt": "a b c d e", "max_tokens": 2, "stream": true});
-    let mut s = worker.stream(&InnerRequest::post_json("/v1/completions", body.to_string().into_bytes())).await.unwrap();
+    let mut s =
+        worker.stream(&InnerRequest::post_json("/v1/completions", body.to_string().into_bytes())).await.unwrap();
     let mut sse = Vec::new();
     while let Some(e) = s.next_event().await.unwrap() {
         if let cocoon_protocol::bhttp_msg::ResponseEvent::Content(c) = e {
