@@ -14,6 +14,7 @@ const DOMAIN: &[u8] = b"cocoon simulated report v1";
 const MAX_REPORT: usize = 512;
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SimulatedReport {
     report_data: ByteBuf,
     public_key: ByteBuf,

@@ -159,3 +159,89 @@ pub fn verify_evidence(
         rules,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_bytes::ByteBuf;
+
+    use cocoon_protocol::evidence::{CLAIMS_VERSION, EVIDENCE_VERSION};
+    use cocoon_protocol::ohttp::GatewayKey;
+    use cocoon_protocol::{ModelClaim, Platform};
+
+    use super::*;
+    use crate::EvidenceProducer;
+    use crate::simulated::SimulatedProducer;
+
+    const ISSUED: u64 = 1_800_000_000;
+
+    fn evidence(nonce: Option<&[u8]>) -> Vec<u8> {
+        let claims = Claims {
+            version: CLAIMS_VERSION,
+            platform: Platform::Simulated,
+            ohttp_keys: ByteBuf::from(KeyConfig::encode_list(&[GatewayKey::generate(1).config().clone()])),
+            receipt_key: ByteBuf::from(vec![2; 32]),
+            model: Some(ModelClaim { id: "m".into(), digest: ByteBuf::from(vec![0xab; 32]) }),
+            config_digest: ByteBuf::from(vec![0xcd; 32]),
+            image_version: "t".into(),
+            issued_at: ISSUED,
+        }
+        .encode();
+        let ev = SimulatedProducer::new().produce(&report_data(&claims, nonce)).unwrap();
+        EvidenceDocument {
+            version: EVIDENCE_VERSION,
+            platform: Platform::Simulated,
+            claims: ByteBuf::from(claims),
+            nonce: nonce.map(|n| ByteBuf::from(n.to_vec())),
+            quote_or_report: ByteBuf::from(ev.quote_or_report),
+            certificates: None,
+            event_log: None,
+            gpu: None,
+        }
+        .encode()
+    }
+
+    fn refusal(r: Result<VerifiedWorker, AttestationError>) -> String {
+        r.err().expect("must be refused").to_string()
+    }
+
+    #[test]
+    fn accepts_under_a_development_policy_and_reports_each_rule() {
+        let v =
+            verify_evidence(&evidence(Some(b"n1")), &Policy::insecure_simulated(), Some(b"n1"), ISSUED + 5).unwrap();
+        let rules: Vec<_> = v.rules.iter().map(|r| r.rule).collect();
+        assert_eq!(rules, ["allow_simulated", "signature", "report_data", "nonce", "max_evidence_age_secs"]);
+        assert_eq!(v.receipt_key, [2; 32]);
+    }
+
+    #[test]
+    fn refusals_name_the_rule_and_the_values() {
+        let dev = Policy::insecure_simulated();
+        let e = refusal(verify_evidence(&evidence(Some(b"n1")), &dev, Some(b"n2"), ISSUED));
+        assert_eq!(e, "nonce: expected 6e32, evidence has 6e31");
+        let e = refusal(verify_evidence(&evidence(None), &dev, Some(b"n2"), ISSUED));
+        assert_eq!(e, "nonce: expected 6e32, evidence has no nonce");
+        let e = refusal(verify_evidence(&evidence(None), &dev, None, ISSUED + 90_000));
+        assert!(
+            e.contains("max_evidence_age_secs: claims issued 90000 s ago, the policy allows at most 86400 s"),
+            "{e}"
+        );
+        let p = Policy { required_model_digest: Some("00".repeat(32)), ..dev.clone() };
+        let e = refusal(verify_evidence(&evidence(None), &p, None, ISSUED));
+        assert!(e.contains("required_model_digest: expected 0000") && e.contains(&"ab".repeat(32)), "{e}");
+        let p = Policy { allowed_config_digests: vec!["11".repeat(32)], ..dev.clone() };
+        assert!(refusal(verify_evidence(&evidence(None), &p, None, ISSUED)).contains("allowed_config_digests"));
+        let e = refusal(verify_evidence(&evidence(None), &Policy::default(), None, ISSUED));
+        assert!(e.contains("allow_simulated"), "{e}");
+    }
+
+    #[test]
+    fn any_flipped_byte_is_refused() {
+        let good = evidence(Some(b"n"));
+        let dev = Policy::insecure_simulated();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            assert!(verify_evidence(&bad, &dev, Some(b"n"), ISSUED).is_err(), "flip at {i} accepted");
+        }
+    }
+}

@@ -81,13 +81,14 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// Fields shared by chat and text completions. Unknown fields are refused:
-/// silently ignoring a parameter the client relies on would be worse.
+/// A chat (`messages`) or text (`prompt`) completion request. Unknown fields
+/// are refused: silently ignoring a parameter the client relies on would be worse.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChatRequest {
+struct CompletionRequest {
     model: String,
-    messages: Vec<ChatMessage>,
+    messages: Option<Vec<ChatMessage>>,
+    prompt: Option<String>,
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
@@ -99,38 +100,8 @@ struct ChatRequest {
     seed: Option<u64>,
     stop: Option<Stop>,
     n: Option<u32>,
+    #[allow(dead_code)]
     user: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TextRequest {
-    model: String,
-    prompt: String,
-    #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    seed: Option<u64>,
-    stop: Option<Stop>,
-    n: Option<u32>,
-    user: Option<String>,
-}
-
-struct Common {
-    model: String,
-    stream: bool,
-    include_usage: bool,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    seed: Option<u64>,
-    stop: Option<Stop>,
-    n: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -152,57 +123,43 @@ impl Kind {
 /// Routes one inner request.
 pub async fn handle(engine: Option<Arc<dyn Engine>>, req: InnerRequest) -> ApiReply {
     let path = req.path.split('?').next().unwrap_or_default();
-    match (req.method.as_str(), path) {
-        ("GET", "/v1/models") => models(engine.as_deref()),
-        ("POST", "/v1/chat/completions") => match serde_json::from_slice::<ChatRequest>(&req.body) {
-            Ok(r) => {
-                if r.messages.is_empty() || r.messages.len() > MAX_MESSAGES {
-                    return invalid(format!(
-                        "messages: expected 1 to {MAX_MESSAGES} messages, found {}",
-                        r.messages.len()
-                    ));
-                }
-                let common = Common {
-                    model: r.model,
-                    stream: r.stream,
-                    include_usage: r.stream_options.is_some_and(|o| o.include_usage),
-                    max_tokens: r.max_completion_tokens.or(r.max_tokens),
-                    temperature: r.temperature,
-                    top_p: r.top_p,
-                    top_k: r.top_k,
-                    seed: r.seed,
-                    stop: r.stop,
-                    n: r.n,
-                };
-                let _ = r.user;
-                complete(engine, Kind::Chat, Prompt::Chat(r.messages), common).await
-            }
-            Err(e) => invalid(format!("request body: {e}")),
-        },
-        ("POST", "/v1/completions") => match serde_json::from_slice::<TextRequest>(&req.body) {
-            Ok(r) => {
-                let common = Common {
-                    model: r.model,
-                    stream: r.stream,
-                    include_usage: r.stream_options.is_some_and(|o| o.include_usage),
-                    max_tokens: r.max_tokens,
-                    temperature: r.temperature,
-                    top_p: r.top_p,
-                    top_k: r.top_k,
-                    seed: r.seed,
-                    stop: r.stop,
-                    n: r.n,
-                };
-                let _ = r.user;
-                complete(engine, Kind::Text, Prompt::Text(r.prompt), common).await
-            }
-            Err(e) => invalid(format!("request body: {e}")),
-        },
+    let kind = match (req.method.as_str(), path) {
+        ("GET", "/v1/models") => return models(engine.as_deref()),
+        ("POST", "/v1/chat/completions") => Kind::Chat,
+        ("POST", "/v1/completions") => Kind::Text,
         (_, "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
-            ApiReply::error(405, "invalid_request_error", "method_not_allowed", format!("{} {path}", req.method))
+            return ApiReply::error(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                format!("{} {path}", req.method),
+            );
         }
-        _ => ApiReply::error(404, "invalid_request_error", "not_found", format!("no route for {} {path}", req.method)),
-    }
+        _ => {
+            return ApiReply::error(
+                404,
+                "invalid_request_error",
+                "not_found",
+                format!("no route for {} {path}", req.method),
+            );
+        }
+    };
+    let r: CompletionRequest = match serde_json::from_slice(&req.body) {
+        Ok(r) => r,
+        Err(e) => return invalid(format!("request body: {e}")),
+    };
+    let prompt = match (kind, &r.messages, &r.prompt) {
+        (Kind::Chat, Some(m), None) if !m.is_empty() && m.len() <= MAX_MESSAGES => Prompt::Chat(m.clone()),
+        (Kind::Chat, Some(m), None) => {
+            return invalid(format!("messages: expected 1 to {MAX_MESSAGES} messages, found {}", m.len()));
+        }
+        (Kind::Chat, _, _) => return invalid("chat completions take `messages` and no `prompt`"),
+        (Kind::Text, None, Some(p)) if r.max_completion_tokens.is_none() => Prompt::Text(p.clone()),
+        (Kind::Text, _, _) => {
+            return invalid("completions take `prompt`, and neither `messages` nor `max_completion_tokens`");
+        }
+    };
+    complete(engine, kind, prompt, r).await
 }
 
 fn models(engine: Option<&dyn Engine>) -> ApiReply {
@@ -213,7 +170,7 @@ fn models(engine: Option<&dyn Engine>) -> ApiReply {
     ApiReply::json(200, json!({"object": "list", "data": data}))
 }
 
-fn generation_request(prompt: Prompt, c: &Common) -> Result<GenerationRequest, ApiReply> {
+fn generation_request(prompt: Prompt, c: &CompletionRequest) -> Result<GenerationRequest, ApiReply> {
     if c.n.is_some_and(|n| n != 1) {
         return Err(invalid("n: only 1 choice per request is supported"));
     }
@@ -235,12 +192,13 @@ fn generation_request(prompt: Prompt, c: &Common) -> Result<GenerationRequest, A
             "stop: expected at most {MAX_STOP_SEQUENCES} non-empty strings of up to 256 bytes"
         )));
     }
-    if c.max_tokens == Some(0) {
+    let max_tokens = c.max_completion_tokens.or(c.max_tokens);
+    if max_tokens == Some(0) {
         return Err(invalid("max_tokens: expected at least 1"));
     }
     Ok(GenerationRequest {
         prompt,
-        max_tokens: c.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).min(MAX_TOKENS_CAP),
+        max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).min(MAX_TOKENS_CAP),
         sampling: Sampling { temperature, top_p, top_k: c.top_k, seed: c.seed },
         stop,
     })
@@ -260,7 +218,7 @@ fn usage_json(c: &Completion) -> serde_json::Value {
     })
 }
 
-async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c: Common) -> ApiReply {
+async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c: CompletionRequest) -> ApiReply {
     let Some(engine) = engine else {
         return ApiReply::error(503, "server_error", "model_not_loaded", "this enclave has no model loaded");
     };
@@ -283,7 +241,8 @@ async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c
     });
     let created = crate::state::unix_now();
     if c.stream {
-        stream(engine, kind, request, id, created, served, c.include_usage)
+        let include_usage = c.stream_options.is_some_and(|o| o.include_usage);
+        stream(engine, kind, request, id, created, served, include_usage)
     } else {
         whole(engine, kind, request, id, created, served).await
     }

@@ -54,6 +54,7 @@ impl std::str::FromStr for Platform {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelClaim {
     pub id: String,
     /// SHA-256 over the model files in their defined order.
@@ -62,6 +63,7 @@ pub struct ModelClaim {
 
 /// What the enclave asserts, encoded as deterministic CBOR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Claims {
     pub version: u32,
     pub platform: Platform,
@@ -133,6 +135,7 @@ fn check_text(field: &'static str, v: &str) -> Result<(), EvidenceError> {
 
 /// The evidence document a verifier fetches (`GET /v1/attestation`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvidenceDocument {
     pub version: u32,
     pub platform: Platform,
@@ -157,7 +160,7 @@ impl EvidenceDocument {
     /// Decodes the document and its claims; checks versions and the platform agreement.
     /// Verifying the hardware report is the attestation crate's job.
     pub fn decode(bytes: &[u8]) -> Result<(Self, Claims), EvidenceError> {
-        let doc: EvidenceDocument = cbor::from_slice(bytes, limits::MAX_EVIDENCE, "evidence document")?;
+        let doc: EvidenceDocument = cbor::from_canonical_slice(bytes, limits::MAX_EVIDENCE, "evidence document")?;
         if doc.version != EVIDENCE_VERSION {
             return Err(EvidenceError::Version { what: "evidence", expected: EVIDENCE_VERSION, found: doc.version });
         }

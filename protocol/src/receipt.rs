@@ -13,6 +13,7 @@ use crate::cbor;
 use crate::limits;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Receipt {
     /// SHA-256 of the sealed request bytes exactly as they crossed the network.
     pub request_hash: ByteBuf,
