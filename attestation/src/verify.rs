@@ -201,7 +201,7 @@ mod tests {
     }
 
     fn refusal(r: Result<VerifiedWorker, AttestationError>) -> String {
-        r.err().expect("must be refused").to_string()
+        r.expect_err("must be refused").to_string()
     }
 
     #[test]
