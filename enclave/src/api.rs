@@ -51,16 +51,20 @@ fn error_body(kind: &str, code: &str, message: &str) -> serde_json::Value {
     json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
 }
 
-fn engine_error(e: &EngineError) -> ApiReply {
+/// HTTP status, OpenAI error type and code for an engine failure.
+fn engine_error_kind(e: &EngineError) -> (u16, &'static str, &'static str) {
     match e {
-        EngineError::Busy { .. } => ApiReply::error(429, "server_busy", "busy", e.to_string()),
+        EngineError::Busy { .. } => (429, "server_busy", "busy"),
         EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => {
-            ApiReply::error(400, "invalid_request_error", "invalid_request", e.to_string())
+            (400, "invalid_request_error", "invalid_request")
         }
-        EngineError::Cancelled | EngineError::Internal(_) => {
-            ApiReply::error(500, "server_error", "engine", e.to_string())
-        }
+        EngineError::Cancelled | EngineError::Internal(_) => (500, "server_error", "engine"),
     }
+}
+
+fn engine_error(e: &EngineError) -> ApiReply {
+    let (status, kind, code) = engine_error_kind(e);
+    ApiReply::error(status, kind, code, e.to_string())
 }
 
 fn invalid(message: impl Into<String>) -> ApiReply {
@@ -339,13 +343,7 @@ fn stream(
                 let _ = done_tx.send(Some(completion));
             }
             Err(e) => {
-                let (kind, code) = match e {
-                    EngineError::Busy { .. } => ("server_busy", "busy"),
-                    EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => {
-                        ("invalid_request_error", "invalid_request")
-                    }
-                    _ => ("server_error", "engine"),
-                };
+                let (_, kind, code) = engine_error_kind(&e);
                 let _ = tx.blocking_send(sse(&error_body(kind, code, &e.to_string())));
                 let _ = done_tx.send(None);
             }
