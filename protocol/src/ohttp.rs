@@ -494,22 +494,25 @@ impl ChunkedResponseOpener {
             self.cipher = Some(ResponseCipher::derive(self.aead, &self.secret, &self.enc, &nonce));
         }
         let cipher = self.cipher.as_ref().expect("set above");
+        // Walk every complete chunk, then drop what was consumed in one move.
+        let mut r = Reader::new(&self.buf);
         while !self.in_final {
-            let mut r = Reader::new(&self.buf);
+            let checkpoint = r.rest();
             let Some(len) = r.varint() else { break };
             if len == 0 {
                 self.in_final = true;
-                let consumed = self.buf.len() - r.rest().len();
-                self.buf.drain(..consumed);
                 break;
             }
             let len = chunk_len(len)?;
-            let Some(ct) = r.take(len) else { break };
+            let Some(ct) = r.take(len) else {
+                r = Reader::new(checkpoint);
+                break;
+            };
             out.extend(cipher.open(self.seq, b"", ct)?);
             self.seq += 1;
-            let consumed = self.buf.len() - r.rest().len();
-            self.buf.drain(..consumed);
         }
+        let consumed = self.buf.len() - r.rest().len();
+        self.buf.drain(..consumed);
         if self.in_final && self.buf.len() > limits::MAX_CHUNK_CIPHERTEXT {
             return Err(OhttpError::ChunkTooLarge { found: self.buf.len(), limit: limits::MAX_CHUNK_CIPHERTEXT });
         }
