@@ -299,12 +299,9 @@ impl StreamingResponseDecoder {
             }
         }
         self.buf = r.rest().to_vec();
-        if self.buf.len() > crate::limits::MAX_CHUNK_CIPHERTEXT + MAX_FIELDS * MAX_FIELD_LEN {
-            return Err(BhttpError::TooLarge {
-                what: "pending data",
-                found: self.buf.len(),
-                limit: crate::limits::MAX_CHUNK_CIPHERTEXT,
-            });
+        let limit = crate::limits::MAX_CHUNK_CIPHERTEXT + MAX_FIELDS * MAX_FIELD_LEN;
+        if self.buf.len() > limit {
+            return Err(BhttpError::TooLarge { what: "pending data", found: self.buf.len(), limit });
         }
         Ok(events)
     }
@@ -325,16 +322,18 @@ fn read_fields(indeterminate: bool, r: &mut Reader<'_>) -> Result<Option<Vec<(St
         return Ok(Some(fields));
     }
     loop {
-        let Some(name_len) = r.varint() else { return Ok(None) };
-        if name_len == 0 {
-            return Ok(Some(fields));
+        // A zero name length ends an indeterminate-length section.
+        let mut peek = Reader::new(r.rest());
+        match peek.varint() {
+            None => return Ok(None),
+            Some(0) => {
+                *r = peek;
+                return Ok(Some(fields));
+            }
+            Some(_) => {}
         }
-        let name_len = bounded(name_len, MAX_FIELD_LEN, "field name")?;
-        let Some(name) = r.take(name_len) else { return Ok(None) };
-        let Some(value_len) = r.varint() else { return Ok(None) };
-        let value_len = bounded(value_len, MAX_FIELD_LEN, "field value")?;
-        let Some(value) = r.take(value_len) else { return Ok(None) };
-        push_field(&mut fields, text(name, "field name")?, text(value, "field value")?)?;
+        let Some((n, v)) = read_field(r)? else { return Ok(None) };
+        push_field(&mut fields, n, v)?;
     }
 }
 
