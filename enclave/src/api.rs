@@ -148,17 +148,17 @@ pub async fn handle(engine: Option<Arc<dyn Engine>>, req: InnerRequest) -> ApiRe
             );
         }
     };
-    let r: CompletionRequest = match serde_json::from_slice(&req.body) {
+    let mut r: CompletionRequest = match serde_json::from_slice(&req.body) {
         Ok(r) => r,
         Err(e) => return invalid(format!("request body: {e}")),
     };
-    let prompt = match (kind, &r.messages, &r.prompt) {
-        (Kind::Chat, Some(m), None) if !m.is_empty() && m.len() <= MAX_MESSAGES => Prompt::Chat(m.clone()),
+    let prompt = match (kind, r.messages.take(), r.prompt.take()) {
+        (Kind::Chat, Some(m), None) if !m.is_empty() && m.len() <= MAX_MESSAGES => Prompt::Chat(m),
         (Kind::Chat, Some(m), None) => {
             return invalid(format!("messages: expected 1 to {MAX_MESSAGES} messages, found {}", m.len()));
         }
         (Kind::Chat, _, _) => return invalid("chat completions take `messages` and no `prompt`"),
-        (Kind::Text, None, Some(p)) if r.max_completion_tokens.is_none() => Prompt::Text(p.clone()),
+        (Kind::Text, None, Some(p)) if r.max_completion_tokens.is_none() => Prompt::Text(p),
         (Kind::Text, _, _) => {
             return invalid("completions take `prompt`, and neither `messages` nor `max_completion_tokens`");
         }
@@ -243,47 +243,56 @@ async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",
     });
-    let created = crate::state::unix_now();
-    if c.stream {
-        let include_usage = c.stream_options.is_some_and(|o| o.include_usage);
-        stream(engine, kind, request, id, created, served, include_usage)
-    } else {
-        whole(engine, kind, request, id, created, served).await
-    }
+    let g = Generation { engine, kind, request, id, created: crate::state::unix_now(), model: served };
+    if c.stream { stream(g, c.stream_options.is_some_and(|o| o.include_usage)) } else { whole(g).await }
 }
 
-async fn whole(
+/// One generation, and the identity of the OpenAI objects that report it.
+struct Generation {
     engine: Arc<dyn Engine>,
     kind: Kind,
     request: GenerationRequest,
     id: String,
     created: u64,
     model: String,
-) -> ApiReply {
+}
+
+impl Generation {
+    /// The OpenAI object (completion or stream chunk) around `choices`.
+    fn envelope(&self, chunk: bool, choices: serde_json::Value, usage: Option<&Completion>) -> serde_json::Value {
+        let mut v = json!({
+            "id": self.id, "object": self.kind.object(chunk), "created": self.created, "model": self.model,
+            "choices": choices,
+        });
+        if let Some(c) = usage {
+            v["usage"] = usage_json(c);
+        }
+        v
+    }
+}
+
+async fn whole(g: Generation) -> ApiReply {
     let result = tokio::task::spawn_blocking(move || {
         let mut text = String::new();
-        let done = engine.generate(&request, &mut |piece| {
+        let done = g.engine.generate(&g.request, &mut |piece| {
             text.push_str(piece);
             ControlFlow::Continue(())
         });
-        done.map(|c| (text, c))
+        (g, done.map(|c| (text, c)))
     })
     .await;
-    let (text, completion) = match result {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return engine_error(&e),
+    let (g, text, completion) = match result {
+        Ok((g, Ok((text, c)))) => (g, text, c),
+        Ok((_, Err(e))) => return engine_error(&e),
         Err(e) => return ApiReply::error(500, "server_error", "engine", format!("engine task failed: {e}")),
     };
-    let choice = match kind {
+    let choice = match g.kind {
         Kind::Chat => {
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": completion.finish_reason})
         }
         Kind::Text => json!({"index": 0, "text": text, "finish_reason": completion.finish_reason}),
     };
-    let body = json!({
-        "id": id, "object": kind.object(false), "created": created, "model": model,
-        "choices": [choice], "usage": usage_json(&completion),
-    });
+    let body = g.envelope(false, json!([choice]), Some(&completion));
     ApiReply {
         status: 200,
         content_type: "application/json",
@@ -295,49 +304,37 @@ fn sse(v: &serde_json::Value) -> Vec<u8> {
     format!("data: {v}\n\n").into_bytes()
 }
 
-fn stream(
-    engine: Arc<dyn Engine>,
-    kind: Kind,
-    request: GenerationRequest,
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-) -> ApiReply {
+fn stream(g: Generation, include_usage: bool) -> ApiReply {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let (done_tx, done_rx) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
         let chunk = |delta: serde_json::Value, finish: Option<cocoon_engine::FinishReason>| {
-            let choice = match kind {
+            let choice = match g.kind {
                 Kind::Chat => json!({"index": 0, "delta": delta, "finish_reason": finish}),
                 Kind::Text => {
                     json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish})
                 }
             };
-            sse(
-                &json!({"id": id, "object": kind.object(true), "created": created, "model": model, "choices": [choice]}),
-            )
+            sse(&g.envelope(true, json!([choice]), None))
         };
-        if matches!(kind, Kind::Chat)
+        if matches!(g.kind, Kind::Chat)
             && tx.blocking_send(chunk(json!({"role": "assistant", "content": ""}), None)).is_err()
         {
             let _ = done_tx.send(None);
             return;
         }
-        let result =
-            engine.generate(&request, &mut |piece| match tx.blocking_send(chunk(json!({"content": piece}), None)) {
-                Ok(()) => ControlFlow::Continue(()),
-                // The client went away: stop generating.
-                Err(_) => ControlFlow::Break(()),
-            });
+        let result = g.engine.generate(&g.request, &mut |piece| match tx
+            .blocking_send(chunk(json!({"content": piece}), None))
+        {
+            Ok(()) => ControlFlow::Continue(()),
+            // The client went away: stop generating.
+            Err(_) => ControlFlow::Break(()),
+        });
         match result {
             Ok(completion) => {
                 let _ = tx.blocking_send(chunk(json!({}), Some(completion.finish_reason)));
                 if include_usage {
-                    let _ = tx.blocking_send(sse(&json!({
-                        "id": id, "object": kind.object(true), "created": created, "model": model,
-                        "choices": [], "usage": usage_json(&completion),
-                    })));
+                    let _ = tx.blocking_send(sse(&g.envelope(true, json!([]), Some(&completion))));
                 }
                 let _ = tx.blocking_send(b"data: [DONE]\n\n".to_vec());
                 let _ = done_tx.send(Some(completion));
