@@ -109,7 +109,7 @@ impl Worker {
         let (sealed, opener) = self.client_request()?.seal(&request.encode())?;
         let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
         let resp = self.post(media::OHTTP_REQUEST, sealed).await?;
-        let receipt = self.receipt(resp.headers(), &request_hash)?;
+        let receipt = verify_receipt(resp.headers(), &request_hash, &self.verified.receipt_key)?;
         let body = Limited::new(resp.into_body(), limits::MAX_SEALED_RESPONSE)
             .collect()
             .await
@@ -134,10 +134,6 @@ impl Worker {
             receipt_key: self.verified.receipt_key,
             finished: false,
         })
-    }
-
-    fn receipt(&self, headers: &HeaderMap, request_hash: &[u8; 32]) -> Result<Option<Receipt>, ClientError> {
-        verify_receipt(headers, request_hash, &self.verified.receipt_key)
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cocoon_tests::wait::{free_port, wait_for_port};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -81,18 +82,6 @@ async fn serve_tcp() -> String {
     url
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn release_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
@@ -153,8 +142,8 @@ fn main() {
                 .spawn()
                 .expect("start socat (apt-get install socat)"),
         );
-        wait_port(shim_port);
-        wait_port(socat_port);
+        wait_for_port(shim_port, "cocoon-host");
+        wait_for_port(socat_port, "socat");
 
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

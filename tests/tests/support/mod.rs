@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use cocoon_tests::wait::{free_port, wait_for_port, wait_until};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,16 +53,10 @@ pub fn start_enclave(socket: &Path, token_delay_ms: u64) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the test enclave");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(Instant::now() < deadline, "enclave did not come up at {}", socket.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&format!("the enclave at {}", socket.display()), || {
+        std::os::unix::net::UnixStream::connect(socket).is_ok()
+    });
     Proc { child }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn start_host(enclave: &str, extra: &[&str]) -> (Proc, String) {
@@ -73,11 +69,7 @@ pub fn start_host(enclave: &str, extra: &[&str]) -> (Proc, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the host shim");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "host shim did not come up on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, "the host shim");
     (Proc { child }, format!("http://127.0.0.1:{port}"))
 }
 
