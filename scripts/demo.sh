@@ -1,25 +1,44 @@
 #!/usr/bin/env bash
-# `make demo`: start an enclave (simulated evidence) and the host shim on
-# loopback, verify the worker and send it a sealed, streamed chat request.
+# `make demo`: fetch the embedded default model (once), start the enclave
+# (simulated evidence, CPU backend, SmolLM2-135M-Instruct) and the host shim on
+# loopback, then verify the worker and send it a sealed, streamed chat request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet --workspace --bins
+model="$(scripts/fetch-model.sh)"
+digest="sha256:$(sha256sum "$model" | cut -d' ' -f1)"
+echo "== building (the first build compiles Burn: several minutes) =="
+cargo build --quiet -p cocoon-enclave -p cocoon-host -p cocoon-client --bins
 bin=target/debug
 dir=target/demo
 mkdir -p "$dir"
 sock="$dir/enclave.sock"
 port=${COCOON_DEMO_PORT:-18080}
+question=${COCOON_DEMO_QUESTION:-"What is the capital of France?"}
+
+# The static config whose SHA-256 the enclave puts in its claims.
+cat > "$dir/worker.toml" <<TOML
+[model]
+id = "smollm2-135m-instruct"
+path = "$model"
+digest = "$digest"
+context_length = 2048
+TOML
 
 cleanup() { kill "${enclave_pid:-}" "${host_pid:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 
-echo "== starting the enclave (SIMULATED evidence: there is no TEE here) =="
-# Until the Burn engine lands, the demo serves the deterministic test engine,
-# which answers with the prompt's words reversed.
-COCOON_TEST_TOKEN_DELAY_MS=80 "$bin/cocoon-test-enclave" --listen "unix:$sock" \
-    --platform simulated --insecure-simulated &
+echo
+echo "== starting the enclave: SIMULATED evidence (there is no TEE here; it proves nothing) =="
+rm -f "$sock"
+COCOON_LOG=${COCOON_LOG:-warn,cocoon_enclave=info} "$bin/cocoon-enclave" --listen "unix:$sock" \
+    --platform simulated --insecure-simulated --config "$dir/worker.toml" &
 enclave_pid=$!
+for _ in $(seq 600); do
+    [ -S "$sock" ] && break
+    kill -0 "$enclave_pid" 2>/dev/null || { echo "the enclave exited" >&2; exit 1; }
+    sleep 0.1
+done
 "$bin/cocoon-host" --listen "127.0.0.1:$port" --enclave "unix:$sock" &
 host_pid=$!
 for _ in $(seq 100); do
@@ -28,6 +47,7 @@ for _ in $(seq 100); do
 done
 
 echo
-echo "== cocoon chat (verifies evidence, seals, streams, checks the receipt) =="
-"$bin/cocoon" chat "http://127.0.0.1:$port" --model cocoon-test-echo --insecure-simulated \
-    "what is the capital of France"
+echo "== cocoon chat (verifies the evidence, seals, streams, checks the receipt) =="
+echo "question: $question"
+"$bin/cocoon" chat "http://127.0.0.1:$port" --model smollm2-135m-instruct --insecure-simulated \
+    --max-tokens 64 --temperature 0 "$question"

@@ -10,6 +10,7 @@ use cocoon_attestation::EvidenceProducer;
 use cocoon_attestation::simulated::SimulatedProducer;
 use cocoon_engine::Engine;
 
+use crate::model_config::{ModelSection, StaticConfig, start_engine};
 use crate::state::EnclaveState;
 use crate::transport::{ListenAddr, Listener};
 
@@ -32,6 +33,38 @@ pub struct Args {
     /// The static config file whose SHA-256 goes into the claims.
     #[arg(long, env = "COCOON_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The model: a GGUF file or a Hugging Face directory (overrides the config's model.path).
+    #[arg(long, env = "COCOON_MODEL")]
+    pub model: Option<PathBuf>,
+    /// The name clients ask for (overrides model.id; default: the file name).
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Refuse to start unless the model files hash to this (sha256:HEX; overrides model.digest).
+    #[arg(long)]
+    pub model_digest: Option<String>,
+    /// Longest prompt plus completion, in tokens (overrides model.context_length).
+    #[arg(long)]
+    pub context_length: Option<usize>,
+    /// cpu, or cuda when built with the `cuda` feature (overrides model.device).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Sequences decoded together (overrides model.max_batch).
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+}
+
+impl Args {
+    /// The config's model section with the command line's overrides applied.
+    fn model_section(&self, config: &StaticConfig) -> Option<ModelSection> {
+        let mut m = config.model.clone().unwrap_or_default();
+        m.path = self.model.clone().or(m.path);
+        m.id = self.model_id.clone().or(m.id);
+        m.digest = self.model_digest.clone().or(m.digest);
+        m.context_length = self.context_length.or(m.context_length);
+        m.device = self.device.clone().or(m.device);
+        m.max_batch = self.max_batch.or(m.max_batch);
+        m.path.is_some().then_some(m)
+    }
 }
 
 fn producer(args: &Args) -> anyhow::Result<Arc<dyn EvidenceProducer>> {
@@ -80,7 +113,9 @@ fn read_config(path: &Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading static config {}", path.display()))
 }
 
-/// Runs the enclave with the given engine (none: the API answers "no model loaded").
+/// Runs the enclave. `engine` replaces the configured model (the tests' echo
+/// engine); without it the model comes from the config and the command line,
+/// and with no model at all the API answers "no model loaded".
 pub fn run(engine: Option<Arc<dyn Engine>>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| "info".into()))
@@ -89,6 +124,15 @@ pub fn run(engine: Option<Arc<dyn Engine>>) -> anyhow::Result<()> {
     let args = Args::parse();
     let producer = producer(&args)?;
     let config = read_config(&args.config)?;
+    let static_config = StaticConfig::parse(&config)?;
+    let engine = match (engine, args.model_section(&static_config)) {
+        (Some(e), _) => Some(e),
+        (None, Some(m)) => Some(start_engine(&m).context("loading the model")?),
+        (None, None) => {
+            tracing::warn!("no model configured (--model or [model] in --config): the API answers \"no model loaded\"");
+            None
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let state = EnclaveState::new(producer, engine, &config).context("building evidence")?;

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod model_config;
 pub mod server;
 pub mod state;
 pub mod transport;

@@ -1,6 +1,4 @@
 fn main() -> anyhow::Result<()> {
-    // The Burn engine is wired in by the engine crate's release; until then
-    // the shipped enclave serves attestation and keys, and its API answers
-    // "no model loaded".
+    // The model comes from the static config (`[model]`) or --model.
     cocoon_enclave::run(None)
 }

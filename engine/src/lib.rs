@@ -8,6 +8,43 @@ use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 
+pub mod config;
+pub mod gguf;
+pub mod loader;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod weights;
+
+pub use loader::{LoadedModel, default_model_path, load, model_digest};
+pub use scheduler::{BatchOptions, BurnEngine};
+
+/// The CPU backend: Flex (gemm-based, multi-threaded) unless only `ndarray` is enabled.
+#[cfg(feature = "flex")]
+pub type CpuBackend = burn::backend::Flex;
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+pub type CpuBackend = burn::backend::NdArray<f32>;
+
+/// NVIDIA GPUs through CUDA (the driver library is loaded at run time).
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+
+/// Why a model could not be loaded.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LoadError {
+    #[error("reading the model: {0}")]
+    Io(String),
+    #[error("model file: {0}")]
+    Format(String),
+    #[error("model config: {0}")]
+    Config(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("the model's digest is sha256:{found}; the config expects sha256:{expected}")]
+    DigestMismatch { expected: String, found: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

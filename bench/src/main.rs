@@ -1,0 +1,138 @@
+//! `make bench` (engine part): prefill and decode throughput of the Burn engine
+//! on the demo model (SmolLM2-135M-Instruct Q4_1 GGUF), batch 1 and batch 8,
+//! next to candle's quantized Llama on the same file in the same run.
+//!
+//! Both runtimes get the same prompt ids and use every core. Prefill is timed
+//! from ids to last-position logits on the host; decode steps feed the greedy
+//! token back and include reading the logits, so nothing is left queued.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use cocoon_engine::sampling::argmax;
+use cocoon_engine::{CpuBackend, default_model_path, load};
+
+const PROMPT_TOKENS: usize = 128;
+const DECODE_STEPS: usize = 32;
+const BATCHES: [usize; 2] = [1, 8];
+#[cfg(feature = "flex")]
+const BURN_LABEL: &str = "burn (flex, f32 weights)";
+#[cfg(not(feature = "flex"))]
+const BURN_LABEL: &str = "burn (ndarray, f32 weights)";
+
+struct Row {
+    runtime: &'static str,
+    batch: usize,
+    prefill: f64,
+    decode: f64,
+}
+
+fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
+    let [n, v] = t.dims();
+    let flat: Vec<f32> = t.into_data().to_vec().expect("f32 logits");
+    (0..n).map(|r| flat[r * v..(r + 1) * v].to_vec()).collect()
+}
+
+fn prompt(codec: &cocoon_engine::tokenizer::TextCodec) -> anyhow::Result<Vec<u32>> {
+    let text = "Confidential computing protects data in use by running computations in a hardware-based, \
+                attested trusted execution environment. ";
+    let mut ids = codec.encode_text(&text.repeat(16)).map_err(anyhow::Error::msg)?;
+    ids.truncate(PROMPT_TOKENS);
+    anyhow::ensure!(ids.len() == PROMPT_TOKENS, "the bench prompt is too short");
+    Ok(ids)
+}
+
+fn burn(path: &Path) -> anyhow::Result<(Vec<u32>, Vec<Row>)> {
+    let started = Instant::now();
+    let loaded = load::<CpuBackend>(path, None, 1024, &Default::default())?;
+    eprintln!("burn: loaded in {:.1} s", started.elapsed().as_secs_f64());
+    let ids = prompt(&loaded.codec)?;
+    let model = &loaded.model;
+    // Warm-up: first calls allocate and spin up the thread pool.
+    let mut warm = model.new_cache();
+    rows(model.prefill(&ids[..16], &mut warm, false));
+    let mut out = Vec::new();
+    for batch in BATCHES {
+        let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache()).collect();
+        let t = Instant::now();
+        let mut next: Vec<u32> =
+            caches.iter_mut().map(|c| argmax(&rows(model.prefill(&ids, c, false))[0])).collect();
+        let prefill = (batch * PROMPT_TOKENS) as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..DECODE_STEPS {
+            let mut refs: Vec<_> = caches.iter_mut().collect();
+            next = rows(model.decode(&next, &mut refs)).iter().map(|l| argmax(l)).collect();
+        }
+        let decode = (batch * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64();
+        out.push(Row { runtime: BURN_LABEL, batch, prefill, decode });
+    }
+    Ok((ids, out))
+}
+
+#[cfg(feature = "candle")]
+fn candle(path: &Path, ids: &[u32]) -> anyhow::Result<Vec<Row>> {
+    use candle_core::quantized::gguf_file;
+    use candle_core::{Device, Tensor};
+    use candle_transformers::models::quantized_llama::ModelWeights;
+
+    let device = Device::Cpu;
+    let load = || -> anyhow::Result<ModelWeights> {
+        let mut file = std::fs::File::open(path)?;
+        let content = gguf_file::Content::read(&mut file)?;
+        Ok(ModelWeights::from_gguf(content, &mut file, &device)?)
+    };
+    let greedy = |logits: &Tensor| -> anyhow::Result<Vec<u32>> {
+        Ok(logits.to_vec2::<f32>()?.iter().map(|l| argmax(l)).collect())
+    };
+    let mut warm = load()?;
+    warm.forward(&Tensor::new(&ids[..16], &device)?.unsqueeze(0)?, 0)?;
+    let mut out = Vec::new();
+    for batch in BATCHES {
+        let mut model = load()?;
+        let input = Tensor::new(ids, &device)?.unsqueeze(0)?.repeat((batch, 1))?;
+        let t = Instant::now();
+        let mut next = greedy(&model.forward(&input, 0)?)?;
+        let prefill = (batch * PROMPT_TOKENS) as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for step in 0..DECODE_STEPS {
+            let x = Tensor::new(next.as_slice(), &device)?.unsqueeze(1)?;
+            next = greedy(&model.forward(&x, PROMPT_TOKENS + step)?)?;
+        }
+        let decode = (batch * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64();
+        out.push(Row { runtime: "candle (quantized Q4_1)", batch, prefill, decode });
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "candle"))]
+fn candle(_: &Path, _: &[u32]) -> anyhow::Result<Vec<Row>> {
+    eprintln!("candle: not built (run with --features candle, as `make bench` does)");
+    Ok(Vec::new())
+}
+
+fn main() -> anyhow::Result<()> {
+    let path: PathBuf = default_model_path();
+    anyhow::ensure!(path.exists(), "{} is missing: run scripts/fetch-model.sh", path.display());
+    let (ids, ours) = burn(&path).context("burn engine")?;
+    let theirs = candle(&path, &ids).context("candle")?;
+    println!(
+        "\nSmolLM2-135M-Instruct Q4_1, {PROMPT_TOKENS}-token prompt, {DECODE_STEPS} decode steps, {} threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("{:<28} {:>5} {:>16} {:>16}", "runtime", "batch", "prefill tok/s", "decode tok/s");
+    for r in ours.iter().chain(&theirs) {
+        println!("{:<28} {:>5} {:>16.1} {:>16.1}", r.runtime, r.batch, r.prefill, r.decode);
+    }
+    for (a, b) in ours.iter().zip(&theirs) {
+        println!(
+            "burn / candle at batch {}: prefill {:.2}x, decode {:.2}x",
+            a.batch,
+            a.prefill / b.prefill,
+            a.decode / b.decode
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! The Llama/Qwen decoder on Burn tensors.
+//!
+//! One implementation serves Llama 2/3, SmolLM2, Qwen2 and Qwen3; the config's
+//! switches select q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3) and tied
+//! output embeddings. Projections that read the same input are fused (q|k|v,
+//! gate|up) so each layer runs two large matrix products instead of five.
+
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::LoadError;
+use crate::config::ModelConfig;
+use crate::weights::{Weight, WeightSource};
+
+struct Layer<B: Backend> {
+    attn_norm: Tensor<B, 1>,
+    /// [hidden, (heads + 2 kv_heads) * head_dim]
+    qkv: Tensor<B, 2>,
+    qkv_bias: Option<Tensor<B, 1>>,
+    q_norm: Option<Tensor<B, 1>>,
+    k_norm: Option<Tensor<B, 1>>,
+    /// [heads * head_dim, hidden]
+    out: Tensor<B, 2>,
+    mlp_norm: Tensor<B, 1>,
+    /// [hidden, 2 * intermediate]
+    gate_up: Tensor<B, 2>,
+    /// [intermediate, hidden]
+    down: Tensor<B, 2>,
+}
+
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    device: B::Device,
+    embed: Tensor<B, 2>,
+    layers: Vec<Layer<B>>,
+    norm: Tensor<B, 1>,
+    /// [hidden, vocab]
+    lm_head: Tensor<B, 2>,
+    /// [positions, head_dim / 2]
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+/// Keys and values of one sequence, per layer: [1, kv_heads, len, head_dim].
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let merged = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        };
+        self.layers[layer] = Some(merged.clone());
+        merged
+    }
+}
+
+/// Loads one weight, checking its shape.
+fn take(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<Weight, LoadError> {
+    let w = src.get(name)?.ok_or_else(|| LoadError::Format(format!("the model has no tensor {name}")))?;
+    if w.shape != shape {
+        return Err(LoadError::Format(format!("tensor {name} has shape {:?}; expected {shape:?}", w.shape)));
+    }
+    Ok(w)
+}
+
+/// `[out, in]` PyTorch matrices stacked along `out`, transposed to `[in, sum(out)]`.
+fn stacked_transposed(parts: Vec<Weight>) -> (Vec<f32>, [usize; 2]) {
+    let cols = parts[0].shape[1];
+    let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+    let mut t = vec![0f32; rows * cols];
+    let mut row0 = 0;
+    for p in parts {
+        let r = p.shape[0];
+        for i in 0..r {
+            for j in 0..cols {
+                t[j * rows + row0 + i] = p.data[i * cols + j];
+            }
+        }
+        row0 += r;
+    }
+    (t, [cols, rows])
+}
+
+fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f32) -> Tensor<B, D> {
+    let inv = x.clone().powi_scalar(2).mean_dim(D - 1).add_scalar(eps).sqrt().recip();
+    let w: Tensor<B, D> = weight.clone().unsqueeze();
+    x * inv * w
+}
+
+/// Rotary embedding in Hugging Face's layout: the two halves of each head are the pairs.
+fn rotate<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let r2 = x2 * cos + x1 * sin;
+    Tensor::cat(vec![r1, r2], 3)
+}
+
+impl<B: Backend> Model<B> {
+    pub fn load(
+        config: ModelConfig,
+        src: &dyn WeightSource,
+        device: &B::Device,
+        max_positions: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self, LoadError> {
+        let c = &config;
+        let (h, kv, hd, d, ff) = (c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size);
+        let tensor2 = |(data, shape): (Vec<f32>, [usize; 2])| Tensor::<B, 2>::from_data(TensorData::new(data, shape), device);
+        let tensor1 = |w: Weight| {
+            let n = w.data.len();
+            Tensor::<B, 1>::from_data(TensorData::new(w.data, [n]), device)
+        };
+        let embed_w = take(src, "model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let lm_head = match src.get("lm_head.weight")? {
+            Some(w) if !c.tie_word_embeddings => {
+                if w.shape != [c.vocab_size, d] {
+                    return Err(LoadError::Format(format!("lm_head.weight has shape {:?}", w.shape)));
+                }
+                tensor2(stacked_transposed(vec![w]))
+            }
+            _ => tensor2(stacked_transposed(vec![Weight { shape: embed_w.shape.clone(), data: embed_w.data.clone() }])),
+        };
+        let embed = tensor2((embed_w.data, [c.vocab_size, d]));
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            progress(i, c.num_layers);
+            let p = |n: &str| format!("model.layers.{i}.{n}");
+            let qkv = stacked_transposed(vec![
+                take(src, &p("self_attn.q_proj.weight"), &[h * hd, d])?,
+                take(src, &p("self_attn.k_proj.weight"), &[kv * hd, d])?,
+                take(src, &p("self_attn.v_proj.weight"), &[kv * hd, d])?,
+            ]);
+            let qkv_bias = if c.attention_bias {
+                let mut b = take(src, &p("self_attn.q_proj.bias"), &[h * hd])?.data;
+                b.extend(take(src, &p("self_attn.k_proj.bias"), &[kv * hd])?.data);
+                b.extend(take(src, &p("self_attn.v_proj.bias"), &[kv * hd])?.data);
+                Some(tensor1(Weight { shape: vec![b.len()], data: b }))
+            } else {
+                None
+            };
+            let (q_norm, k_norm) = if c.qk_norm {
+                (
+                    Some(tensor1(take(src, &p("self_attn.q_norm.weight"), &[hd])?)),
+                    Some(tensor1(take(src, &p("self_attn.k_norm.weight"), &[hd])?)),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(Layer {
+                attn_norm: tensor1(take(src, &p("input_layernorm.weight"), &[d])?),
+                qkv: tensor2(qkv),
+                qkv_bias,
+                q_norm,
+                k_norm,
+                out: tensor2(stacked_transposed(vec![take(src, &p("self_attn.o_proj.weight"), &[d, h * hd])?])),
+                mlp_norm: tensor1(take(src, &p("post_attention_layernorm.weight"), &[d])?),
+                gate_up: tensor2(stacked_transposed(vec![
+                    take(src, &p("mlp.gate_proj.weight"), &[ff, d])?,
+                    take(src, &p("mlp.up_proj.weight"), &[ff, d])?,
+                ])),
+                down: tensor2(stacked_transposed(vec![take(src, &p("mlp.down_proj.weight"), &[d, ff])?])),
+            });
+        }
+        progress(c.num_layers, c.num_layers);
+        let norm = tensor1(take(src, "model.norm.weight", &[d])?);
+        let positions = max_positions.min(c.max_position_embeddings).max(1);
+        let inv_freq = config.rope_inv_freq();
+        let half = inv_freq.len();
+        let angles: Vec<f32> =
+            (0..positions).flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f)).collect();
+        let cos = tensor2((angles.iter().map(|a| a.cos()).collect(), [positions, half]));
+        let sin = tensor2((angles.iter().map(|a| a.sin()).collect(), [positions, half]));
+        Ok(Model { config, device: device.clone(), embed, layers, norm, lm_head, cos, sin })
+    }
+
+    /// Longest sequence (prompt plus completion) the rotary tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
+    }
+
+    fn ids_tensor(&self, ids: &[u32]) -> Tensor<B, 1, Int> {
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let n = ids.len();
+        Tensor::from_data(TensorData::new(ids, [n]), &self.device)
+    }
+
+    /// Splits the fused projection into q [b, heads, t, hd] and k, v [b, kv_heads, t, hd],
+    /// normalised (Qwen3) and rotated at `cos`/`sin` ([b or 1, 1, t, hd/2]).
+    fn project_qkv(
+        &self,
+        layer: &Layer<B>,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let c = &self.config;
+        let [b, t, _] = x.dims();
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let qkv = linear(rms_norm(x, &layer.attn_norm, c.rms_norm_eps), layer.qkv.clone(), layer.qkv_bias.clone());
+        let split = |start: usize, heads: usize| {
+            qkv.clone().narrow(2, start * hd, heads * hd).reshape([b, t, heads, hd]).swap_dims(1, 2)
+        };
+        let (mut q, mut k, v) = (split(0, h), split(h, kv), split(h + kv, kv));
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = rms_norm(q, qn, c.rms_norm_eps);
+            k = rms_norm(k, kn, c.rms_norm_eps);
+        }
+        (rotate(q, cos.clone(), sin.clone()), rotate(k, cos, sin), v)
+    }
+
+    fn mlp(&self, layer: &Layer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let ff = self.config.intermediate_size;
+        let gu = linear(rms_norm(x.clone(), &layer.mlp_norm, self.config.rms_norm_eps), layer.gate_up.clone(), None);
+        let act = silu(gu.clone().narrow(2, 0, ff)) * gu.narrow(2, ff, ff);
+        x + linear(act, layer.down.clone(), None)
+    }
+
+    /// Feeds `tokens` of one sequence after what `cache` holds; returns logits
+    /// [positions, vocab] for the last position, or for all when `all_logits`.
+    pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache<B>, all_logits: bool) -> Tensor<B, 2> {
+        let c = &self.config;
+        let t = tokens.len();
+        let start = cache.len;
+        let rep = c.num_heads / c.num_kv_heads;
+        let half = c.head_dim / 2;
+        let cos: Tensor<B, 4> = self.cos.clone().narrow(0, start, t).reshape([1, 1, t, half]);
+        let sin: Tensor<B, 4> = self.sin.clone().narrow(0, start, t).reshape([1, 1, t, half]);
+        let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([1, t, c.hidden_size]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
+            let (k, v) = cache.append(i, k, v);
+            let len = k.dims()[2];
+            let expand = |m: Tensor<B, 4>| {
+                m.unsqueeze_dim::<5>(2).expand([1, c.num_kv_heads, rep, len, c.head_dim]).reshape([
+                    1,
+                    c.num_heads,
+                    len,
+                    c.head_dim,
+                ])
+            };
+            let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+            let a = attention(q, expand(k), expand(v), None, None, options);
+            let a = a.swap_dims(1, 2).reshape([1, t, c.num_heads * c.head_dim]);
+            x = self.mlp(layer, x + linear(a, layer.out.clone(), None));
+        }
+        cache.len += t;
+        let x = if all_logits { x } else { x.narrow(1, t - 1, 1) };
+        let rows = x.dims()[1];
+        let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([rows, c.hidden_size]);
+        x.matmul(self.lm_head.clone())
+    }
+
+    /// One decoding step for several sequences at once: `tokens[i]` follows what
+    /// `caches[i]` holds. Projections and the MLP run as one batch; attention
+    /// runs per sequence (their lengths differ). Returns logits [batch, vocab].
+    pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
+        let c = &self.config;
+        let b = tokens.len();
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let rep = h / kv;
+        let positions: Vec<u32> = caches.iter().map(|k| k.len as u32).collect();
+        let pos = self.ids_tensor(&positions);
+        let cos: Tensor<B, 4> = self.cos.clone().select(0, pos.clone()).reshape([b, 1, 1, hd / 2]);
+        let sin: Tensor<B, 4> = self.sin.clone().select(0, pos).reshape([b, 1, 1, hd / 2]);
+        let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([b, 1, c.hidden_size]);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
+            let mut outs = Vec::with_capacity(b);
+            for (s, cache) in caches.iter_mut().enumerate() {
+                let (ks, vs) = cache.append(li, k.clone().narrow(0, s, 1), v.clone().narrow(0, s, 1));
+                // Grouped-query attention without copying keys: the query heads that
+                // share a key head become that head's rows.
+                let qs = q.clone().narrow(0, s, 1).reshape([1, kv, rep, hd]);
+                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+                outs.push(attention(qs, ks, vs, None, None, options).reshape([1, 1, h * hd]));
+            }
+            let a = Tensor::cat(outs, 0);
+            x = self.mlp(layer, x + linear(a, layer.out.clone(), None));
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        rms_norm(x, &self.norm, c.rms_norm_eps).reshape([b, c.hidden_size]).matmul(self.lm_head.clone())
+    }
+}

@@ -1,0 +1,119 @@
+//! End to end with the shipped enclave binary serving the real default model
+//! (SmolLM2-135M-Instruct, Burn CPU backend) behind the host shim.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use cocoon_attestation::Policy;
+use cocoon_client::{ChatOptions, Worker};
+use cocoon_engine::default_model_path;
+use cocoon_protocol::bhttp_msg::InnerRequest;
+use support::*;
+
+const MODEL_ID: &str = "smollm2-135m-instruct";
+
+struct Served {
+    _enclave: Proc,
+    _host: Proc,
+    url: String,
+}
+
+fn serve(tag: &str, config: &str) -> Served {
+    let model = default_model_path();
+    assert!(model.exists(), "{} is missing: run scripts/fetch-model.sh (make test does)", model.display());
+    let dir = temp_dir(tag);
+    let sock = dir.join("enclave.sock");
+    let config_path = dir.join("worker.toml");
+    std::fs::write(&config_path, config.replace("MODEL_PATH", &model.display().to_string())).unwrap();
+    let child = Command::new(workspace_bin("cocoon-enclave"))
+        .args(["--listen", &format!("unix:{}", sock.display()), "--platform", "simulated", "--insecure-simulated"])
+        .arg("--config")
+        .arg(&config_path)
+        .env("COCOON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the enclave");
+    let enclave = Proc { child };
+    wait_until(&format!("the enclave at {}", sock.display()), || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    });
+    let (host, url) = start_host(&format!("unix:{}", sock.display()), &[]);
+    Served { _enclave: enclave, _host: host, url }
+}
+
+fn config(digest: &str) -> String {
+    format!(
+        "[model]\nid = \"{MODEL_ID}\"\npath = \"MODEL_PATH\"\ndigest = \"{digest}\"\ncontext_length = 1024\nmax_batch = 4\n"
+    )
+}
+
+fn real_digest() -> String {
+    format!("sha256:{}", hex(&cocoon_engine::model_digest(&default_model_path()).unwrap()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enclave_serves_the_default_model_streamed_and_whole() {
+    let digest = real_digest();
+    let s = serve("model", &config(&digest));
+    let worker = Worker::attest(&s.url, &Policy::insecure_simulated(), true).await.unwrap();
+    let claim = worker.verified().claims.model.clone().unwrap();
+    assert_eq!(claim.id, MODEL_ID);
+    assert_eq!(format!("sha256:{}", hex(&claim.digest)), digest, "the attested digest is the file's");
+
+    let opts = ChatOptions { model: MODEL_ID.into(), temperature: Some(0.0), ..Default::default() };
+    let mut pieces = Vec::new();
+    let outcome = worker.chat("What is the capital of France?", &opts, |p| pieces.push(p.to_string())).await.unwrap();
+    assert_eq!(outcome.text, "The capital of France is Paris.");
+    assert!(pieces.len() >= 5, "streamed token by token: {pieces:?}");
+    let usage = outcome.usage.unwrap();
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (37, 7));
+    assert_eq!((outcome.receipt.prompt_tokens, outcome.receipt.completion_tokens), (37, 7));
+    assert_eq!(outcome.receipt.model_digest.as_slice(), claim.digest.as_slice());
+
+    // Non-streamed, with max_tokens: the usage block and the "length" finish.
+    let body = serde_json::json!({
+        "model": MODEL_ID, "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    });
+    let (resp, receipt) =
+        worker.send(&InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes())).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "The capital of France");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    assert_eq!(receipt.unwrap().completion_tokens, 4);
+
+    // A field outside the allowed set: an OpenAI-style error, sealed.
+    let body = serde_json::json!({"model": MODEL_ID, "logit_bias": {}, "messages": [{"role": "user", "content": "hi"}]});
+    let (resp, _) =
+        worker.send(&InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes())).await.unwrap();
+    assert_eq!(resp.status, 400);
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+}
+
+#[test]
+fn the_enclave_refuses_a_model_whose_digest_differs() {
+    let dir = temp_dir("digest");
+    let config_path = dir.join("worker.toml");
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    std::fs::write(&config_path, config(&wrong).replace("MODEL_PATH", &default_model_path().display().to_string()))
+        .unwrap();
+    let out = Command::new(workspace_bin("cocoon-enclave"))
+        .args(["--listen", &format!("unix:{}", dir.join("s").display()), "--platform", "simulated"])
+        .arg("--insecure-simulated")
+        .arg("--config")
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the config expects sha256:0000") && stderr.contains(&real_digest()), "{stderr}");
+}
