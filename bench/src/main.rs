@@ -13,6 +13,7 @@ use anyhow::Context;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use cocoon_engine::sampling::argmax;
+use cocoon_engine::tokenizer::TextCodec;
 use cocoon_engine::{CpuBackend, default_model_path, load};
 
 const PROMPT_TOKENS: usize = 128;
@@ -36,7 +37,7 @@ fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
     (0..n).map(|r| flat[r * v..(r + 1) * v].to_vec()).collect()
 }
 
-fn prompt(codec: &cocoon_engine::tokenizer::TextCodec) -> anyhow::Result<Vec<u32>> {
+fn prompt(codec: &TextCodec) -> anyhow::Result<Vec<u32>> {
     let text = "Confidential computing protects data in use by running computations in a hardware-based, \
                 attested trusted execution environment. ";
     let mut ids = codec.encode_text(&text.repeat(16)).map_err(anyhow::Error::msg)?;
@@ -46,7 +47,7 @@ fn prompt(codec: &cocoon_engine::tokenizer::TextCodec) -> anyhow::Result<Vec<u32
 }
 
 /// The question every implementation must answer "The capital of France is Paris.".
-fn france(codec: &cocoon_engine::tokenizer::TextCodec) -> anyhow::Result<Vec<u32>> {
+fn france(codec: &TextCodec) -> anyhow::Result<Vec<u32>> {
     let msg = cocoon_engine::ChatMessage {
         role: cocoon_engine::Role::User,
         content: "What is the capital of France?".into(),
@@ -57,7 +58,7 @@ fn france(codec: &cocoon_engine::tokenizer::TextCodec) -> anyhow::Result<Vec<u32
 struct Burned {
     ids: Vec<u32>,
     rows: Vec<Row>,
-    detokenize: Box<dyn Fn(&[u32]) -> String>,
+    codec: TextCodec,
     france: Vec<u32>,
 }
 
@@ -75,7 +76,7 @@ fn burn(path: &Path) -> anyhow::Result<Burned> {
         answer.push(t);
         t = argmax(&rows(model.decode(&[t], &mut [&mut cache]))[0]);
     }
-    println!("burn greedy answer:   {:?}", loaded.codec.decode(&answer).map_err(anyhow::Error::msg)?);
+    println!("{:<22} {:?}", format!("{BURN_LABEL} answer:"), loaded.codec.decode(&answer).map_err(anyhow::Error::msg)?);
     // Warm-up: first calls allocate and spin up the thread pool.
     let mut warm = model.new_cache();
     rows(model.prefill(&ids[..16], &mut warm, false));
@@ -83,8 +84,7 @@ fn burn(path: &Path) -> anyhow::Result<Burned> {
     for batch in BATCHES {
         let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache()).collect();
         let t = Instant::now();
-        let mut next: Vec<u32> =
-            caches.iter_mut().map(|c| argmax(&rows(model.prefill(&ids, c, false))[0])).collect();
+        let mut next: Vec<u32> = caches.iter_mut().map(|c| argmax(&rows(model.prefill(&ids, c, false))[0])).collect();
         let prefill = (batch * PROMPT_TOKENS) as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..DECODE_STEPS {
@@ -94,18 +94,21 @@ fn burn(path: &Path) -> anyhow::Result<Burned> {
         let decode = (batch * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64();
         out.push(Row { runtime: BURN_LABEL, batch, prefill, decode });
     }
-    let codec = loaded.codec;
-    let decode_text = move |ids: &[u32]| codec.decode(ids).unwrap_or_default();
-    Ok(Burned { ids, rows: out, detokenize: Box::new(decode_text), france: france_ids })
+    Ok(Burned { ids, rows: out, codec: loaded.codec, france: france_ids })
 }
 
+/// candle's quantized Llama on the same file, in one of its two modes: `dequantize`
+/// false runs its Q4_1 kernels (activations quantised to 8 bits, like llama.cpp);
+/// true (`CANDLE_DEQUANTIZE_ALL`) dequantises the weights to f32 at load, which is
+/// the arithmetic this engine does.
 #[cfg(feature = "candle")]
-fn candle(path: &Path, ids: &[u32], france: &[u32], text: &dyn Fn(&[u32]) -> String) -> anyhow::Result<Vec<Row>> {
+fn candle_mode(path: &Path, ids: &[u32], france: &[u32], dequantize: bool) -> anyhow::Result<(Vec<u32>, Vec<Row>)> {
     use candle_core::quantized::gguf_file;
     use candle_core::{Device, Tensor};
     use candle_transformers::models::quantized_llama::ModelWeights;
 
     let device = Device::Cpu;
+    let label = if dequantize { "candle (f32 dequantised)" } else { "candle (Q4_1 kernels)" };
     let load = || -> anyhow::Result<ModelWeights> {
         let mut file = std::fs::File::open(path)?;
         let content = gguf_file::Content::read(&mut file)?;
@@ -122,13 +125,21 @@ fn candle(path: &Path, ids: &[u32], france: &[u32], text: &dyn Fn(&[u32]) -> Str
         let x = Tensor::new(&[t], &device)?.unsqueeze(0)?;
         t = greedy(&warm.forward(&x, france.len() + answer.len() - 1)?)?[0];
     }
-    println!("candle greedy answer: {:?}", text(&answer));
     let mut out = Vec::new();
     for batch in BATCHES {
         let mut model = load()?;
         let input = Tensor::new(ids, &device)?.unsqueeze(0)?.repeat((batch, 1))?;
         let t = Instant::now();
-        let mut next = greedy(&model.forward(&input, 0)?)?;
+        let mut next = if batch == 1 {
+            greedy(&model.forward(&input, 0)?)?
+        } else {
+            // candle 0.11 cannot finish a batched prefill: its output projection needs a
+            // contiguous input and the batch's last-position slice is not. So the prompt
+            // less its last token runs batched (every layer runs and fills the cache
+            // before that error), then the last token runs as a batched step.
+            let _ = model.forward(&input.narrow(1, 0, PROMPT_TOKENS - 1)?, 0);
+            greedy(&model.forward(&input.narrow(1, PROMPT_TOKENS - 1, 1)?, PROMPT_TOKENS - 1)?)?
+        };
         let prefill = (batch * PROMPT_TOKENS) as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();
         for step in 0..DECODE_STEPS {
@@ -136,13 +147,36 @@ fn candle(path: &Path, ids: &[u32], france: &[u32], text: &dyn Fn(&[u32]) -> Str
             next = greedy(&model.forward(&x, PROMPT_TOKENS + step)?)?;
         }
         let decode = (batch * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64();
-        out.push(Row { runtime: "candle (quantized Q4_1)", batch, prefill, decode });
+        out.push(Row { runtime: label, batch, prefill, decode });
     }
-    Ok(out)
+    Ok((answer, out))
+}
+
+#[cfg(feature = "candle")]
+fn candle(path: &Path, ids: &[u32], france: &[u32], codec: &TextCodec) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for dequantize in [true, false] {
+        // candle reads CANDLE_DEQUANTIZE_ALL once per thread, when it first loads a
+        // weight: each mode runs on a fresh thread with the variable set or unset.
+        // SAFETY: no other thread reads or writes the environment at this point
+        // (the Burn engine is idle and its thread pool does not touch it).
+        unsafe {
+            if dequantize {
+                std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
+            } else {
+                std::env::remove_var("CANDLE_DEQUANTIZE_ALL");
+            }
+        }
+        let (answer, r) = std::thread::scope(|s| s.spawn(|| candle_mode(path, ids, france, dequantize)).join())
+            .map_err(|_| anyhow::anyhow!("candle panicked"))??;
+        println!("{:<22} {:?}", format!("{} answer:", r[0].runtime), codec.decode(&answer).unwrap_or_default());
+        rows.extend(r);
+    }
+    Ok(rows)
 }
 
 #[cfg(not(feature = "candle"))]
-fn candle(_: &Path, _: &[u32], _: &[u32], _: &dyn Fn(&[u32]) -> String) -> anyhow::Result<Vec<Row>> {
+fn candle(_: &Path, _: &[u32], _: &[u32], _: &TextCodec) -> anyhow::Result<Vec<Row>> {
     eprintln!("candle: not built (run with --features candle, as `make bench` does)");
     Ok(Vec::new())
 }
@@ -151,23 +185,27 @@ fn main() -> anyhow::Result<()> {
     let path: PathBuf = default_model_path();
     anyhow::ensure!(path.exists(), "{} is missing: run scripts/fetch-model.sh", path.display());
     let b = burn(&path).context("burn engine")?;
-    let theirs = candle(&path, &b.ids, &b.france, &b.detokenize).context("candle")?;
+    let theirs = candle(&path, &b.ids, &b.france, &b.codec).context("candle")?;
     let ours = b.rows;
     println!(
         "\nSmolLM2-135M-Instruct Q4_1, {PROMPT_TOKENS}-token prompt, {DECODE_STEPS} decode steps, {} threads",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("{:<28} {:>5} {:>16} {:>16}", "runtime", "batch", "prefill tok/s", "decode tok/s");
+    println!("{:<28} {:>5} {:>14} {:>14}", "runtime", "batch", "prefill tok/s", "decode tok/s");
     for r in ours.iter().chain(&theirs) {
-        println!("{:<28} {:>5} {:>16.1} {:>16.1}", r.runtime, r.batch, r.prefill, r.decode);
+        println!("{:<28} {:>5} {:>14.1} {:>14.1}", r.runtime, r.batch, r.prefill, r.decode);
     }
-    for (a, b) in ours.iter().zip(&theirs) {
-        println!(
-            "burn / candle at batch {}: prefill {:.2}x, decode {:.2}x",
-            a.batch,
-            a.prefill / b.prefill,
-            a.decode / b.decode
-        );
+    println!("\nratios (burn / candle):");
+    for b in &theirs {
+        if let Some(a) = ours.iter().find(|a| a.batch == b.batch) {
+            println!(
+                "  vs {:<26} batch {}: prefill {:.2}x, decode {:.2}x",
+                b.runtime,
+                b.batch,
+                a.prefill / b.prefill,
+                a.decode / b.decode
+            );
+        }
     }
     Ok(())
 }

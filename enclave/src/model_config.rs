@@ -82,7 +82,8 @@ pub fn start_engine(m: &ModelSection) -> anyhow::Result<Arc<dyn Engine>> {
     tracing::info!(path = %path.display(), device, "loading model");
     let engine: Arc<dyn Engine> = match device {
         "cpu" => {
-            let loaded = cocoon_engine::load::<cocoon_engine::CpuBackend>(path, expected, context, &Default::default())?;
+            let loaded =
+                cocoon_engine::load::<cocoon_engine::CpuBackend>(path, expected, context, &Default::default())?;
             Arc::new(BurnEngine::start(loaded, id, batch))
         }
         #[cfg(feature = "cuda")]

@@ -19,9 +19,16 @@ pub enum Architecture {
 pub enum RopeScaling {
     None,
     /// Positions divided by the factor.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1's wavelength-dependent scaling.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: u32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,15 +74,18 @@ impl ModelConfig {
             }
         }
         if self.num_layers == 0 || self.num_layers > MAX_LAYERS {
-            return Err(LoadError::Config(format!("num_hidden_layers is {}; expected 1 to {MAX_LAYERS}", self.num_layers)));
+            return Err(LoadError::Config(format!(
+                "num_hidden_layers is {}; expected 1 to {MAX_LAYERS}",
+                self.num_layers
+            )));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(LoadError::Config(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_heads, self.num_kv_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(LoadError::Config(format!("head_dim {} is odd; rotary embedding needs pairs", self.head_dim)));
         }
         if !(self.rope_theta > 0.0 && self.rms_norm_eps > 0.0) {
@@ -170,7 +180,9 @@ impl ModelConfig {
             None | Some("none") => RopeScaling::None,
             Some("linear") => RopeScaling::Linear { factor: g.get_f64(&key("rope.scaling.factor"))? as f32 },
             Some(other) => {
-                return Err(LoadError::Config(format!("GGUF rope scaling {other:?} is not supported; expected linear")));
+                return Err(LoadError::Config(format!(
+                    "GGUF rope scaling {other:?} is not supported; expected linear"
+                )));
             }
         };
         ModelConfig {

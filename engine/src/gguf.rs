@@ -263,7 +263,7 @@ impl Gguf {
             let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
             let (per_block, block_bytes) = kind.block();
             let len = elements
-                .filter(|e| e % per_block == 0)
+                .filter(|e| e.is_multiple_of(per_block))
                 .and_then(|e| (e / per_block).checked_mul(block_bytes))
                 .ok_or_else(|| {
                     LoadError::Format(format!("tensor {name}: dimensions {dims:?} do not fit {kind:?} blocks"))

@@ -96,6 +96,17 @@ fn stacked_transposed(parts: Vec<Weight>) -> (Vec<f32>, [usize; 2]) {
     (t, [cols, rows])
 }
 
+/// `x @ w (+ b)` for [batch, t, in] activations as one matrix product: flattened
+/// to [batch·t, in] first, because a 3-D input becomes one product per batch row,
+/// each reading the whole weight (batched decoding would then cost batch × the
+/// memory traffic of one sequence).
+fn project<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>, b: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
+    let [batch, t, d] = x.dims();
+    let out = linear(x.reshape([batch * t, d]), w.clone(), b.cloned());
+    let n = out.dims()[1];
+    out.reshape([batch, t, n])
+}
+
 fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f32) -> Tensor<B, D> {
     let inv = x.clone().powi_scalar(2).mean_dim(D - 1).add_scalar(eps).sqrt().recip();
     let w: Tensor<B, D> = weight.clone().unsqueeze();
@@ -122,7 +133,8 @@ impl<B: Backend> Model<B> {
     ) -> Result<Self, LoadError> {
         let c = &config;
         let (h, kv, hd, d, ff) = (c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size);
-        let tensor2 = |(data, shape): (Vec<f32>, [usize; 2])| Tensor::<B, 2>::from_data(TensorData::new(data, shape), device);
+        let tensor2 =
+            |(data, shape): (Vec<f32>, [usize; 2])| Tensor::<B, 2>::from_data(TensorData::new(data, shape), device);
         let tensor1 = |w: Weight| {
             let n = w.data.len();
             Tensor::<B, 1>::from_data(TensorData::new(w.data, [n]), device)
@@ -183,8 +195,7 @@ impl<B: Backend> Model<B> {
         let positions = max_positions.min(c.max_position_embeddings).max(1);
         let inv_freq = config.rope_inv_freq();
         let half = inv_freq.len();
-        let angles: Vec<f32> =
-            (0..positions).flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f)).collect();
+        let angles: Vec<f32> = (0..positions).flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f)).collect();
         let cos = tensor2((angles.iter().map(|a| a.cos()).collect(), [positions, half]));
         let sin = tensor2((angles.iter().map(|a| a.sin()).collect(), [positions, half]));
         Ok(Model { config, device: device.clone(), embed, layers, norm, lm_head, cos, sin })
@@ -217,7 +228,7 @@ impl<B: Backend> Model<B> {
         let c = &self.config;
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let qkv = linear(rms_norm(x, &layer.attn_norm, c.rms_norm_eps), layer.qkv.clone(), layer.qkv_bias.clone());
+        let qkv = project(rms_norm(x, &layer.attn_norm, c.rms_norm_eps), &layer.qkv, layer.qkv_bias.as_ref());
         let split = |start: usize, heads: usize| {
             qkv.clone().narrow(2, start * hd, heads * hd).reshape([b, t, heads, hd]).swap_dims(1, 2)
         };
@@ -231,9 +242,9 @@ impl<B: Backend> Model<B> {
 
     fn mlp(&self, layer: &Layer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let ff = self.config.intermediate_size;
-        let gu = linear(rms_norm(x.clone(), &layer.mlp_norm, self.config.rms_norm_eps), layer.gate_up.clone(), None);
+        let gu = project(rms_norm(x.clone(), &layer.mlp_norm, self.config.rms_norm_eps), &layer.gate_up, None);
         let act = silu(gu.clone().narrow(2, 0, ff)) * gu.narrow(2, ff, ff);
-        x + linear(act, layer.down.clone(), None)
+        x + project(act, &layer.down, None)
     }
 
     /// Feeds `tokens` of one sequence after what `cache` holds; returns logits
@@ -262,7 +273,7 @@ impl<B: Backend> Model<B> {
             let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
             let a = attention(q, expand(k), expand(v), None, None, options);
             let a = a.swap_dims(1, 2).reshape([1, t, c.num_heads * c.head_dim]);
-            x = self.mlp(layer, x + linear(a, layer.out.clone(), None));
+            x = self.mlp(layer, x + project(a, &layer.out, None));
         }
         cache.len += t;
         let x = if all_logits { x } else { x.narrow(1, t - 1, 1) };
@@ -296,7 +307,7 @@ impl<B: Backend> Model<B> {
                 outs.push(attention(qs, ks, vs, None, None, options).reshape([1, 1, h * hd]));
             }
             let a = Tensor::cat(outs, 0);
-            x = self.mlp(layer, x + linear(a, layer.out.clone(), None));
+            x = self.mlp(layer, x + project(a, &layer.out, None));
         }
         for cache in caches.iter_mut() {
             cache.len += 1;

@@ -100,9 +100,7 @@ impl StopMatcher {
         let hold = self
             .stops
             .iter()
-            .flat_map(|s| {
-                (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n])
-            })
+            .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
             .filter(|prefix| self.pending.ends_with(prefix))
             .map(str::len)
             .max()

@@ -14,9 +14,7 @@ use burn::tensor::backend::Backend;
 use crate::model::{KvCache, Model};
 use crate::sampling::{Sampler, StopMatcher, StopScan};
 use crate::tokenizer::{StreamDecoder, TextCodec};
-use crate::{
-    Completion, Engine, EngineError, FinishReason, GenerationRequest, ModelInfo, Prompt, loader::LoadedModel,
-};
+use crate::{Completion, Engine, EngineError, FinishReason, GenerationRequest, ModelInfo, Prompt, loader::LoadedModel};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchOptions {
@@ -125,7 +123,9 @@ impl Engine for BurnEngine {
         match self.queue.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(EngineError::Busy { queued: self.limit, limit: self.limit }),
-            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Internal("the engine thread stopped".into())),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(EngineError::Internal("the engine thread stopped".into()));
+            }
         }
         // Dropping the receiver (any return below) also tells the engine to stop.
         let stop_job = || cancelled.store(true, Ordering::Relaxed);

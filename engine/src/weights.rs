@@ -89,7 +89,7 @@ impl WeightSource for GgufWeights<'_> {
 fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> Result<Vec<f32>, LoadError> {
     let rows = shape[0];
     let cols: usize = shape[1..].iter().product();
-    if rows % (2 * heads) != 0 {
+    if !rows.is_multiple_of(2 * heads) {
         return Err(LoadError::Format(format!("{rows} rows cannot be split into {heads} rotary heads")));
     }
     let head_dim = rows / heads;
@@ -137,9 +137,7 @@ impl WeightSource for SafetensorsWeights<'_> {
                     bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
                 }
                 other => {
-                    return Err(LoadError::Format(format!(
-                        "tensor {name} is {other:?}; expected F32, F16 or BF16"
-                    )));
+                    return Err(LoadError::Format(format!("tensor {name} is {other:?}; expected F32, F16 or BF16")));
                 }
             };
             return Ok(Some(Weight { shape: view.shape().to_vec(), data }));

@@ -17,8 +17,8 @@ use burn::tensor::backend::Backend;
 use cocoon_engine::loader::LoadedModel;
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::{
-    BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role,
-    Sampling, default_model_path, load,
+    BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role, Sampling,
+    default_model_path, load,
 };
 use serde::Deserialize;
 
@@ -202,7 +202,10 @@ fn engine_answers_the_capital_of_france() {
     req.stop.clear();
     req.max_tokens = 3;
     let (text, done) = run(&engine, &req);
-    assert_eq!((text.as_str(), done.finish_reason, done.completion_tokens), ("The capital of", FinishReason::Length, 3));
+    assert_eq!(
+        (text.as_str(), done.finish_reason, done.completion_tokens),
+        ("The capital of", FinishReason::Length, 3)
+    );
 }
 
 #[test]
@@ -213,3 +216,55 @@ fn digest_mismatch_is_refused_before_loading() {
     assert!(load::<CpuBackend>(&data("tiny-qwen3"), Some(digest), 256, &Default::default()).is_ok());
 }
 
+#[test]
+fn streamed_text_never_splits_a_character() {
+    let loaded = load::<CpuBackend>(&data("tiny-qwen3"), None, 256, &Default::default()).unwrap();
+    let text = "naïve 🚀 café — 東京 ok";
+    let ids = loaded.codec.encode_text(text).unwrap();
+    assert!(ids.len() > text.chars().count() / 2, "byte-level pieces: {ids:?}");
+    let mut decoder = cocoon_engine::tokenizer::StreamDecoder::default();
+    let mut streamed = String::new();
+    for &id in &ids {
+        let piece = decoder.push(&loaded.codec, id).unwrap();
+        assert!(!piece.contains('\u{FFFD}'), "a piece split a character: {piece:?}");
+        streamed.push_str(&piece);
+    }
+    assert_eq!(streamed, text);
+}
+
+#[test]
+fn a_full_queue_answers_busy_and_a_cancelled_request_frees_its_slot() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+
+    let loaded = load::<CpuBackend>(&smollm2_path(), None, 2048, &Default::default()).unwrap();
+    let engine = BurnEngine::start(loaded, "smollm2".into(), BatchOptions { max_batch: 1, max_queue: 1 });
+    let long = GenerationRequest {
+        prompt: Prompt::Text("Count from one to one thousand: one, two, three,".into()),
+        max_tokens: 1500,
+        sampling: Sampling { temperature: 0.0, ..Sampling::default() },
+        stop: vec![],
+    };
+    let mut short = long.clone();
+    short.max_tokens = 2;
+    let release = AtomicBool::new(false);
+    let (started_tx, started_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            engine.generate(&long, &mut |_| {
+                let _ = started_tx.send(());
+                if release.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })
+        });
+        started_rx.recv().unwrap();
+        // The only batch slot is taken: one request may wait, the next is refused.
+        let queued = s.spawn(|| run(&engine, &short));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let busy = engine.generate(&short, &mut |_| ControlFlow::Continue(()));
+        assert!(matches!(busy, Err(cocoon_engine::EngineError::Busy { limit: 1, .. })), "{busy:?}");
+        release.store(true, Ordering::Relaxed);
+        assert!(matches!(first.join().unwrap(), Err(cocoon_engine::EngineError::Cancelled)));
+        let (_, done) = queued.join().unwrap();
+        assert_eq!((done.completion_tokens, done.finish_reason), (2, FinishReason::Length));
+    });
+}

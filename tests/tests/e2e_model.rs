@@ -91,7 +91,8 @@ async fn the_enclave_serves_the_default_model_streamed_and_whole() {
     assert_eq!(receipt.unwrap().completion_tokens, 4);
 
     // A field outside the allowed set: an OpenAI-style error, sealed.
-    let body = serde_json::json!({"model": MODEL_ID, "logit_bias": {}, "messages": [{"role": "user", "content": "hi"}]});
+    let body =
+        serde_json::json!({"model": MODEL_ID, "logit_bias": {}, "messages": [{"role": "user", "content": "hi"}]});
     let (resp, _) =
         worker.send(&InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes())).await.unwrap();
     assert_eq!(resp.status, 400);
