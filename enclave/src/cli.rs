@@ -51,6 +51,9 @@ pub struct Args {
     /// Sequences decoded together (overrides model.max_batch).
     #[arg(long)]
     pub max_batch: Option<usize>,
+    /// Print the digest of the model at --model (for the config's model.digest) and exit.
+    #[arg(long, requires = "model")]
+    pub print_model_digest: bool,
 }
 
 impl Args {
@@ -122,6 +125,11 @@ pub fn run(engine: Option<Arc<dyn Engine>>) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let (true, Some(path)) = (args.print_model_digest, &args.model) {
+        let digest = cocoon_engine::model_digest(path).with_context(|| format!("hashing {}", path.display()))?;
+        println!("sha256:{}", hex::encode(digest));
+        return Ok(());
+    }
     let producer = producer(&args)?;
     let config = read_config(&args.config)?;
     let static_config = StaticConfig::parse(&config)?;

@@ -101,6 +101,22 @@ async fn the_enclave_serves_the_default_model_streamed_and_whole() {
 }
 
 #[test]
+fn the_enclave_prints_a_model_digest_for_configs() {
+    let out = Command::new(workspace_bin("cocoon-enclave"))
+        .arg("--print-model-digest")
+        .arg("--model")
+        .arg(default_model_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A GGUF file's digest is its plain SHA-256 (what `sha256sum` prints).
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
+}
+
+#[test]
 fn the_enclave_refuses_a_model_whose_digest_differs() {
     let dir = temp_dir("digest");
     let config_path = dir.join("worker.toml");
