@@ -79,7 +79,7 @@ fn take(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<Weight, L
 }
 
 /// `[out, in]` PyTorch matrices stacked along `out`, transposed to `[in, sum(out)]`.
-fn stacked_transposed(parts: Vec<Weight>) -> (Vec<f32>, [usize; 2]) {
+fn stacked_transposed(parts: &[Weight]) -> (Vec<f32>, [usize; 2]) {
     let cols = parts[0].shape[1];
     let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
     let mut t = vec![0f32; rows * cols];
@@ -140,21 +140,17 @@ impl<B: Backend> Model<B> {
             Tensor::<B, 1>::from_data(TensorData::new(w.data, [n]), device)
         };
         let embed_w = take(src, "model.embed_tokens.weight", &[c.vocab_size, d])?;
-        let lm_head = match src.get("lm_head.weight")? {
-            Some(w) if !c.tie_word_embeddings => {
-                if w.shape != [c.vocab_size, d] {
-                    return Err(LoadError::Format(format!("lm_head.weight has shape {:?}", w.shape)));
-                }
-                tensor2(stacked_transposed(vec![w]))
-            }
-            _ => tensor2(stacked_transposed(vec![Weight { shape: embed_w.shape.clone(), data: embed_w.data.clone() }])),
+        let lm_head = if c.tie_word_embeddings {
+            tensor2(stacked_transposed(std::slice::from_ref(&embed_w)))
+        } else {
+            tensor2(stacked_transposed(&[take(src, "lm_head.weight", &[c.vocab_size, d])?]))
         };
         let embed = tensor2((embed_w.data, [c.vocab_size, d]));
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             progress(i, c.num_layers);
             let p = |n: &str| format!("model.layers.{i}.{n}");
-            let qkv = stacked_transposed(vec![
+            let qkv = stacked_transposed(&[
                 take(src, &p("self_attn.q_proj.weight"), &[h * hd, d])?,
                 take(src, &p("self_attn.k_proj.weight"), &[kv * hd, d])?,
                 take(src, &p("self_attn.v_proj.weight"), &[kv * hd, d])?,
@@ -181,13 +177,13 @@ impl<B: Backend> Model<B> {
                 qkv_bias,
                 q_norm,
                 k_norm,
-                out: tensor2(stacked_transposed(vec![take(src, &p("self_attn.o_proj.weight"), &[d, h * hd])?])),
+                out: tensor2(stacked_transposed(&[take(src, &p("self_attn.o_proj.weight"), &[d, h * hd])?])),
                 mlp_norm: tensor1(take(src, &p("post_attention_layernorm.weight"), &[d])?),
-                gate_up: tensor2(stacked_transposed(vec![
+                gate_up: tensor2(stacked_transposed(&[
                     take(src, &p("mlp.gate_proj.weight"), &[ff, d])?,
                     take(src, &p("mlp.up_proj.weight"), &[ff, d])?,
                 ])),
-                down: tensor2(stacked_transposed(vec![take(src, &p("mlp.down_proj.weight"), &[d, ff])?])),
+                down: tensor2(stacked_transposed(&[take(src, &p("mlp.down_proj.weight"), &[d, ff])?])),
             });
         }
         progress(c.num_layers, c.num_layers);

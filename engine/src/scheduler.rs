@@ -75,10 +75,6 @@ impl BurnEngine {
         BurnEngine { info, codec, queue, limit: options.max_queue, _worker: worker }
     }
 
-    pub fn codec(&self) -> &TextCodec {
-        &self.codec
-    }
-
     fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
         let ids = match prompt {
             Prompt::Chat(messages) => {

@@ -176,14 +176,6 @@ impl TextCodec {
         self.stop_ids.contains(&id)
     }
 
-    pub fn stop_ids(&self) -> &BTreeSet<u32> {
-        &self.stop_ids
-    }
-
-    pub fn has_chat_template(&self) -> bool {
-        self.chat_template.is_some()
-    }
-
     /// The prompt text for a conversation, ending with the assistant's turn opening.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, String> {
         let Some(template) = &self.chat_template else {

@@ -4,7 +4,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::LoadError;
 use crate::config::Architecture;
-use crate::gguf::{Gguf, dequantize};
+use crate::gguf::{Gguf, TensorType, dequantize};
 
 /// A weight in PyTorch layout: shape slowest dimension first, row-major data.
 pub struct Weight {
@@ -130,17 +130,15 @@ impl WeightSource for SafetensorsWeights<'_> {
         for shard in &self.shards {
             let Ok(view) = shard.tensor(name) else { continue };
             let bytes = view.data();
-            let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::BF16 => {
-                    bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-                }
+            let kind = match view.dtype() {
+                Dtype::F32 => TensorType::F32,
+                Dtype::F16 => TensorType::F16,
+                Dtype::BF16 => TensorType::BF16,
                 other => {
                     return Err(LoadError::Format(format!("tensor {name} is {other:?}; expected F32, F16 or BF16")));
                 }
             };
-            return Ok(Some(Weight { shape: view.shape().to_vec(), data }));
+            return Ok(Some(Weight { shape: view.shape().to_vec(), data: dequantize(kind, bytes) }));
         }
         Ok(None)
     }
