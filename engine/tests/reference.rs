@@ -268,3 +268,12 @@ fn a_full_queue_answers_busy_and_a_cancelled_request_frees_its_slot() {
         assert_eq!((done.completion_tokens, done.finish_reason), (2, FinishReason::Length));
     });
 }
+
+#[test]
+fn tiny_qwen2_with_llama3_rope_scaling_matches_transformers() {
+    let loaded = load::<CpuBackend>(&data("tiny-qwen2"), None, 256, &Default::default()).unwrap();
+    let c = &loaded.model.config;
+    assert!(c.attention_bias && c.tie_word_embeddings && !c.qk_norm);
+    assert!(matches!(c.rope_scaling, cocoon_engine::config::RopeScaling::Llama3 { .. }), "{:?}", c.rope_scaling);
+    check_against_reference(&loaded, &reference("qwen2_reference.json"));
+}

@@ -10,7 +10,8 @@ Not run by CI (it needs torch). Run once after changing the prompts:
 Writes engine/tests/data/smollm2_reference.json (for the GGUF model that
 scripts/fetch-model.sh fetches) and engine/tests/data/tiny-qwen3/ (a randomly
 initialised two-layer Qwen3 saved as bf16 safetensors, with its tokenizer and a
-ChatML template, plus qwen3_reference.json).
+ChatML template, plus qwen3_reference.json) and engine/tests/data/tiny-qwen2/
+(q/k/v biases, tied embeddings, Llama 3.1 rope scaling, f16, plus qwen2_reference.json).
 """
 import json
 import os
@@ -19,7 +20,8 @@ import sys
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(ROOT, "engine", "tests", "data")
@@ -103,9 +105,8 @@ CHATML = ("{% for message in messages %}{% if loop.first and message['role'] != 
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
-def tiny_qwen3():
-    out_dir = os.path.join(DATA, "tiny-qwen3")
-    os.makedirs(out_dir, exist_ok=True)
+def tiny_tokenizer(out_dir):
+    """A small byte-level BPE trained on the prompts, with ChatML specials."""
     corpus = [p for p in TEXT_PROMPTS] + ["What is the capital of France? Paris is the capital of France."] * 4
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -120,6 +121,21 @@ def tiny_qwen3():
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"chat_template": CHATML, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
                    "bos_token": None, "tokenizer_class": "PreTrainedTokenizerFast"}, f, indent=1)
+    return tokenizer, fast
+
+
+def randomise_norms(model):
+    """Norm weights start at 1; random ones make every norm visible in the output."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+
+
+def tiny_qwen3():
+    out_dir = os.path.join(DATA, "tiny-qwen3")
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer, fast = tiny_tokenizer(out_dir)
     torch.manual_seed(1234)
     config = Qwen3Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=160,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
@@ -127,17 +143,41 @@ def tiny_qwen3():
                          tie_word_embeddings=False, initializer_range=0.5,
                          eos_token_id=tokenizer.token_to_id("<|im_end|>"), bos_token_id=None)
     model = Qwen3ForCausalLM(config).eval()
-    with torch.no_grad():
-        # Norm weights start at 1; random ones make the per-head q/k norm visible.
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
+    randomise_norms(model)
     # Stored as bf16; the reference reloads exactly those files in f32 (casting the
     # live model back would also leave its rotary buffers rounded to bf16).
     model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
     model = Qwen3ForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
     out = {"provenance": provenance("random Qwen3 (seed 1234), bf16 safetensors"), "cases": cases(model, fast)}
     with open(os.path.join(DATA, "qwen3_reference.json"), "w") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+
+
+def tiny_qwen2():
+    """Qwen2's q/k/v biases, tied embeddings, f16 safetensors, and Llama 3.1 rope
+    scaling (the scaling code is shared by every architecture in transformers)."""
+    out_dir = os.path.join(DATA, "tiny-qwen2")
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer, fast = tiny_tokenizer(out_dir)
+    torch.manual_seed(4321)
+    config = Qwen2Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                         max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                         initializer_range=0.5, eos_token_id=tokenizer.token_to_id("<|im_end|>"),
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 32})
+    model = Qwen2ForCausalLM(config).eval()
+    randomise_norms(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.bias"):
+                p.uniform_(-1.0, 1.0)
+    model.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    model = Qwen2ForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
+    out = {"provenance": provenance("random Qwen2 (seed 4321), llama3 rope scaling, f16 safetensors"),
+           "cases": cases(model, fast)}
+    with open(os.path.join(DATA, "qwen2_reference.json"), "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)
 
 
@@ -148,3 +188,5 @@ if __name__ == "__main__":
         smollm2()
     if "qwen3" in which:
         tiny_qwen3()
+    if "qwen2" in which:
+        tiny_qwen2()
