@@ -32,9 +32,7 @@ struct Row {
 }
 
 fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
-    let [n, v] = t.dims();
-    let flat: Vec<f32> = t.into_data().to_vec().expect("f32 logits");
-    (0..n).map(|r| flat[r * v..(r + 1) * v].to_vec()).collect()
+    cocoon_engine::model::logits_rows(t).expect("f32 logits")
 }
 
 fn prompt(codec: &TextCodec) -> anyhow::Result<Vec<u32>> {

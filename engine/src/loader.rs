@@ -151,7 +151,7 @@ pub fn load<B: Backend>(
     if let Some(expected) = expected_digest
         && expected != digest
     {
-        return Err(LoadError::DigestMismatch { expected: hex(&expected), found: hex(&digest) });
+        return Err(LoadError::DigestMismatch { expected: hex::encode(expected), found: hex::encode(digest) });
     }
     let building = bar(0, "loading layers {bar:40} {pos}/{len}");
     let progress = |done: usize, total: usize| {
@@ -202,10 +202,6 @@ pub fn load<B: Backend>(
 pub fn model_digest(path: &Path) -> Result<[u8; 32], LoadError> {
     let files = ModelFiles::open(path)?;
     Ok(files.digest(&ProgressBar::hidden()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where `make demo` and the tests look for the embedded default model.

@@ -69,6 +69,13 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// Logits [rows, vocab] read back to the host, one vector per row.
+pub fn logits_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, String> {
+    let [rows, vocab] = logits.dims();
+    let flat: Vec<f32> = logits.into_data().to_vec().map_err(|e| format!("reading logits: {e:?}"))?;
+    Ok((0..rows).map(|r| flat[r * vocab..(r + 1) * vocab].to_vec()).collect())
+}
+
 /// Loads one weight, checking its shape.
 fn take(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<Weight, LoadError> {
     let w = src.get(name)?.ok_or_else(|| LoadError::Format(format!("the model has no tensor {name}")))?;

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use burn::tensor::backend::Backend;
 
-use crate::model::{KvCache, Model};
+use crate::model::{KvCache, Model, logits_rows};
 use crate::sampling::{Sampler, StopMatcher, StopScan};
 use crate::tokenizer::{StreamDecoder, TextCodec};
 use crate::{Completion, Engine, EngineError, FinishReason, GenerationRequest, ModelInfo, Prompt, loader::LoadedModel};
@@ -205,12 +205,6 @@ fn run<B: Backend>(model: Model<B>, codec: &TextCodec, jobs: Receiver<Job>, max_
             keep
         });
     }
-}
-
-fn logits_rows<B: Backend>(logits: burn::tensor::Tensor<B, 2>) -> Result<Vec<Vec<f32>>, String> {
-    let [rows, vocab] = logits.dims();
-    let flat: Vec<f32> = logits.into_data().to_vec().map_err(|e| format!("reading logits: {e:?}"))?;
-    Ok((0..rows).map(|r| flat[r * vocab..(r + 1) * vocab].to_vec()).collect())
 }
 
 /// Prefills a new request and, unless it ends at once, adds it to the batch.

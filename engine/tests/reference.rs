@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use cocoon_engine::loader::LoadedModel;
+use cocoon_engine::model::logits_rows;
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::{
     BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role, Sampling,
@@ -61,9 +62,7 @@ fn smollm2_path() -> PathBuf {
 }
 
 fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
-    let [n, v] = t.dims();
-    let flat: Vec<f32> = t.into_data().to_vec().unwrap();
-    (0..n).map(|r| flat[r * v..(r + 1) * v].to_vec()).collect()
+    logits_rows(t).unwrap()
 }
 
 fn prompt_ids(loaded: &LoadedModel<CpuBackend>, case: &Case) -> Vec<u32> {

@@ -50,11 +50,7 @@ fn config(digest: &str) -> String {
 }
 
 fn real_digest() -> String {
-    format!("sha256:{}", hex(&cocoon_engine::model_digest(&default_model_path()).unwrap()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!("sha256:{}", hex::encode(cocoon_engine::model_digest(&default_model_path()).unwrap()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +60,7 @@ async fn the_enclave_serves_the_default_model_streamed_and_whole() {
     let worker = Worker::attest(&s.url, &Policy::insecure_simulated(), true).await.unwrap();
     let claim = worker.verified().claims.model.clone().unwrap();
     assert_eq!(claim.id, MODEL_ID);
-    assert_eq!(format!("sha256:{}", hex(&claim.digest)), digest, "the attested digest is the file's");
+    assert_eq!(format!("sha256:{}", hex::encode(&claim.digest)), digest, "the attested digest is the file's");
 
     let opts = ChatOptions { model: MODEL_ID.into(), temperature: Some(0.0), ..Default::default() };
     let mut pieces = Vec::new();
