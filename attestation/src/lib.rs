@@ -7,15 +7,22 @@
 //! then hands out the keys inside the claims.
 
 pub mod binding;
+mod hexfmt;
 pub mod policy;
 pub mod producer;
+pub mod reference;
+pub mod roots;
 pub mod simulated;
+pub mod snp;
+pub mod tdx;
 pub mod verify;
 
-pub use binding::report_data;
+pub use binding::{gpu_nonce, report_data};
+pub use hexfmt::{parse_rfc3339, rfc3339};
 pub use policy::Policy;
 pub use producer::{EvidenceProducer, PlatformEvidence};
-pub use verify::{RuleOutcome, VerifiedWorker, verify_evidence};
+pub use reference::ReferenceValues;
+pub use verify::{Assessment, Endorsements, HardwareReport, RuleOutcome, VerifiedWorker, assess, verify_evidence};
 
 use cocoon_protocol::Platform;
 
@@ -25,6 +32,10 @@ pub enum AttestationError {
     Document(#[from] cocoon_protocol::evidence::EvidenceError),
     #[error("{platform} report signature: {reason}")]
     Signature { platform: Platform, reason: String },
+    #[error("{platform} evidence did not verify: {reason}")]
+    Verification { platform: Platform, reason: String },
+    #[error("{platform} collateral: {reason}")]
+    Collateral { platform: Platform, reason: String },
     #[error("{platform} report malformed: {reason}")]
     Malformed { platform: Platform, reason: String },
     #[error("report data does not bind the claims: expected {expected}, report has {found}")]

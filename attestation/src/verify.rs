@@ -1,4 +1,5 @@
-//! Evidence verification: signature, binding, policy, in that order.
+//! Evidence verification: hardware signature, claims binding, policy, in
+//! that order; the keys inside the claims are handed out only after all three.
 
 use serde::Serialize;
 
@@ -6,6 +7,9 @@ use cocoon_protocol::evidence::EvidenceDocument;
 use cocoon_protocol::ohttp::KeyConfig;
 use cocoon_protocol::{Claims, Platform};
 
+use crate::reference::{ReferenceValues, mismatch};
+use crate::snp::{self, SnpReport};
+use crate::tdx::{self, TdxCollateral, TdxReport};
 use crate::{AttestationError, Policy, report_data, simulated};
 
 /// One policy rule and how the evidence fared.
@@ -16,29 +20,101 @@ pub struct RuleOutcome {
     pub detail: String,
 }
 
+/// What the hardware said, once its signature verified.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum HardwareReport {
+    Tdx(TdxReport),
+    SevSnp(SnpReport),
+    Simulated,
+}
+
+/// What the verifier needs besides the evidence: TDX collateral (from a file, a
+/// PCCS or the cache) and SNP certificates the evidence may lack (a cache file).
+#[derive(Debug, Clone, Default)]
+pub struct Endorsements {
+    pub tdx_collateral: Option<TdxCollateral>,
+    pub snp_certificates: Vec<Vec<u8>>,
+}
+
 /// Evidence that passed: only now may its keys be used.
 #[derive(Debug, Clone)]
 pub struct VerifiedWorker {
     pub platform: Platform,
     pub claims: Claims,
+    pub hardware: HardwareReport,
     pub key_configs: Vec<KeyConfig>,
     pub receipt_key: [u8; 32],
     pub nonce: Option<Vec<u8>>,
     pub rules: Vec<RuleOutcome>,
 }
 
+/// Everything learnt about a piece of evidence, whether or not it passed.
+#[derive(Debug)]
+pub struct Assessment {
+    pub platform: Option<Platform>,
+    pub claims: Option<Claims>,
+    pub hardware: Option<HardwareReport>,
+    pub rules: Vec<RuleOutcome>,
+    pub nonce: Option<Vec<u8>>,
+    outcome: Result<(Vec<KeyConfig>, [u8; 32]), AttestationError>,
+}
+
+fn claims_json(c: &Claims) -> serde_json::Value {
+    serde_json::json!({
+        "image_version": c.image_version,
+        "model": c.model.as_ref().map(|m| serde_json::json!({"id": m.id, "digest": hex::encode(&m.digest)})),
+        "config_digest": hex::encode(&c.config_digest),
+        "issued_at": c.issued_at,
+        "receipt_key": hex::encode(&c.receipt_key),
+    })
+}
+
+impl Assessment {
+    pub fn passed(&self) -> bool {
+        self.outcome.is_ok()
+    }
+
+    pub fn error(&self) -> Option<&AttestationError> {
+        self.outcome.as_ref().err()
+    }
+
+    /// The JSON summary `cocoon attest --json` and `cocoon verify-evidence --json` print.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accepted": self.passed(),
+            "error": self.error().map(|e| e.to_string()),
+            "platform": self.platform,
+            "claims": self.claims.as_ref().map(claims_json),
+            "hardware": self.hardware,
+            "ohttp_key_ids": self.outcome.as_ref().ok().map(|(k, _)| k.iter().map(|k| k.key_id).collect::<Vec<_>>()),
+            "nonce": self.nonce.as_ref().map(hex::encode),
+            "rules": self.rules,
+        })
+    }
+
+    pub fn into_result(self) -> Result<VerifiedWorker, AttestationError> {
+        let (key_configs, receipt_key) = self.outcome?;
+        Ok(VerifiedWorker {
+            platform: self.platform.expect("set when verification passed"),
+            claims: self.claims.expect("set when verification passed"),
+            hardware: self.hardware.expect("set when verification passed"),
+            key_configs,
+            receipt_key,
+            nonce: self.nonce,
+            rules: self.rules,
+        })
+    }
+}
+
 impl VerifiedWorker {
     /// A JSON-friendly summary for `cocoon attest --json`.
     pub fn summary(&self) -> serde_json::Value {
         serde_json::json!({
+            "accepted": true,
             "platform": self.platform,
-            "image_version": self.claims.image_version,
-            "model": self.claims.model.as_ref().map(|m| serde_json::json!({
-                "id": m.id, "digest": hex::encode(&m.digest)
-            })),
-            "config_digest": hex::encode(&self.claims.config_digest),
-            "issued_at": self.claims.issued_at,
-            "receipt_key": hex::encode(self.receipt_key),
+            "claims": claims_json(&self.claims),
+            "hardware": self.hardware,
             "ohttp_key_ids": self.key_configs.iter().map(|k| k.key_id).collect::<Vec<_>>(),
             "nonce": self.nonce.as_ref().map(hex::encode),
             "rules": self.rules,
@@ -55,42 +131,114 @@ pub fn verify_evidence(
     policy: &Policy,
     nonce: Option<&[u8]>,
     now: u64,
+    endorsements: &Endorsements,
 ) -> Result<VerifiedWorker, AttestationError> {
+    assess(bytes, policy, nonce, now, endorsements).into_result()
+}
+
+/// Like [`verify_evidence`], but keeps every rule's outcome for display.
+pub fn assess(
+    bytes: &[u8],
+    policy: &Policy,
+    nonce: Option<&[u8]>,
+    now: u64,
+    endorsements: &Endorsements,
+) -> Assessment {
+    let mut a = Assessment {
+        platform: None,
+        claims: None,
+        hardware: None,
+        rules: Vec::new(),
+        nonce: nonce.map(<[u8]>::to_vec),
+        outcome: Err(AttestationError::Producer(String::new())),
+    };
+    a.outcome = run(&mut a, bytes, policy, nonce, now, endorsements);
+    a
+}
+
+fn run(
+    a: &mut Assessment,
+    bytes: &[u8],
+    policy: &Policy,
+    nonce: Option<&[u8]>,
+    now: u64,
+    endorsements: &Endorsements,
+) -> Result<(Vec<KeyConfig>, [u8; 32]), AttestationError> {
     let (doc, claims) = EvidenceDocument::decode(bytes)?;
-    let mut rules = Vec::new();
-    let mut pass = |rule: &'static str, detail: String| rules.push(RuleOutcome { rule, passed: true, detail });
+    a.platform = Some(doc.platform);
+    a.claims = Some(claims.clone());
+    let rules = &mut a.rules;
+    let pass = |rules: &mut Vec<RuleOutcome>, rule: &'static str, detail: String| {
+        rules.push(RuleOutcome { rule, passed: true, detail })
+    };
 
     // 1. The platform must be one the policy accepts at all.
-    match doc.platform {
-        Platform::Simulated if !policy.allow_simulated => {
-            return Err(AttestationError::Policy {
-                rule: "allow_simulated",
-                detail: "the evidence is simulated (signed in software, proves nothing about the machine); \
-                         accepting it needs the explicit development option --insecure-simulated"
-                    .into(),
-            });
+    let platform_refusal = match doc.platform {
+        Platform::Simulated if !policy.allow_simulated => Some((
+            "allow_simulated",
+            "the evidence is simulated (signed in software, proves nothing about the machine); \
+             accepting it needs the explicit development option --insecure-simulated"
+                .to_string(),
+        )),
+        Platform::Simulated => {
+            pass(rules, "allow_simulated", "simulated evidence accepted by a development policy".into());
+            None
         }
-        Platform::Simulated => pass("allow_simulated", "simulated evidence accepted by a development policy".into()),
         p if !policy.allowed_platforms.contains(&p) => {
-            return Err(AttestationError::Policy {
-                rule: "allowed_platforms",
-                detail: format!("platform {p} is not in {:?}", policy.allowed_platforms),
-            });
+            Some(("allowed_platforms", format!("platform {p} is not in {:?}", policy.allowed_platforms)))
         }
-        p => pass("allowed_platforms", format!("{p} is allowed")),
-    }
-
-    // 2. The platform's signature over its report.
-    let reported = match doc.platform {
-        Platform::Simulated => simulated::verify(&doc.quote_or_report)?,
         p => {
-            return Err(AttestationError::Unsupported {
-                platform: p,
-                reason: "hardware quote verification is not part of this build yet".into(),
-            });
+            pass(rules, "allowed_platforms", format!("{p} is allowed"));
+            None
         }
     };
-    pass("signature", format!("{} report signature verified", doc.platform));
+    if let Some((rule, detail)) = platform_refusal {
+        rules.push(RuleOutcome { rule, passed: false, detail: detail.clone() });
+        return Err(AttestationError::Policy { rule, detail });
+    }
+
+    // 2. The platform's signature over its report, to the pinned vendor root.
+    let (reported, hardware, detail) = match doc.platform {
+        Platform::Simulated => (
+            simulated::verify(&doc.quote_or_report)?,
+            HardwareReport::Simulated,
+            "simulated report self-signature verified".to_string(),
+        ),
+        Platform::Tdx => {
+            let collateral = endorsements.tdx_collateral.as_ref().ok_or_else(|| AttestationError::Collateral {
+                platform: Platform::Tdx,
+                reason: "none given: pass a collateral file or a PCCS URL".into(),
+            })?;
+            let r = tdx::verify_quote(&doc.quote_or_report, collateral, now)?;
+            let detail = format!(
+                "TDX quote v{} verified to the Intel SGX Root CA; TCB status {}{}",
+                r.quote_version,
+                r.tcb_status,
+                if r.advisory_ids.is_empty() { String::new() } else { format!(" ({})", r.advisory_ids.join(", ")) }
+            );
+            (r.report_data, HardwareReport::Tdx(r), detail)
+        }
+        Platform::SevSnp => {
+            let mut certs: Vec<Vec<u8>> = doc.certificates.iter().flatten().map(|c| c.to_vec()).collect();
+            certs.extend(endorsements.snp_certificates.iter().cloned());
+            let r = snp::verify_report(&doc.quote_or_report, &certs, now)?;
+            let detail = format!(
+                "SNP report v{} signed by the {} ← ASK ← ARK-{}; reported TCB {}{}",
+                r.version,
+                r.signing_key,
+                r.generation,
+                r.reported_tcb,
+                if r.reported_tcb_behind_current {
+                    format!(" is behind the platform's current TCB {}", r.current_tcb)
+                } else {
+                    String::new()
+                }
+            );
+            (r.report_data, HardwareReport::SevSnp(r), detail)
+        }
+    };
+    pass(rules, "signature", detail);
+    a.hardware = Some(hardware.clone());
 
     // 3. The report data binds exactly these claims (and the nonce).
     let expected = report_data(&doc.claims, doc.nonce.as_deref().map(|n| n.as_slice()));
@@ -100,7 +248,7 @@ pub fn verify_evidence(
             found: hex::encode(reported),
         });
     }
-    pass("report_data", "SHA-512(claims [|| nonce]) matches the report".into());
+    pass(rules, "report_data", "SHA-512(claims [|| nonce]) matches the report".into());
     if let Some(want) = nonce {
         let got = doc.nonce.as_deref().map(|n| n.as_slice());
         if got != Some(want) {
@@ -109,39 +257,26 @@ pub fn verify_evidence(
                 found: got.map(hex::encode).unwrap_or_else(|| "no nonce".into()),
             });
         }
-        pass("nonce", "evidence is fresh for our nonce".into());
+        pass(rules, "nonce", "evidence is fresh for our nonce".into());
     }
 
-    // 4. Policy on the claims.
-    if let Some(want) = &policy.required_model_digest {
-        let got = claims.model.as_ref().map(|m| hex::encode(&m.digest));
-        if got.as_deref() != Some(want.to_ascii_lowercase().as_str()) {
-            return Err(AttestationError::Policy {
-                rule: "required_model_digest",
-                detail: format!("expected {want}, found {}", got.unwrap_or_else(|| "no model".into())),
-            });
+    // 4. Policy: every rule is evaluated so that a refusal lists all it broke.
+    rules.extend(policy_rules(
+        policy,
+        &claims,
+        &hardware,
+        nonce.is_some(),
+        now,
+        doc.gpu.as_deref().unwrap_or_default(),
+    ));
+    let failed: Vec<&RuleOutcome> = rules.iter().filter(|r| !r.passed).collect();
+    if let Some(first) = failed.first() {
+        let mut detail = first.detail.clone();
+        if failed.len() > 1 {
+            let others: Vec<&str> = failed[1..].iter().map(|r| r.rule).collect();
+            detail.push_str(&format!(" (also refused: {})", others.join(", ")));
         }
-        pass("required_model_digest", want.clone());
-    }
-    if !policy.allowed_config_digests.is_empty() {
-        let got = hex::encode(&claims.config_digest);
-        if !policy.allowed_config_digests.iter().any(|d| d.eq_ignore_ascii_case(&got)) {
-            return Err(AttestationError::Policy {
-                rule: "allowed_config_digests",
-                detail: format!("expected one of {:?}, found {got}", policy.allowed_config_digests),
-            });
-        }
-        pass("allowed_config_digests", got);
-    }
-    if let Some(max) = policy.max_evidence_age_secs {
-        let age = now.saturating_sub(claims.issued_at);
-        if age > max {
-            return Err(AttestationError::Policy {
-                rule: "max_evidence_age_secs",
-                detail: format!("claims issued {age} s ago, the policy allows at most {max} s"),
-            });
-        }
-        pass("max_evidence_age_secs", format!("issued {age} s ago (max {max} s)"));
+        return Err(AttestationError::Policy { rule: first.rule, detail });
     }
 
     // 5. Only now are the keys inside the claims trusted.
@@ -149,15 +284,247 @@ pub fn verify_evidence(
         platform: doc.platform,
         reason: format!("claims ohttp_keys: {e}"),
     })?;
-    let receipt_key = claims.receipt_key_bytes();
-    Ok(VerifiedWorker {
-        platform: doc.platform,
-        claims,
-        key_configs,
-        receipt_key,
-        nonce: nonce.map(<[u8]>::to_vec),
-        rules,
-    })
+    Ok((key_configs, claims.receipt_key_bytes()))
+}
+
+/// The policy's rules over verified hardware fields and bound claims. Public so
+/// that policy decisions can be tested on real hardware reports.
+pub fn policy_rules(
+    policy: &Policy,
+    claims: &Claims,
+    hardware: &HardwareReport,
+    fresh: bool,
+    now: u64,
+    gpus: &[cocoon_protocol::GpuEvidence],
+) -> Vec<RuleOutcome> {
+    let mut rules = Vec::new();
+    let mut check = |rule: &'static str, result: Result<String, String>| match result {
+        Ok(detail) => rules.push(RuleOutcome { rule, passed: true, detail }),
+        Err(detail) => rules.push(RuleOutcome { rule, passed: false, detail }),
+    };
+    if policy.require_nonce {
+        check(
+            "require_nonce",
+            if fresh {
+                Ok("fresh evidence".into())
+            } else {
+                Err("cached evidence, the policy wants evidence for the verifier's nonce".into())
+            },
+        );
+    }
+    match hardware {
+        HardwareReport::Tdx(r) => {
+            check("debug", debug_rule(policy, r.debug(), "TD attributes have the DEBUG bit"));
+            check("reference_values", reference_rule(policy, claims, hardware));
+            check("tdx.allowed_tcb_statuses", {
+                if policy.tdx.allowed_tcb_statuses.iter().any(|s| *s == r.tcb_status) {
+                    Ok(format!("{} is allowed", r.tcb_status))
+                } else {
+                    Err(format!("expected one of {:?}, found {}", policy.tdx.allowed_tcb_statuses, r.tcb_status))
+                }
+            });
+            if !policy.tdx.refused_advisories.is_empty() {
+                let hit: Vec<_> = r.advisory_ids.iter().filter(|a| policy.tdx.refused_advisories.contains(a)).collect();
+                check(
+                    "tdx.refused_advisories",
+                    if hit.is_empty() {
+                        Ok("none of the refused advisories apply".into())
+                    } else {
+                        Err(format!("the platform is affected by {hit:?}"))
+                    },
+                );
+            }
+            if let Some(min) = &policy.tdx.min_tee_tcb_svn {
+                let low: Vec<String> = r
+                    .tee_tcb_svn
+                    .iter()
+                    .zip(min)
+                    .enumerate()
+                    .filter(|(_, (have, want))| have < want)
+                    .map(|(i, (have, want))| format!("component {i}: {have} < {want}"))
+                    .collect();
+                check(
+                    "tdx.min_tee_tcb_svn",
+                    if low.is_empty() {
+                        Ok(format!("{} meets the minimum", hex::encode(r.tee_tcb_svn)))
+                    } else {
+                        Err(low.join(", "))
+                    },
+                );
+            }
+        }
+        HardwareReport::SevSnp(r) => {
+            check("debug", debug_rule(policy, r.debug(), "the guest policy allows debugging"));
+            check("reference_values", reference_rule(policy, claims, hardware));
+            let p = &policy.sev_snp;
+            if let Some(min) = &p.min_reported_tcb {
+                let low = r.reported_tcb.shortfalls(min);
+                check(
+                    "sev_snp.min_reported_tcb",
+                    if low.is_empty() {
+                        Ok(format!("{} meets {min}", r.reported_tcb))
+                    } else {
+                        Err(format!("reported TCB below the minimum: {}", low.join(", ")))
+                    },
+                );
+            }
+            check(
+                "sev_snp.min_guest_svn",
+                if r.guest_svn >= p.min_guest_svn {
+                    Ok(format!("{} >= {}", r.guest_svn, p.min_guest_svn))
+                } else {
+                    Err(format!("expected at least {}, found {}", p.min_guest_svn, r.guest_svn))
+                },
+            );
+            check(
+                "sev_snp.allow_migration_agent",
+                if !r.policy.migrate_ma_allowed || p.allow_migration_agent {
+                    Ok(format!("migration agent allowed: {}", r.policy.migrate_ma_allowed))
+                } else {
+                    Err("the guest policy allows a migration agent (MIGRATE_MA); the policy refuses it".into())
+                },
+            );
+            check(
+                "sev_snp.allow_smt",
+                if !r.policy.smt_allowed || p.allow_smt {
+                    Ok(format!("SMT allowed: {}", r.policy.smt_allowed))
+                } else {
+                    Err("the guest policy allows SMT; the policy refuses it".into())
+                },
+            );
+            check(
+                "sev_snp.max_vmpl",
+                if r.vmpl <= p.max_vmpl {
+                    Ok(format!("VMPL {} <= {}", r.vmpl, p.max_vmpl))
+                } else {
+                    Err(format!("expected VMPL at most {}, found {}", p.max_vmpl, r.vmpl))
+                },
+            );
+        }
+        HardwareReport::Simulated => {}
+    }
+    if let Some(want) = &policy.required_model_digest {
+        let got = claims.model.as_ref().map(|m| hex::encode(&m.digest));
+        check(
+            "required_model_digest",
+            if got.as_deref() == Some(want.to_ascii_lowercase().as_str()) {
+                Ok(want.clone())
+            } else {
+                Err(format!("expected {want}, found {}", got.unwrap_or_else(|| "no model".into())))
+            },
+        );
+    }
+    if !policy.allowed_config_digests.is_empty() {
+        let got = hex::encode(&claims.config_digest);
+        check(
+            "allowed_config_digests",
+            if policy.allowed_config_digests.iter().any(|d| d.eq_ignore_ascii_case(&got)) {
+                Ok(got)
+            } else {
+                Err(format!("expected one of {:?}, found {got}", policy.allowed_config_digests))
+            },
+        );
+    }
+    if let Some(max) = policy.max_evidence_age_secs {
+        let age = now.saturating_sub(claims.issued_at);
+        check(
+            "max_evidence_age_secs",
+            if age <= max {
+                Ok(format!("issued {age} s ago (max {max} s)"))
+            } else {
+                Err(format!("claims issued {age} s ago, the policy allows at most {max} s"))
+            },
+        );
+    }
+    if let Some(result) = gpu_rule(policy, gpus) {
+        check("gpu", result);
+    }
+    rules
+}
+
+fn debug_rule(policy: &Policy, debug: bool, what: &str) -> Result<String, String> {
+    match (debug, policy.development) {
+        (false, _) => Ok("not a debug guest".into()),
+        (true, true) => Ok(format!("{what}; accepted by a development policy")),
+        (true, false) => {
+            Err(format!("{what}: the host can read the guest's memory; only a development policy accepts it"))
+        }
+    }
+}
+
+/// The evidence must match one whole set of reference values for its platform.
+fn reference_rule(policy: &Policy, claims: &Claims, hardware: &HardwareReport) -> Result<String, String> {
+    let applies = |r: &ReferenceValues| match hardware {
+        HardwareReport::Tdx(_) => r.tdx.is_some(),
+        HardwareReport::SevSnp(_) => r.sev_snp.is_some(),
+        HardwareReport::Simulated => false,
+    };
+    let sets: Vec<(usize, &ReferenceValues)> =
+        policy.reference_values.iter().enumerate().filter(|(_, r)| applies(r)).collect();
+    if sets.is_empty() {
+        return if policy.allow_any_measurement {
+            Ok("NOT CHECKED: the policy has no reference values for this platform and allows any measurement".into())
+        } else {
+            Err("the policy has no reference values for this platform: add the output of `make measure` \
+                 (--reference-values FILE) or, to inspect only, allow_any_measurement"
+                .into())
+        };
+    }
+    let mut misses = Vec::new();
+    for (i, set) in sets {
+        let miss = set_mismatch(set, claims, hardware);
+        match miss {
+            None => return Ok(format!("matches {}", set.label(i))),
+            Some(m) => misses.push(format!("{}: {m}", set.label(i))),
+        }
+    }
+    Err(misses.join("; "))
+}
+
+fn set_mismatch(set: &ReferenceValues, claims: &Claims, hardware: &HardwareReport) -> Option<String> {
+    let fields: Vec<Option<String>> = match hardware {
+        HardwareReport::Tdx(r) => {
+            let t = set.tdx.as_ref()?;
+            vec![
+                mismatch("tdx.mrtd", &t.mrtd, &r.mrtd),
+                mismatch("tdx.rtmr0", &t.rtmr0, &r.rtmr0),
+                mismatch("tdx.rtmr1", &t.rtmr1, &r.rtmr1),
+                mismatch("tdx.rtmr2", &t.rtmr2, &r.rtmr2),
+                mismatch("tdx.rtmr3", &t.rtmr3, &r.rtmr3),
+                mismatch("tdx.mr_config_id", &t.mr_config_id, &r.mr_config_id),
+                mismatch("tdx.mr_owner", &t.mr_owner, &r.mr_owner),
+                mismatch("tdx.mr_owner_config", &t.mr_owner_config, &r.mr_owner_config),
+            ]
+        }
+        HardwareReport::SevSnp(r) => {
+            let s = set.sev_snp.as_ref()?;
+            vec![
+                mismatch("sev_snp.measurement", &s.measurement, &r.measurement),
+                mismatch("sev_snp.host_data", &s.host_data, &r.host_data),
+                mismatch("sev_snp.id_key_digest", &s.id_key_digest, &r.id_key_digest),
+            ]
+        }
+        HardwareReport::Simulated => return Some("simulated evidence has no measurements".into()),
+    };
+    let mut all = fields;
+    all.push(mismatch("config_digest", &set.config_digest, &claims.config_digest));
+    let misses: Vec<String> = all.into_iter().flatten().collect();
+    (!misses.is_empty()).then(|| misses.join(", "))
+}
+
+/// No GPU verifier exists in this build: GPU evidence is never reported as verified.
+fn gpu_rule(policy: &Policy, gpus: &[cocoon_protocol::GpuEvidence]) -> Option<Result<String, String>> {
+    match (policy.gpu.required, gpus.len()) {
+        (false, 0) => None,
+        (false, n) => Some(Ok(format!(
+            "not required; {n} GPU evidence entries present but NOT verified (this build has no NVIDIA verifier)"
+        ))),
+        (true, 0) => Some(Err("the policy requires GPU confidential-computing evidence; the worker sent none".into())),
+        (true, n) => Some(Err(format!(
+            "the policy requires verified GPU evidence; {n} entries present but this build cannot verify \
+             NVIDIA attestation reports, so none is trusted"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +567,10 @@ mod tests {
         .encode()
     }
 
+    fn none() -> Endorsements {
+        Endorsements::default()
+    }
+
     fn refusal(r: Result<VerifiedWorker, AttestationError>) -> String {
         r.expect_err("must be refused").to_string()
     }
@@ -207,7 +578,8 @@ mod tests {
     #[test]
     fn accepts_under_a_development_policy_and_reports_each_rule() {
         let v =
-            verify_evidence(&evidence(Some(b"n1")), &Policy::insecure_simulated(), Some(b"n1"), ISSUED + 5).unwrap();
+            verify_evidence(&evidence(Some(b"n1")), &Policy::insecure_simulated(), Some(b"n1"), ISSUED + 5, &none())
+                .unwrap();
         let rules: Vec<_> = v.rules.iter().map(|r| r.rule).collect();
         assert_eq!(rules, ["allow_simulated", "signature", "report_data", "nonce", "max_evidence_age_secs"]);
         assert_eq!(v.receipt_key, [2; 32]);
@@ -216,21 +588,23 @@ mod tests {
     #[test]
     fn refusals_name_the_rule_and_the_values() {
         let dev = Policy::insecure_simulated();
-        let e = refusal(verify_evidence(&evidence(Some(b"n1")), &dev, Some(b"n2"), ISSUED));
+        let e = refusal(verify_evidence(&evidence(Some(b"n1")), &dev, Some(b"n2"), ISSUED, &none()));
         assert_eq!(e, "nonce: expected 6e32, evidence has 6e31");
-        let e = refusal(verify_evidence(&evidence(None), &dev, Some(b"n2"), ISSUED));
+        let e = refusal(verify_evidence(&evidence(None), &dev, Some(b"n2"), ISSUED, &none()));
         assert_eq!(e, "nonce: expected 6e32, evidence has no nonce");
-        let e = refusal(verify_evidence(&evidence(None), &dev, None, ISSUED + 90_000));
+        let e = refusal(verify_evidence(&evidence(None), &dev, None, ISSUED + 90_000, &none()));
         assert!(
             e.contains("max_evidence_age_secs: claims issued 90000 s ago, the policy allows at most 86400 s"),
             "{e}"
         );
         let p = Policy { required_model_digest: Some("00".repeat(32)), ..dev.clone() };
-        let e = refusal(verify_evidence(&evidence(None), &p, None, ISSUED));
+        let e = refusal(verify_evidence(&evidence(None), &p, None, ISSUED, &none()));
         assert!(e.contains("required_model_digest: expected 0000") && e.contains(&"ab".repeat(32)), "{e}");
         let p = Policy { allowed_config_digests: vec!["11".repeat(32)], ..dev.clone() };
-        assert!(refusal(verify_evidence(&evidence(None), &p, None, ISSUED)).contains("allowed_config_digests"));
-        let e = refusal(verify_evidence(&evidence(None), &Policy::default(), None, ISSUED));
+        assert!(
+            refusal(verify_evidence(&evidence(None), &p, None, ISSUED, &none())).contains("allowed_config_digests")
+        );
+        let e = refusal(verify_evidence(&evidence(None), &Policy::default(), None, ISSUED, &none()));
         assert!(e.contains("allow_simulated"), "{e}");
     }
 
@@ -241,7 +615,7 @@ mod tests {
         for i in 0..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 0x01;
-            assert!(verify_evidence(&bad, &dev, Some(b"n"), ISSUED).is_err(), "flip at {i} accepted");
+            assert!(verify_evidence(&bad, &dev, Some(b"n"), ISSUED, &none()).is_err(), "flip at {i} accepted");
         }
     }
 }

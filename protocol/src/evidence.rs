@@ -148,8 +148,30 @@ pub struct EvidenceDocument {
     /// DER certificates that the platform's verifier needs (VCEK/ASK, PCK chain...).
     pub certificates: Option<Vec<ByteBuf>>,
     pub event_log: Option<ByteBuf>,
-    /// NVIDIA GPU confidential-computing evidence (filled by a later release).
-    pub gpu: Option<ByteBuf>,
+    /// NVIDIA GPU confidential-computing evidence, one entry per GPU.
+    pub gpu: Option<Vec<GpuEvidence>>,
+}
+
+/// One GPU's confidential-computing evidence, as the NVIDIA driver gives it
+/// inside the VM. The GPU's attestation report is requested with
+/// `gpu_nonce(claims, nonce)` so that it binds the same claims as the CPU report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuEvidence {
+    /// `nvidia`.
+    pub vendor: String,
+    /// Architecture as the driver names it (`HOPPER`, `BLACKWELL`).
+    pub architecture: String,
+    /// `on`, `off` or `devtools` (CC mode with debugging tools: not confidential).
+    pub cc_mode: String,
+    pub driver_version: String,
+    pub vbios_version: String,
+    /// The 32-byte nonce the report was requested with.
+    pub nonce: ByteBuf,
+    /// The GPU's signed SPDM measurement report.
+    pub attestation_report: ByteBuf,
+    /// The GPU's device certificate chain (DER), leaf first.
+    pub certificate_chain: Vec<ByteBuf>,
 }
 
 impl EvidenceDocument {
@@ -170,6 +192,22 @@ impl EvidenceDocument {
             return Err(EvidenceError::BadClaim {
                 field: "nonce",
                 reason: format!("{} bytes exceeds the limit of {}", n.len(), limits::MAX_NONCE),
+            });
+        }
+        if let Some(c) = &doc.certificates
+            && c.len() > limits::MAX_EVIDENCE_CERTS
+        {
+            return Err(EvidenceError::BadClaim {
+                field: "certificates",
+                reason: format!("{} entries exceeds the limit of {}", c.len(), limits::MAX_EVIDENCE_CERTS),
+            });
+        }
+        if let Some(g) = &doc.gpu
+            && g.len() > limits::MAX_GPUS
+        {
+            return Err(EvidenceError::BadClaim {
+                field: "gpu",
+                reason: format!("{} entries exceeds the limit of {}", g.len(), limits::MAX_GPUS),
             });
         }
         let claims = Claims::decode(&doc.claims)?;

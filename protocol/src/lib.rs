@@ -11,5 +11,5 @@ pub mod media;
 pub mod ohttp;
 pub mod receipt;
 
-pub use evidence::{Claims, EvidenceDocument, ModelClaim, Platform};
+pub use evidence::{Claims, EvidenceDocument, GpuEvidence, ModelClaim, Platform};
 pub use receipt::{Receipt, ReceiptSigner};

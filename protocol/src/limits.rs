@@ -26,3 +26,7 @@ pub const MAX_NONCE: usize = 64;
 pub const MAX_RECEIPT: usize = 2 << 10;
 /// Longest text field inside claims (model id, image version, ...).
 pub const MAX_CLAIM_TEXT: usize = 256;
+/// Most GPU evidence entries in one evidence document.
+pub const MAX_GPUS: usize = 16;
+/// Most certificates in one evidence document.
+pub const MAX_EVIDENCE_CERTS: usize = 16;
