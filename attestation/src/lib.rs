@@ -7,14 +7,18 @@
 //! then hands out the keys inside the claims.
 
 pub mod binding;
+pub mod configfs_tsm;
+pub mod detect;
 mod hexfmt;
 pub mod policy;
 pub mod producer;
 pub mod reference;
 pub mod roots;
+pub mod sev_guest;
 pub mod simulated;
 pub mod snp;
 pub mod tdx;
+pub mod tdx_guest;
 pub mod verify;
 
 pub use binding::{gpu_nonce, report_data};

@@ -1,10 +1,10 @@
 //! The real hardware samples in `tests/data` (see PROVENANCE.md): verification,
 //! known values, and a tamper matrix over every signed region.
 
+use cocoon_attestation::parse_rfc3339;
 use cocoon_attestation::roots::AmdGeneration;
 use cocoon_attestation::snp;
 use cocoon_attestation::tdx::{self, TdxCollateral};
-use cocoon_attestation::parse_rfc3339;
 
 const QUOTE: &[u8] = include_bytes!("data/dcap-sample-quote.bin");
 const COLLATERAL: &[u8] = include_bytes!("data/dcap-sample-collateral.json");
@@ -174,6 +174,9 @@ fn snp_tamper_matrix() {
     // Outside the VCEK's validity, short input, no certificates.
     let e = snp_err(SNP_REPORT, &certs, parse_rfc3339("2026-01-01T00:00:00Z").unwrap());
     assert!(e.contains("certificate SEV-VCEK is valid from 2026-06-17T01:05:04Z to 2033-06-17T01:05:04Z"), "{e}");
-    assert_eq!(snp_err(&SNP_REPORT[..1000], &certs, t), "sev-snp report malformed: report is 1000 bytes, expected 1184");
+    assert_eq!(
+        snp_err(&SNP_REPORT[..1000], &certs, t),
+        "sev-snp report malformed: report is 1000 bytes, expected 1184"
+    );
     assert!(snp_err(SNP_REPORT, &[], t).contains("no SEV-VCEK certificate among the 0 given"));
 }

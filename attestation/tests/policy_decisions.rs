@@ -97,7 +97,10 @@ fn measurement_not_allowed() {
     assert_eq!(f[0].1, format!("set 1: sev_snp.measurement: expected {other}, found {SNP_MEASUREMENT}"));
     // The config digest in the reference set must be the claims' too.
     let p = Policy {
-        reference_values: vec![reference(format!(r#"{{"config_digest":"{}","tdx":{{"mrtd":"{MRTD}"}}}}"#, "11".repeat(32)))],
+        reference_values: vec![reference(format!(
+            r#"{{"config_digest":"{}","tdx":{{"mrtd":"{MRTD}"}}}}"#,
+            "11".repeat(32)
+        ))],
         ..Policy::default()
     };
     let f = decide(&p, &tdx_report(), Platform::Tdx, tdx_time());
@@ -156,7 +159,8 @@ fn debug_guests_only_under_a_development_policy() {
 #[test]
 fn stale_cached_evidence_and_missing_nonce() {
     let issued = tdx_time() - 2 * 86_400;
-    let f = failures(&policy_rules(&tdx_policy(), &claims(Platform::Tdx, issued), &tdx_report(), false, tdx_time(), &[]));
+    let f =
+        failures(&policy_rules(&tdx_policy(), &claims(Platform::Tdx, issued), &tdx_report(), false, tdx_time(), &[]));
     assert_eq!(
         f,
         [("max_evidence_age_secs", "claims issued 172800 s ago, the policy allows at most 86400 s".to_string())]
@@ -215,13 +219,20 @@ fn hardware_report_that_does_not_bind_the_claims_is_refused() {
     assert!(e.contains("report has 9a9d48e7f6799642"), "{e}");
     let vcek = snp::certificates_from_pem_or_der(VCEK_PEM).unwrap();
     let certs = Some(vcek.into_iter().map(ByteBuf::from).collect());
-    let e = verify_evidence(&doc(Platform::SevSnp, SNP_REPORT, certs), &snp_policy(), None, snp_time(), &Endorsements::default())
-        .unwrap_err()
-        .to_string();
+    let e = verify_evidence(
+        &doc(Platform::SevSnp, SNP_REPORT, certs),
+        &snp_policy(),
+        None,
+        snp_time(),
+        &Endorsements::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("report has 6174746573742d74"), "{e}");
     // Without collateral a TDX quote cannot be judged at all.
-    let e = verify_evidence(&doc(Platform::Tdx, QUOTE, None), &tdx_policy(), None, tdx_time(), &Endorsements::default())
-        .unwrap_err()
-        .to_string();
+    let e =
+        verify_evidence(&doc(Platform::Tdx, QUOTE, None), &tdx_policy(), None, tdx_time(), &Endorsements::default())
+            .unwrap_err()
+            .to_string();
     assert_eq!(e, "tdx collateral: none given: pass a collateral file or a PCCS URL");
 }

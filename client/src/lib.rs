@@ -6,8 +6,10 @@
 //! only way to get a [`Worker`] is [`Worker::attest`].
 
 pub mod chat;
+pub mod endorsements;
 pub mod http;
 pub mod worker;
 
 pub use chat::{ChatOptions, ChatOutcome, Usage};
+pub use endorsements::{EndorsementError, EndorsementSources};
 pub use worker::{ClientError, ResponseStream, Worker};

@@ -10,12 +10,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use cocoon_attestation::{AttestationError, Policy, VerifiedWorker, verify_evidence};
+use cocoon_attestation::{AttestationError, Policy, VerifiedWorker, assess};
 use cocoon_protocol::bhttp_msg::{BhttpError, InnerRequest, InnerResponse, ResponseEvent, StreamingResponseDecoder};
 use cocoon_protocol::ohttp::{ChunkedResponseOpener, ClientRequest, OhttpError};
 use cocoon_protocol::receipt::ReceiptError;
 use cocoon_protocol::{Receipt, limits, media};
 
+use crate::endorsements::{EndorsementError, EndorsementSources};
 use crate::http::{HttpClient, join};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum ClientError {
     Status { what: &'static str, status: u16, body: String },
     #[error("evidence refused: {0}")]
     Attestation(#[from] AttestationError),
+    #[error("verification inputs: {0}")]
+    Endorsements(#[from] EndorsementError),
     #[error("sealed exchange: {0}")]
     Ohttp(#[from] OhttpError),
     #[error("sealed response: {0}")]
@@ -45,7 +48,32 @@ pub struct Worker {
     verified: VerifiedWorker,
 }
 
-fn unix_now() -> u64 {
+/// Fetches a worker's evidence document, for a new random nonce when `fresh`;
+/// returns it with that nonce. Verifying it is the caller's next step.
+pub async fn fetch_evidence(base: &str, fresh: bool) -> Result<(Vec<u8>, Option<Vec<u8>>), ClientError> {
+    let http = HttpClient::default();
+    let nonce = fresh.then(|| {
+        let mut n = [0u8; 32];
+        getrandom::fill(&mut n).expect("the operating system's random source failed");
+        n.to_vec()
+    });
+    let path = match &nonce {
+        Some(n) => format!("/v1/attestation?nonce={}", hex::encode(n)),
+        None => "/v1/attestation".to_string(),
+    };
+    let uri = join(base, &path).map_err(ClientError::Http)?;
+    let (status, body) = http.get(uri, limits::MAX_EVIDENCE).await.map_err(ClientError::Http)?;
+    if !status.is_success() {
+        return Err(ClientError::Status {
+            what: "attestation endpoint",
+            status: status.as_u16(),
+            body: text_of(&body),
+        });
+    }
+    Ok((body.to_vec(), nonce))
+}
+
+pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -57,26 +85,21 @@ impl Worker {
     /// Fetches the worker's evidence (fresh for a new nonce when `fresh`) and
     /// verifies it under `policy`. Nothing else is sent before this succeeds.
     pub async fn attest(base: &str, policy: &Policy, fresh: bool) -> Result<Self, ClientError> {
+        Self::attest_with(base, policy, &EndorsementSources::default(), fresh).await
+    }
+
+    /// [`Worker::attest`] with the collateral and certificate sources that hardware evidence needs.
+    pub async fn attest_with(
+        base: &str,
+        policy: &Policy,
+        sources: &EndorsementSources,
+        fresh: bool,
+    ) -> Result<Self, ClientError> {
+        let (evidence, nonce) = fetch_evidence(base, fresh).await?;
         let http = HttpClient::default();
-        let nonce = fresh.then(|| {
-            let mut n = [0u8; 32];
-            getrandom::fill(&mut n).expect("the operating system's random source failed");
-            n.to_vec()
-        });
-        let path = match &nonce {
-            Some(n) => format!("/v1/attestation?nonce={}", hex::encode(n)),
-            None => "/v1/attestation".to_string(),
-        };
-        let uri = join(base, &path).map_err(ClientError::Http)?;
-        let (status, body) = http.get(uri, limits::MAX_EVIDENCE).await.map_err(ClientError::Http)?;
-        if !status.is_success() {
-            return Err(ClientError::Status {
-                what: "attestation endpoint",
-                status: status.as_u16(),
-                body: text_of(&body),
-            });
-        }
-        let verified = verify_evidence(&body, policy, nonce.as_deref(), unix_now())?;
+        let now = unix_now();
+        let endorsements = sources.endorsements(&http, &evidence, now).await?;
+        let verified = assess(&evidence, policy, nonce.as_deref(), now, &endorsements).into_result()?;
         Ok(Worker { base: base.to_string(), http, verified })
     }
 

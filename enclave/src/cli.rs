@@ -7,8 +7,11 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use cocoon_attestation::EvidenceProducer;
+use cocoon_attestation::detect::{TeePaths, hardware_producer};
 use cocoon_attestation::simulated::SimulatedProducer;
+use cocoon_attestation::tdx_guest::QgsAddr;
 use cocoon_engine::Engine;
+use cocoon_protocol::Platform;
 
 use crate::model_config::{ModelSection, StaticConfig, start_engine};
 use crate::state::EnclaveState;
@@ -30,6 +33,18 @@ pub struct Args {
     /// verifier policy refuses it.
     #[arg(long)]
     pub insecure_simulated: bool,
+    /// configfs-tsm report directory (quotes and reports for both TDX and SEV-SNP).
+    #[arg(long, env = "COCOON_TSM_ROOT", default_value = cocoon_attestation::configfs_tsm::DEFAULT_ROOT)]
+    pub tsm_root: PathBuf,
+    /// TDX guest device, used when configfs-tsm is missing.
+    #[arg(long, default_value = cocoon_attestation::tdx_guest::DEFAULT_DEVICE)]
+    pub tdx_device: PathBuf,
+    /// The host's TDX Quote Generation Service for the device path: vsock:CID:PORT or unix:/path.
+    #[arg(long, default_value = "vsock:2:4050")]
+    pub qgs: String,
+    /// SEV-SNP: the VMPL reports are requested for.
+    #[arg(long, default_value_t = 0)]
+    pub vmpl: u32,
     /// The static config file whose SHA-256 goes into the claims.
     #[arg(long, env = "COCOON_CONFIG")]
     pub config: Option<PathBuf>,
@@ -70,41 +85,41 @@ impl Args {
     }
 }
 
+fn parse_qgs(s: &str) -> anyhow::Result<QgsAddr> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        return Ok(QgsAddr::Unix(p.into()));
+    }
+    let rest =
+        s.strip_prefix("vsock:").with_context(|| format!("--qgs {s:?}: expected vsock:CID:PORT or unix:/path"))?;
+    let (cid, port) = rest.split_once(':').with_context(|| format!("--qgs {s:?}: expected vsock:CID:PORT"))?;
+    Ok(QgsAddr::Vsock { cid: cid.parse().context("--qgs CID")?, port: port.parse().context("--qgs PORT")? })
+}
+
 fn producer(args: &Args) -> anyhow::Result<Arc<dyn EvidenceProducer>> {
-    let platform = match args.platform.as_str() {
-        "auto" => detect_tee().unwrap_or("none"),
-        p => p,
+    let paths = TeePaths {
+        tsm_root: args.tsm_root.clone(),
+        tdx_device: args.tdx_device.clone(),
+        qgs: parse_qgs(&args.qgs)?,
+        vmpl: args.vmpl,
+        ..TeePaths::default()
     };
-    match platform {
+    let want = match args.platform.as_str() {
+        "auto" => None,
         "simulated" if args.insecure_simulated => {
             eprintln!(
                 "WARNING: SIMULATED EVIDENCE. This enclave's attestation is signed by a key made in software; \
                  it proves nothing about the machine. Never use this outside development."
             );
-            Ok(Arc::new(SimulatedProducer::new()))
+            return Ok(Arc::new(SimulatedProducer::new()));
         }
         "simulated" => bail!("--platform simulated needs the explicit --insecure-simulated flag"),
-        "tdx" | "sev-snp" => bail!(
-            "{platform}: the hardware evidence producer is not part of this build yet; \
-             refusing to fall back to simulated evidence"
-        ),
-        "none" => bail!(
-            "no TEE found (no /dev/tdx_guest, /dev/sev-guest or configfs-tsm); for development use \
-             --platform simulated --insecure-simulated"
-        ),
-        other => bail!("unknown platform {other:?}; expected auto, tdx, sev-snp or simulated"),
-    }
-}
-
-/// The TEE this guest runs in, from the kernel's guest devices.
-fn detect_tee() -> Option<&'static str> {
-    if std::path::Path::new("/dev/tdx_guest").exists() {
-        Some("tdx")
-    } else if std::path::Path::new("/dev/sev-guest").exists() {
-        Some("sev-snp")
-    } else {
-        None
-    }
+        other => Some(other.parse::<Platform>().map_err(|e| anyhow::anyhow!("--platform: {e}"))?),
+    };
+    let p = hardware_producer(want, &paths).map_err(|e| {
+        anyhow::anyhow!("{e}; refusing to fall back to simulated evidence (for development: --platform simulated --insecure-simulated)")
+    })?;
+    tracing::info!(platform = %p.platform(), "hardware evidence producer ready");
+    Ok(p)
 }
 
 fn read_config(path: &Option<PathBuf>) -> anyhow::Result<Vec<u8>> {

@@ -110,7 +110,14 @@ async fn attestation(state: &Arc<EnclaveState>, query: Option<&str>) -> Response
     let Some(nonce) = nonce else {
         return full(StatusCode::OK, media::EVIDENCE, state.cached_evidence.clone());
     };
-    // Hardware quote generation is slow; keep it off the async workers.
+    // Hardware quote generation is slow and serialised host-wide: keep it off the
+    // async workers, and bound how many requests may queue for it.
+    let Ok(_permit) = state.fresh_evidence.try_acquire() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "evidence producer busy: too many fresh-evidence requests waiting\n",
+        );
+    };
     let s = state.clone();
     match tokio::task::spawn_blocking(move || s.evidence(Some(&nonce))).await {
         Ok(Ok(doc)) => full(StatusCode::OK, media::EVIDENCE, doc),

@@ -22,7 +22,12 @@ pub struct EnclaveState {
     pub cached_evidence: Vec<u8>,
     pub producer: Arc<dyn EvidenceProducer>,
     pub engine: Option<Arc<dyn Engine>>,
+    /// Fresh-evidence requests allowed to wait for the (serialised, slow) hardware at once.
+    pub fresh_evidence: tokio::sync::Semaphore,
 }
+
+/// Nonce requests waiting for hardware evidence at once; more are answered 503.
+pub const MAX_FRESH_EVIDENCE_WAITING: usize = 8;
 
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -60,6 +65,7 @@ impl EnclaveState {
             cached_evidence: Vec::new(),
             producer,
             engine,
+            fresh_evidence: tokio::sync::Semaphore::new(MAX_FRESH_EVIDENCE_WAITING),
         };
         state.cached_evidence = state.evidence(None)?;
         Ok(state)

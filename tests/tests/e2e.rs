@@ -118,7 +118,8 @@ async fn cli_attests_and_chats_through_the_shim() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["platform"], "simulated");
-    assert_eq!(v["model"]["id"], MODEL_ID);
+    assert_eq!(v["claims"]["model"]["id"], MODEL_ID);
+    assert_eq!(v["accepted"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
