@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SOCKET_DIR ?= $(CURDIR)/target/demo
 
-.PHONY: all build model test lint check-cuda fmt fmt-check bench demo clean
+.PHONY: all build model test lint check-cuda fmt fmt-check bench demo clean fuzz
 
 all: build
 
@@ -38,6 +38,7 @@ bench: model
 	@command -v socat >/dev/null || { echo "bench needs socat (apt-get install socat)"; exit 1; }
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p cocoon-protocol --bench sealing
+	$(CARGO) bench -p cocoon-attestation --bench verification
 	$(CARGO) bench -p cocoon-tests --bench forwarding
 	$(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench
 
@@ -48,3 +49,13 @@ demo: model
 
 clean:
 	$(CARGO) clean
+
+# Fuzz every parser of outside input for FUZZ_SECONDS each (nightly + cargo-fuzz).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = tdx_quote snp_report evidence_cbor cert_chain
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "fuzz needs cargo-fuzz (cargo install cargo-fuzz) and a nightly toolchain"; exit 1; }
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && cp -n fuzz/seeds/$$t/* fuzz/corpus/$$t/ && \
+		(cd fuzz && cargo +nightly fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048) || exit 1; \
+	done
