@@ -47,7 +47,7 @@ impl Allowed {
 
     pub fn allows(&self, value: &[u8]) -> bool {
         let v = hex::encode(value);
-        self.0.iter().any(|a| *a == v)
+        self.0.contains(&v)
     }
 }
 

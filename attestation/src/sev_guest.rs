@@ -3,7 +3,6 @@
 //! and the bounded parser of the GHCB certificate table that both this device
 //! and configfs-tsm's `auxblob` return.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use uuid::Uuid;
@@ -87,7 +86,7 @@ pub struct SevGuestProducer {
 
 impl SevGuestProducer {
     pub fn open(device: &std::path::Path, vmpl: u32) -> Result<Self, AttestationError> {
-        if device != PathBuf::from(DEVICE) {
+        if device != std::path::Path::new(DEVICE) {
             return Err(AttestationError::Producer(format!(
                 "the sev crate opens {DEVICE} only; {} cannot be used (use configfs-tsm for a different root)",
                 device.display()

@@ -232,7 +232,7 @@ fn chain_to_pinned_root(vek: &NamedCert, intermediate: Option<&NamedCert>) -> Re
     }))
 }
 
-fn ext_value<'a>(cert: &'a x509_cert::Certificate, oid: ObjectIdentifier) -> Option<&'a [u8]> {
+fn ext_value(cert: &x509_cert::Certificate, oid: ObjectIdentifier) -> Option<&[u8]> {
     cert.tbs_certificate().extensions()?.iter().find(|e| e.extn_id == oid).map(|e| e.extn_value.as_bytes())
 }
 

@@ -317,7 +317,7 @@ pub fn policy_rules(
             check("debug", debug_rule(policy, r.debug(), "TD attributes have the DEBUG bit"));
             check("reference_values", reference_rule(policy, claims, hardware));
             check("tdx.allowed_tcb_statuses", {
-                if policy.tdx.allowed_tcb_statuses.iter().any(|s| *s == r.tcb_status) {
+                if policy.tdx.allowed_tcb_statuses.contains(&r.tcb_status) {
                     Ok(format!("{} is allowed", r.tcb_status))
                 } else {
                     Err(format!("expected one of {:?}, found {}", policy.tdx.allowed_tcb_statuses, r.tcb_status))

@@ -73,8 +73,7 @@ async fn saved_simulated_evidence_verifies_only_under_a_development_policy() {
     let _enclave = start_enclave(&sock, 0);
     let (_host, url) = start_host(&format!("unix:{}", sock.display()), &[]);
     let client = cocoon_client::http::HttpClient::default();
-    let (status, body) =
-        client.get(format!("{url}/v1/attestation").parse().unwrap(), 1 << 20).await.unwrap();
+    let (status, body) = client.get(format!("{url}/v1/attestation").parse().unwrap(), 1 << 20).await.unwrap();
     assert!(status.is_success());
     let file = dir.join("evidence.cbor");
     std::fs::write(&file, &body).unwrap();
@@ -177,13 +176,15 @@ async fn tdx_collateral_from_a_pccs_is_cached_until_its_next_update() {
             "--json".into(),
         ]
     };
-    let run = |a: Vec<String>| {
-        tokio::task::spawn_blocking(move || cocoon(&a.iter().map(String::as_str).collect::<Vec<_>>()))
-    };
+    let run =
+        |a: Vec<String>| tokio::task::spawn_blocking(move || cocoon(&a.iter().map(String::as_str).collect::<Vec<_>>()));
     assert_tdx_verified_but_unbound(&run(args(&pccs)).await.unwrap());
     assert_eq!(hits.load(Ordering::SeqCst), 4, "PCK CRL, TCB info, QE identity, root CA CRL");
     let cached = cache.join("tdx-B0C06F000000-platform.json");
-    assert_eq!(TdxCollateral::from_json(&std::fs::read(&cached).unwrap()).unwrap(), TdxCollateral::from_json(COLLATERAL).unwrap());
+    assert_eq!(
+        TdxCollateral::from_json(&std::fs::read(&cached).unwrap()).unwrap(),
+        TdxCollateral::from_json(COLLATERAL).unwrap()
+    );
     // Inside the window the cache answers, even with the PCCS gone.
     assert_tdx_verified_but_unbound(&run(args("http://127.0.0.1:9")).await.unwrap());
     assert_eq!(hits.load(Ordering::SeqCst), 4);
