@@ -3,10 +3,13 @@
 //! and edk2's sources, and tested against values two independent tools agree on.
 
 pub mod ovmf;
+pub mod snp;
 pub mod tdvf;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MeasureError {
     #[error("firmware: {0}")]
     Firmware(String),
+    #[error("SEV-SNP launch digest: {0}")]
+    Snp(String),
 }
