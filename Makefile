@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SOCKET_DIR ?= $(CURDIR)/target/demo
 
-.PHONY: all build model test lint check-cuda fmt fmt-check bench demo clean fuzz
+.PHONY: all build model measure-tools test lint check-cuda fmt fmt-check bench demo clean fuzz
 
 all: build
 
@@ -13,9 +13,13 @@ build:
 model:
 	@scripts/fetch-model.sh >/dev/null
 
+# sev-snp-measure (PyPI), the independent reference for the SNP launch digest tests.
+measure-tools:
+	@scripts/measure-tools.sh
+
 # Unit tests, RFC vectors, interop, the engine against transformers' reference
 # outputs, end-to-end with real processes. Offline once the model is cached.
-test: model
+test: model measure-tools
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 

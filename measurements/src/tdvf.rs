@@ -92,7 +92,9 @@ pub fn sections(fw: &[u8]) -> Result<Vec<Section>, MeasureError> {
     }
     let mut out = Vec::new();
     for i in 0..count as usize {
-        let e = fw.get(at + 16 + 32 * i..at + 48 + 32 * i).ok_or_else(|| err(format!("section {i} runs past the image")))?;
+        let e = fw
+            .get(at + 16 + 32 * i..at + 48 + 32 * i)
+            .ok_or_else(|| err(format!("section {i} runs past the image")))?;
         let kind = match u32_at(e, 24) {
             0 => SectionType::Bfv,
             1 => SectionType::Cfv,

@@ -23,10 +23,9 @@ fn reference_tool() -> PathBuf {
 
 fn reference(args: &[&str]) -> String {
     let tool = reference_tool();
-    let out = std::process::Command::new(&tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make measure-tools` (or .ci/run) to install sev-snp-measure", tool.display()));
+    let out = std::process::Command::new(&tool).args(args).output().unwrap_or_else(|e| {
+        panic!("{}: {e}; run `make measure-tools` (or .ci/run) to install sev-snp-measure", tool.display())
+    });
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
@@ -79,8 +78,18 @@ fn launch_digest_matches_sev_snp_measure() {
         .unwrap();
         let vcpus_s = vcpus.to_string();
         let mut args = vec![
-            "--mode", "snp", "--vcpus", &vcpus_s, "--vcpu-type", cpu, "--ovmf", ovmf.to_str().unwrap(),
-            "--kernel", kernel.to_str().unwrap(), "--append", cmdline,
+            "--mode",
+            "snp",
+            "--vcpus",
+            &vcpus_s,
+            "--vcpu-type",
+            cpu,
+            "--ovmf",
+            ovmf.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--append",
+            cmdline,
         ];
         let initrd_s = initrd.as_ref().map(|p| p.to_str().unwrap().to_string());
         if let Some(i) = &initrd_s {
