@@ -26,8 +26,11 @@ fn err(s: impl Into<String>) -> MeasureError {
     MeasureError::Firmware(s.into())
 }
 
-/// The table's entries as (GUID bytes, data).
-pub fn guided_table(fw: &[u8]) -> Result<Vec<([u8; 16], &[u8])>, MeasureError> {
+/// One table entry: its GUID (firmware byte order) and its data.
+pub type Entry<'a> = ([u8; 16], &'a [u8]);
+
+/// The table's entries.
+pub fn guided_table(fw: &[u8]) -> Result<Vec<Entry<'_>>, MeasureError> {
     let n = fw.len();
     if n < 50 {
         return Err(err(format!("{n} bytes is too small for an OVMF image")));

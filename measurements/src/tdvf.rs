@@ -115,7 +115,7 @@ pub fn sections(fw: &[u8]) -> Result<Vec<Section>, MeasureError> {
             mr_extend: attributes & 1 != 0,
             page_aug: attributes & 2 != 0,
         };
-        if s.memory_address % PAGE != 0 || s.memory_size % PAGE != 0 {
+        if !s.memory_address.is_multiple_of(PAGE) || !s.memory_size.is_multiple_of(PAGE) {
             return Err(err(format!("section {i} is not page aligned ({:#x}+{:#x})", s.memory_address, s.memory_size)));
         }
         if u64::from(s.raw_data_size) > s.memory_size
