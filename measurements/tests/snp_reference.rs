@@ -52,7 +52,9 @@ fn launch_digest_matches_sev_snp_measure() {
         hex::encode(snp::ovmf_hash(&ovmf).unwrap()),
         "9d0dd8be18c86e3fe3bf0038ed75ebf5340bee69fd2632c8ff9409964575960ae1f7e84be387d2e3467bc3508d1e4806"
     );
-    let cases: [(u64, usize, Option<usize>, &str, u32, &str); 5] = [
+    // (seed, kernel bytes, initrd bytes, command line, vCPUs, vCPU type)
+    type Case = (u64, usize, Option<usize>, &'static str, u32, &'static str);
+    let cases: [Case; 5] = [
         (1, 9 << 20, Some(30 << 20), "console=ttyS0 cocoon.config=sha256:00", 1, "EPYC-Milan"),
         (2, 12 << 20, Some(5 << 20), "", 4, "EPYC-Milan"),
         (3, 7 << 20, None, "quiet panic=-1 cocoon.config=sha256:ab", 8, "EPYC-Genoa"),
