@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SOCKET_DIR ?= $(CURDIR)/target/demo
 
-.PHONY: all build model measure-tools test lint check-cuda fmt fmt-check bench demo clean fuzz
+.PHONY: all build model measure-tools measure test lint check-cuda fmt fmt-check bench demo clean fuzz
 
 all: build
 
@@ -53,6 +53,14 @@ demo: model
 
 clean:
 	$(CARGO) clean
+
+# Reference values for an image and a static config (JSON on stdout, table on stderr).
+IMAGE ?= guest-image/out
+CONFIG ?= guest-image/config/cocoon.toml
+VCPUS ?= 4
+VCPU_TYPE ?= EPYC-Milan
+measure:
+	$(CARGO) run -q -p cocoon-client --bin cocoon -- measure --image $(IMAGE) --config $(CONFIG) --vcpus $(VCPUS) --vcpu-type $(VCPU_TYPE)
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly + cargo-fuzz).
 FUZZ_SECONDS ?= 60

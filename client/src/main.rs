@@ -107,6 +107,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recompute the launch measurements of an image for a static config: the
+    /// reference values (JSON on stdout) a genuine worker's evidence must show.
+    Measure {
+        /// Image directory: vmlinuz, initrd.img, cmdline, OVMF.inteltdx.fd and/or OVMF.amdsev.fd.
+        #[arg(long, default_value = "guest-image/out")]
+        image: PathBuf,
+        /// The static config the worker is launched with.
+        #[arg(long)]
+        config: PathBuf,
+        /// vCPUs of the VM (SEV-SNP: one VMSA is measured per vCPU).
+        #[arg(long, default_value_t = 4)]
+        vcpus: u32,
+        /// SEV-SNP vCPU model as given to QEMU's -cpu.
+        #[arg(long, default_value = "EPYC-Milan")]
+        vcpu_type: String,
+    },
     /// Verify the worker, send a sealed chat request, stream the answer, verify the receipt.
     Chat {
         url: String,
@@ -231,6 +247,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let endorsements = verifier.sources().endorsements(&HttpClient::default(), &evidence, now).await?;
             report(assess(&evidence, &policy, nonce.as_deref(), now, &endorsements), json)?;
+        }
+        Command::Measure { image, config, vcpus, vcpu_type } => {
+            let started = std::time::Instant::now();
+            let r = cocoon_measurements::reference::measure(
+                &cocoon_measurements::reference::Image { dir: image },
+                &config,
+                &cocoon_measurements::reference::VmShape { vcpus, vcpu_type },
+            )?;
+            eprintln!("config digest       {}", r.config_digest);
+            eprintln!("kernel command line {}", r.cmdline);
+            if let Some(t) = &r.tdx {
+                eprintln!("TDX MRTD (one pass) {}", t.mrtd[0]);
+                eprintln!("TDX MRTD (two pass) {}", t.mrtd[1]);
+                eprintln!("TDX CFV SHA-384     {}", t.cfv_sha384);
+            }
+            if let Some(s) = &r.sev_snp {
+                eprintln!("SNP measurement     {} ({} x {})", s.measurement, s.vcpus, s.vcpu_type);
+            }
+            for a in &r.artifacts {
+                eprintln!("sha256 {:<16} {} ({} bytes)", a.name, a.sha256, a.bytes);
+            }
+            eprintln!("computed in {:.2} s", started.elapsed().as_secs_f64());
+            println!("{}", serde_json::to_string_pretty(&r)?);
         }
         Command::Chat { url, model, prompt, system, max_tokens, temperature, seed, verifier } => {
             let worker = Worker::attest_with(&url, &verifier.policy()?, &verifier.sources(), true)

@@ -3,6 +3,7 @@
 //! and edk2's sources, and tested against values two independent tools agree on.
 
 pub mod ovmf;
+pub mod reference;
 pub mod snp;
 pub mod tdvf;
 
