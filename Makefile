@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SOCKET_DIR ?= $(CURDIR)/target/demo
 
-.PHONY: all build model measure-tools measure test lint check-cuda fmt fmt-check bench demo clean fuzz
+.PHONY: all build model measure-tools measure image image-reproducible image-test test lint check-cuda fmt fmt-check bench demo clean fuzz
 
 all: build
 
@@ -53,6 +53,20 @@ demo: model
 
 clean:
 	$(CARGO) clean
+
+# The guest image (guest-image/out): pinned inputs, reproducible build.
+image: model
+	guest-image/build.sh
+
+# Two clean builds of the image, compared byte for byte.
+image-reproducible: model
+	guest-image/check-reproducible.sh
+
+# Boots the image in QEMU (software emulation) behind vhost-device-vsock and the
+# host shim, and chats with it (needs qemu-system-x86_64 and vhost-device-vsock).
+image-test: image
+	$(CARGO) build --workspace --bins
+	$(CARGO) test -p cocoon-tests --test guest_boot -- --ignored --nocapture
 
 # Reference values for an image and a static config (JSON on stdout, table on stderr).
 IMAGE ?= guest-image/out

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A worker on an Intel TDX host (QEMU >= 9 with TDX, a TDX-enabled host kernel,
+# and the Quote Generation Service listening on vsock port 4050).
+#
+#   GPU=0000:17:00.0 guest-image/launch/tdx.sh
+#
+# The firmware is the image's OVMF.inteltdx.fd; the kernel, initrd and command
+# line are measured into RTMR1 and RTMR2 by the firmware, and `make measure`
+# gives the values a verifier expects (MRTD for both QEMU page orders).
+# The host shim reaches the enclave at vsock:$CID:4000.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. guest-image/launch/common.sh
+CID=${CID:-3}
+args=(qemu-system-x86_64 -accel kvm -machine q35,kernel-irqchip=split,confidential-guest-support=tdx,memory-backend=mem
+    -object "{\"qom-type\":\"tdx-guest\",\"id\":\"tdx\",\"quote-generation-socket\":{\"type\":\"vsock\",\"cid\":\"2\",\"port\":\"4050\"}}"
+    -object "memory-backend-ram,id=mem,size=$MEM"
+    -cpu host -smp "$VCPUS" -m "$MEM" -nographic -no-reboot
+    -bios "$IMAGE/OVMF.inteltdx.fd"
+    -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" -append "$CMDLINE"
+    -drive "file=$IMAGE/config.img,if=virtio,format=raw,readonly=on"
+    -drive "file=$IMAGE/model.img,if=virtio,format=raw,readonly=on"
+    -device "vhost-vsock-pci,guest-cid=$CID")
+# NVIDIA GPU in confidential-computing mode, passed through with VFIO (bind it
+# to vfio-pci first; the GPU must already be in CC mode, set with NVIDIA's tools).
+if [ -n "${GPU:-}" ]; then
+    args+=(-object iommufd,id=iommufd0 -device "pcie-root-port,id=pci.1,bus=pcie.0"
+        -device "vfio-pci,host=$GPU,bus=pci.1,iommufd=iommufd0" -fw_cfg name=opt/ovmf/X-PciMmio64Mb,string=262144)
+fi
+run "${args[@]}"
