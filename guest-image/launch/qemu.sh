@@ -21,9 +21,7 @@ accel=(-machine q35,accel=tcg)
 [ "${ACCEL:-tcg}" = kvm ] && accel=(-machine q35,accel=kvm -cpu host)
 args=(qemu-system-x86_64 "${accel[@]}" -smp "$VCPUS" -m "$MEM"
     -nographic -no-reboot
-    -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" -append "$CMDLINE"
-    -drive "file=$IMAGE/config.img,if=virtio,format=raw,readonly=on"
-    -drive "file=$IMAGE/model.img,if=virtio,format=raw,readonly=on")
+    "${IMAGE_ARGS[@]}")
 if [ -n "${VSOCK_SOCKET:-}" ]; then
     # vhost-user needs the guest memory shared with the device process.
     args+=(-object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa "node,memdev=mem"

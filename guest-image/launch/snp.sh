@@ -17,12 +17,7 @@ args=(qemu-system-x86_64 -accel kvm -machine q35,confidential-guest-support=sev0
     -object "memory-backend-memfd,id=mem,size=$MEM,share=true"
     -cpu "$VCPU_TYPE" -smp "$VCPUS" -m "$MEM" -nographic -no-reboot
     -bios "$IMAGE/OVMF.amdsev.fd"
-    -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" -append "$CMDLINE"
-    -drive "file=$IMAGE/config.img,if=virtio,format=raw,readonly=on"
-    -drive "file=$IMAGE/model.img,if=virtio,format=raw,readonly=on"
+    "${IMAGE_ARGS[@]}"
     -device "vhost-vsock-pci,guest-cid=$CID")
-if [ -n "${GPU:-}" ]; then
-    args+=(-device "pcie-root-port,id=pci.1,bus=pcie.0" -device "vfio-pci,host=$GPU,bus=pci.1"
-        -fw_cfg name=opt/ovmf/X-PciMmio64Mb,string=262144)
-fi
+args+=("${GPU_ARGS[@]}")
 run "${args[@]}"

@@ -17,14 +17,7 @@ args=(qemu-system-x86_64 -accel kvm -machine q35,kernel-irqchip=split,confidenti
     -object "memory-backend-ram,id=mem,size=$MEM"
     -cpu host -smp "$VCPUS" -m "$MEM" -nographic -no-reboot
     -bios "$IMAGE/OVMF.inteltdx.fd"
-    -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" -append "$CMDLINE"
-    -drive "file=$IMAGE/config.img,if=virtio,format=raw,readonly=on"
-    -drive "file=$IMAGE/model.img,if=virtio,format=raw,readonly=on"
+    "${IMAGE_ARGS[@]}"
     -device "vhost-vsock-pci,guest-cid=$CID")
-# NVIDIA GPU in confidential-computing mode, passed through with VFIO (bind it
-# to vfio-pci first; the GPU must already be in CC mode, set with NVIDIA's tools).
-if [ -n "${GPU:-}" ]; then
-    args+=(-object iommufd,id=iommufd0 -device "pcie-root-port,id=pci.1,bus=pcie.0"
-        -device "vfio-pci,host=$GPU,bus=pci.1,iommufd=iommufd0" -fw_cfg name=opt/ovmf/X-PciMmio64Mb,string=262144)
-fi
+args+=("${GPU_ARGS[@]}")
 run "${args[@]}"
