@@ -1,24 +1,14 @@
 //! The fixed Debian firmware builds in `tests/data` (see PROVENANCE.md): MRTD in
 //! both page orders and the CFV digest, as two independent implementations give them.
 
-use std::path::PathBuf;
+mod common;
 
 use cocoon_measurements::tdvf::{self, PageOrder};
 
-/// Extracts one file from a .deb with dpkg-deb (present on every Debian machine).
-fn from_deb(deb: &str, inner: &str) -> Vec<u8> {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(deb);
-    let dir = std::env::temp_dir().join(format!("cocoon-fw-{}-{deb}", std::process::id()));
-    let st = std::process::Command::new("dpkg-deb").arg("-x").arg(&data).arg(&dir).status().expect("dpkg-deb runs");
-    assert!(st.success());
-    let bytes = std::fs::read(dir.join(inner)).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    bytes
-}
-
 #[test]
 fn tdx_firmware_mrtd_and_cfv() {
-    let fw = from_deb("ovmf-inteltdx_2026.08+ds-2_all.deb", "usr/share/ovmf/OVMF.inteltdx.ms.fd");
+    let dir = common::temp_dir("tdx");
+    let fw = std::fs::read(common::unpack(common::TDX_DEB, common::TDX_FW, &dir)).unwrap();
     assert_eq!(
         hex::encode(tdvf::mrtd(&fw, PageOrder::OnePass).unwrap()),
         "a7a1f751abc454f9cbab198ca8d2edb2821935df525c74182b5e776cb0929e8c59aefecce725b0d08a5e9d3d3183bd08"

@@ -1,26 +1,18 @@
 //! `measure` over an image directory gives reference values the verifier's
 //! policy loads, with the fixture firmware's known MRTDs.
 
-use std::path::PathBuf;
+mod common;
 
 use cocoon_measurements::reference::{Image, VmShape, cmdline, measure};
 
-fn extract(deb: &str, dir: &std::path::Path) {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(deb);
-    assert!(std::process::Command::new("dpkg-deb").arg("-x").arg(&data).arg(dir).status().unwrap().success());
-}
-
 #[test]
 fn reference_values_load_into_the_attestation_policy() {
-    let dir = std::env::temp_dir().join(format!("cocoon-measure-{}", std::process::id()));
+    let dir = common::temp_dir("reference");
     let fw = dir.join("fw");
-    std::fs::create_dir_all(&fw).unwrap();
-    extract("ovmf-inteltdx_2026.08+ds-2_all.deb", &fw);
-    extract("ovmf-amdsev_2026.08+ds-2_all.deb", &fw);
     let image = dir.join("out");
     std::fs::create_dir_all(&image).unwrap();
-    std::fs::copy(fw.join("usr/share/ovmf/OVMF.inteltdx.ms.fd"), image.join("OVMF.inteltdx.fd")).unwrap();
-    std::fs::copy(fw.join("usr/share/ovmf/OVMF.amdsev.fd"), image.join("OVMF.amdsev.fd")).unwrap();
+    std::fs::copy(common::unpack(common::TDX_DEB, common::TDX_FW, &fw), image.join("OVMF.inteltdx.fd")).unwrap();
+    std::fs::copy(common::unpack(common::SNP_DEB, common::SNP_FW, &fw), image.join("OVMF.amdsev.fd")).unwrap();
     std::fs::write(image.join("vmlinuz"), vec![0x11; 3 << 20]).unwrap();
     std::fs::write(image.join("initrd.img"), vec![0x22; 2 << 20]).unwrap();
     std::fs::write(image.join("cmdline"), "console=ttyS0 panic=-1\n").unwrap();

@@ -2,16 +2,11 @@
 //! installs it into `.cache/measure-venv`) for several kernels, initrds,
 //! command lines and vCPU counts, and the fixture firmware's known seed.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use cocoon_measurements::snp::{self, SnpLaunch};
-
-fn deb_file(deb: &str, inner: &str, dir: &Path) -> PathBuf {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(deb);
-    let st = std::process::Command::new("dpkg-deb").arg("-x").arg(&data).arg(dir).status().expect("dpkg-deb runs");
-    assert!(st.success());
-    dir.join(inner)
-}
 
 fn reference_tool() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/measure-venv/bin/sev-snp-measure");
@@ -45,9 +40,8 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn launch_digest_matches_sev_snp_measure() {
-    let dir = std::env::temp_dir().join(format!("cocoon-snp-measure-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ovmf = deb_file("ovmf-amdsev_2026.08+ds-2_all.deb", "usr/share/ovmf/OVMF.amdsev.fd", &dir);
+    let dir = common::temp_dir("snp");
+    let ovmf = common::unpack(common::SNP_DEB, common::SNP_FW, &dir);
     assert_eq!(
         hex::encode(snp::ovmf_hash(&ovmf).unwrap()),
         "9d0dd8be18c86e3fe3bf0038ed75ebf5340bee69fd2632c8ff9409964575960ae1f7e84be387d2e3467bc3508d1e4806"
