@@ -144,20 +144,29 @@ pub fn assess(
     now: u64,
     endorsements: &Endorsements,
 ) -> Assessment {
-    let mut a = Assessment {
-        platform: None,
-        claims: None,
-        hardware: None,
-        rules: Vec::new(),
+    let mut found = Findings::default();
+    let outcome = run(&mut found, bytes, policy, nonce, now, endorsements);
+    Assessment {
+        platform: found.platform,
+        claims: found.claims,
+        hardware: found.hardware,
+        rules: found.rules,
         nonce: nonce.map(<[u8]>::to_vec),
-        outcome: Err(AttestationError::Producer(String::new())),
-    };
-    a.outcome = run(&mut a, bytes, policy, nonce, now, endorsements);
-    a
+        outcome,
+    }
+}
+
+/// What verification learnt before it stopped, for [`Assessment`].
+#[derive(Default)]
+struct Findings {
+    platform: Option<Platform>,
+    claims: Option<Claims>,
+    hardware: Option<HardwareReport>,
+    rules: Vec<RuleOutcome>,
 }
 
 fn run(
-    a: &mut Assessment,
+    a: &mut Findings,
     bytes: &[u8],
     policy: &Policy,
     nonce: Option<&[u8]>,
