@@ -27,6 +27,8 @@ const MAX_CERT_FILE: u64 = 256 << 10;
 pub enum EndorsementError {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
+    #[error("{0}")]
+    Missing(String),
     #[error("PCCS {url}: {reason}")]
     Pccs { url: String, reason: String },
     #[error(transparent)]
@@ -94,13 +96,10 @@ impl EndorsementSources {
             return Ok(c);
         }
         let Some(pccs) = &self.pccs_url else {
-            return Err(EndorsementError::File {
-                path: "(none)".into(),
-                reason: format!(
-                    "no TDX collateral for FMSPC {fmspc} valid at {}: give --collateral FILE or --pccs URL",
-                    rfc3339(now)
-                ),
-            });
+            return Err(EndorsementError::Missing(format!(
+                "no TDX collateral for FMSPC {fmspc} valid at {}: give --collateral FILE or --pccs URL",
+                rfc3339(now)
+            )));
         };
         eprintln!("fetching TDX collateral for FMSPC {fmspc} ({ca} CA) from {pccs}");
         let c = fetch_tdx_collateral(http, pccs, &fmspc, ca).await?;
