@@ -7,7 +7,7 @@
 //! between our write and our read, the generation shows it and we retry:
 //! the evidence must be for our report data and nothing else.
 
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -126,13 +126,7 @@ impl Drop for TsmProducer {
 }
 
 fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, AttestationError> {
-    let f = std::fs::File::open(path).map_err(|e| err(path, e))?;
-    let mut out = Vec::new();
-    f.take(limit + 1).read_to_end(&mut out).map_err(|e| err(path, e))?;
-    if out.len() as u64 > limit {
-        return Err(err(path, format!("more than {limit} bytes")));
-    }
-    Ok(out)
+    crate::read_limited(path, limit).map_err(|e| err(path, e))
 }
 
 fn read_text(path: &Path) -> Result<String, AttestationError> {

@@ -9,6 +9,7 @@
 pub mod binding;
 pub mod configfs_tsm;
 pub mod detect;
+pub mod files;
 mod hexfmt;
 pub mod policy;
 pub mod producer;
@@ -22,6 +23,7 @@ pub mod tdx_guest;
 pub mod verify;
 
 pub use binding::{gpu_nonce, report_data};
+pub use files::read_limited;
 pub use hexfmt::{parse_rfc3339, rfc3339};
 pub use policy::Policy;
 pub use producer::{EvidenceProducer, PlatformEvidence};

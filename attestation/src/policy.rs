@@ -182,11 +182,8 @@ impl Policy {
     /// reference-value files it names.
     pub fn from_file(path: &Path) -> Result<Self, AttestationError> {
         let err = |reason: String| AttestationError::PolicyFile { path: path.display().to_string(), reason };
-        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-        if meta.len() > 1 << 20 {
-            return Err(err(format!("{} bytes exceeds the limit of 1 MiB", meta.len())));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let bytes = crate::read_limited(path, 1 << 20).map_err(err)?;
+        let text = String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
         let mut policy: Policy = if path.extension().is_some_and(|e| e == "toml") {
             toml::from_str(&text).map_err(|e| err(e.to_string()))?
         } else {

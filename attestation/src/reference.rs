@@ -143,11 +143,7 @@ impl ReferenceValues {
 
     pub fn from_file(path: &std::path::Path) -> Result<Self, AttestationError> {
         let err = |reason: String| AttestationError::PolicyFile { path: path.display().to_string(), reason };
-        let len = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
-        if len > MAX_FILE {
-            return Err(err(format!("{len} bytes exceeds the limit of {MAX_FILE}")));
-        }
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let bytes = crate::read_limited(path, MAX_FILE).map_err(err)?;
         Self::from_json(&bytes).map_err(err)
     }
 

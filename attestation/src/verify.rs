@@ -107,21 +107,6 @@ impl Assessment {
     }
 }
 
-impl VerifiedWorker {
-    /// A JSON-friendly summary for `cocoon attest --json`.
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
-            "accepted": true,
-            "platform": self.platform,
-            "claims": claims_json(&self.claims),
-            "hardware": self.hardware,
-            "ohttp_key_ids": self.key_configs.iter().map(|k| k.key_id).collect::<Vec<_>>(),
-            "nonce": self.nonce.as_ref().map(hex::encode),
-            "rules": self.rules,
-        })
-    }
-}
-
 /// Verifies an evidence document under `policy`.
 ///
 /// `nonce` is the verifier's own nonce when it asked for fresh evidence;

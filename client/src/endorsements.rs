@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use cocoon_attestation::snp;
 use cocoon_attestation::tdx::{self, TdxCollateral};
-use cocoon_attestation::{Endorsements, rfc3339};
+use cocoon_attestation::{Endorsements, read_limited, rfc3339};
 use cocoon_protocol::{EvidenceDocument, Platform};
 
 use crate::http::HttpClient;
@@ -49,12 +49,7 @@ pub struct EndorsementSources {
 }
 
 fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, EndorsementError> {
-    let err = |reason: String| EndorsementError::File { path: path.display().to_string(), reason };
-    let len = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
-    if len > limit {
-        return Err(err(format!("{len} bytes exceeds the limit of {limit}")));
-    }
-    std::fs::read(path).map_err(|e| err(e.to_string()))
+    read_limited(path, limit).map_err(|reason| EndorsementError::File { path: path.display().to_string(), reason })
 }
 
 impl EndorsementSources {

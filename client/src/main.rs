@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use cocoon_attestation::{
-    Assessment, HardwareReport, Policy, ReferenceValues, RuleOutcome, VerifiedWorker, assess, parse_rfc3339, rfc3339,
+    Assessment, HardwareReport, Policy, ReferenceValues, RuleOutcome, VerifiedWorker, assess, parse_rfc3339,
+    read_limited, rfc3339,
 };
 use cocoon_client::http::HttpClient;
 use cocoon_client::worker::{fetch_evidence, unix_now};
@@ -227,18 +228,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Attest { url, verifier, nonce, json } => {
             let policy = verifier.policy()?;
-            let (evidence, nonce) = fetch_evidence(&url, nonce).await?;
+            let http = HttpClient::default();
+            let (evidence, nonce) = fetch_evidence(&http, &url, nonce).await?;
             let now = unix_now();
-            let endorsements = verifier.sources().endorsements(&HttpClient::default(), &evidence, now).await?;
+            let endorsements = verifier.sources().endorsements(&http, &evidence, now).await?;
             report(assess(&evidence, &policy, nonce.as_deref(), now, &endorsements), json)?;
         }
         Command::VerifyEvidence { file, verifier, nonce, at, json } => {
             let policy = verifier.policy()?;
-            let len = std::fs::metadata(&file).with_context(|| file.display().to_string())?.len();
-            if len > limits::MAX_EVIDENCE as u64 {
-                bail!("{} is {len} bytes; evidence documents are at most {}", file.display(), limits::MAX_EVIDENCE);
-            }
-            let evidence = std::fs::read(&file).with_context(|| file.display().to_string())?;
+            let evidence = read_limited(&file, limits::MAX_EVIDENCE as u64)
+                .map_err(|e| anyhow::anyhow!("{}: {e} (evidence documents)", file.display()))?;
             let nonce = nonce.map(|n| hex::decode(n.trim())).transpose().context("--nonce is not hex")?;
             let now = match &at {
                 Some(t) => parse_rfc3339(t)

@@ -50,8 +50,11 @@ pub struct Worker {
 
 /// Fetches a worker's evidence document, for a new random nonce when `fresh`;
 /// returns it with that nonce. Verifying it is the caller's next step.
-pub async fn fetch_evidence(base: &str, fresh: bool) -> Result<(Vec<u8>, Option<Vec<u8>>), ClientError> {
-    let http = HttpClient::default();
+pub async fn fetch_evidence(
+    http: &HttpClient,
+    base: &str,
+    fresh: bool,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), ClientError> {
     let nonce = fresh.then(|| {
         let mut n = [0u8; 32];
         getrandom::fill(&mut n).expect("the operating system's random source failed");
@@ -95,8 +98,8 @@ impl Worker {
         sources: &EndorsementSources,
         fresh: bool,
     ) -> Result<Self, ClientError> {
-        let (evidence, nonce) = fetch_evidence(base, fresh).await?;
         let http = HttpClient::default();
+        let (evidence, nonce) = fetch_evidence(&http, base, fresh).await?;
         let now = unix_now();
         let endorsements = sources.endorsements(&http, &evidence, now).await?;
         let verified = assess(&evidence, policy, nonce.as_deref(), now, &endorsements).into_result()?;

@@ -71,13 +71,16 @@ fn io(path: &Path, e: std::io::Error) -> MeasureError {
     MeasureError::Firmware(format!("{}: {e}", path.display()))
 }
 
-fn artifact(path: &Path) -> Result<Artifact, MeasureError> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    Ok(Artifact {
+fn artifact_of(path: &Path, bytes: &[u8]) -> Artifact {
+    Artifact {
         name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        sha256: hex::encode(Sha256::digest(bytes)),
         bytes: bytes.len() as u64,
-    })
+    }
+}
+
+fn artifact(path: &Path) -> Result<Artifact, MeasureError> {
+    Ok(artifact_of(path, &std::fs::read(path).map_err(|e| io(path, e))?))
 }
 
 /// The command line the image boots with for `config`: the image's base
@@ -97,12 +100,17 @@ pub fn measure(image: &Image, config: &Path, shape: &VmShape) -> Result<Referenc
     let cmdline = cmdline(&base, &config_digest);
     let kernel = image.file("vmlinuz");
     let initrd = image.file("initrd.img");
-    let mut artifacts = vec![artifact(&kernel)?, artifact(&initrd)?, artifact(&base_path)?, artifact(config)?];
+    let mut artifacts = vec![
+        artifact(&kernel)?,
+        artifact(&initrd)?,
+        artifact_of(&base_path, base.as_bytes()),
+        artifact_of(config, &config_bytes),
+    ];
 
     let tdx_fw = image.file("OVMF.inteltdx.fd");
     let tdx = if tdx_fw.exists() {
         let fw = std::fs::read(&tdx_fw).map_err(|e| io(&tdx_fw, e))?;
-        artifacts.push(artifact(&tdx_fw)?);
+        artifacts.push(artifact_of(&tdx_fw, &fw));
         Some(TdxValues {
             mrtd: vec![
                 hex::encode(tdvf::mrtd(&fw, PageOrder::OnePass)?),
