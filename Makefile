@@ -13,15 +13,18 @@ build:
 model:
 	@scripts/fetch-model.sh >/dev/null
 
-# sev-snp-measure (PyPI), the independent reference for the SNP launch digest tests.
+# sev-snp-measure and LIEF (PyPI), the independent references of the measurement tests.
 measure-tools:
 	@scripts/measure-tools.sh
 
 # Unit tests, RFC vectors, interop, the engine against transformers' reference
-# outputs, end-to-end with real processes. Offline once the model is cached.
-test: model measure-tools
+# outputs, end-to-end with real processes, the guest image booted in QEMU, and
+# a clean rebuild of the image compared byte for byte. Offline once the model
+# and the image's packages are cached.
+test: model measure-tools image
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	COCOON_IMAGE_DIR=$(CURDIR)/guest-image/out $(CARGO) test --workspace
+	guest-image/check-reproducible.sh >/dev/null
 
 fmt:
 	$(CARGO) fmt --all
@@ -58,7 +61,7 @@ clean:
 image: model
 	guest-image/build.sh
 
-# Two clean builds of the image, compared byte for byte.
+# A clean rebuild of the image compared byte for byte with guest-image/out.
 image-reproducible: model
 	guest-image/check-reproducible.sh
 
@@ -66,15 +69,18 @@ image-reproducible: model
 # host shim, and chats with it (needs qemu-system-x86_64 and vhost-device-vsock).
 image-test: image
 	$(CARGO) build --workspace --bins
-	$(CARGO) test -p cocoon-tests --test guest_boot -- --ignored --nocapture
+	COCOON_IMAGE_DIR=$(CURDIR)/guest-image/out $(CARGO) test -p cocoon-tests --test guest_boot -- --nocapture
 
 # Reference values for an image and a static config (JSON on stdout, table on stderr).
 IMAGE ?= guest-image/out
 CONFIG ?= guest-image/config/cocoon.toml
 VCPUS ?= 4
 VCPU_TYPE ?= EPYC-Milan
+MEMORY ?= 4G
+# RTMR0 values from reference boots on the pinned host stack (space-separated).
+TDX_RTMR0 ?=
 measure:
-	$(CARGO) run -q -p cocoon-client --bin cocoon -- measure --image $(IMAGE) --config $(CONFIG) --vcpus $(VCPUS) --vcpu-type $(VCPU_TYPE)
+	$(CARGO) run -q -p cocoon-client --bin cocoon -- measure --image $(IMAGE) --config $(CONFIG) --vcpus $(VCPUS) --vcpu-type $(VCPU_TYPE) --memory $(MEMORY) $(foreach v,$(TDX_RTMR0),--tdx-rtmr0 $(v))
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly + cargo-fuzz).
 FUZZ_SECONDS ?= 60

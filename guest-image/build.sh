@@ -27,10 +27,15 @@ kernel_pkg=$(awk '$1 ~ /^linux-image-/ { print $1 }' guest-image/inputs.lock)
 
 step "enclave and init (release, --locked, paths remapped)"
 if [ -z "${ENCLAVE_BIN:-}" ]; then
-    RUSTFLAGS="--remap-path-prefix=$root_dir=/build --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
-        CARGO_TARGET_DIR=${IMAGE_TARGET_DIR:-target/image} \
+    target_dir=${IMAGE_TARGET_DIR:-target/image}
+    mkdir -p "$target_dir"
+    target_dir=$(cd "$target_dir" && pwd)
+    # The target directory is remapped last (rustc applies the last matching
+    # prefix) so that builds in any directory give the same bytes.
+    RUSTFLAGS="--remap-path-prefix=$root_dir=/build --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=$target_dir=/target" \
+        CARGO_TARGET_DIR=$target_dir \
         cargo build --release --locked -p cocoon-enclave --bin cocoon-enclave -p cocoon-guest-init --bin cocoon-init
-    bin_dir=${IMAGE_TARGET_DIR:-target/image}/release
+    bin_dir=$target_dir/release
 else
     bin_dir=$(dirname "$ENCLAVE_BIN")
 fi

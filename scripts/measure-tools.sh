@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The independent SEV-SNP reference (`sev-snp-measure`, PyPI) that the
-# measurement tests compare against, in a venv under .cache/.
+# The independent references the measurement tests compare against, in a venv
+# under .cache/: sev-snp-measure (SEV-SNP launch digest) and LIEF (Authenticode
+# hash of the kernel, the first RTMR1 event), both from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.cache/measure-venv
-version=0.0.13
-if [ -x "$venv/bin/sev-snp-measure" ] && "$venv/bin/pip" show sev-snp-measure 2>/dev/null | grep -q "^Version: $version$"; then
+pins=("sev-snp-measure==0.0.13" "lief==1.0.0")
+installed() {
+    local pin
+    for pin in "${pins[@]}"; do
+        "$venv/bin/pip" show "${pin%%==*}" 2>/dev/null | grep -q "^Version: ${pin##*==}$" || return 1
+    done
+}
+if [ -x "$venv/bin/python3" ] && installed; then
     exit 0
 fi
-echo "installing sev-snp-measure $version into $venv" >&2
+echo "installing ${pins[*]} into $venv" >&2
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "sev-snp-measure==$version"
+"$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"

@@ -123,6 +123,13 @@ enum Command {
         /// SEV-SNP vCPU model as given to QEMU's -cpu.
         #[arg(long, default_value = "EPYC-Milan")]
         vcpu_type: String,
+        /// Guest RAM as given to QEMU's -m (MiB, or with a K/M/G/T suffix); TDX's RTMR1 depends on it.
+        #[arg(long, default_value = "4G", value_parser = cocoon_measurements::reference::parse_memory_size)]
+        memory: u64,
+        /// TDX RTMR0 observed on a reference boot of the same host stack (repeatable); left
+        /// unconstrained without it, since it measures the host's ACPI tables.
+        #[arg(long, value_parser = cocoon_measurements::reference::parse_register)]
+        tdx_rtmr0: Vec<[u8; 48]>,
     },
     /// Verify the worker, send a sealed chat request, stream the answer, verify the receipt.
     Chat {
@@ -247,19 +254,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let endorsements = verifier.sources().endorsements(&HttpClient::default(), &evidence, now).await?;
             report(assess(&evidence, &policy, nonce.as_deref(), now, &endorsements), json)?;
         }
-        Command::Measure { image, config, vcpus, vcpu_type } => {
+        Command::Measure { image, config, vcpus, vcpu_type, memory, tdx_rtmr0 } => {
             let started = std::time::Instant::now();
             let r = cocoon_measurements::reference::measure(
                 &cocoon_measurements::reference::Image { dir: image },
                 &config,
-                &cocoon_measurements::reference::VmShape { vcpus, vcpu_type },
+                &cocoon_measurements::reference::VmShape { vcpus, vcpu_type, memory_bytes: memory, tdx_rtmr0 },
             )?;
             eprintln!("config digest       {}", r.config_digest);
             eprintln!("kernel command line {}", r.cmdline);
             if let Some(t) = &r.tdx {
                 eprintln!("TDX MRTD (one pass) {}", t.mrtd[0]);
                 eprintln!("TDX MRTD (two pass) {}", t.mrtd[1]);
-                eprintln!("TDX CFV SHA-384     {}", t.cfv_sha384);
+                eprintln!("TDX RTMR1           {} ({} MiB)", t.rtmr1, t.memory_bytes >> 20);
+                eprintln!("TDX RTMR2           {}", t.rtmr2);
+                eprintln!("TDX event: CFV      {}", t.events.cfv);
+                eprintln!("TDX event: kernel   {}", t.events.kernel_authenticode);
+                eprintln!("TDX event: cmdline  {}", t.events.cmdline);
+                eprintln!("TDX event: initrd   {}", t.events.initrd);
+                if t.rtmr0.is_empty() {
+                    eprintln!("TDX RTMR0           not constrained (host ACPI tables; see README, --tdx-rtmr0)");
+                }
+                for v in &t.rtmr0 {
+                    eprintln!("TDX RTMR0 (given)   {v}");
+                }
             }
             if let Some(s) = &r.sev_snp {
                 eprintln!("SNP measurement     {} ({} x {})", s.measurement, s.vcpus, s.vcpu_type);

@@ -6,6 +6,7 @@ pub mod ovmf;
 pub mod reference;
 pub mod snp;
 pub mod tdvf;
+pub mod tdx_boot;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MeasureError {
@@ -13,4 +14,6 @@ pub enum MeasureError {
     Firmware(String),
     #[error("SEV-SNP launch digest: {0}")]
     Snp(String),
+    #[error("kernel: {0}")]
+    Kernel(String),
 }

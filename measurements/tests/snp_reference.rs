@@ -25,19 +25,6 @@ fn reference(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// Deterministic pseudo-random bytes (the tools hash files; they need not boot).
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn launch_digest_matches_sev_snp_measure() {
     let dir = common::temp_dir("snp");
@@ -57,10 +44,10 @@ fn launch_digest_matches_sev_snp_measure() {
     ];
     for (seed, klen, ilen, cmdline, vcpus, cpu) in cases {
         let kernel = dir.join(format!("vmlinuz-{seed}"));
-        std::fs::write(&kernel, bytes(seed, klen)).unwrap();
+        std::fs::write(&kernel, common::bytes(seed, klen)).unwrap();
         let initrd = ilen.map(|l| {
             let p = dir.join(format!("initrd-{seed}"));
-            std::fs::write(&p, bytes(seed + 100, l)).unwrap();
+            std::fs::write(&p, common::bytes(seed + 100, l)).unwrap();
             p
         });
         let ours = snp::launch_digest(&SnpLaunch {

@@ -4,7 +4,8 @@
 //! is answered by the model on the image's read-only disk. A config whose
 //! digest differs from the command line's makes the guest refuse to serve.
 //!
-//! Needs `make image` (guest-image/out), `qemu-system-x86_64` and
+//! Runs when COCOON_IMAGE_DIR names the built image (`make test` and `make
+//! image-test` set it), and then needs `qemu-system-x86_64` and
 //! `vhost-device-vsock` (`.ci/run` installs them).
 
 mod support;
@@ -28,10 +29,10 @@ fn require(tool: &str) {
 }
 
 /// QEMU with the serial console captured to a file.
-fn boot(dir: &Path, tag: &str, vsock_socket: Option<&Path>, config: &Path) -> (Proc, PathBuf) {
+fn boot(image: &Path, dir: &Path, tag: &str, vsock_socket: Option<&Path>, config: &Path) -> (Proc, PathBuf) {
     let log = dir.join(format!("{tag}-serial.log"));
     let mut cmd = Command::new(repo().join("guest-image/launch/qemu.sh"));
-    cmd.env("CONFIG", config).env("MEM", "1536M").env("VCPUS", "2");
+    cmd.env("IMAGE", image).env("CONFIG", config).env("MEM", "1536M").env("VCPUS", "2");
     if let Some(s) = vsock_socket {
         cmd.env("VSOCK_SOCKET", s);
     }
@@ -63,18 +64,21 @@ fn wait_serial(p: &mut Proc, log: &Path, needle: &str, within: Duration) -> Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs `make image`, qemu and vhost-device-vsock: run with `make image-test`"]
 async fn image_boots_in_qemu_and_serves_through_vsock() {
+    let Some(image) = std::env::var_os("COCOON_IMAGE_DIR").map(PathBuf::from) else {
+        eprintln!("skipped: COCOON_IMAGE_DIR is not set (`make test` and `make image-test` set it)");
+        return;
+    };
     require("qemu-system-x86_64");
     require("vhost-device-vsock");
-    assert!(repo().join("guest-image/out/initrd.img").exists(), "run `make image` first");
+    assert!(image.join("initrd.img").exists(), "{} has no initrd.img: run `make image` first", image.display());
     let dir = temp_dir("guest-boot");
     let config = repo().join("guest-image/config/cocoon.toml");
 
     // A command line for another config: the guest must refuse and say why.
     let other = dir.join("other.toml");
     std::fs::write(&other, "# not the config on the disk\n").unwrap();
-    let (mut vm, log) = boot(&dir, "refuse", None, &other);
+    let (mut vm, log) = boot(&image, &dir, "refuse", None, &other);
     wait_serial(&mut vm, &log, "REFUSING TO SERVE", Duration::from_secs(240)).unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("but the measured command line says cocoon.config=sha256:"), "{text}");
@@ -95,7 +99,7 @@ async fn image_boots_in_qemu_and_serves_through_vsock() {
     };
     wait_until("the vhost-user socket", || vhost.exists());
     let started = Instant::now();
-    let (mut vm, log) = boot(&dir, "serve", Some(&vhost), &config);
+    let (mut vm, log) = boot(&image, &dir, "serve", Some(&vhost), &config);
     let ready = wait_serial(&mut vm, &log, "enclave ready", Duration::from_secs(600)).unwrap();
     eprintln!("boot to ready: {:.1} s (software emulation)", ready.as_secs_f64());
     let text = std::fs::read_to_string(&log).unwrap();
