@@ -5,8 +5,10 @@
 #   GPU=0000:17:00.0 guest-image/launch/tdx.sh
 #
 # The firmware is the image's OVMF.inteltdx.fd; the kernel, initrd and command
-# line are measured into RTMR1 and RTMR2 by the firmware, and `make measure`
-# gives the values a verifier expects (MRTD for both QEMU page orders).
+# line are measured into RTMR1 and RTMR2 by the firmware, and `make measure
+# MEMORY=$MEM` gives the values a verifier expects (MRTD for both QEMU page
+# orders; RTMR1 depends on MEM through the initrd's address). EXTRA_CMDLINE
+# changes RTMR2 and is not part of those values.
 # The host shim reaches the enclave at vsock:$CID:4000.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
