@@ -32,7 +32,11 @@ if [ -z "${ENCLAVE_BIN:-}" ]; then
     target_dir=$(cd "$target_dir" && pwd)
     # The target directory is remapped last (rustc applies the last matching
     # prefix) so that builds in any directory give the same bytes.
+    # LTO off, thin-local included: ThinLTO names promoted symbols with a
+    # module hash that depends on the build directory even with remapped
+    # paths (rust-lang/rust#126976), so two checkouts built different bytes.
     RUSTFLAGS="--remap-path-prefix=$root_dir=/build --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=$target_dir=/target" \
+        CARGO_PROFILE_RELEASE_LTO=off \
         CARGO_TARGET_DIR=$target_dir \
         cargo build --release --locked -p cocoon-enclave --bin cocoon-enclave -p cocoon-guest-init --bin cocoon-init
     bin_dir=$target_dir/release
