@@ -2,6 +2,7 @@
 //! runs. Written from Intel's TDX module and TDVF specifications and QEMU's
 //! and edk2's sources, and tested against values two independent tools agree on.
 
+mod le;
 pub mod ovmf;
 pub mod reference;
 pub mod snp;

@@ -7,6 +7,7 @@
 //! where length covers all three.
 
 use crate::MeasureError;
+use crate::le::u16_at;
 
 pub const FOOTER_GUID: &str = "96b582de-1fb2-45f7-baea-a366c55a082d";
 
@@ -38,7 +39,7 @@ pub fn guided_table(fw: &[u8]) -> Result<Vec<Entry<'_>>, MeasureError> {
     if fw[n - 48..n - 32] != guid_bytes(FOOTER_GUID) {
         return Err(err("no OVMF GUIDed table footer 48 bytes before the end: not an OVMF image"));
     }
-    let total = u16::from_le_bytes([fw[n - 50], fw[n - 49]]) as usize;
+    let total = u16_at(fw, n - 50) as usize;
     let len = total.checked_sub(18).ok_or_else(|| err(format!("table length {total} is below 18")))?;
     let start = (n - 50).checked_sub(len).ok_or_else(|| err("table length runs past the start of the image"))?;
     let table = &fw[start..n - 50];
@@ -46,7 +47,7 @@ pub fn guided_table(fw: &[u8]) -> Result<Vec<Entry<'_>>, MeasureError> {
     let mut end = table.len();
     while end >= 18 {
         let guid: [u8; 16] = table[end - 16..end].try_into().expect("16 bytes");
-        let l = u16::from_le_bytes([table[end - 18], table[end - 17]]) as usize;
+        let l = u16_at(table, end - 18) as usize;
         if l < 18 || l > end {
             return Err(err(format!("table entry length {l} at offset {end} is out of range")));
         }

@@ -16,6 +16,7 @@
 use sha2::{Digest, Sha384};
 
 use crate::MeasureError;
+use crate::le::{u32_at, u64_at};
 use crate::ovmf;
 
 pub const METADATA_OFFSET_GUID: &str = "e47a6535-984a-4798-865e-4685a7bf8ec2";
@@ -59,14 +60,6 @@ pub enum PageOrder {
 
 fn err(s: impl Into<String>) -> MeasureError {
     MeasureError::Firmware(s.into())
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// The TDVF sections of a TDX firmware image.

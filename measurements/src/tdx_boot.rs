@@ -24,6 +24,7 @@
 use sha2::{Digest, Sha384};
 
 use crate::MeasureError;
+use crate::le::{put_u16, put_u32, u16_at, u32_at};
 
 pub type Digest48 = [u8; 48];
 
@@ -115,18 +116,6 @@ pub fn q35_below_4g(memory_bytes: u64) -> u64 {
     memory_bytes.min(lowmem)
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
 /// The kernel as QEMU hands it to the firmware of a non-SEV guest: the Linux
 /// boot protocol fields QEMU writes into the setup header (type_of_loader,
 /// CAN_USE_HEAP and heap_end_ptr, cmd_line_ptr, ramdisk_image/size).
@@ -138,7 +127,7 @@ pub fn qemu_patched_kernel(kernel: &[u8], initrd_len: u64, memory_bytes: u64) ->
         return Err(err("not a Linux bzImage: no \"HdrS\" setup header at 0x202"));
     }
     let mut k = kernel.to_vec();
-    let protocol = le16(&k, 0x206);
+    let protocol = u16_at(&k, 0x206);
     if protocol < 0x202 {
         return Err(err(format!(
             "Linux boot protocol {}.{:02}: the measured path needs 2.02 or later",
@@ -154,15 +143,14 @@ pub fn qemu_patched_kernel(kernel: &[u8], initrd_len: u64, memory_bytes: u64) ->
     let (real_addr, cmdline_addr): (u32, u32) = (0x1_0000, 0x2_0000);
     k[0x210] = 0xb0; // type_of_loader: QEMU
     k[0x211] |= 0x80; // CAN_USE_HEAP
-    let heap_end = (cmdline_addr - real_addr - 0x200) as u16;
-    k[0x224..0x226].copy_from_slice(&heap_end.to_le_bytes());
-    put32(&mut k, 0x228, cmdline_addr);
+    put_u16(&mut k, 0x224, (cmdline_addr - real_addr - 0x200) as u16); // heap_end_ptr
+    put_u32(&mut k, 0x228, cmdline_addr);
     if initrd_len > 0 {
-        let xloadflags = le16(&k, 0x236);
+        let xloadflags = u16_at(&k, 0x236);
         let mut initrd_max: u64 = if protocol >= 0x20c && xloadflags & 0x40 != 0 {
             u64::from(u32::MAX) // XLF_CAN_BE_LOADED_ABOVE_4G: QEMU only limits it to 32 bits
         } else if protocol >= 0x203 {
-            u64::from(le32(&k, 0x22c))
+            u64::from(u32_at(&k, 0x22c))
         } else {
             0x37ff_ffff
         };
@@ -176,8 +164,8 @@ pub fn qemu_patched_kernel(kernel: &[u8], initrd_len: u64, memory_bytes: u64) ->
             return Err(err(format!("initrd of {initrd_len} bytes does not fit below {initrd_max:#x}")));
         }
         let initrd_addr = (initrd_max - initrd_len) & !0xfff;
-        put32(&mut k, 0x218, initrd_addr as u32);
-        put32(&mut k, 0x21c, initrd_len as u32);
+        put_u32(&mut k, 0x218, initrd_addr as u32);
+        put_u32(&mut k, 0x21c, initrd_len as u32);
     }
     Ok(k)
 }
@@ -200,25 +188,25 @@ pub fn authenticode_sha384(image: &[u8]) -> Result<Digest48, MeasureError> {
     if &image[..2] != b"MZ" {
         return Err(err("not a PE image: no MZ signature"));
     }
-    let pe = le32(image, 0x3c) as usize;
+    let pe = u32_at(image, 0x3c) as usize;
     need(pe.saturating_add(24), "PE header")?;
     if &image[pe..pe + 4] != b"PE\0\0" {
         return Err(err(format!("not a PE image: no PE signature at {pe:#x}")));
     }
-    let sections = le16(image, pe + 6) as usize;
-    let optional_size = le16(image, pe + 20) as usize;
+    let sections = u16_at(image, pe + 6) as usize;
+    let optional_size = u16_at(image, pe + 20) as usize;
     let opt = pe + 24;
     need(opt + 2, "optional header")?;
-    let (rva_count_at, directories_at) = match le16(image, opt) {
+    let (rva_count_at, directories_at) = match u16_at(image, opt) {
         0x10b => (opt + 92, opt + 96),
         0x20b => (opt + 108, opt + 112),
         magic => return Err(err(format!("unknown optional header magic {magic:#x}"))),
     };
     need(rva_count_at + 4, "optional header")?;
     let checksum = opt + 64;
-    let headers_size = le32(image, opt + 60) as usize;
+    let headers_size = u32_at(image, opt + 60) as usize;
     need(headers_size, "headers (SizeOfHeaders)")?;
-    let rva_count = le32(image, rva_count_at) as usize;
+    let rva_count = u32_at(image, rva_count_at) as usize;
     let section_table = opt + optional_size;
     need(section_table.saturating_add(sections.saturating_mul(40)), "section table")?;
     if checksum + 4 > headers_size {
@@ -234,7 +222,7 @@ pub fn authenticode_sha384(image: &[u8]) -> Result<Digest48, MeasureError> {
         }
         h.update(&image[checksum + 4..entry]);
         h.update(&image[entry + 8..headers_size]);
-        le32(image, entry + 4) as usize
+        u32_at(image, entry + 4) as usize
     } else {
         h.update(&image[checksum + 4..headers_size]);
         0
@@ -243,7 +231,7 @@ pub fn authenticode_sha384(image: &[u8]) -> Result<Digest48, MeasureError> {
     let mut raw: Vec<(usize, usize)> = (0..sections)
         .map(|i| {
             let s = section_table + 40 * i;
-            (le32(image, s + 20) as usize, le32(image, s + 16) as usize)
+            (u32_at(image, s + 20) as usize, u32_at(image, s + 16) as usize)
         })
         .filter(|&(_, size)| size > 0)
         .collect();
