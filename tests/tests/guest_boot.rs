@@ -55,11 +55,27 @@ fn wait_serial(p: &mut Proc, log: &Path, needle: &str, within: Duration) -> Resu
             return Ok(start.elapsed());
         }
         if start.elapsed() > within || p.child.try_wait().unwrap().is_some() {
-            let tail: String =
-                text.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            return Err(format!("no {needle:?} on the serial console after {:?}:\n{tail}", start.elapsed()));
+            return Err(format!(
+                "no {needle:?} on the serial console after {:?}:\n{}",
+                start.elapsed(),
+                console_excerpt(&text)
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The first kernel fault report (a crash's cause; the tail shows only its
+/// last frames) and the last lines of the console.
+fn console_excerpt(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+    let fault = ["Oops", "BUG:", "WARNING:", "traps:", "Kernel panic"];
+    match lines.iter().position(|l| fault.iter().any(|f| l.contains(f))) {
+        Some(first) if first + 25 < lines.len() => {
+            format!("{}\n[…]\n{tail}", lines[first.saturating_sub(3)..first + 15].join("\n"))
+        }
+        _ => tail,
     }
 }
 
