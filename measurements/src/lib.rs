@@ -11,6 +11,9 @@ pub mod tdx_boot;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MeasureError {
+    /// An input file (image artifact or config) could not be read.
+    #[error("reading {path}: {reason}")]
+    Read { path: String, reason: String },
     #[error("firmware: {0}")]
     Firmware(String),
     #[error("SEV-SNP launch digest: {0}")]

@@ -120,7 +120,7 @@ pub struct ReferenceValues {
 }
 
 fn io(path: &Path, e: std::io::Error) -> MeasureError {
-    MeasureError::Firmware(format!("{}: {e}", path.display()))
+    MeasureError::Read { path: path.display().to_string(), reason: e.to_string() }
 }
 
 fn artifact_of(path: &Path, bytes: &[u8]) -> Artifact {
@@ -202,7 +202,7 @@ pub fn measure(image: &Image, config: &Path, shape: &VmShape) -> Result<Referenc
     };
     if tdx.is_none() && sev_snp.is_none() {
         return Err(MeasureError::Firmware(format!(
-            "{} has neither OVMF.inteltdx.fd nor OVMF.amdsev.fd",
+            "{} has neither OVMF.inteltdx.fd nor OVMF.amdsev.fd (expected a guest image: make image)",
             image.dir.display()
         )));
     }

@@ -52,5 +52,12 @@ fn reference_values_load_into_the_attestation_policy() {
     assert!(loaded.tdx.unwrap().rtmr0.unwrap().allows(&[0xab; 48]));
     assert_eq!(cocoon_measurements::reference::parse_register(&"cd".repeat(48)), Ok([0xcd; 48]));
     assert!(cocoon_measurements::reference::parse_register("abcd").unwrap_err().contains("found 2"));
+
+    // A missing input names the file that could not be read.
+    std::fs::remove_file(dir.join("out/initrd.img")).unwrap();
+    let err = measure(&Image { dir: dir.join("out") }, &config, &shape).unwrap_err().to_string();
+    assert!(err.starts_with("reading ") && err.contains("initrd.img"), "{err}");
+    let err = measure(&Image { dir: dir.join("out") }, &dir.join("absent.toml"), &shape).unwrap_err().to_string();
+    assert!(err.starts_with("reading ") && err.contains("absent.toml"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
