@@ -180,7 +180,7 @@ fn candle(_: &Path, _: &[u32], _: &[u32], _: &TextCodec) -> anyhow::Result<Vec<R
 }
 
 fn main() -> anyhow::Result<()> {
-    let path: PathBuf = default_model_path();
+    let path: PathBuf = default_model_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     anyhow::ensure!(path.exists(), "{} is missing: run scripts/fetch-model.sh", path.display());
     let b = burn(&path).context("burn engine")?;
     let theirs = candle(&path, &b.ids, &b.france, &b.codec).context("candle")?;

@@ -204,9 +204,15 @@ pub fn model_digest(path: &Path) -> Result<[u8; 32], LoadError> {
     Ok(files.digest(&ProgressBar::hidden()))
 }
 
-/// Where `make demo` and the tests look for the embedded default model.
-pub fn default_model_path() -> PathBuf {
-    std::env::var_os("COCOON_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
+/// Where `make model` puts the embedded default model, relative to the
+/// repository root.
+pub const DEFAULT_MODEL_FILE: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where `make demo`, the tests and the benchmark look for the default model:
+/// `COCOON_MODEL`, else [`DEFAULT_MODEL_FILE`] under `repo_root`. The root is
+/// the caller's (a test's `CARGO_MANIFEST_DIR`), never baked in here: this
+/// library is in the guest image, whose bytes must not depend on the
+/// checkout's path (an unused function's unwind table still did).
+pub fn default_model_path(repo_root: &Path) -> PathBuf {
+    std::env::var_os("COCOON_MODEL").map(PathBuf::from).unwrap_or_else(|| repo_root.join(DEFAULT_MODEL_FILE))
 }

@@ -56,7 +56,7 @@ fn reference(name: &str) -> Reference {
 }
 
 fn smollm2_path() -> PathBuf {
-    let path = default_model_path();
+    let path = default_model_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     assert!(path.exists(), "{} is missing: run scripts/fetch-model.sh (make test does)", path.display());
     path
 }

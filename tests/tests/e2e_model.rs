@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 
 use cocoon_attestation::Policy;
 use cocoon_client::{ChatOptions, Worker};
-use cocoon_engine::default_model_path;
 use cocoon_protocol::bhttp_msg::InnerRequest;
 use support::*;
 
@@ -17,6 +16,11 @@ struct Served {
     _enclave: Proc,
     _host: Proc,
     url: String,
+}
+
+/// The default model under this checkout (or `COCOON_MODEL`).
+fn default_model_path() -> std::path::PathBuf {
+    cocoon_engine::default_model_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
 fn serve(tag: &str, config: &str) -> Served {
