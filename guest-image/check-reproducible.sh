@@ -16,13 +16,13 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/cocoon-repro.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 src=$scratch/source-at-another-path
 mkdir -p "$src"
-if [ -d .git ] && command -v git >/dev/null; then
+if command -v git >/dev/null && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     # Tracked and new files as they are in the working tree, as the reference
     # build saw them; ignored ones (build outputs, caches) left out.
     git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -C "$src" -xf -
 else
     tar --exclude=./target --exclude=./.cache --exclude=./guest-image/out --exclude=./.git \
-        --exclude=./fuzz/target -cf - . | tar -C "$src" -xf -
+        --exclude=./fuzz/target --exclude=./fuzz/corpus --exclude=./fuzz/artifacts -cf - . | tar -C "$src" -xf -
 fi
 # The pinned packages and the model are inputs checked against their digests,
 # not sources: shared rather than fetched again.
