@@ -17,7 +17,7 @@ pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 
-pub use loader::{DEFAULT_MODEL_FILE, LoadedModel, default_model_path, load, model_digest};
+pub use loader::{LoadedModel, default_model_path, load, model_digest};
 pub use scheduler::{BatchOptions, BurnEngine};
 
 /// The CPU backend: Flex (gemm-based, multi-threaded) unless only `ndarray` is enabled.
