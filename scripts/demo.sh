@@ -1,53 +1,110 @@
 #!/usr/bin/env bash
-# `make demo`: fetch the embedded default model (once), start the enclave
-# (simulated evidence, CPU backend, SmolLM2-135M-Instruct) and the host shim on
-# loopback, then verify the worker and send it a sealed, streamed chat request.
+# `make demo`: the whole system on one machine, on the embedded default model
+# (SmolLM2-135M-Instruct, CPU, simulated evidence: there is no TEE here).
+#   two workers (enclave + host shim each) -> cocoon-proxy (SQLite ledger)
+#   -> cocoon serve (local OpenAI API) <- the official openai Python SDK
+# then the ledger. COCOON_DEMO_QUESTION changes the question.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 model="$(scripts/fetch-model.sh)"
 digest="sha256:$(sha256sum "$model" | cut -d' ' -f1)"
+python="$(scripts/openai-sdk.sh)"
 echo "== building (the first build compiles Burn: several minutes) =="
-cargo build --quiet -p cocoon-enclave -p cocoon-host -p cocoon-client --bins
+cargo build --quiet -p cocoon-enclave -p cocoon-host -p cocoon-client -p cocoon-proxy --bins
 bin=target/debug
 dir=target/demo
+rm -rf "$dir"
 mkdir -p "$dir"
-sock="$dir/enclave.sock"
-port=${COCOON_DEMO_PORT:-18080}
+base=${COCOON_DEMO_PORT:-18080}
 question=${COCOON_DEMO_QUESTION:-"What is the capital of France?"}
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
 
-# The static config whose SHA-256 the enclave puts in its claims.
-cat > "$dir/worker.toml" <<TOML
+wait_port() {
+    for _ in $(seq 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+
+echo
+echo "== two workers: SIMULATED evidence (no TEE here; it proves nothing) =="
+for w in 1 2; do
+    # The static config: what the worker serves and what it charges, attested in its claims.
+    cat > "$dir/worker$w.toml" <<TOML
 [model]
 id = "smollm2-135m-instruct"
 path = "$model"
 digest = "$digest"
 context_length = 2048
+max_batch = 4
+
+[pricing]
+prompt_per_1k = 20000
+completion_per_1k = 60000
+payout_address = "UQ-demo-worker-$w"
 TOML
-
-cleanup() { kill "${enclave_pid:-}" "${host_pid:-}" 2>/dev/null || true; }
-trap cleanup EXIT
+    sock="$dir/enclave$w.sock"
+    COCOON_LOG=${COCOON_LOG:-warn} "$bin/cocoon-enclave" --listen "unix:$sock" \
+        --platform simulated --insecure-simulated --config "$dir/worker$w.toml" &
+    pids+=($!)
+    for _ in $(seq 600); do [ -S "$sock" ] && break; sleep 0.1; done
+    COCOON_LOG=warn "$bin/cocoon-host" --listen "127.0.0.1:$((base + w))" --enclave "unix:$sock" &
+    pids+=($!)
+    wait_port $((base + w))
+    echo "worker $w: http://127.0.0.1:$((base + w)) (prompt 20000, completion 60000 nanoTON per 1k tokens)"
+done
 
 echo
-echo "== starting the enclave: SIMULATED evidence (there is no TEE here; it proves nothing) =="
-rm -f "$sock"
-COCOON_LOG=${COCOON_LOG:-warn,cocoon_enclave=info} "$bin/cocoon-enclave" --listen "unix:$sock" \
-    --platform simulated --insecure-simulated --config "$dir/worker.toml" &
-enclave_pid=$!
-for _ in $(seq 600); do
-    [ -S "$sock" ] && break
-    kill -0 "$enclave_pid" 2>/dev/null || { echo "the enclave exited" >&2; exit 1; }
-    sleep 0.1
-done
-"$bin/cocoon-host" --listen "127.0.0.1:$port" --enclave "unix:$sock" &
-host_pid=$!
+echo "== cocoon-proxy: admits the workers by attestation, 10 % commission =="
+COCOON_LOG=warn "$bin/cocoon-proxy" serve --listen "127.0.0.1:$((base + 10))" \
+    --ledger "$dir/ledger.sqlite" --account-key "$dir/proxy.key" --commission-ppm 100000 \
+    --worker "http://127.0.0.1:$((base + 1))" --worker "http://127.0.0.1:$((base + 2))" \
+    --insecure-simulated --platform simulated &
+pids+=($!)
+wait_port $((base + 10))
 for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
+    [ "$(curl -s "http://127.0.0.1:$((base + 10))/v1/workers" | grep -o '"state":"up"' | wc -l)" -ge 2 ] && break
+    sleep 0.2
 done
+curl -s "http://127.0.0.1:$((base + 10))/v1/workers" | python3 -c '
+import json, sys
+for w in json.load(sys.stdin)["data"]:
+    print(f"admitted {w[\"id\"]} {w[\"url\"]} model {w[\"model\"]} capacity {w[\"capacity\"]} platform {w[\"platform\"]}")'
 
 echo
-echo "== cocoon chat (verifies the evidence, seals, streams, checks the receipt) =="
+echo "== the client: an account key, a deposit by the proxy operator, cocoon serve =="
+account="$("$bin/cocoon" key --key "$dir/client.key")"
+"$bin/cocoon-proxy" deposit --db "$dir/ledger.sqlite" --client "$account" --amount 1000000000 --reference demo
+"$bin/cocoon" serve --proxy "http://127.0.0.1:$((base + 10))" --listen "127.0.0.1:$((base + 20))" \
+    --key "$dir/client.key" --insecure-simulated 2>/dev/null &
+pids+=($!)
+wait_port $((base + 20))
+
+echo
+echo "== the official openai Python SDK, pointed at cocoon serve =="
 echo "question: $question"
-"$bin/cocoon" chat "http://127.0.0.1:$port" --model smollm2-135m-instruct --insecure-simulated \
-    --max-tokens 64 --temperature 0 "$question"
+"$python" - "http://127.0.0.1:$((base + 20))/v1" "$question" <<'PY'
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1], api_key="not-needed")
+stream = client.chat.completions.create(
+    model="smollm2-135m-instruct", messages=[{"role": "user", "content": sys.argv[2]}],
+    max_tokens=64, temperature=0, stream=True, stream_options={"include_usage": True})
+print("answer:   ", end="", flush=True)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        print(chunk.choices[0].delta.content, end="", flush=True)
+    if chunk.usage:
+        c = chunk.model_extra["cocoon"]
+        print(f"\nusage:    {chunk.usage.prompt_tokens} prompt + {chunk.usage.completion_tokens} completion tokens")
+        print(f"cost:     {c['cost_nanoton']} nanoTON = worker {c['worker_cost_nanoton']} + commission "
+              f"{c['commission_nanoton']} (receipt verified; worker {c['worker']})")
+PY
+
+echo
+echo "== the proxy's ledger =="
+"$bin/cocoon-proxy" ledger --db "$dir/ledger.sqlite"

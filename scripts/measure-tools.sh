@@ -9,7 +9,7 @@ pins=("sev-snp-measure==0.0.13" "lief==1.0.0")
 installed() {
     local pin
     for pin in "${pins[@]}"; do
-        "$venv/bin/pip" show "${pin%%==*}" 2>/dev/null | grep -q "^Version: ${pin##*==}$" || return 1
+        grep -qx "Version: ${pin##*==}" <<<"$("$venv/bin/pip" show "${pin%%==*}" 2>/dev/null || true)" || return 1
     done
 }
 if [ -x "$venv/bin/python3" ] && installed; then

@@ -545,6 +545,9 @@ mod tests {
             config_digest: ByteBuf::from(vec![0xcd; 32]),
             image_version: "t".into(),
             issued_at: ISSUED,
+            prices: None,
+            payout_address: None,
+            capacity: None,
         }
         .encode();
         let ev = SimulatedProducer::new().produce(&report_data(&claims, nonce)).unwrap();

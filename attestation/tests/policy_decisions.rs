@@ -39,6 +39,9 @@ fn claims(platform: Platform, issued_at: u64) -> Claims {
         config_digest: ByteBuf::from(vec![0xcd; 32]),
         image_version: "t".into(),
         issued_at,
+        prices: None,
+        payout_address: None,
+        capacity: None,
     }
 }
 

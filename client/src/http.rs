@@ -15,14 +15,18 @@ pub struct HttpClient {
 
 impl Default for HttpClient {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-        HttpClient { inner: Client::builder(TokioExecutor::new()).build(connector) }
+        Self::with_connect_timeout(std::time::Duration::from_secs(10))
     }
 }
 
 impl HttpClient {
+    pub fn with_connect_timeout(timeout: std::time::Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        HttpClient { inner: Client::builder(TokioExecutor::new()).build(connector) }
+    }
+
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
         self.inner.request(req).await.map_err(|e| {
             let mut msg = e.to_string();

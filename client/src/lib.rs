@@ -8,8 +8,10 @@
 pub mod chat;
 pub mod endorsements;
 pub mod http;
+pub mod keyfile;
+pub mod serve;
 pub mod worker;
 
 pub use chat::{ChatOptions, ChatOutcome, Usage};
 pub use endorsements::{EndorsementError, EndorsementSources};
-pub use worker::{ClientError, ResponseStream, Worker};
+pub use worker::{ClientError, ResponseStream, Route, Worker};

@@ -11,9 +11,10 @@ use cocoon_attestation::{
     read_limited, rfc3339,
 };
 use cocoon_client::http::HttpClient;
+use cocoon_client::serve::Runner;
 use cocoon_client::worker::{fetch_evidence, unix_now};
 use cocoon_client::{ChatOptions, EndorsementSources, Worker};
-use cocoon_protocol::{Claims, limits};
+use cocoon_protocol::{Claims, NanoTon, limits};
 
 #[derive(Debug, Parser)]
 #[command(name = "cocoon", version, about = "Client and verifier for confidential inference workers")]
@@ -150,6 +151,51 @@ enum Command {
         #[command(flatten)]
         verifier: VerifierArgs,
     },
+    /// Run the client runner: an OpenAI-compatible API on loopback that routes
+    /// through a proxy (or to one worker), verifies, seals, pays and streams.
+    Serve {
+        /// The proxy to route through, e.g. http://proxy.example:8090
+        #[arg(long, conflicts_with = "worker", required_unless_present = "worker")]
+        proxy: Option<String>,
+        /// One worker to talk to directly, without a proxy.
+        #[arg(long)]
+        worker: Option<String>,
+        /// Where apps connect (loopback unless you mean otherwise).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        /// The client's account key (created with mode 0600 when missing).
+        #[arg(long, env = "COCOON_CLIENT_KEY")]
+        key: Option<PathBuf>,
+        /// The most one request may cost, commission included, unless the app
+        /// sends x-cocoon-max-cost (nanoTON).
+        #[arg(long, default_value_t = NanoTon(100_000_000))]
+        max_cost: NanoTon,
+        /// Evidence of the proxy and of its workers is verified under this policy.
+        #[command(flatten)]
+        verifier: VerifierArgs,
+    },
+    /// Print the client's account key (the public key a proxy credits), creating it if needed.
+    Key {
+        #[arg(long, env = "COCOON_CLIENT_KEY")]
+        key: Option<PathBuf>,
+    },
+}
+
+fn key_path(key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(k) = key {
+        return Ok(k);
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set: give --key")?;
+    Ok(PathBuf::from(home).join(".config/cocoon/client.key"))
+}
+
+fn load_key(key: Option<PathBuf>) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let path = key_path(key)?;
+    let (k, created) = cocoon_client::keyfile::load_or_create(&path)?;
+    if created {
+        eprintln!("created a new client key at {} (mode 0600)", path.display());
+    }
+    Ok(k)
 }
 
 fn print_claims(claims: &Claims) {
@@ -288,6 +334,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("computed in {:.2} s", started.elapsed().as_secs_f64());
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
+        Command::Key { key } => {
+            let k = load_key(key)?;
+            println!("{}", hex::encode(k.verifying_key().to_bytes()));
+        }
+        Command::Serve { proxy, worker, listen, key, max_cost, verifier } => {
+            let key = load_key(key)?;
+            let account = hex::encode(key.verifying_key().to_bytes());
+            let policy = verifier.policy()?;
+            let runner = match (&proxy, &worker) {
+                (Some(p), _) => Runner::via_proxy(p, policy, verifier.sources(), key, max_cost)
+                    .await
+                    .with_context(|| format!("verifying the proxy {p}"))?,
+                (None, Some(w)) => Runner::direct(w, policy, verifier.sources(), key, max_cost)
+                    .await
+                    .with_context(|| format!("verifying the worker {w}"))?,
+                (None, None) => bail!("give --proxy URL or --worker URL"),
+            };
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+            eprintln!("cocoon serve: OpenAI-compatible API on http://{listen}/v1 (account {account})");
+            let shutdown = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+            };
+            cocoon_client::serve::serve(listener, std::sync::Arc::new(runner), shutdown).await?;
+        }
         Command::Chat { url, model, prompt, system, max_tokens, temperature, seed, verifier } => {
             let worker = Worker::attest_with(&url, &verifier.policy()?, &verifier.sources(), true)
                 .await
@@ -336,6 +411,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(cli)) {

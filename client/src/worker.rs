@@ -37,13 +37,22 @@ pub enum ClientError {
     Receipt(#[from] ReceiptError),
     #[error("the worker answered {status}: {message}")]
     Api { status: u16, message: String },
+    #[error("worker {worker} is unavailable ({message}); the proxy suggests {next}", next = next_worker.as_deref().unwrap_or("no other worker"))]
+    Retryable { worker: String, message: String, next_worker: Option<String> },
     #[error("{0}")]
     Protocol(String),
 }
 
+/// Where sealed requests for a worker go: its own shim, or a proxy that forwards them.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Direct { base: String },
+    ViaProxy { proxy: String, worker_id: String },
+}
+
 /// A worker whose evidence passed the policy. Its keys come from that evidence.
 pub struct Worker {
-    base: String,
+    route: Route,
     http: HttpClient,
     verified: VerifiedWorker,
 }
@@ -103,28 +112,68 @@ impl Worker {
         let now = unix_now();
         let endorsements = sources.endorsements(&http, &evidence, now).await?;
         let verified = assess(&evidence, policy, nonce.as_deref(), now, &endorsements).into_result()?;
-        Ok(Worker { base: base.to_string(), http, verified })
+        Ok(Worker { route: Route::Direct { base: base.to_string() }, http, verified })
+    }
+
+    /// A worker from evidence obtained elsewhere (a proxy's route answer),
+    /// verified here under the caller's own policy.
+    pub async fn from_evidence(
+        route: Route,
+        http: HttpClient,
+        evidence: &[u8],
+        policy: &Policy,
+        sources: &EndorsementSources,
+    ) -> Result<Self, ClientError> {
+        let now = unix_now();
+        let endorsements = sources.endorsements(&http, evidence, now).await?;
+        let verified = assess(evidence, policy, None, now, &endorsements).into_result()?;
+        Ok(Worker { route, http, verified })
+    }
+
+    /// A worker whose evidence the caller verified already (kept in a cache by evidence digest).
+    pub fn with_verified(route: Route, http: HttpClient, verified: VerifiedWorker) -> Self {
+        Worker { route, http, verified }
     }
 
     pub fn verified(&self) -> &VerifiedWorker {
         &self.verified
     }
 
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
     fn client_request(&self) -> Result<ClientRequest, ClientError> {
         Ok(ClientRequest::new(&self.verified.key_configs[0])?)
     }
 
-    async fn post(&self, content_type: &'static str, sealed: Vec<u8>) -> Result<http::Response<Incoming>, ClientError> {
-        let uri = join(&self.base, "/v1/ohttp").map_err(ClientError::Http)?;
-        let req = Request::post(uri)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::TE, "trailers")
-            .body(Full::new(Bytes::from(sealed)))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+    async fn post(
+        &self,
+        content_type: &'static str,
+        sealed: Vec<u8>,
+        extra: &[(&'static str, String)],
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let (base, worker_id) = match &self.route {
+            Route::Direct { base } => (base, None),
+            Route::ViaProxy { proxy, worker_id } => (proxy, Some(worker_id)),
+        };
+        let uri = join(base, "/v1/ohttp").map_err(ClientError::Http)?;
+        let mut req = Request::post(uri).header(header::CONTENT_TYPE, content_type).header(header::TE, "trailers");
+        if let Some(id) = worker_id {
+            req = req.header(media::WORKER_HEADER, id);
+        }
+        for (name, value) in extra {
+            req = req.header(*name, value);
+        }
+        let req = req.body(Full::new(Bytes::from(sealed))).map_err(|e| ClientError::Http(e.to_string()))?;
         let resp = self.http.send(req).await.map_err(ClientError::Http)?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
+            let next = resp.headers().get(media::RETRY_WORKER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if let Some(failover) = retryable(status, next, &body, worker_id) {
+                return Err(failover);
+            }
             return Err(ClientError::Status { what: "gateway", status, body: text_of(&body) });
         }
         Ok(resp)
@@ -134,7 +183,7 @@ impl Worker {
     pub async fn send(&self, request: &InnerRequest) -> Result<(InnerResponse, Option<Receipt>), ClientError> {
         let (sealed, opener) = self.client_request()?.seal(&request.encode())?;
         let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
-        let resp = self.post(media::OHTTP_REQUEST, sealed).await?;
+        let resp = self.post(media::OHTTP_REQUEST, sealed, &[]).await?;
         let receipt = verify_receipt(resp.headers(), &request_hash, &self.verified.receipt_key)?;
         let body = Limited::new(resp.into_body(), limits::MAX_SEALED_RESPONSE)
             .collect()
@@ -147,9 +196,20 @@ impl Worker {
 
     /// One sealed request with a streamed, chunk-sealed response (`message/ohttp-chunked-req`).
     pub async fn stream(&self, request: &InnerRequest) -> Result<ResponseStream, ClientError> {
+        self.stream_with(request, |_| Vec::new()).await
+    }
+
+    /// [`Worker::stream`] with extra clear headers computed from the sealed
+    /// request's hash (a proxy's client authorisation).
+    pub async fn stream_with(
+        &self,
+        request: &InnerRequest,
+        headers_for: impl FnOnce(&[u8; 32]) -> Vec<(&'static str, String)>,
+    ) -> Result<ResponseStream, ClientError> {
         let (sealed, opener) = self.client_request()?.seal_chunked(&request.encode())?;
         let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
-        let resp = self.post(media::OHTTP_CHUNKED_REQUEST, sealed).await?;
+        let extra = headers_for(&request_hash);
+        let resp = self.post(media::OHTTP_CHUNKED_REQUEST, sealed, &extra).await?;
         Ok(ResponseStream {
             body: resp.into_body(),
             opener: Some(opener),
@@ -161,6 +221,19 @@ impl Worker {
             finished: false,
         })
     }
+}
+
+/// A proxy's failover answer: 503 naming the next worker, or a JSON error marked retryable.
+fn retryable(status: u16, next: Option<String>, body: &[u8], worker: Option<&String>) -> Option<ClientError> {
+    let worker = worker?.clone();
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let flagged = json.as_ref().is_some_and(|v| v["error"]["retryable"] == serde_json::Value::Bool(true));
+    if !(flagged || (status == 503 && next.is_some())) {
+        return None;
+    }
+    let message =
+        json.as_ref().and_then(|v| v["error"]["message"].as_str().map(str::to_owned)).unwrap_or_else(|| text_of(body));
+    Some(ClientError::Retryable { worker, message, next_worker: next })
 }
 
 fn verify_receipt(
@@ -223,6 +296,16 @@ impl ResponseStream {
                 }
             }
         }
+    }
+
+    /// SHA-256 of the sealed request, which the receipt must name.
+    pub fn request_hash(&self) -> [u8; 32] {
+        self.request_hash
+    }
+
+    /// A trailer's value, once the stream has ended.
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers.as_ref()?.get(name)?.to_str().ok()
     }
 
     /// The verified receipt, once the stream has ended (it travels as a trailer).

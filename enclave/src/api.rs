@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use cocoon_engine::{ChatMessage, Completion, Engine, EngineError, GenerationRequest, Prompt, Sampling};
 use cocoon_protocol::bhttp_msg::InnerRequest;
+use cocoon_protocol::price::CostCap;
+use cocoon_protocol::{NanoTon, Prices, media};
 
 /// Completion tokens granted when a request does not say.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
@@ -55,6 +57,7 @@ fn error_body(kind: &str, code: &str, message: &str) -> serde_json::Value {
 fn engine_error_kind(e: &EngineError) -> (u16, &'static str, &'static str) {
     match e {
         EngineError::Busy { .. } => (429, "server_busy", "busy"),
+        EngineError::Budget(_) => (402, "invalid_request_error", "max_cost_exceeded"),
         EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => {
             (400, "invalid_request_error", "invalid_request")
         }
@@ -125,7 +128,11 @@ impl Kind {
 }
 
 /// Routes one inner request.
-pub async fn handle(engine: Option<Arc<dyn Engine>>, req: InnerRequest) -> ApiReply {
+pub async fn handle(engine: Option<Arc<dyn Engine>>, prices: Option<Prices>, req: InnerRequest) -> ApiReply {
+    let cost_cap = match cost_cap(prices, &req) {
+        Ok(c) => c,
+        Err(reply) => return reply,
+    };
     let path = req.path.split('?').next().unwrap_or_default();
     let kind = match (req.method.as_str(), path) {
         ("GET", "/v1/models") => return models(engine.as_deref()),
@@ -163,7 +170,16 @@ pub async fn handle(engine: Option<Arc<dyn Engine>>, req: InnerRequest) -> ApiRe
             return invalid("completions take `prompt`, and neither `messages` nor `max_completion_tokens`");
         }
     };
-    complete(engine, kind, prompt, r).await
+    complete(engine, kind, prompt, r, cost_cap).await
+}
+
+/// The sealed maximum cost, at this worker's prices (none when it charges nothing).
+fn cost_cap(prices: Option<Prices>, req: &InnerRequest) -> Result<Option<CostCap>, ApiReply> {
+    let Some(value) = req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(media::MAX_WORKER_COST_HEADER)) else {
+        return Ok(None);
+    };
+    let max_cost: NanoTon = value.1.parse().map_err(|e| invalid(format!("{}: {e}", media::MAX_WORKER_COST_HEADER)))?;
+    Ok(prices.map(|prices| CostCap { prices, max_cost }))
 }
 
 fn models(engine: Option<&dyn Engine>) -> ApiReply {
@@ -205,6 +221,7 @@ fn generation_request(prompt: Prompt, c: &CompletionRequest) -> Result<Generatio
         max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).min(MAX_TOKENS_CAP),
         sampling: Sampling { temperature, top_p, top_k: c.top_k, seed: c.seed },
         stop,
+        cost_cap: None,
     })
 }
 
@@ -222,7 +239,13 @@ fn usage_json(c: &Completion) -> serde_json::Value {
     })
 }
 
-async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c: CompletionRequest) -> ApiReply {
+async fn complete(
+    engine: Option<Arc<dyn Engine>>,
+    kind: Kind,
+    prompt: Prompt,
+    c: CompletionRequest,
+    cost_cap: Option<CostCap>,
+) -> ApiReply {
     let Some(engine) = engine else {
         return ApiReply::error(503, "server_error", "model_not_loaded", "this enclave has no model loaded");
     };
@@ -236,7 +259,7 @@ async fn complete(engine: Option<Arc<dyn Engine>>, kind: Kind, prompt: Prompt, c
         );
     }
     let request = match generation_request(prompt, &c) {
-        Ok(r) => r,
+        Ok(r) => GenerationRequest { cost_cap, ..r },
         Err(reply) => return reply,
     };
     let id = random_id(match kind {

@@ -158,7 +158,8 @@ pub fn run(engine: Option<Arc<dyn Engine>>) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let state = EnclaveState::new(producer, engine, &config).context("building evidence")?;
+        let terms = static_config.terms(engine.is_some());
+        let state = EnclaveState::new(producer, engine, &config, terms).context("building evidence")?;
         let listener = Listener::bind(&args.listen).await?;
         tracing::info!(
             listen = ?args.listen,

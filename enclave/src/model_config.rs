@@ -9,7 +9,15 @@
 //! device = "cpu"                           # or "cuda" (builds with the `cuda` feature)
 //! max_batch = 8                            # sequences decoded together
 //! max_queue = 32                           # waiting requests before "busy"
+//!
+//! [pricing]                                # optional: a worker without it charges nothing
+//! prompt_per_1k = 1000                     # nanoTON per 1,000 prompt tokens
+//! completion_per_1k = 4000                 # nanoTON per 1,000 completion tokens
+//! payout_address = "UQ..."                 # the TON address the worker is paid at
 //! ```
+//!
+//! Prices, payout address and capacity go into the attested claims: a proxy
+//! or client reads them from verified evidence, never from the host.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,8 +26,13 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use cocoon_engine::{BatchOptions, BurnEngine, Engine};
+use cocoon_protocol::{Capacity, NanoTon, Prices};
 
 const DEFAULT_CONTEXT: usize = 4096;
+const DEFAULT_BATCH: usize = 8;
+const DEFAULT_QUEUE: usize = 32;
+/// Longest payout address accepted (a TON address is 48 characters in base64).
+const MAX_ADDRESS: usize = 128;
 /// Upper bounds on what a config may ask for.
 const MAX_CONTEXT: usize = 1 << 20;
 const MAX_BATCH: usize = 256;
@@ -29,6 +42,23 @@ const MAX_QUEUE: usize = 4096;
 #[serde(deny_unknown_fields)]
 pub struct StaticConfig {
     pub model: Option<ModelSection>,
+    pub pricing: Option<PricingSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSection {
+    pub prompt_per_1k: NanoTon,
+    pub completion_per_1k: NanoTon,
+    pub payout_address: Option<String>,
+}
+
+/// What the claims say about the worker's business: prices, payout, capacity.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerTerms {
+    pub prices: Option<Prices>,
+    pub payout_address: Option<String>,
+    pub capacity: Option<Capacity>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -47,7 +77,29 @@ impl StaticConfig {
     /// Parses the config file's bytes; an empty file is an empty config.
     pub fn parse(bytes: &[u8]) -> anyhow::Result<Self> {
         let text = std::str::from_utf8(bytes).context("the static config is not UTF-8")?;
-        toml::from_str(text).context("parsing the static config (TOML)")
+        let config: StaticConfig = toml::from_str(text).context("parsing the static config (TOML)")?;
+        if let Some(a) = config.pricing.as_ref().and_then(|p| p.payout_address.as_deref())
+            && (a.is_empty() || a.len() > MAX_ADDRESS || !a.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!("pricing.payout_address must be 1 to {MAX_ADDRESS} printable ASCII characters, found {a:?}");
+        }
+        Ok(config)
+    }
+
+    /// The terms the claims attest; capacity only when a model is served.
+    pub fn terms(&self, serves_model: bool) -> WorkerTerms {
+        let m = self.model.clone().unwrap_or_default();
+        WorkerTerms {
+            prices: self
+                .pricing
+                .as_ref()
+                .map(|p| Prices { prompt_per_1k: p.prompt_per_1k, completion_per_1k: p.completion_per_1k }),
+            payout_address: self.pricing.as_ref().and_then(|p| p.payout_address.clone()),
+            capacity: serves_model.then(|| Capacity {
+                max_batch: m.max_batch.unwrap_or(DEFAULT_BATCH) as u32,
+                max_queue: m.max_queue.unwrap_or(DEFAULT_QUEUE) as u32,
+            }),
+        }
     }
 }
 
@@ -69,7 +121,10 @@ pub fn start_engine(m: &ModelSection) -> anyhow::Result<Arc<dyn Engine>> {
     if context == 0 || context > MAX_CONTEXT {
         bail!("context_length {context} is outside 1..={MAX_CONTEXT}");
     }
-    let batch = BatchOptions { max_batch: m.max_batch.unwrap_or(8), max_queue: m.max_queue.unwrap_or(32) };
+    let batch = BatchOptions {
+        max_batch: m.max_batch.unwrap_or(DEFAULT_BATCH),
+        max_queue: m.max_queue.unwrap_or(DEFAULT_QUEUE),
+    };
     if batch.max_batch == 0 || batch.max_batch > MAX_BATCH || batch.max_queue > MAX_QUEUE {
         bail!("max_batch must be 1..={MAX_BATCH} and max_queue 0..={MAX_QUEUE}");
     }

@@ -188,7 +188,7 @@ fn refused(e: cocoon_protocol::ohttp::OhttpError) -> Response<Body> {
 
 async fn inner_reply(state: &EnclaveState, inner: &[u8]) -> ApiReply {
     match InnerRequest::decode(inner) {
-        Ok(req) => api::handle(state.engine.clone(), req).await,
+        Ok(req) => api::handle(state.engine.clone(), state.claims.prices, req).await,
         Err(e) => ApiReply::error(400, "invalid_request_error", "bad_message", format!("inner request: {e}")),
     }
 }

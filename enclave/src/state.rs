@@ -8,6 +8,8 @@ use sha2::{Digest, Sha256};
 
 use cocoon_attestation::{AttestationError, EvidenceProducer, report_data};
 use cocoon_engine::Engine;
+
+use crate::model_config::WorkerTerms;
 use cocoon_protocol::evidence::{CLAIMS_VERSION, EVIDENCE_VERSION, EvidenceDocument};
 use cocoon_protocol::ohttp::{GatewayKey, KeyConfig};
 use cocoon_protocol::{Claims, ModelClaim, ReceiptSigner};
@@ -39,6 +41,7 @@ impl EnclaveState {
         producer: Arc<dyn EvidenceProducer>,
         engine: Option<Arc<dyn Engine>>,
         config_bytes: &[u8],
+        terms: WorkerTerms,
     ) -> Result<Self, AttestationError> {
         let gateway = GatewayKey::generate(1);
         let receipts = ReceiptSigner::generate();
@@ -54,6 +57,9 @@ impl EnclaveState {
             config_digest: ByteBuf::from(Sha256::digest(config_bytes).to_vec()),
             image_version: env!("CARGO_PKG_VERSION").to_string(),
             issued_at: unix_now(),
+            prices: terms.prices,
+            payout_address: terms.payout_address,
+            capacity: terms.capacity,
         };
         let claims_bytes = claims.encode();
         let mut state = EnclaveState {

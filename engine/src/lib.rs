@@ -8,6 +8,8 @@ use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 
+pub use cocoon_protocol::price::{BudgetError, CostCap};
+
 pub mod config;
 pub mod gguf;
 pub mod loader;
@@ -88,6 +90,19 @@ pub struct GenerationRequest {
     pub max_tokens: u32,
     pub sampling: Sampling,
     pub stop: Vec<String>,
+    /// The request's maximum cost at the worker's prices: generation stops
+    /// (finish reason `length`) before the completion would exceed it.
+    pub cost_cap: Option<CostCap>,
+}
+
+impl GenerationRequest {
+    /// The completion tokens allowed for a prompt of `prompt_tokens`.
+    pub fn allowed_tokens(&self, prompt_tokens: u32) -> Result<u32, EngineError> {
+        match &self.cost_cap {
+            None => Ok(self.max_tokens),
+            Some(cap) => Ok(self.max_tokens.min(cap.max_completion_tokens(prompt_tokens)?)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +137,8 @@ pub enum EngineError {
     InvalidRequest(String),
     #[error("the prompt has {prompt} tokens; this model's context is {limit}")]
     ContextLength { prompt: u32, limit: u32 },
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     #[error("generation was cancelled")]
     Cancelled,
     #[error("engine failure: {0}")]

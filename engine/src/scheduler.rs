@@ -107,11 +107,15 @@ impl Engine for BurnEngine {
         if prompt_tokens >= context {
             return Err(EngineError::ContextLength { prompt: prompt_tokens, limit: context });
         }
+        let allowed = request.allowed_tokens(prompt_tokens)?;
+        if allowed == 0 {
+            return Ok(Completion { prompt_tokens, completion_tokens: 0, finish_reason: FinishReason::Length });
+        }
         let (events, rx) = mpsc::channel();
         let cancelled = Arc::new(AtomicBool::new(false));
         let job = Job {
             prompt,
-            max_tokens: request.max_tokens.min(context - prompt_tokens),
+            max_tokens: allowed.min(context - prompt_tokens),
             sampler: Sampler::new(request.sampling.clone()),
             events,
             cancelled: cancelled.clone(),

@@ -157,6 +157,7 @@ fn chat(question: &str) -> GenerationRequest {
         max_tokens: 32,
         sampling: Sampling { temperature: 0.0, ..Sampling::default() },
         stop: vec![],
+        cost_cap: None,
     }
 }
 
@@ -205,6 +206,25 @@ fn engine_answers_the_capital_of_france() {
         (text.as_str(), done.finish_reason, done.completion_tokens),
         ("The capital of", FinishReason::Length, 3)
     );
+
+    // A cost cap ends the answer where the next token would exceed it: 37 prompt
+    // tokens at 1000/1k cost 37, and each completion token 2000/1k costs 2 more.
+    use cocoon_engine::{BudgetError, CostCap, EngineError};
+    use cocoon_protocol::{NanoTon, Prices};
+    let prices = Prices { prompt_per_1k: NanoTon(1000), completion_per_1k: NanoTon(2000) };
+    req.max_tokens = 32;
+    req.cost_cap = Some(CostCap { prices, max_cost: NanoTon(37 + 9) });
+    let (text, done) = run(&engine, &req);
+    assert_eq!(
+        (text.as_str(), done.finish_reason, done.completion_tokens),
+        ("The capital of France", FinishReason::Length, 4)
+    );
+    req.cost_cap = Some(CostCap { prices, max_cost: NanoTon(36) });
+    let err = engine.generate(&req, &mut |_| ControlFlow::Continue(())).unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::Budget(BudgetError::PromptOverBudget { prompt_cost: NanoTon(37), max_cost: NanoTon(36) })
+    );
 }
 
 #[test]
@@ -243,6 +263,7 @@ fn a_full_queue_answers_busy_and_a_cancelled_request_frees_its_slot() {
         max_tokens: 1500,
         sampling: Sampling { temperature: 0.0, ..Sampling::default() },
         stop: vec![],
+        cost_cap: None,
     };
     let mut short = long.clone();
     short.max_tokens = 2;

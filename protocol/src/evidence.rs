@@ -10,6 +10,7 @@ use serde_bytes::ByteBuf;
 
 use crate::cbor::{self, CborError};
 use crate::limits;
+use crate::price::Prices;
 
 pub const EVIDENCE_VERSION: u32 = 1;
 pub const CLAIMS_VERSION: u32 = 1;
@@ -77,6 +78,30 @@ pub struct Claims {
     pub image_version: String,
     /// Unix time (seconds) at which these keys were generated.
     pub issued_at: u64,
+    /// The worker's prices, from its static config (absent: the worker does not charge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<Prices>,
+    /// Where the worker is paid (a TON address, from its static config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout_address: Option<String>,
+    /// How much work the worker takes at once, from its static config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// Sequences decoded together and requests that may wait: the load a router may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    pub max_batch: u32,
+    pub max_queue: u32,
+}
+
+impl Capacity {
+    /// Requests the worker serves or queues at once.
+    pub fn requests(&self) -> u32 {
+        self.max_batch.saturating_add(self.max_queue).max(1)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -108,6 +133,9 @@ impl Claims {
             check_text("model.id", &m.id)?;
         }
         check_text("image_version", &c.image_version)?;
+        if let Some(a) = &c.payout_address {
+            check_text("payout_address", a)?;
+        }
         Ok(c)
     }
 
@@ -232,6 +260,9 @@ mod tests {
             config_digest: ByteBuf::from(vec![5; 32]),
             image_version: "0.1.0".into(),
             issued_at: 1_700_000_000,
+            prices: None,
+            payout_address: None,
+            capacity: None,
         }
     }
 

@@ -9,3 +9,12 @@ pub const EVIDENCE: &str = "application/cbor";
 /// Header (non-streamed responses) or trailer (streamed responses) that carries
 /// the base64 COSE_Sign1 usage receipt, outside the sealed body.
 pub const RECEIPT_HEADER: &str = "cocoon-receipt";
+/// Inner (sealed) request header: the most the answer may cost at the worker's
+/// prices, in nanoTON. The enclave stops generating before it is exceeded.
+pub const MAX_WORKER_COST_HEADER: &str = "cocoon-max-worker-cost";
+/// Trailer (or header) the proxy adds: what the client was charged, in nanoTON.
+pub const CHARGE_HEADER: &str = "cocoon-charge";
+/// Response header the proxy adds to a failover answer: the next worker to try.
+pub const RETRY_WORKER_HEADER: &str = "cocoon-retry-worker";
+/// Request header naming the worker a sealed request is for (through a proxy).
+pub const WORKER_HEADER: &str = "cocoon-worker";

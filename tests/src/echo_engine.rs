@@ -48,10 +48,11 @@ impl Engine for EchoEngine {
                 (messages.iter().map(|m| m.content.split_whitespace().count()).sum(), last)
             }
         };
+        let allowed = request.allowed_tokens(prompt_tokens as u32)?;
         let mut completion_tokens = 0u32;
         let mut text = String::new();
         for token in answer_tokens(&last) {
-            if completion_tokens == request.max_tokens {
+            if completion_tokens == allowed {
                 return Ok(Completion {
                     prompt_tokens: prompt_tokens as u32,
                     completion_tokens,

@@ -143,6 +143,9 @@ async fn evidence_whose_claims_do_not_match_is_refused_before_any_prompt() {
         config_digest: ByteBuf::from(vec![0; 32]),
         image_version: "0".into(),
         issued_at: 4_000_000_000,
+        prices: None,
+        payout_address: None,
+        capacity: None,
     };
     let genuine = claims(&GatewayKey::generate(1)).encode();
     let forged = claims(&GatewayKey::generate(1)).encode();

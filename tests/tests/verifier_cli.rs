@@ -38,6 +38,9 @@ fn tdx_evidence(dir: &Path) -> String {
         config_digest: ByteBuf::from(vec![0xcd; 32]),
         image_version: "t".into(),
         issued_at: 1_750_377_600,
+        prices: None,
+        payout_address: None,
+        capacity: None,
     };
     let doc = EvidenceDocument {
         version: EVIDENCE_VERSION,

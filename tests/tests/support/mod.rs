@@ -45,7 +45,17 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 pub fn start_enclave(socket: &Path, token_delay_ms: u64) -> Proc {
-    let child = Command::new(test_enclave_bin())
+    start_enclave_with(socket, token_delay_ms, None)
+}
+
+/// The test enclave with a static config (prices, payout address, capacity).
+pub fn start_enclave_with(socket: &Path, token_delay_ms: u64, config: Option<&Path>) -> Proc {
+    let _ = std::fs::remove_file(socket);
+    let mut cmd = Command::new(test_enclave_bin());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let child = cmd
         .args(["--listen", &format!("unix:{}", socket.display()), "--platform", "simulated", "--insecure-simulated"])
         .env("COCOON_TEST_TOKEN_DELAY_MS", token_delay_ms.to_string())
         .env("COCOON_LOG", "warn")

@@ -1,0 +1,589 @@
+//! `cocoon serve`: the client runner, an OpenAI-compatible API on loopback.
+//!
+//! An app talks to it as to any OpenAI server. For each request the runner
+//! asks the proxy for a worker, verifies that worker's evidence under the
+//! client's own policy (cached per evidence digest), seals the request to the
+//! worker's key, signs the proxy's charge authorisation, streams the answer
+//! back, and checks the receipt and the charge before it reports the cost.
+//! A worker that fails before answering is replaced transparently. With
+//! `--worker URL` it talks to one worker directly, without a proxy.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use ed25519_dalek::SigningKey;
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use cocoon_attestation::{Policy, VerifiedWorker, assess};
+use cocoon_protocol::authorization::ClientAuthorization;
+use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
+use cocoon_protocol::{Commission, NanoTon, Prices, Receipt, limits, media};
+
+use crate::chat::SseParser;
+use crate::endorsements::EndorsementSources;
+use crate::http::{HttpClient, join};
+use crate::worker::{ClientError, ResponseStream, Route, Worker, fetch_evidence, unix_now};
+
+/// Workers tried for one request before the runner gives up.
+const MAX_ATTEMPTS: usize = 4;
+/// Longest a request waits for a worker with free capacity.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Verified evidence kept (by digest) so that each request need not re-verify.
+const MAX_CACHED: usize = 256;
+/// Largest body an app may send.
+const MAX_APP_BODY: usize = limits::MAX_INNER_REQUEST - 4096;
+/// Header an app may set to bound one request's cost (nanoTON).
+pub const APP_MAX_COST_HEADER: &str = "x-cocoon-max-cost";
+
+/// Where the runner sends requests.
+pub enum Upstream {
+    Proxy { url: String, commission: Commission },
+    Direct { worker: Arc<Worker> },
+}
+
+pub struct Runner {
+    pub upstream: Upstream,
+    pub policy: Policy,
+    pub sources: EndorsementSources,
+    pub key: SigningKey,
+    /// The most one request may cost when the app does not say (nanoTON, commission included).
+    pub default_max_cost: NanoTon,
+    http: HttpClient,
+    verified: Mutex<HashMap<[u8; 32], VerifiedWorker>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProxyTerms {
+    account_key: String,
+    commission_ppm: u64,
+}
+
+impl Runner {
+    /// Connects to a proxy: fetches its terms and its evidence, verifies that
+    /// the evidence passes `policy` and binds exactly these terms.
+    pub async fn via_proxy(
+        proxy: &str,
+        policy: Policy,
+        sources: EndorsementSources,
+        key: SigningKey,
+        default_max_cost: NanoTon,
+    ) -> Result<Self, ClientError> {
+        let http = HttpClient::default();
+        let (status, terms_bytes) = http
+            .get(join(proxy, "/v1/terms").map_err(ClientError::Http)?, 16 << 10)
+            .await
+            .map_err(ClientError::Http)?;
+        if !status.is_success() {
+            return Err(ClientError::Status { what: "proxy terms", status: status.as_u16(), body: String::new() });
+        }
+        let terms: ProxyTerms = serde_json::from_slice(&terms_bytes)
+            .map_err(|e| ClientError::Protocol(format!("the proxy's terms are not valid JSON: {e}")))?;
+        let (evidence, nonce) = fetch_evidence(&http, proxy, true).await?;
+        let now = unix_now();
+        let endorsements = sources.endorsements(&http, &evidence, now).await?;
+        let verified = assess(&evidence, &policy, nonce.as_deref(), now, &endorsements).into_result()?;
+        let digest: [u8; 32] = Sha256::digest(&terms_bytes).into();
+        if verified.claims.config_digest.as_slice() != digest {
+            return Err(ClientError::Protocol(
+                "the proxy's evidence does not bind the terms it serves (config digest differs)".into(),
+            ));
+        }
+        if hex::encode(verified.receipt_key) != terms.account_key {
+            return Err(ClientError::Protocol("the proxy's terms name another account key than its evidence".into()));
+        }
+        let commission =
+            Commission::from_ppm(terms.commission_ppm).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        info!(proxy, commission_ppm = commission.ppm(), account = %terms.account_key, "proxy verified");
+        Ok(Runner {
+            upstream: Upstream::Proxy { url: proxy.trim_end_matches('/').to_string(), commission },
+            policy,
+            sources,
+            key,
+            default_max_cost,
+            http,
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Talks to one worker directly (attested with a fresh nonce now).
+    pub async fn direct(
+        worker_url: &str,
+        policy: Policy,
+        sources: EndorsementSources,
+        key: SigningKey,
+        default_max_cost: NanoTon,
+    ) -> Result<Self, ClientError> {
+        let worker = Worker::attest_with(worker_url, &policy, &sources, true).await?;
+        Ok(Runner {
+            upstream: Upstream::Direct { worker: Arc::new(worker) },
+            policy,
+            sources,
+            key,
+            default_max_cost,
+            http: HttpClient::default(),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn commission(&self) -> Commission {
+        match &self.upstream {
+            Upstream::Proxy { commission, .. } => *commission,
+            Upstream::Direct { .. } => Commission::default(),
+        }
+    }
+
+    /// Asks the proxy for a worker of `model` and verifies its evidence (cached by digest).
+    async fn routed_worker(&self, proxy: &str, model: &str, exclude: &[String]) -> Result<Worker, AppError> {
+        let body = serde_json::to_vec(&json!({"model": model, "exclude": exclude})).expect("JSON encodes");
+        let req = http::Request::post(join(proxy, "/v1/route").map_err(AppError::upstream)?)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .expect("valid request");
+        let resp = self.http.send(req).await.map_err(AppError::upstream)?;
+        let status = resp.status();
+        let bytes = http_body_util::Limited::new(resp.into_body(), limits::MAX_EVIDENCE * 2)
+            .collect()
+            .await
+            .map_err(|e| AppError::upstream(format!("reading the route answer: {e}")))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| AppError::upstream(format!("route answer: {e}")))?;
+        if !status.is_success() {
+            let msg = v["error"]["message"].as_str().unwrap_or("the proxy refused to route").to_string();
+            let code = v["error"]["code"].as_str().unwrap_or("route_failed").to_string();
+            return Err(AppError { status: status.as_u16(), code, message: msg });
+        }
+        let id = v["worker"]["id"].as_str().ok_or_else(|| AppError::upstream("route answer names no worker"))?;
+        let evidence = base64::engine::general_purpose::STANDARD
+            .decode(v["evidence"].as_str().unwrap_or_default())
+            .map_err(|_| AppError::upstream("route answer: evidence is not base64"))?;
+        let route = Route::ViaProxy { proxy: proxy.to_string(), worker_id: id.to_string() };
+        let digest: [u8; 32] = Sha256::digest(&evidence).into();
+        if let Some(v) = self.verified.lock().expect("cache lock").get(&digest).cloned() {
+            return Ok(Worker::with_verified(route, self.http.clone(), v));
+        }
+        let worker =
+            Worker::from_evidence(route, self.http.clone(), &evidence, &self.policy, &self.sources).await.map_err(
+                |e| AppError { status: 502, code: "worker_refused".into(), message: format!("worker {id}: {e}") },
+            )?;
+        let mut cache = self.verified.lock().expect("cache lock");
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(digest, worker.verified().clone());
+        Ok(worker)
+    }
+
+    /// Routes, seals and sends; replaces a worker that fails before answering.
+    async fn open_stream(&self, model: &str, inner: &InnerRequest, max_cost: NanoTon) -> Result<Sent, AppError> {
+        let budget = self.commission().worker_budget(max_cost);
+        let mut exclude: Vec<String> = Vec::new();
+        let mut last = None;
+        let busy_until = tokio::time::Instant::now() + BUSY_WAIT;
+        let mut backoff = std::time::Duration::from_millis(25);
+        let mut attempts = 0;
+        while attempts < MAX_ATTEMPTS {
+            let worker = match &self.upstream {
+                Upstream::Direct { worker } => {
+                    Worker::with_verified(worker.route().clone(), self.http.clone(), worker.verified().clone())
+                }
+                Upstream::Proxy { url, .. } => match self.routed_worker(url, model, &exclude).await {
+                    Ok(w) => w,
+                    // Every worker is busy (or the ones left were excluded): nothing was
+                    // sent yet, so wait a little for capacity instead of failing the app.
+                    Err(e) if e.code == "no_worker_available" && tokio::time::Instant::now() < busy_until => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                        exclude.clear();
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            attempts += 1;
+            let mut sealed = inner.clone();
+            sealed.headers.push((media::MAX_WORKER_COST_HEADER.into(), budget.0.to_string()));
+            let via_proxy = matches!(self.upstream, Upstream::Proxy { .. });
+            let key = &self.key;
+            let result = worker
+                .stream_with(&sealed, |hash| {
+                    if !via_proxy {
+                        return Vec::new();
+                    }
+                    ClientAuthorization::sign(key, hash, max_cost).header_values().into()
+                })
+                .await;
+            match result {
+                Ok(stream) => return Ok(Sent { stream, worker }),
+                Err(ClientError::Retryable { worker: id, message, next_worker }) => {
+                    warn!(worker = %id, "failing over: {message}");
+                    // A worker that restarted with new keys is named again: re-seal to it.
+                    if next_worker.as_deref() != Some(id.as_str()) {
+                        exclude.push(id);
+                    }
+                    last = Some(message);
+                }
+                Err(e) => return Err(AppError::from_client(e)),
+            }
+        }
+        Err(AppError {
+            status: 503,
+            code: "no_worker_available".into(),
+            message: format!("{MAX_ATTEMPTS} workers failed; last: {}", last.unwrap_or_default()),
+        })
+    }
+}
+
+struct Sent {
+    stream: ResponseStream,
+    worker: Worker,
+}
+
+/// An error answered to the app, OpenAI-style.
+#[derive(Debug)]
+pub struct AppError {
+    status: u16,
+    code: String,
+    message: String,
+}
+
+impl AppError {
+    fn upstream(message: impl Into<String>) -> Self {
+        AppError { status: 502, code: "upstream_error".into(), message: message.into() }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        AppError { status: 400, code: "invalid_request".into(), message: message.into() }
+    }
+
+    fn from_client(e: ClientError) -> Self {
+        match &e {
+            ClientError::Status { status, body, .. } => {
+                let v: Option<Value> = serde_json::from_str(body).ok();
+                let code = v.as_ref().and_then(|v| v["error"]["code"].as_str()).unwrap_or("upstream_error").to_string();
+                let message = v
+                    .as_ref()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| body.clone());
+                AppError { status: *status, code, message }
+            }
+            ClientError::Api { status, message } => {
+                AppError { status: *status, code: "worker_error".into(), message: message.clone() }
+            }
+            _ => AppError { status: 502, code: "upstream_error".into(), message: e.to_string() },
+        }
+    }
+
+    fn body(&self) -> Value {
+        let kind = if self.status < 500 { "invalid_request_error" } else { "server_error" };
+        json!({"error": {"message": self.message, "type": kind, "param": null, "code": self.code}})
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        (status, [(header::CONTENT_TYPE, "application/json")], self.body().to_string()).into_response()
+    }
+}
+
+pub fn router(runner: Arc<Runner>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(runner)
+}
+
+async fn models(State(r): State<Arc<Runner>>) -> Response {
+    let ids: Vec<String> = match &r.upstream {
+        Upstream::Direct { worker } => worker.verified().claims.model.iter().map(|m| m.id.clone()).collect(),
+        Upstream::Proxy { url, .. } => {
+            let uri = match join(url, "/v1/workers") {
+                Ok(u) => u,
+                Err(e) => return AppError::upstream(e).into_response(),
+            };
+            match r.http.get(uri, 4 << 20).await {
+                Ok((s, body)) if s.is_success() => serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["models"].as_array().cloned())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|m| m.as_str().map(str::to_owned))
+                    .collect(),
+                Ok((s, _)) => return AppError::upstream(format!("the proxy answered {s}")).into_response(),
+                Err(e) => return AppError::upstream(e).into_response(),
+            }
+        }
+    };
+    let data: Vec<Value> =
+        ids.iter().map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "cocoon"})).collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn chat_completions(State(r): State<Arc<Runner>>, req: Request) -> Response {
+    complete(r, "/v1/chat/completions", req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(State(r): State<Arc<Runner>>, req: Request) -> Response {
+    complete(r, "/v1/completions", req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn max_cost(r: &Runner, headers: &HeaderMap) -> Result<NanoTon, AppError> {
+    match headers.get(APP_MAX_COST_HEADER) {
+        None => Ok(r.default_max_cost),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| AppError::invalid(format!("{APP_MAX_COST_HEADER}: expected a whole number of nanoTON"))),
+    }
+}
+
+async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Response, AppError> {
+    let max_cost = max_cost(&r, req.headers())?;
+    let body = http_body_util::Limited::new(req.into_body(), MAX_APP_BODY)
+        .collect()
+        .await
+        .map_err(|_| AppError {
+            status: 413,
+            code: "body_too_large".into(),
+            message: format!("expected at most {MAX_APP_BODY} bytes"),
+        })?
+        .to_bytes();
+    let mut v: Value = serde_json::from_slice(&body).map_err(|e| AppError::invalid(format!("request body: {e}")))?;
+    let model = v["model"].as_str().ok_or_else(|| AppError::invalid("`model` is required"))?.to_string();
+    let streamed = v["stream"].as_bool().unwrap_or(false);
+    let app_wants_usage = v["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    if streamed {
+        // The runner needs the usage to check the receipt; the app sees it only if it asked.
+        v["stream_options"] = json!({"include_usage": true});
+    }
+    let inner = InnerRequest::post_json(path, serde_json::to_vec(&v).expect("JSON encodes"));
+    let Sent { mut stream, worker } = r.open_stream(&model, &inner, max_cost).await?;
+
+    // The inner status comes first; an error inside the seal is passed on as it is.
+    let (status, content_type) = match stream.next_event().await.map_err(AppError::from_client)? {
+        Some(ResponseEvent::Head { status, headers }) => {
+            let ct = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.clone());
+            (status, ct.unwrap_or_else(|| "application/json".into()))
+        }
+        _ => return Err(AppError::upstream("the sealed answer has no head")),
+    };
+    let billing = Billing {
+        worker_prices: worker.verified().claims.prices.unwrap_or_default(),
+        commission: r.commission(),
+        via_proxy: matches!(r.upstream, Upstream::Proxy { .. }),
+    };
+    let worker_id = match worker.route() {
+        Route::ViaProxy { worker_id, .. } => worker_id.clone(),
+        Route::Direct { base } => base.clone(),
+    };
+    if status != 200 || !streamed {
+        // Whole answers (and errors): collect, check the receipt, add the cost.
+        let mut body = Vec::new();
+        while let Some(e) = stream.next_event().await.map_err(AppError::from_client)? {
+            if let ResponseEvent::Content(c) = e {
+                body.extend_from_slice(&c);
+                if body.len() > limits::MAX_SEALED_RESPONSE {
+                    return Err(AppError::upstream("the answer is larger than the limit"));
+                }
+            }
+        }
+        if status != 200 {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            return Ok((code, [(header::CONTENT_TYPE, content_type)], body).into_response());
+        }
+        let mut answer: Value =
+            serde_json::from_slice(&body).map_err(|e| AppError::upstream(format!("the answer is not JSON: {e}")))?;
+        let cost = billing.check(&stream, &worker, &answer["usage"])?;
+        answer["cocoon"] = cost.json(&worker_id);
+        return Ok(axum::Json(answer).into_response());
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(32);
+    tokio::spawn(relay_stream(stream, worker, billing, worker_id, app_wants_usage, tx));
+    let body = Body::from_stream(ReceiverStream(rx));
+    Ok(Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .expect("valid response"))
+}
+
+/// What the answer cost, as checked against the receipt.
+struct Cost {
+    receipt: Receipt,
+    worker_cost: NanoTon,
+    commission: NanoTon,
+    charge: NanoTon,
+}
+
+impl Cost {
+    fn json(&self, worker: &str) -> Value {
+        json!({
+            "worker": worker,
+            "cost_nanoton": self.charge.0,
+            "worker_cost_nanoton": self.worker_cost.0,
+            "commission_nanoton": self.commission.0,
+            "receipt": {
+                "prompt_tokens": self.receipt.prompt_tokens,
+                "completion_tokens": self.receipt.completion_tokens,
+                "request_hash": hex::encode(&self.receipt.request_hash),
+                "issued_at": self.receipt.issued_at,
+            },
+        })
+    }
+}
+
+struct Billing {
+    worker_prices: Prices,
+    commission: Commission,
+    via_proxy: bool,
+}
+
+impl Billing {
+    /// Verifies the receipt (signature, request hash, model), that it agrees
+    /// with the usage inside the seal, and that the proxy charged what the
+    /// attested prices and its commission make.
+    fn check(&self, stream: &ResponseStream, worker: &Worker, usage: &Value) -> Result<Cost, AppError> {
+        let bad = |m: String| AppError { status: 502, code: "receipt_invalid".into(), message: m };
+        let receipt = stream
+            .receipt()
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad("the worker sent no receipt for a completed answer".into()))?;
+        let claims = &worker.verified().claims;
+        if let Some(m) = &claims.model
+            && receipt.model_digest.as_ref().map(|d| d.as_slice()) != Some(m.digest.as_slice())
+        {
+            return Err(bad("the receipt names another model than the worker attested".into()));
+        }
+        let (p, c) = (usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64());
+        if (p, c) != (Some(receipt.prompt_tokens as u64), Some(receipt.completion_tokens as u64)) {
+            return Err(bad(format!(
+                "the receipt counts {}+{} tokens but the answer reports {usage}",
+                receipt.prompt_tokens, receipt.completion_tokens
+            )));
+        }
+        let worker_cost = self.worker_prices.cost(receipt.prompt_tokens, receipt.completion_tokens);
+        let commission = self.commission.on(worker_cost);
+        let charge = worker_cost.saturating_add(commission);
+        if self.via_proxy {
+            let charged = stream.trailer(media::CHARGE_HEADER).and_then(|v| v.parse::<u64>().ok());
+            if charged != Some(charge.0) {
+                return Err(AppError {
+                    status: 502,
+                    code: "charge_mismatch".into(),
+                    message: format!(
+                        "the proxy charged {charged:?} nanoTON; the receipt at the attested prices and commission makes {}",
+                        charge.0
+                    ),
+                });
+            }
+        }
+        Ok(Cost { receipt, worker_cost, commission, charge })
+    }
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// Passes the events on as they arrive; holds back the usage chunk and
+/// `[DONE]` until the receipt and the charge have been checked.
+async fn relay_stream(
+    mut stream: ResponseStream,
+    worker: Worker,
+    billing: Billing,
+    worker_id: String,
+    app_wants_usage: bool,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+) {
+    let mut parser = SseParser::default();
+    let mut usage_chunk: Option<Value> = None;
+    let fail = |message: String| {
+        sse(&json!({"error": {"message": message, "type": "server_error", "param": null, "code": "stream_failed"}}))
+    };
+    loop {
+        let event = match stream.next_event().await {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx.send(Ok(fail(e.to_string()))).await;
+                return;
+            }
+        };
+        let ResponseEvent::Content(bytes) = event else { continue };
+        let events = match parser.push(&bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                let _ = tx.send(Ok(fail(e.to_string()))).await;
+                return;
+            }
+        };
+        for data in events {
+            if data == "[DONE]" {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(&data) else {
+                let _ = tx.send(Ok(fail("a stream event is not JSON".into()))).await;
+                return;
+            };
+            if v["choices"].as_array().is_some_and(|c| c.is_empty()) && !v["usage"].is_null() {
+                usage_chunk = Some(v);
+                continue;
+            }
+            if tx.send(Ok(sse(&v))).await.is_err() {
+                return; // The app went away; dropping the stream stops the worker.
+            }
+        }
+    }
+    let usage = usage_chunk.as_ref().map(|u| u["usage"].clone()).unwrap_or(Value::Null);
+    match billing.check(&stream, &worker, &usage) {
+        Ok(cost) => {
+            if app_wants_usage && let Some(mut u) = usage_chunk {
+                u["cocoon"] = cost.json(&worker_id);
+                let _ = tx.send(Ok(sse(&u))).await;
+            }
+            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        }
+        Err(e) => {
+            warn!("{}", e.message);
+            let _ = tx.send(Ok(sse(&e.body()))).await;
+        }
+    }
+}
+
+struct ReceiverStream(mpsc::Receiver<Result<Bytes, Infallible>>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<Bytes, Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Serves the runner on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    runner: Arc<Runner>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(runner)).with_graceful_shutdown(shutdown).await
+}

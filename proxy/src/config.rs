@@ -1,0 +1,164 @@
+//! The proxy's configuration file (TOML) and its limits.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8090"
+//! ledger = "/var/lib/cocoon-proxy/ledger.sqlite"
+//! account_key = "/var/lib/cocoon-proxy/account.key"   # created 0600 when missing
+//! commission_ppm = 100000          # 10 % on top of the worker's cost
+//! credit_limit = 0                 # nanoTON a client may owe beyond its deposits
+//! workers = ["http://10.0.0.5:8080"]
+//! policy = "policy.toml"           # the attestation policy workers must pass
+//! reference_values = ["worker-reference.json"]
+//! reattest_interval_s = 60
+//!
+//! [limits]
+//! max_in_flight = 4096
+//!
+//! [reputation]
+//! half_life_s = 300
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use cocoon_protocol::{Commission, NanoTon};
+
+use crate::reputation::ReputationConfig;
+
+/// Largest config file accepted.
+const MAX_CONFIG: u64 = 1 << 20;
+/// Most workers a proxy admits.
+pub const MAX_WORKERS_CAP: usize = 10_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub ledger: PathBuf,
+    pub account_key: PathBuf,
+    pub commission_ppm: u64,
+    pub credit_limit: NanoTon,
+    /// Workers admitted at start and re-admitted whenever they come back.
+    pub workers: Vec<String>,
+    pub policy: Option<PathBuf>,
+    pub reference_values: Vec<PathBuf>,
+    /// DEVELOPMENT ONLY: admit workers with simulated evidence.
+    pub insecure_simulated: bool,
+    /// The proxy's own evidence: auto, tdx, sev-snp, or simulated (needs --insecure-simulated).
+    pub platform: String,
+    pub reattest_interval_s: f64,
+    pub limits: Limits,
+    pub reputation: ReputationConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:8090".parse().expect("static address"),
+            ledger: "cocoon-proxy-ledger.sqlite".into(),
+            account_key: "cocoon-proxy.key".into(),
+            commission_ppm: 100_000,
+            credit_limit: NanoTon(0),
+            workers: Vec::new(),
+            policy: None,
+            reference_values: Vec::new(),
+            insecure_simulated: false,
+            platform: "auto".into(),
+            reattest_interval_s: 60.0,
+            limits: Limits::default(),
+            reputation: ReputationConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest sealed request body (bytes).
+    pub max_body: usize,
+    /// Largest request head (bytes); hyper refuses longer heads with 431.
+    pub max_header_bytes: usize,
+    /// Requests forwarded at once; past it the proxy answers 503.
+    pub max_in_flight: usize,
+    /// Client connections at once; past it new ones wait to be accepted.
+    pub max_connections: usize,
+    pub max_workers: usize,
+    /// Joins (`POST /v1/workers`) accepted per minute, from everyone together.
+    pub joins_per_minute: u32,
+    pub connect_timeout_s: f64,
+    /// Longest wait for a worker's response head (the first byte).
+    pub first_byte_timeout_s: f64,
+    /// Longest silence between two frames of a worker's answer.
+    pub idle_timeout_s: f64,
+    /// Longest a client may take to send its request head or body.
+    pub client_timeout_s: f64,
+    /// Longest an attestation of a worker may take.
+    pub attest_timeout_s: f64,
+    /// Requests hashes remembered (and refused when seen again) for this long.
+    pub replay_window_s: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: cocoon_protocol::limits::MAX_SEALED_REQUEST,
+            max_header_bytes: 16 << 10,
+            max_in_flight: 4096,
+            max_connections: 8192,
+            max_workers: 1024,
+            joins_per_minute: 60,
+            connect_timeout_s: 5.0,
+            first_byte_timeout_s: 120.0,
+            idle_timeout_s: 120.0,
+            client_timeout_s: 30.0,
+            attest_timeout_s: 30.0,
+            replay_window_s: 3600.0,
+        }
+    }
+}
+
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+impl ProxyConfig {
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let bytes = cocoon_attestation::read_limited(path, MAX_CONFIG)
+            .map_err(|e| anyhow::anyhow!("proxy config {}: {e}", path.display()))?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("proxy config {} is not UTF-8", path.display()))?;
+        let config: ProxyConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("proxy config {}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks the combination; every way of building a config ends here.
+    pub fn validate(&self) -> anyhow::Result<Commission> {
+        let commission =
+            Commission::from_ppm(self.commission_ppm).map_err(|e| anyhow::anyhow!("commission_ppm: {e}"))?;
+        let l = &self.limits;
+        if l.max_workers == 0 || l.max_workers > MAX_WORKERS_CAP {
+            anyhow::bail!("limits.max_workers must be 1..={MAX_WORKERS_CAP}, found {}", l.max_workers);
+        }
+        if l.max_body == 0 || l.max_body > cocoon_protocol::limits::MAX_SEALED_REQUEST {
+            anyhow::bail!(
+                "limits.max_body must be 1..={}, found {}",
+                cocoon_protocol::limits::MAX_SEALED_REQUEST,
+                l.max_body
+            );
+        }
+        if l.max_header_bytes < 8192 {
+            anyhow::bail!("limits.max_header_bytes must be at least 8192, found {}", l.max_header_bytes);
+        }
+        if self.reattest_interval_s < 0.1 {
+            anyhow::bail!("reattest_interval_s must be at least 0.1, found {}", self.reattest_interval_s);
+        }
+        for w in &self.workers {
+            crate::registry::check_worker_url(w).map_err(|e| anyhow::anyhow!("workers: {e}"))?;
+        }
+        Ok(commission)
+    }
+}

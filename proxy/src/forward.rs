@@ -1,0 +1,494 @@
+//! `POST /v1/ohttp`: check the client's authorisation, reserve its maximum
+//! cost, forward the sealed bytes to the chosen worker, stream the answer
+//! back frame by frame, and charge only a receipt that verifies.
+//!
+//! The proxy sees sealed bytes, their hash and sizes, the worker the client
+//! chose, and the client's key and maximum cost; never content.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use cocoon_protocol::authorization::ClientAuthorization;
+use cocoon_protocol::{NanoTon, Receipt, media};
+
+use crate::config::secs;
+use crate::ledger::{ChargeRecord, LedgerError};
+use crate::registry::{Attested, WorkerEntry, now_ms};
+use crate::reputation::Outcome;
+use crate::server::{App, api_error, failover, retry_same};
+
+/// Why a receipt was not charged.
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    #[error("receipt is not base64")]
+    Encoding,
+    #[error(transparent)]
+    Receipt(#[from] cocoon_protocol::receipt::ReceiptError),
+    #[error("receipt names model digest {found}, the worker attested {expected}")]
+    ModelDigest { expected: String, found: String },
+    #[error("receipt costs {cost}, above the client's maximum of {budget} at the worker's prices")]
+    OverBudget { cost: NanoTon, budget: NanoTon },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl MeterError {
+    /// The worker's fault (its receipt), as opposed to the proxy's own ledger.
+    fn blames_worker(&self) -> bool {
+        !matches!(self, MeterError::Ledger(_))
+    }
+}
+
+/// A client's reservation of its maximum cost; released when dropped.
+pub struct Reservation {
+    app: Arc<App>,
+    key: [u8; 32],
+    amount: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut r = self.app.reservations.lock().expect("reservations lock");
+        if let Some(v) = r.get_mut(&self.key) {
+            *v = v.saturating_sub(self.amount);
+            if *v == 0 {
+                r.remove(&self.key);
+            }
+        }
+    }
+}
+
+pub(crate) fn new_reservation(app: Arc<App>, key: [u8; 32], amount: u64) -> Reservation {
+    Reservation { app, key, amount }
+}
+
+/// One request in flight at a worker; the count drops with it.
+struct InFlight(Arc<WorkerEntry>, Arc<App>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.1.metrics.in_flight.dec();
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn ohttp(State(app): State<Arc<App>>, req: Request) -> Response {
+    let r = handle(app.clone(), req).await;
+    app.count("ohttp", &r);
+    r
+}
+
+async fn handle(app: Arc<App>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let refuse = |reason: &'static str, status: StatusCode, msg: String| {
+        app.metrics.refuse(reason);
+        api_error(status, reason, msg, false)
+    };
+    let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
+    if !media_is(content_type, media::OHTTP_REQUEST) && !media_is(content_type, media::OHTTP_CHUNKED_REQUEST) {
+        return refuse(
+            "unsupported_media_type",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected {} or {}", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
+        );
+    }
+    let Some(worker_id) = header_str(&headers, media::WORKER_HEADER).map(str::to_owned) else {
+        return refuse(
+            "missing_worker",
+            StatusCode::BAD_REQUEST,
+            format!("header {} is missing: name the worker from POST /v1/route", media::WORKER_HEADER),
+        );
+    };
+    let auth = match ClientAuthorization::from_headers(|n| header_str(&headers, n)) {
+        Ok(a) => a,
+        Err(e) => return refuse("unauthorized", StatusCode::UNAUTHORIZED, e.to_string()),
+    };
+    let max_body = app.limits.max_body;
+    let declared = header_str(&headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return refuse(
+            "body_too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("sealed request of {} bytes exceeds the limit of {max_body}", declared.unwrap_or(0)),
+        );
+    }
+    let body = Limited::new(req.into_body(), max_body).collect();
+    let sealed = match tokio::time::timeout(secs(app.limits.client_timeout_s), body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse(
+                "body_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("sealed request exceeds the limit of {max_body} bytes"),
+            );
+        }
+        Ok(Err(_)) => return refuse("body_error", StatusCode::BAD_REQUEST, "the request body broke off".into()),
+        Err(_) => {
+            return refuse("body_timeout", StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly".into());
+        }
+    };
+    let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
+    if let Err(e) = auth.verify(&request_hash) {
+        return refuse("bad_signature", StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    // A request hash is forwarded once: a relay replaying captured bytes gets
+    // no generation and no charge.
+    if !app.replays.lock().expect("replay lock").insert(request_hash, now_ms())
+        || app.ledger.is_charged(&request_hash).unwrap_or(true)
+    {
+        return refuse(
+            "replayed_request",
+            StatusCode::CONFLICT,
+            format!("request {} was already forwarded; seal a new request", hex::encode(request_hash)),
+        );
+    }
+    let Some(worker) = app.registry.get(&worker_id) else {
+        app.metrics.refuse("unknown_worker");
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "unknown_worker",
+            format!("worker {worker_id:?} is not admitted here; ask POST /v1/route again"),
+            true,
+        );
+    };
+    let reservation = match app.reserve(&auth) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(permit) = app.in_flight.clone().try_acquire_owned() else {
+        return refuse("busy", StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later".into());
+    };
+    let attested = worker.attested();
+    worker.in_flight.fetch_add(1, Ordering::Relaxed);
+    app.metrics.in_flight.inc();
+    let in_flight = InFlight(worker.clone(), app.clone());
+
+    let started = Instant::now();
+    let uri = match cocoon_client::http::join(&worker.url, "/v1/ohttp") {
+        Ok(u) => u,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "worker_url", e, false),
+    };
+    let upstream = http::Request::post(uri)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::TE, "trailers")
+        .body(Full::new(sealed))
+        .expect("valid request parts");
+    let sent = tokio::time::timeout(secs(app.limits.first_byte_timeout_s), app.http.send(upstream)).await;
+    let resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            debug!(worker = %worker.id, "worker unreachable: {e}");
+            app.registry.record(&worker, Outcome::Failed);
+            app.registry.mark_down(&worker);
+            return failover(&app, &worker, &attested.model_id, "the worker could not be reached");
+        }
+        Err(_) => {
+            app.registry.record(&worker, Outcome::TimedOut);
+            app.registry.mark_down(&worker);
+            return failover(&app, &worker, &attested.model_id, "the worker did not answer in time");
+        }
+    };
+    let status = resp.status();
+    if status.is_server_error() {
+        app.registry.record(&worker, Outcome::Failed);
+        app.registry.mark_down(&worker);
+        return failover(&app, &worker, &attested.model_id, &format!("the worker answered {status}"));
+    }
+    if status == StatusCode::BAD_REQUEST {
+        // Perhaps sealed to keys the worker no longer has (it restarted): re-attest
+        // it now; if its keys changed, the client re-seals to the same worker.
+        app.registry.mark_stale(&worker);
+        match app.registry.admit(&worker.url).await {
+            Ok(w) if w.attested().claims_digest != attested.claims_digest => {
+                return retry_same(&app, &worker, "the worker restarted with new keys; seal the request again");
+            }
+            Ok(_) => {
+                let body =
+                    Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let msg = String::from_utf8_lossy(&body).trim().to_string();
+                return api_error(
+                    status,
+                    "worker_refused",
+                    format!("the worker refused the sealed request: {msg}"),
+                    false,
+                );
+            }
+            Err(e) => {
+                warn!(worker = %worker.id, "re-attestation after a refused request failed: {e}");
+                app.registry.mark_down(&worker);
+                return failover(&app, &worker, &attested.model_id, "the worker could not be re-attested");
+            }
+        }
+    }
+    if !status.is_success() {
+        let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        return api_error(status, "worker_refused", format!("the worker answered {status}: {msg}"), false);
+    }
+    let ttfb_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let ctx = Metering {
+        app: app.clone(),
+        worker,
+        attested,
+        auth,
+        request_hash,
+        _reservation: reservation,
+        ttfb_ms,
+        started,
+    };
+    let chunked = media_is(content_type, media::OHTTP_CHUNKED_REQUEST);
+    if chunked {
+        stream_back(ctx, resp, in_flight, permit).await
+    } else {
+        whole_back(ctx, resp, in_flight, permit).await
+    }
+}
+
+/// Media types compare case-insensitively and may carry parameters (RFC 9110).
+pub fn media_is(value: &str, expected: &str) -> bool {
+    value.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(expected)
+}
+
+/// What metering a response needs.
+struct Metering {
+    app: Arc<App>,
+    worker: Arc<WorkerEntry>,
+    attested: Arc<Attested>,
+    auth: ClientAuthorization,
+    request_hash: [u8; 32],
+    /// Held until the answer is metered: its drop releases the reserved maximum.
+    _reservation: Reservation,
+    ttfb_ms: f64,
+    started: Instant,
+}
+
+impl Metering {
+    /// Verifies the receipt and commits its charge; returns the client's charge.
+    async fn charge(&self, receipt_b64: &[u8]) -> Result<NanoTon, MeterError> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(receipt_b64).map_err(|_| MeterError::Encoding)?;
+        let receipt = Receipt::verify(&bytes, &self.attested.receipt_key)?;
+        receipt.expect_request(&self.request_hash)?;
+        let digest = receipt.model_digest.as_ref().map(|d| d.as_slice()).unwrap_or_default();
+        if digest != self.attested.model_digest.as_slice() {
+            return Err(MeterError::ModelDigest {
+                expected: hex::encode(self.attested.model_digest),
+                found: hex::encode(digest),
+            });
+        }
+        let cost = self.attested.prices.cost(receipt.prompt_tokens, receipt.completion_tokens);
+        let budget = self.app.commission.worker_budget(self.auth.max_cost);
+        if cost > budget {
+            return Err(MeterError::OverBudget { cost, budget });
+        }
+        let commission = self.app.commission.on(cost);
+        let charge = cost.saturating_add(commission);
+        self.app
+            .ledger
+            .charge(ChargeRecord {
+                request_hash: self.request_hash,
+                client_key: self.auth.client_key,
+                worker_id: self.worker.id.clone(),
+                worker_url: self.worker.url.clone(),
+                payout_address: self.attested.payout_address.clone(),
+                model_id: self.attested.model_id.clone(),
+                prompt_tokens: receipt.prompt_tokens,
+                completion_tokens: receipt.completion_tokens,
+                worker_cost: cost,
+                commission,
+                charge,
+                receipt: bytes,
+                created_at: now_ms() / 1000,
+            })
+            .await?;
+        self.app.metrics.charges.inc();
+        self.app.metrics.charged_nanoton.inc_by(charge.0);
+        self.app.metrics.commission_nanoton.inc_by(commission.0);
+        self.app.registry.record(
+            &self.worker,
+            Outcome::Completed {
+                ttfb_ms: self.ttfb_ms,
+                tokens: receipt.completion_tokens,
+                seconds: self.started.elapsed().as_secs_f64(),
+            },
+        );
+        Ok(charge)
+    }
+
+    fn receipt_failed(&self, e: &MeterError) {
+        if e.blames_worker() {
+            warn!(worker = %self.worker.id, "invalid receipt, worker quarantined: {e}");
+            self.app.registry.record(&self.worker, Outcome::BadReceipt);
+        } else {
+            warn!("charging a verified receipt failed: {e}");
+        }
+    }
+}
+
+/// A whole (non-chunked) answer: the receipt is a header, so it is checked
+/// and charged before the body is passed on.
+async fn whole_back(
+    m: Metering,
+    resp: http::Response<Incoming>,
+    in_flight: InFlight,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::builder().status(parts.status);
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        out = out.header(header::CONTENT_TYPE, ct);
+    }
+    match parts.headers.get(media::RECEIPT_HEADER) {
+        Some(receipt) => match m.charge(receipt.as_bytes()).await {
+            Ok(charge) => {
+                out = out.header(media::RECEIPT_HEADER, receipt).header(media::CHARGE_HEADER, charge.0.to_string());
+            }
+            Err(e) => {
+                m.receipt_failed(&e);
+                return api_error(StatusCode::BAD_GATEWAY, "invalid_receipt", format!("not charged: {e}"), true);
+            }
+        },
+        None => {
+            m.app.metrics.answers_without_receipt.inc();
+        }
+    }
+    let body = pump(m, body, in_flight, permit, false);
+    out.body(body).expect("valid response parts")
+}
+
+/// A chunked answer: frames pass as they come; the receipt trailer is checked
+/// and charged, and the charge added, before the trailers go on.
+async fn stream_back(
+    m: Metering,
+    resp: http::Response<Incoming>,
+    in_flight: InFlight,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::builder()
+        .status(parts.status)
+        .header(header::TRAILER, HeaderValue::from_static("cocoon-receipt, cocoon-charge"));
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        out = out.header(header::CONTENT_TYPE, ct);
+    }
+    out.body(pump(m, body, in_flight, permit, true)).expect("valid response parts")
+}
+
+type FrameResult = Result<Frame<Bytes>, std::io::Error>;
+
+fn pump(
+    m: Metering,
+    mut body: Incoming,
+    in_flight: InFlight,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    meter_trailers: bool,
+) -> Body {
+    let (tx, rx) = mpsc::channel::<FrameResult>(8);
+    let idle = secs(m.app.limits.idle_timeout_s);
+    tokio::spawn(async move {
+        let _hold = (in_flight, permit);
+        let mut saw_trailers = false;
+        loop {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let frame = match frame.into_trailers() {
+                        Ok(trailers) if meter_trailers => {
+                            saw_trailers = true;
+                            match metered_trailers(&m, trailers).await {
+                                Some(t) => Frame::trailers(t),
+                                None => {
+                                    let e = std::io::Error::other("the worker's receipt did not verify: not charged");
+                                    let _ = tx.send(Err(e)).await;
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(trailers) => Frame::trailers(trailers),
+                        Err(frame) => frame,
+                    };
+                    if tx.send(Ok(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    m.app.registry.record(&m.worker, Outcome::Failed);
+                    let _ = tx.send(Err(std::io::Error::other(format!("the worker's answer broke off: {e}")))).await;
+                    return;
+                }
+                Err(_) => {
+                    m.app.registry.record(&m.worker, Outcome::TimedOut);
+                    let _ = tx.send(Err(std::io::Error::other("the worker's answer went silent"))).await;
+                    return;
+                }
+            }
+        }
+        if meter_trailers && !saw_trailers {
+            m.app.metrics.answers_without_receipt.inc();
+        }
+    });
+    Body::new(StreamBody::new(ReceiverStream(rx)))
+}
+
+/// The trailers to pass on: the receipt and the charge, or `None` (the stream
+/// is cut, so the client sees an error) when the receipt fails.
+async fn metered_trailers(m: &Metering, trailers: HeaderMap) -> Option<HeaderMap> {
+    let Some(receipt) = trailers.get(media::RECEIPT_HEADER).cloned() else {
+        m.app.metrics.answers_without_receipt.inc();
+        return Some(HeaderMap::new());
+    };
+    match m.charge(receipt.as_bytes()).await {
+        Ok(charge) => {
+            let mut out = HeaderMap::new();
+            out.insert(media::RECEIPT_HEADER, receipt);
+            out.insert(media::CHARGE_HEADER, HeaderValue::from(charge.0));
+            Some(out)
+        }
+        Err(e) => {
+            m.receipt_failed(&e);
+            None
+        }
+    }
+}
+
+/// A `Stream` over an mpsc receiver.
+struct ReceiverStream(mpsc::Receiver<FrameResult>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = FrameResult;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_compare_per_rfc_9110() {
+        assert!(media_is("message/ohttp-req", media::OHTTP_REQUEST));
+        assert!(media_is("MESSAGE/OHTTP-REQ", media::OHTTP_REQUEST));
+        assert!(media_is("message/ohttp-req; charset=x", media::OHTTP_REQUEST));
+        assert!(!media_is("message/ohttp-reqx", media::OHTTP_REQUEST));
+    }
+}

@@ -1,0 +1,100 @@
+//! What the proxy says about itself: its account key and price terms, bound
+//! into its own evidence so that clients can verify whom they pay.
+//!
+//! The terms are a JSON document served as exact bytes (`GET /v1/terms`);
+//! the proxy's claims carry its account key as `receipt_key` and the terms'
+//! SHA-256 as `config_digest`, and its evidence binds the claims like a
+//! worker's does.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+
+use cocoon_attestation::{AttestationError, EvidenceProducer, report_data};
+use cocoon_protocol::evidence::{CLAIMS_VERSION, EVIDENCE_VERSION, EvidenceDocument};
+use cocoon_protocol::ohttp::{GatewayKey, KeyConfig};
+use cocoon_protocol::{Claims, Commission, NanoTon};
+
+/// The proxy's price terms, as clients read and verify them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Terms {
+    pub version: u32,
+    /// Hex Ed25519 public key of the proxy's account.
+    pub account_key: String,
+    /// Commission on top of the worker's cost, in parts per million.
+    pub commission_ppm: u64,
+    /// What a client may owe beyond its deposits.
+    pub credit_limit: NanoTon,
+}
+
+impl Terms {
+    pub fn commission(&self) -> Result<Commission, String> {
+        Commission::from_ppm(self.commission_ppm).map_err(|e| e.to_string())
+    }
+}
+
+pub struct Identity {
+    pub key: SigningKey,
+    pub terms: Terms,
+    pub terms_bytes: Vec<u8>,
+    pub claims_bytes: Vec<u8>,
+    producer: Arc<dyn EvidenceProducer>,
+    /// Evidence without a nonce, made once at start.
+    pub cached_evidence: Vec<u8>,
+}
+
+impl Identity {
+    pub fn new(
+        key: SigningKey,
+        commission: Commission,
+        credit_limit: NanoTon,
+        producer: Arc<dyn EvidenceProducer>,
+    ) -> Result<Self, AttestationError> {
+        let terms = Terms {
+            version: 1,
+            account_key: hex::encode(key.verifying_key().to_bytes()),
+            commission_ppm: commission.ppm(),
+            credit_limit,
+        };
+        let terms_bytes = serde_json::to_vec(&terms).expect("terms encode");
+        let claims = Claims {
+            version: CLAIMS_VERSION,
+            platform: producer.platform(),
+            // Clients verify the proxy as they verify workers, and that verification
+            // wants a key configuration: the proxy's own, for messages sealed to it.
+            ohttp_keys: ByteBuf::from(KeyConfig::encode_list(std::slice::from_ref(GatewayKey::generate(1).config()))),
+            receipt_key: ByteBuf::from(key.verifying_key().to_bytes().to_vec()),
+            model: None,
+            config_digest: ByteBuf::from(Sha256::digest(&terms_bytes).to_vec()),
+            image_version: format!("cocoon-proxy {}", env!("CARGO_PKG_VERSION")),
+            issued_at: cocoon_client::worker::unix_now(),
+            prices: None,
+            payout_address: None,
+            capacity: None,
+        };
+        let mut id =
+            Identity { key, terms, terms_bytes, claims_bytes: claims.encode(), producer, cached_evidence: Vec::new() };
+        id.cached_evidence = id.evidence(None)?;
+        Ok(id)
+    }
+
+    /// The proxy's evidence document, fresh for `nonce` when one is given.
+    pub fn evidence(&self, nonce: Option<&[u8]>) -> Result<Vec<u8>, AttestationError> {
+        let ev = self.producer.produce(&report_data(&self.claims_bytes, nonce))?;
+        Ok(EvidenceDocument {
+            version: EVIDENCE_VERSION,
+            platform: self.producer.platform(),
+            claims: ByteBuf::from(self.claims_bytes.clone()),
+            nonce: nonce.map(|n| ByteBuf::from(n.to_vec())),
+            quote_or_report: ByteBuf::from(ev.quote_or_report),
+            certificates: ev.certificates.map(|c| c.into_iter().map(ByteBuf::from).collect()),
+            event_log: ev.event_log.map(ByteBuf::from),
+            gpu: None,
+        }
+        .encode())
+    }
+}

@@ -1,0 +1,522 @@
+//! The ledger: deposits, charges (one per verified receipt), worker credits
+//! and commission, in SQLite (WAL, synchronous = FULL).
+//!
+//! Charges are written by one thread that commits every charge waiting at
+//! that moment in one transaction (group commit), and answers each caller
+//! only after the commit is on disk: a charge the proxy acknowledged survives
+//! a crash. A request hash is charged at most once because it is the primary
+//! key of `charges`, not because of a prior look-up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc as std_mpsc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use cocoon_protocol::NanoTon;
+
+/// Charges committed together at most, so one transaction stays short.
+const MAX_GROUP: usize = 512;
+/// How long a connection waits for another process's lock (the operator's `deposit`).
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("request {0} is already charged; a request hash is charged at most once")]
+    AlreadyCharged(String),
+    #[error("amount {0} nanoTON does not fit the ledger (largest is {max})", max = i64::MAX)]
+    Amount(u64),
+    #[error("the ledger writer stopped")]
+    Closed,
+}
+
+/// One verified receipt and what it cost.
+#[derive(Debug, Clone)]
+pub struct ChargeRecord {
+    pub request_hash: [u8; 32],
+    pub client_key: [u8; 32],
+    pub worker_id: String,
+    pub worker_url: String,
+    pub payout_address: Option<String>,
+    pub model_id: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub worker_cost: NanoTon,
+    pub commission: NanoTon,
+    pub charge: NanoTon,
+    /// The receipt as the worker signed it (COSE_Sign1).
+    pub receipt: Vec<u8>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub deposited: NanoTon,
+    pub charged: NanoTon,
+}
+
+impl Account {
+    /// Deposits minus charges; negative while the account uses its credit.
+    pub fn balance(&self) -> i128 {
+        self.deposited.0 as i128 - self.charged.0 as i128
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub deposits: NanoTon,
+    pub charges: u64,
+    pub charged: NanoTon,
+    pub worker_earnings: NanoTon,
+    pub commission: NanoTon,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountRow {
+    pub client_key: String,
+    pub deposited: NanoTon,
+    pub charged: NanoTon,
+    pub balance: i128,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerCreditRow {
+    pub worker_url: String,
+    pub payout_address: Option<String>,
+    pub requests: u64,
+    pub earned: NanoTon,
+}
+
+struct Job {
+    record: ChargeRecord,
+    done: oneshot::Sender<Result<(), LedgerError>>,
+}
+
+pub struct Ledger {
+    path: PathBuf,
+    writer: Mutex<Option<std_mpsc::Sender<Job>>>,
+    reader: Mutex<Connection>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS accounts (
+    client_key BLOB PRIMARY KEY CHECK (length(client_key) = 32),
+    deposited INTEGER NOT NULL DEFAULT 0 CHECK (deposited >= 0),
+    charged INTEGER NOT NULL DEFAULT 0 CHECK (charged >= 0)
+);
+CREATE TABLE IF NOT EXISTS deposits (
+    id INTEGER PRIMARY KEY,
+    client_key BLOB NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    reference TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charges (
+    request_hash BLOB PRIMARY KEY CHECK (length(request_hash) = 32),
+    client_key BLOB NOT NULL,
+    worker_id TEXT NOT NULL,
+    worker_url TEXT NOT NULL,
+    payout_address TEXT,
+    model_id TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    worker_cost INTEGER NOT NULL CHECK (worker_cost >= 0),
+    commission INTEGER NOT NULL CHECK (commission >= 0),
+    charge INTEGER NOT NULL CHECK (charge = worker_cost + commission),
+    receipt BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS worker_credits (
+    worker_url TEXT PRIMARY KEY,
+    payout_address TEXT,
+    requests INTEGER NOT NULL DEFAULT 0,
+    earned INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS reputation (
+    worker_url TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+";
+
+fn amount(v: NanoTon) -> Result<i64, LedgerError> {
+    i64::try_from(v.0).map_err(|_| LedgerError::Amount(v.0))
+}
+
+fn nano(v: i64) -> NanoTon {
+    NanoTon(v.max(0) as u64)
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `path` and starts its writer.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let writer_conn = connect(path)?;
+        writer_conn.execute_batch(SCHEMA).map_err(|e| sql(path, e))?;
+        let reader = connect(path)?;
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let p = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || write_loop(writer_conn, rx, &p))
+            .map_err(|e| LedgerError::Sqlite {
+                path: path.display().to_string(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(Ledger {
+            path: path.to_path_buf(),
+            writer: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Records a charge; returns once it is committed to disk.
+    pub async fn charge(&self, record: ChargeRecord) -> Result<(), LedgerError> {
+        let (done, rx) = oneshot::channel();
+        {
+            let w = self.writer.lock().expect("ledger lock");
+            w.as_ref().ok_or(LedgerError::Closed)?.send(Job { record, done }).map_err(|_| LedgerError::Closed)?;
+        }
+        rx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Stops the writer after the charges already queued are committed.
+    pub fn close(&self) {
+        self.writer.lock().expect("ledger lock").take();
+        if let Some(t) = self.thread.lock().expect("ledger lock").take() {
+            let _ = t.join();
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, LedgerError> {
+        let conn = self.reader.lock().expect("ledger lock");
+        f(&conn).map_err(|e| sql(&self.path, e))
+    }
+
+    pub fn account(&self, client_key: &[u8; 32]) -> Result<Account, LedgerError> {
+        let row = self.read(|c| {
+            c.query_row("SELECT deposited, charged FROM accounts WHERE client_key = ?1", [client_key.as_slice()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
+        })?;
+        Ok(row.map(|(d, c)| Account { deposited: nano(d), charged: nano(c) }).unwrap_or_default())
+    }
+
+    pub fn is_charged(&self, request_hash: &[u8; 32]) -> Result<bool, LedgerError> {
+        self.read(|c| {
+            c.query_row("SELECT 1 FROM charges WHERE request_hash = ?1", [request_hash.as_slice()], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+        })
+    }
+
+    /// Credits a client's account (the operator's deposit; on-chain deposits later).
+    pub fn deposit(&self, client_key: &[u8; 32], value: NanoTon, reference: Option<&str>) -> Result<(), LedgerError> {
+        if value.0 == 0 {
+            return Err(LedgerError::Amount(0));
+        }
+        let v = amount(value)?;
+        let mut conn = self.reader.lock().expect("ledger lock");
+        let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
+        tx.execute(
+            "INSERT INTO deposits (client_key, amount, reference, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![client_key.as_slice(), v, reference, unix_now() as i64],
+        )
+        .map_err(|e| sql(&self.path, e))?;
+        tx.execute(
+            "INSERT INTO accounts (client_key, deposited) VALUES (?1, ?2)
+             ON CONFLICT (client_key) DO UPDATE SET deposited = deposited + excluded.deposited",
+            params![client_key.as_slice(), v],
+        )
+        .map_err(|e| sql(&self.path, e))?;
+        tx.commit().map_err(|e| sql(&self.path, e))
+    }
+
+    pub fn totals(&self) -> Result<Totals, LedgerError> {
+        self.read(|c| {
+            let deposits: i64 = c.query_row("SELECT COALESCE(SUM(amount), 0) FROM deposits", [], |r| r.get(0))?;
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(charge), 0), COALESCE(SUM(worker_cost), 0), COALESCE(SUM(commission), 0),
+                        COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM charges",
+                [],
+                |r| {
+                    Ok(Totals {
+                        deposits: nano(deposits),
+                        charges: r.get::<_, i64>(0)? as u64,
+                        charged: nano(r.get(1)?),
+                        worker_earnings: nano(r.get(2)?),
+                        commission: nano(r.get(3)?),
+                        prompt_tokens: r.get::<_, i64>(4)? as u64,
+                        completion_tokens: r.get::<_, i64>(5)? as u64,
+                    })
+                },
+            )
+        })
+    }
+
+    pub fn accounts(&self) -> Result<Vec<AccountRow>, LedgerError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT client_key, deposited, charged FROM accounts ORDER BY client_key")?;
+            let rows = st.query_map([], |r| {
+                let (key, d, ch): (Vec<u8>, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                Ok(AccountRow {
+                    client_key: hex::encode(key),
+                    deposited: nano(d),
+                    charged: nano(ch),
+                    balance: d as i128 - ch as i128,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn worker_credits(&self) -> Result<Vec<WorkerCreditRow>, LedgerError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT worker_url, payout_address, requests, earned FROM worker_credits ORDER BY worker_url",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(WorkerCreditRow {
+                    worker_url: r.get(0)?,
+                    payout_address: r.get(1)?,
+                    requests: r.get::<_, i64>(2)? as u64,
+                    earned: nano(r.get(3)?),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Every charge's receipt with its worker and costs, for audits and tests.
+    pub fn charges(&self) -> Result<Vec<ChargeRecord>, LedgerError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT request_hash, client_key, worker_id, worker_url, payout_address, model_id, prompt_tokens,
+                        completion_tokens, worker_cost, commission, charge, receipt, created_at FROM charges",
+            )?;
+            let rows = st.query_map([], |r| {
+                let hash: Vec<u8> = r.get(0)?;
+                let key: Vec<u8> = r.get(1)?;
+                Ok(ChargeRecord {
+                    request_hash: hash.try_into().unwrap_or([0; 32]),
+                    client_key: key.try_into().unwrap_or([0; 32]),
+                    worker_id: r.get(2)?,
+                    worker_url: r.get(3)?,
+                    payout_address: r.get(4)?,
+                    model_id: r.get(5)?,
+                    prompt_tokens: r.get::<_, i64>(6)? as u32,
+                    completion_tokens: r.get::<_, i64>(7)? as u32,
+                    worker_cost: nano(r.get(8)?),
+                    commission: nano(r.get(9)?),
+                    charge: nano(r.get(10)?),
+                    receipt: r.get(11)?,
+                    created_at: r.get::<_, i64>(12)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn save_reputation(&self, records: &[(String, String)]) -> Result<(), LedgerError> {
+        let mut conn = self.reader.lock().expect("ledger lock");
+        let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
+        for (url, json) in records {
+            tx.execute(
+                "INSERT INTO reputation (worker_url, record) VALUES (?1, ?2)
+                 ON CONFLICT (worker_url) DO UPDATE SET record = excluded.record",
+                params![url, json],
+            )
+            .map_err(|e| sql(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| sql(&self.path, e))
+    }
+
+    pub fn load_reputation(&self, worker_url: &str) -> Result<Option<String>, LedgerError> {
+        self.read(|c| {
+            c.query_row("SELECT record FROM reputation WHERE worker_url = ?1", [worker_url], |r| r.get(0)).optional()
+        })
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn sql(path: &Path, source: rusqlite::Error) -> LedgerError {
+    LedgerError::Sqlite { path: path.display().to_string(), source }
+}
+
+fn connect(path: &Path) -> Result<Connection, LedgerError> {
+    let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sql(path, e))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| sql(path, e))?;
+    // FULL: a commit is on disk before the proxy acknowledges the charge.
+    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| sql(path, e))?;
+    Ok(conn)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Job>, path: &Path) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut conn, &group);
+        match results {
+            Ok(results) => {
+                for (job, r) in group.into_iter().zip(results) {
+                    let _ = job.done.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!("ledger commit failed: {e}");
+                for job in group {
+                    let _ = job.done.send(Err(sql(path, clone_err(&e))));
+                }
+            }
+        }
+    }
+}
+
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
+}
+
+/// One transaction for the whole group; each charge in its own savepoint, so
+/// that a duplicate refuses that charge alone.
+fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<Vec<Result<(), LedgerError>>> {
+    let mut tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(group.len());
+    for job in group {
+        let mut sp = tx.savepoint()?;
+        match insert_charge(&sp, &job.record) {
+            Ok(()) => {
+                sp.commit()?;
+                results.push(Ok(()));
+            }
+            Err(e) => {
+                sp.rollback()?;
+                drop(sp);
+                results.push(Err(e));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+fn insert_charge(conn: &Connection, r: &ChargeRecord) -> Result<(), LedgerError> {
+    let (cost, commission, charge) = (amount(r.worker_cost)?, amount(r.commission)?, amount(r.charge)?);
+    let inserted = conn.execute(
+        "INSERT INTO charges (request_hash, client_key, worker_id, worker_url, payout_address, model_id, prompt_tokens,
+                              completion_tokens, worker_cost, commission, charge, receipt, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (request_hash) DO NOTHING",
+        params![
+            r.request_hash.as_slice(),
+            r.client_key.as_slice(),
+            r.worker_id,
+            r.worker_url,
+            r.payout_address,
+            r.model_id,
+            r.prompt_tokens,
+            r.completion_tokens,
+            cost,
+            commission,
+            charge,
+            r.receipt,
+            r.created_at as i64,
+        ],
+    );
+    let err = |e| LedgerError::Sqlite { path: String::new(), source: e };
+    if inserted.map_err(err)? == 0 {
+        return Err(LedgerError::AlreadyCharged(hex::encode(r.request_hash)));
+    }
+    conn.execute(
+        "INSERT INTO accounts (client_key, charged) VALUES (?1, ?2)
+         ON CONFLICT (client_key) DO UPDATE SET charged = charged + excluded.charged",
+        params![r.client_key.as_slice(), charge],
+    )
+    .map_err(err)?;
+    conn.execute(
+        "INSERT INTO worker_credits (worker_url, payout_address, requests, earned) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT (worker_url) DO UPDATE SET requests = requests + 1, earned = earned + excluded.earned,
+                                                payout_address = excluded.payout_address",
+        params![r.worker_url, r.payout_address, cost],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(hash: u8, cost: u64) -> ChargeRecord {
+        ChargeRecord {
+            request_hash: [hash; 32],
+            client_key: [9; 32],
+            worker_id: "w".into(),
+            worker_url: "http://w".into(),
+            payout_address: None,
+            model_id: "m".into(),
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            worker_cost: NanoTon(cost),
+            commission: NanoTon(cost / 10),
+            charge: NanoTon(cost + cost / 10),
+            receipt: vec![1, 2, 3],
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn charges_group_commit_once_each_and_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("cocoon-ledger-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ledger.sqlite");
+        {
+            let ledger = std::sync::Arc::new(Ledger::open(&path).unwrap());
+            ledger.deposit(&[9; 32], NanoTon(1_000_000), Some("test")).unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..200u8 {
+                let l = ledger.clone();
+                tasks.push(tokio::spawn(async move { l.charge(record(i, 100)).await }));
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            let dup = ledger.charge(record(7, 100)).await.unwrap_err();
+            assert!(matches!(dup, LedgerError::AlreadyCharged(_)), "{dup}");
+            assert!(ledger.is_charged(&[7; 32]).unwrap());
+        }
+        let ledger = Ledger::open(&path).unwrap();
+        let t = ledger.totals().unwrap();
+        assert_eq!(
+            (t.charges, t.charged, t.worker_earnings, t.commission),
+            (200, NanoTon(22_000), NanoTon(20_000), NanoTon(2_000))
+        );
+        let a = ledger.account(&[9; 32]).unwrap();
+        assert_eq!(a, Account { deposited: NanoTon(1_000_000), charged: NanoTon(22_000) });
+        assert_eq!(ledger.worker_credits().unwrap()[0].requests, 200);
+        assert!(matches!(ledger.deposit(&[9; 32], NanoTon(u64::MAX), None), Err(LedgerError::Amount(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

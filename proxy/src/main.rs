@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    cocoon_proxy::cli::main()
+}

@@ -1,0 +1,91 @@
+//! Prometheus metrics of the proxy.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: String,
+    pub model: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub refused: Family<RefusalLabels, Counter>,
+    pub failovers: Counter,
+    pub charges: Counter,
+    pub charged_nanoton: Counter,
+    pub commission_nanoton: Counter,
+    pub answers_without_receipt: Counter,
+    pub in_flight: Gauge,
+    pub worker_in_flight: Family<WorkerLabels, Gauge>,
+    pub worker_score_milli: Family<WorkerLabels, Gauge>,
+    pub workers_admitted: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("cocoon_proxy");
+        let m = Metrics {
+            requests: Family::default(),
+            refused: Family::default(),
+            failovers: Counter::default(),
+            charges: Counter::default(),
+            charged_nanoton: Counter::default(),
+            commission_nanoton: Counter::default(),
+            answers_without_receipt: Counter::default(),
+            in_flight: Gauge::default(),
+            worker_in_flight: Family::default(),
+            worker_score_milli: Family::default(),
+            workers_admitted: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Requests answered, by endpoint and status", m.requests.clone());
+        registry.register("refused", "Sealed requests refused before forwarding, by reason", m.refused.clone());
+        registry.register(
+            "failovers",
+            "Requests answered with a retryable error naming another worker",
+            m.failovers.clone(),
+        );
+        registry.register("charges", "Verified receipts charged", m.charges.clone());
+        registry.register("charged_nanoton", "nanoTON charged to clients", m.charged_nanoton.clone());
+        registry.register("commission_nanoton", "nanoTON of commission kept", m.commission_nanoton.clone());
+        registry.register(
+            "answers_without_receipt",
+            "Answers that carried no receipt (errors inside the seal): not charged",
+            m.answers_without_receipt.clone(),
+        );
+        registry.register("in_flight", "Sealed requests being forwarded now", m.in_flight.clone());
+        registry.register("worker_in_flight", "Requests in flight per worker", m.worker_in_flight.clone());
+        registry.register("worker_score_milli", "Reputation score per worker, x1000", m.worker_score_milli.clone());
+        registry.register("workers_admitted", "Workers admitted now", m.workers_admitted.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+}

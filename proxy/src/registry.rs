@@ -1,0 +1,459 @@
+//! Admitted workers: admission by attestation, periodic re-attestation,
+//! health (a circuit breaker with recovery probes), and the pick by model,
+//! load and reputation.
+//!
+//! An [`Attested`] is built only from evidence that passed the proxy's
+//! policy; its receipt key, model digest and prices are the only ones the
+//! proxy meters with.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use cocoon_attestation::{AttestationError, Policy, VerifiedWorker, assess};
+use cocoon_client::EndorsementSources;
+use cocoon_client::http::HttpClient;
+use cocoon_client::worker::{ClientError, fetch_evidence};
+use cocoon_protocol::{Platform, Prices};
+
+use crate::config::{ProxyConfig, secs};
+use crate::ledger::Ledger;
+use crate::reputation::{Outcome, Reputation, ReputationConfig, routing_cost};
+
+/// Longest worker URL accepted.
+const MAX_URL: usize = 512;
+/// Longest wait between two probes of a worker that is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("worker URL {url:?}: {reason}")]
+    Url { url: String, reason: &'static str },
+    #[error("fetching the worker's evidence: {0}")]
+    Fetch(ClientError),
+    #[error("the worker's evidence is refused: {0}")]
+    Refused(AttestationError),
+    #[error("the worker serves no model")]
+    NoModel,
+    #[error("the proxy admits at most {limit} workers")]
+    Full { limit: usize },
+    #[error("attesting the worker took longer than {0:?}")]
+    Timeout(Duration),
+}
+
+/// Checks that a worker URL is an absolute http(s) URL of bounded length.
+pub fn check_worker_url(url: &str) -> Result<(), AdmissionError> {
+    let bad = |reason| Err(AdmissionError::Url { url: url.chars().take(80).collect(), reason });
+    if url.len() > MAX_URL {
+        return bad("longer than 512 bytes");
+    }
+    let Ok(parsed) = url::Url::parse(url) else { return bad("not a URL") };
+    if parsed.scheme() != "http" || parsed.host().is_none() || parsed.query().is_some() {
+        return bad("expected http://HOST[:PORT] (the content is sealed end to end; evidence authenticates itself)");
+    }
+    Ok(())
+}
+
+/// What the proxy verified about a worker, from evidence that passed its policy.
+#[derive(Debug)]
+pub struct Attested {
+    /// The evidence document as the worker served it (clients verify it themselves).
+    pub evidence: Bytes,
+    pub claims_digest: [u8; 32],
+    pub platform: Platform,
+    pub receipt_key: [u8; 32],
+    pub model_id: String,
+    pub model_digest: [u8; 32],
+    pub prices: Prices,
+    pub payout_address: Option<String>,
+    /// Requests the worker serves or queues at once.
+    pub capacity: u32,
+    pub attested_at_ms: u64,
+}
+
+impl Attested {
+    fn from_verified(evidence: Vec<u8>, v: VerifiedWorker) -> Result<Self, AdmissionError> {
+        let model = v.claims.model.clone().ok_or(AdmissionError::NoModel)?;
+        Ok(Attested {
+            claims_digest: Sha256::digest(v.claims.encode()).into(),
+            evidence: Bytes::from(evidence),
+            platform: v.platform,
+            receipt_key: v.receipt_key,
+            model_id: model.id,
+            model_digest: model.digest.as_slice().try_into().expect("length checked at decode"),
+            prices: v.claims.prices.unwrap_or_default(),
+            payout_address: v.claims.payout_address.clone(),
+            capacity: v.claims.capacity.map(|c| c.requests()).unwrap_or(1),
+            attested_at_ms: now_ms(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Health {
+    Up,
+    /// Excluded from routing until a probe succeeds; `until_ms` is the next probe.
+    Down {
+        until_ms: u64,
+        failures: u32,
+    },
+    /// Its keys are probably no longer the attested ones: re-attest before use.
+    Stale,
+}
+
+pub struct WorkerEntry {
+    pub id: String,
+    pub url: String,
+    attested: RwLock<Arc<Attested>>,
+    pub in_flight: AtomicU32,
+    health: Mutex<Health>,
+    reputation: Mutex<Reputation>,
+}
+
+impl WorkerEntry {
+    pub fn attested(&self) -> Arc<Attested> {
+        self.attested.read().expect("worker lock").clone()
+    }
+
+    pub fn health(&self) -> Health {
+        *self.health.lock().expect("worker lock")
+    }
+
+    pub fn reputation(&self, now_ms: u64, cfg: &ReputationConfig) -> Reputation {
+        let mut r = self.reputation.lock().expect("worker lock");
+        r.decay(now_ms, cfg);
+        r.clone()
+    }
+}
+
+/// The stable id of the worker at `url` (its reputation follows it across restarts).
+pub fn worker_id(url: &str) -> String {
+    format!("w-{}", &hex::encode(Sha256::digest(url.trim_end_matches('/').as_bytes()))[..12])
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub struct Registry {
+    workers: RwLock<BTreeMap<String, Arc<WorkerEntry>>>,
+    /// URLs the proxy keeps (re)admitting: its config's and those that joined.
+    wanted: Mutex<BTreeSet<String>>,
+    policy: Policy,
+    sources: EndorsementSources,
+    http: HttpClient,
+    config: ProxyConfig,
+    ledger: Arc<Ledger>,
+    wake: Notify,
+}
+
+/// One routing decision.
+pub struct Pick {
+    pub worker: Arc<WorkerEntry>,
+    pub attested: Arc<Attested>,
+    /// Other workers of the model still eligible, best first.
+    pub alternatives: Vec<String>,
+}
+
+impl Registry {
+    pub fn new(config: ProxyConfig, policy: Policy, sources: EndorsementSources, ledger: Arc<Ledger>) -> Arc<Self> {
+        let wanted = config.workers.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+        Arc::new(Registry {
+            workers: RwLock::new(BTreeMap::new()),
+            wanted: Mutex::new(wanted),
+            policy,
+            sources,
+            http: HttpClient::default(),
+            config,
+            ledger,
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn reputation_config(&self) -> &ReputationConfig {
+        &self.config.reputation
+    }
+
+    /// Fetches fresh evidence (a new nonce) and verifies it under the proxy's policy.
+    pub async fn attest(&self, url: &str) -> Result<Attested, AdmissionError> {
+        let limit = secs(self.config.limits.attest_timeout_s);
+        let work = async {
+            let (evidence, nonce) = fetch_evidence(&self.http, url, true).await.map_err(AdmissionError::Fetch)?;
+            let now = cocoon_client::worker::unix_now();
+            let endorsements = self
+                .sources
+                .endorsements(&self.http, &evidence, now)
+                .await
+                .map_err(|e| AdmissionError::Fetch(ClientError::Endorsements(e)))?;
+            let verified = assess(&evidence, &self.policy, nonce.as_deref(), now, &endorsements)
+                .into_result()
+                .map_err(AdmissionError::Refused)?;
+            Attested::from_verified(evidence, verified)
+        };
+        tokio::time::timeout(limit, work).await.map_err(|_| AdmissionError::Timeout(limit))?
+    }
+
+    /// Attests the worker at `url` and admits it (or refreshes its attestation).
+    pub async fn admit(&self, url: &str) -> Result<Arc<WorkerEntry>, AdmissionError> {
+        check_worker_url(url)?;
+        let url = url.trim_end_matches('/').to_string();
+        let id = worker_id(&url);
+        if !self.workers.read().expect("registry lock").contains_key(&id)
+            && self.workers.read().expect("registry lock").len() >= self.config.limits.max_workers
+        {
+            return Err(AdmissionError::Full { limit: self.config.limits.max_workers });
+        }
+        let attested = Arc::new(self.attest(&url).await?);
+        let mut workers = self.workers.write().expect("registry lock");
+        if let Some(existing) = workers.get(&id) {
+            let before = existing.attested().claims_digest;
+            if before != attested.claims_digest {
+                info!(worker = %id, url = %url, "worker re-attested with new keys");
+            }
+            *existing.attested.write().expect("worker lock") = attested;
+            *existing.health.lock().expect("worker lock") = Health::Up;
+            return Ok(existing.clone());
+        }
+        if workers.len() >= self.config.limits.max_workers {
+            return Err(AdmissionError::Full { limit: self.config.limits.max_workers });
+        }
+        let reputation = self
+            .ledger
+            .load_reputation(&url)
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str::<Reputation>(&j).ok())
+            .unwrap_or_else(|| Reputation::new(now_ms()));
+        info!(worker = %id, url = %url, model = %attested.model_id, platform = %attested.platform, "worker admitted");
+        let entry = Arc::new(WorkerEntry {
+            id: id.clone(),
+            url: url.clone(),
+            attested: RwLock::new(attested),
+            in_flight: AtomicU32::new(0),
+            health: Mutex::new(Health::Up),
+            reputation: Mutex::new(reputation),
+        });
+        workers.insert(id, entry.clone());
+        drop(workers);
+        self.wanted.lock().expect("registry lock").insert(url);
+        Ok(entry)
+    }
+
+    pub fn evict(&self, id: &str, reason: &str) {
+        if let Some(w) = self.workers.write().expect("registry lock").remove(id) {
+            warn!(worker = %id, url = %w.url, "worker evicted: {reason}");
+            self.persist_one(&w);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<WorkerEntry>> {
+        self.workers.read().expect("registry lock").get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<WorkerEntry>> {
+        self.workers.read().expect("registry lock").values().cloned().collect()
+    }
+
+    /// The best eligible worker for `model`, skipping `exclude`.
+    pub fn pick(&self, model: &str, exclude: &[String]) -> Option<Pick> {
+        let now = now_ms();
+        let cfg = &self.config.reputation;
+        let mut ranked: Vec<(f64, Arc<WorkerEntry>, Arc<Attested>)> = self
+            .all()
+            .into_iter()
+            .filter(|w| !exclude.contains(&w.id) && w.health() == Health::Up)
+            .filter_map(|w| {
+                let a = w.attested();
+                if a.model_id != model {
+                    return None;
+                }
+                let rep = w.reputation(now, cfg);
+                if rep.quarantined(now) {
+                    return None;
+                }
+                let in_flight = w.in_flight.load(Ordering::Relaxed);
+                if in_flight >= a.capacity {
+                    return None;
+                }
+                // A little jitter spreads equal workers instead of always picking the first.
+                let jitter = 1.0 + (random_u32() % 1000) as f64 / 100_000.0;
+                Some((routing_cost(in_flight, a.capacity, &rep) * jitter, w, a))
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut it = ranked.into_iter();
+        let (_, worker, attested) = it.next()?;
+        Some(Pick { worker, attested, alternatives: it.map(|(_, w, _)| w.id.clone()).collect() })
+    }
+
+    /// Models served by admitted workers.
+    pub fn models(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self.all().iter().map(|w| w.attested().model_id.clone()).collect();
+        set.into_iter().collect()
+    }
+
+    pub fn record(&self, w: &WorkerEntry, outcome: Outcome) {
+        w.reputation.lock().expect("worker lock").record(outcome, now_ms(), &self.config.reputation);
+    }
+
+    /// The worker failed before its first byte: out of routing until a probe succeeds.
+    pub fn mark_down(&self, w: &WorkerEntry) {
+        let mut h = w.health.lock().expect("worker lock");
+        let failures = match *h {
+            Health::Down { failures, .. } => failures + 1,
+            _ => 1,
+        };
+        let backoff = (Duration::from_millis(250) * 2u32.saturating_pow(failures.min(8))).min(MAX_BACKOFF);
+        *h = Health::Down { until_ms: now_ms() + backoff.as_millis() as u64, failures };
+        self.wake.notify_one();
+    }
+
+    /// The worker could not open a request sealed to its attested keys: re-attest it now.
+    pub fn mark_stale(&self, w: &WorkerEntry) {
+        *w.health.lock().expect("worker lock") = Health::Stale;
+        self.wake.notify_one();
+    }
+
+    /// Admits the configured workers, then keeps every worker attested: a full
+    /// re-attestation each interval, probes of workers that are down, at once
+    /// for stale ones; a worker whose evidence stops passing is evicted.
+    pub async fn maintain(self: Arc<Self>) {
+        let interval = secs(self.config.reattest_interval_s);
+        let mut last_full = std::time::Instant::now();
+        let mut first = true;
+        loop {
+            let full = first || last_full.elapsed() >= interval;
+            if full {
+                last_full = std::time::Instant::now();
+            }
+            first = false;
+            let now = now_ms();
+            let mut due: Vec<String> = Vec::new();
+            let admitted: BTreeMap<String, Arc<WorkerEntry>> =
+                self.all().into_iter().map(|w| (w.url.clone(), w)).collect();
+            for url in self.wanted.lock().expect("registry lock").iter() {
+                match admitted.get(url) {
+                    None => {
+                        if full {
+                            due.push(url.clone())
+                        }
+                    }
+                    Some(w) => match w.health() {
+                        Health::Stale => due.push(url.clone()),
+                        Health::Down { until_ms, .. } if until_ms <= now => due.push(url.clone()),
+                        Health::Down { .. } => {}
+                        Health::Up if full => due.push(url.clone()),
+                        Health::Up => {}
+                    },
+                }
+            }
+            let jobs = due.into_iter().map(|url| {
+                let reg = self.clone();
+                async move {
+                    match reg.admit(&url).await {
+                        Ok(_) => {}
+                        Err(AdmissionError::Refused(e)) => {
+                            reg.evict(&worker_id(&url), &format!("re-attestation refused: {e}"));
+                        }
+                        Err(AdmissionError::NoModel) => reg.evict(&worker_id(&url), "it serves no model"),
+                        Err(e) => {
+                            if let Some(w) = reg.get(&worker_id(&url)) {
+                                warn!(worker = %w.id, "probe failed: {e}");
+                                reg.mark_down(&w);
+                            }
+                        }
+                    }
+                }
+            });
+            let handles: Vec<_> = jobs.map(tokio::spawn).collect();
+            for h in handles {
+                let _ = h.await;
+            }
+            if full {
+                self.persist();
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200).min(interval), self.wake.notified()).await;
+        }
+    }
+
+    fn persist_one(&self, w: &WorkerEntry) {
+        let rep = w.reputation.lock().expect("worker lock").clone();
+        if let Ok(json) = serde_json::to_string(&rep)
+            && let Err(e) = self.ledger.save_reputation(&[(w.url.clone(), json)])
+        {
+            warn!("saving reputation: {e}");
+        }
+    }
+
+    /// Saves every worker's reputation (it survives restarts).
+    pub fn persist(&self) {
+        let rows: Vec<(String, String)> = self
+            .all()
+            .iter()
+            .filter_map(|w| {
+                let rep = w.reputation.lock().expect("worker lock").clone();
+                serde_json::to_string(&rep).ok().map(|j| (w.url.clone(), j))
+            })
+            .collect();
+        if let Err(e) = self.ledger.save_reputation(&rows) {
+            warn!("saving reputation: {e}");
+        }
+    }
+
+    /// The public view of one worker (`GET /v1/workers`).
+    pub fn describe(&self, w: &WorkerEntry) -> serde_json::Value {
+        let now = now_ms();
+        let a = w.attested();
+        let rep = w.reputation(now, &self.config.reputation);
+        let health = match w.health() {
+            Health::Up if rep.quarantined(now) => "quarantined",
+            Health::Up => "up",
+            Health::Down { .. } => "down",
+            Health::Stale => "re-attesting",
+        };
+        json!({
+            "id": w.id,
+            "url": w.url,
+            "model": a.model_id,
+            "model_digest": hex::encode(a.model_digest),
+            "platform": a.platform.as_str(),
+            "prices": a.prices,
+            "payout_address": a.payout_address,
+            "capacity": a.capacity,
+            "in_flight": w.in_flight.load(Ordering::Relaxed),
+            "state": health,
+            "reputation": rep,
+            "evidence_age_s": now.saturating_sub(a.attested_at_ms) / 1000,
+            "evidence_sha256": hex::encode(Sha256::digest(&a.evidence)),
+        })
+    }
+}
+
+pub fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
+    u32::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_urls_are_checked_and_ids_are_stable() {
+        assert!(check_worker_url("http://127.0.0.1:8080").is_ok());
+        for bad in ["ftp://x", "not a url", "http://x/?a=b", "file:///etc/passwd"] {
+            assert!(check_worker_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_worker_url(&format!("http://{}", "a".repeat(600))).is_err());
+        assert_eq!(worker_id("http://a:1/"), worker_id("http://a:1"));
+        assert_ne!(worker_id("http://a:1"), worker_id("http://a:2"));
+    }
+}

@@ -1,0 +1,197 @@
+//! A worker's reputation from the outcomes the proxy observes, and the
+//! routing cost that combines it with load.
+//!
+//! Pure: every function takes the time in, so the decay and the ranking are
+//! tested without clocks.
+
+use serde::{Deserialize, Serialize};
+
+/// Where scores start and where they decay back to.
+pub const NEUTRAL: f64 = 0.5;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReputationConfig {
+    /// Time for a score's distance from neutral (and a latency estimate) to halve.
+    pub half_life_s: f64,
+    /// How long a worker that sent a missing or invalid receipt gets no traffic.
+    pub quarantine_s: f64,
+    /// Weight of the newest outcome in the moving averages.
+    pub alpha: f64,
+}
+
+impl Default for ReputationConfig {
+    fn default() -> Self {
+        ReputationConfig { half_life_s: 300.0, quarantine_s: 600.0, alpha: 0.2 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// Answered with a valid receipt.
+    Completed {
+        ttfb_ms: f64,
+        tokens: u32,
+        seconds: f64,
+    },
+    /// Refused or broke before or during the answer.
+    Failed,
+    TimedOut,
+    /// Answered without a receipt, or with one that does not verify: severe.
+    BadReceipt,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Reputation {
+    pub score: f64,
+    pub completed: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub bad_receipts: u64,
+    /// Moving average of the time to the first response byte.
+    pub ttfb_ms: f64,
+    /// Moving average of completion tokens per second.
+    pub tokens_per_s: f64,
+    /// Unix time (ms) until which the worker is quarantined.
+    pub quarantined_until_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl Default for Reputation {
+    fn default() -> Self {
+        Reputation {
+            score: NEUTRAL,
+            completed: 0,
+            failed: 0,
+            timed_out: 0,
+            bad_receipts: 0,
+            ttfb_ms: 0.0,
+            tokens_per_s: 0.0,
+            quarantined_until_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+}
+
+impl Reputation {
+    pub fn new(now_ms: u64) -> Self {
+        Reputation { updated_at_ms: now_ms, ..Default::default() }
+    }
+
+    /// Moves the score toward neutral and the latency estimate toward zero, so
+    /// that a worker that recovered is tried again and wins traffic back.
+    pub fn decay(&mut self, now_ms: u64, cfg: &ReputationConfig) {
+        let dt = now_ms.saturating_sub(self.updated_at_ms) as f64 / 1000.0;
+        if dt <= 0.0 || cfg.half_life_s <= 0.0 {
+            return;
+        }
+        let keep = 0.5f64.powf(dt / cfg.half_life_s);
+        self.score = NEUTRAL + (self.score - NEUTRAL) * keep;
+        self.ttfb_ms *= keep;
+        self.updated_at_ms = now_ms;
+    }
+
+    pub fn record(&mut self, outcome: Outcome, now_ms: u64, cfg: &ReputationConfig) {
+        self.decay(now_ms, cfg);
+        self.updated_at_ms = now_ms;
+        let a = cfg.alpha;
+        match outcome {
+            Outcome::Completed { ttfb_ms, tokens, seconds } => {
+                self.completed += 1;
+                self.score += a * (1.0 - self.score);
+                self.ttfb_ms = if self.completed == 1 { ttfb_ms } else { self.ttfb_ms + a * (ttfb_ms - self.ttfb_ms) };
+                if seconds > 0.0 && tokens > 0 {
+                    let rate = tokens as f64 / seconds;
+                    self.tokens_per_s = if self.tokens_per_s == 0.0 {
+                        rate
+                    } else {
+                        self.tokens_per_s + a * (rate - self.tokens_per_s)
+                    };
+                }
+            }
+            Outcome::Failed => {
+                self.failed += 1;
+                self.score -= a * self.score;
+            }
+            Outcome::TimedOut => {
+                self.timed_out += 1;
+                self.score -= a * self.score;
+            }
+            Outcome::BadReceipt => {
+                self.bad_receipts += 1;
+                self.score = 0.0;
+                self.quarantined_until_ms = now_ms + (cfg.quarantine_s * 1000.0) as u64;
+            }
+        }
+    }
+
+    pub fn quarantined(&self, now_ms: u64) -> bool {
+        now_ms < self.quarantined_until_ms
+    }
+}
+
+/// Latency that doubles a worker's routing cost.
+const REFERENCE_TTFB_MS: f64 = 100.0;
+
+/// Lower is better: load against capacity, slowed by latency, divided by the score.
+pub fn routing_cost(in_flight: u32, capacity: u32, rep: &Reputation) -> f64 {
+    let load = (in_flight as f64 + 1.0) / capacity.max(1) as f64;
+    load * (1.0 + rep.ttfb_ms / REFERENCE_TTFB_MS) / (0.05 + rep.score)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: ReputationConfig = ReputationConfig { half_life_s: 10.0, quarantine_s: 5.0, alpha: 0.2 };
+
+    fn done(ttfb_ms: f64) -> Outcome {
+        Outcome::Completed { ttfb_ms, tokens: 10, seconds: 1.0 }
+    }
+
+    #[test]
+    fn successes_raise_failures_lower_and_time_heals() {
+        let mut r = Reputation::new(0);
+        r.record(done(10.0), 0, &CFG);
+        assert!(r.score > NEUTRAL);
+        let mut bad = Reputation::new(0);
+        for _ in 0..5 {
+            bad.record(Outcome::Failed, 0, &CFG);
+        }
+        assert!(bad.score < 0.2, "{}", bad.score);
+        let before = NEUTRAL - bad.score;
+        bad.decay(10_000, &CFG);
+        assert!(((NEUTRAL - bad.score) - before / 2.0).abs() < 1e-9, "one half-life halves the distance");
+        bad.decay(200_000, &CFG);
+        assert!((bad.score - NEUTRAL).abs() < 1e-3);
+    }
+
+    #[test]
+    fn bad_receipt_quarantines_until_its_time_is_up() {
+        let mut r = Reputation::new(0);
+        r.record(Outcome::BadReceipt, 1_000, &CFG);
+        assert!(r.quarantined(1_000) && r.quarantined(5_999));
+        assert!(!r.quarantined(6_000));
+        assert_eq!(r.score, 0.0);
+    }
+
+    #[test]
+    fn load_spreads_and_slow_workers_cost_more() {
+        let fast = {
+            let mut r = Reputation::new(0);
+            r.record(done(5.0), 0, &CFG);
+            r
+        };
+        let slow = {
+            let mut r = Reputation::new(0);
+            r.record(done(500.0), 0, &CFG);
+            r
+        };
+        assert!(routing_cost(0, 8, &fast) < routing_cost(0, 8, &slow));
+        // A busy fast worker loses to an idle slow one eventually.
+        assert!(routing_cost(7, 8, &fast) > routing_cost(0, 8, &slow));
+        // Equal workers: the less loaded wins.
+        assert!(routing_cost(1, 8, &fast) < routing_cost(2, 8, &fast));
+    }
+}

@@ -1,0 +1,515 @@
+//! The proxy's HTTP API.
+//!
+//! | endpoint | what |
+//! | --- | --- |
+//! | `POST /v1/workers` | a worker asks to join (`{"url": ...}`); admitted only if its fresh evidence passes |
+//! | `GET /v1/workers` | admitted workers: model, prices, capacity, load, reputation, evidence age |
+//! | `POST /v1/route` | `{"model": ..., "exclude": [...]}` → the pick, its evidence and prices |
+//! | `POST /v1/ohttp` | a sealed request for the worker named in `cocoon-worker`, signed by the client |
+//! | `GET /v1/terms` | the proxy's price terms (the bytes its evidence binds) |
+//! | `GET /v1/attestation?nonce=HEX` | the proxy's own evidence |
+//! | `GET /healthz`, `GET /metrics` | liveness; Prometheus metrics |
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use http::{StatusCode, header};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use cocoon_client::http::HttpClient;
+use cocoon_protocol::authorization::ClientAuthorization;
+use cocoon_protocol::{Commission, NanoTon, limits, media};
+
+use crate::config::{Limits, secs};
+use crate::forward::{self, Reservation};
+use crate::identity::Identity;
+use crate::ledger::Ledger;
+use crate::metrics::{Metrics, RequestLabels, WorkerLabels};
+use crate::registry::{AdmissionError, Registry, WorkerEntry, now_ms};
+
+/// Largest JSON body of the small endpoints (`/v1/route`, `/v1/workers`).
+const MAX_SMALL_BODY: usize = 16 << 10;
+/// Most workers a route request may exclude.
+const MAX_EXCLUDE: usize = 64;
+/// Most request hashes remembered for replay refusal.
+const MAX_REMEMBERED: usize = 1 << 20;
+
+pub struct App {
+    pub registry: Arc<Registry>,
+    pub ledger: Arc<Ledger>,
+    pub identity: Identity,
+    pub commission: Commission,
+    pub credit_limit: NanoTon,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub http: HttpClient,
+    pub in_flight: Arc<Semaphore>,
+    pub reservations: Mutex<HashMap<[u8; 32], u64>>,
+    pub replays: Mutex<ReplayWindow>,
+    joins: Mutex<(u64, u32)>,
+}
+
+impl App {
+    pub fn new(
+        registry: Arc<Registry>,
+        ledger: Arc<Ledger>,
+        identity: Identity,
+        commission: Commission,
+        credit_limit: NanoTon,
+        limits: Limits,
+    ) -> Arc<Self> {
+        Arc::new(App {
+            registry,
+            ledger,
+            identity,
+            commission,
+            credit_limit,
+            metrics: Metrics::default(),
+            http: HttpClient::with_connect_timeout(secs(limits.connect_timeout_s)),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            reservations: Mutex::new(HashMap::new()),
+            replays: Mutex::new(ReplayWindow::new(secs(limits.replay_window_s), MAX_REMEMBERED)),
+            joins: Mutex::new((0, 0)),
+            limits,
+        })
+    }
+
+    pub fn count(&self, endpoint: &'static str, r: &Response) {
+        self.metrics.requests.get_or_create(&RequestLabels { endpoint, status: r.status().as_u16() }).inc();
+    }
+
+    /// Reserves the request's maximum cost against the account's balance plus
+    /// the credit limit, counting what its requests in flight may still cost.
+    pub fn reserve(self: &Arc<Self>, auth: &ClientAuthorization) -> Result<Reservation, ReserveError> {
+        let mut reserved = self.reservations.lock().expect("reservations lock");
+        let account = self.ledger.account(&auth.client_key).map_err(|e| {
+            warn!("reading an account: {e}");
+            ReserveError::LedgerUnavailable
+        })?;
+        let pending = reserved.get(&auth.client_key).copied().unwrap_or(0);
+        let available = account.balance() + self.credit_limit.0 as i128 - pending as i128;
+        if (auth.max_cost.0 as i128) > available {
+            self.metrics.refuse("insufficient_funds");
+            return Err(ReserveError::InsufficientFunds {
+                max_cost: auth.max_cost,
+                account: hex::encode(auth.client_key),
+                available: available.max(0),
+                balance: account.balance(),
+                credit_limit: self.credit_limit,
+                pending,
+            });
+        }
+        *reserved.entry(auth.client_key).or_insert(0) += auth.max_cost.0;
+        Ok(forward::new_reservation(self.clone(), auth.client_key, auth.max_cost.0))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    #[error("the ledger is unavailable")]
+    LedgerUnavailable,
+    #[error(
+        "the request may cost up to {max_cost} but the account {account} has {available} nanoTON available \
+         (balance {balance} + credit limit {} - {pending} reserved by requests in flight); \
+         deposit more or state a lower maximum cost", credit_limit.0
+    )]
+    InsufficientFunds {
+        max_cost: NanoTon,
+        account: String,
+        available: i128,
+        balance: i128,
+        credit_limit: NanoTon,
+        pending: u64,
+    },
+}
+
+impl ReserveError {
+    pub fn into_response(self) -> Response {
+        match self {
+            ReserveError::LedgerUnavailable => {
+                api_error(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", self.to_string(), false)
+            }
+            ReserveError::InsufficientFunds { .. } => {
+                api_error(StatusCode::PAYMENT_REQUIRED, "insufficient_funds", self.to_string(), false)
+            }
+        }
+    }
+}
+
+/// Request hashes forwarded recently; each is forwarded once.
+pub struct ReplayWindow {
+    seen: HashMap<[u8; 32], u64>,
+    order: VecDeque<(u64, [u8; 32])>,
+    window_ms: u64,
+    max: usize,
+}
+
+impl ReplayWindow {
+    pub fn new(window: Duration, max: usize) -> Self {
+        ReplayWindow { seen: HashMap::new(), order: VecDeque::new(), window_ms: window.as_millis() as u64, max }
+    }
+
+    /// False when `hash` was seen within the window.
+    pub fn insert(&mut self, hash: [u8; 32], now_ms: u64) -> bool {
+        while let Some(&(t, h)) = self.order.front() {
+            if now_ms.saturating_sub(t) < self.window_ms && self.order.len() < self.max {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&h);
+        }
+        if self.seen.contains_key(&hash) {
+            return false;
+        }
+        self.seen.insert(hash, now_ms);
+        self.order.push_back((now_ms, hash));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// An OpenAI-style error body; `retryable` tells the client runner to route again.
+pub fn api_error(status: StatusCode, code: &str, message: String, retryable: bool) -> Response {
+    let body = json!({"error": {"message": message, "type": "proxy_error", "code": code, "retryable": retryable}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The worker failed before its first byte: a retryable error naming the next candidate.
+pub fn failover(app: &App, worker: &WorkerEntry, model: &str, why: &str) -> Response {
+    app.metrics.failovers.inc();
+    let next = app.registry.pick(model, std::slice::from_ref(&worker.id)).map(|p| p.worker.id.clone());
+    let body = json!({"error": {
+        "message": format!("worker {} failed before answering: {why}", worker.id),
+        "type": "proxy_error", "code": "worker_unavailable", "retryable": true, "next_worker": next,
+    }});
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+        .into_response();
+    if let Some(n) = next.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
+        r.headers_mut().insert(media::RETRY_WORKER_HEADER, n);
+    }
+    r
+}
+
+/// The worker is fine but was re-attested with new keys: retry it, re-sealed.
+pub fn retry_same(app: &App, worker: &WorkerEntry, why: &str) -> Response {
+    app.metrics.failovers.inc();
+    let body = json!({"error": {
+        "message": format!("worker {}: {why}", worker.id),
+        "type": "proxy_error", "code": "worker_keys_changed", "retryable": true, "next_worker": worker.id,
+    }});
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+        .into_response();
+    if let Ok(v) = http::HeaderValue::from_str(&worker.id) {
+        r.headers_mut().insert(media::RETRY_WORKER_HEADER, v);
+    }
+    r
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/workers", get(list_workers).post(join))
+        .route("/v1/route", post(route))
+        .route("/v1/ohttp", post(forward::ohttp))
+        .route("/v1/terms", get(terms))
+        .route("/v1/attestation", get(attestation))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+async fn small_json<T: for<'de> Deserialize<'de>>(req: Request) -> Result<T, Response> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_SMALL_BODY).collect().await.map_err(|_| {
+        api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("expected at most {MAX_SMALL_BODY} bytes"),
+            false,
+        )
+    })?;
+    serde_json::from_slice(&body.to_bytes())
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}"), false))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    url: String,
+}
+
+async fn join(State(app): State<Arc<App>>, req: Request) -> Response {
+    let r = join_inner(&app, req).await;
+    app.count("workers_join", &r);
+    r
+}
+
+async fn join_inner(app: &Arc<App>, req: Request) -> Response {
+    {
+        let minute = now_ms() / 60_000;
+        let mut j = app.joins.lock().expect("join lock");
+        if j.0 != minute {
+            *j = (minute, 0);
+        }
+        if j.1 >= app.limits.joins_per_minute {
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("at most {} joins a minute; retry later", app.limits.joins_per_minute),
+                false,
+            );
+        }
+        j.1 += 1;
+    }
+    let j: JoinRequest = match small_json(req).await {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    match app.registry.admit(&j.url).await {
+        Ok(w) => (StatusCode::CREATED, axum::Json(app.registry.describe(&w))).into_response(),
+        Err(e) => {
+            let status = match e {
+                AdmissionError::Url { .. } => StatusCode::BAD_REQUEST,
+                AdmissionError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                AdmissionError::Fetch(_) | AdmissionError::Timeout(_) => StatusCode::BAD_GATEWAY,
+                AdmissionError::Refused(_) | AdmissionError::NoModel => StatusCode::FORBIDDEN,
+            };
+            api_error(status, "not_admitted", e.to_string(), false)
+        }
+    }
+}
+
+async fn list_workers(State(app): State<Arc<App>>) -> Response {
+    let workers: Vec<_> = app.registry.all().iter().map(|w| app.registry.describe(w)).collect();
+    let r = axum::Json(json!({"object": "list", "data": workers, "models": app.registry.models()})).into_response();
+    app.count("workers_list", &r);
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteRequest {
+    model: String,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+async fn route(State(app): State<Arc<App>>, req: Request) -> Response {
+    let r = route_inner(&app, req).await;
+    app.count("route", &r);
+    r
+}
+
+async fn route_inner(app: &Arc<App>, req: Request) -> Response {
+    let r: RouteRequest = match small_json(req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if r.exclude.len() > MAX_EXCLUDE || r.model.len() > limits::MAX_CLAIM_TEXT {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "expected a model name of at most {} bytes and at most {MAX_EXCLUDE} exclusions",
+                limits::MAX_CLAIM_TEXT
+            ),
+            false,
+        );
+    }
+    let Some(pick) = app.registry.pick(&r.model, &r.exclude) else {
+        let served = app.registry.models();
+        let (status, code, msg) = if served.contains(&r.model) {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_worker_available",
+                format!("every worker serving {:?} is busy, down or excluded", r.model),
+            )
+        } else {
+            (
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("no admitted worker serves {:?}; served: {served:?}", r.model),
+            )
+        };
+        return api_error(status, code, msg, false);
+    };
+    let a = &pick.attested;
+    axum::Json(json!({
+        "worker": {
+            "id": pick.worker.id,
+            "model": a.model_id,
+            "prices": a.prices,
+            "payout_address": a.payout_address,
+            "capacity": a.capacity,
+        },
+        "evidence": base64::engine::general_purpose::STANDARD.encode(&a.evidence),
+        "commission_ppm": app.commission.ppm(),
+        "alternatives": pick.alternatives,
+    }))
+    .into_response()
+}
+
+async fn terms(State(app): State<Arc<App>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], Bytes::from(app.identity.terms_bytes.clone())).into_response()
+}
+
+async fn attestation(State(app): State<Arc<App>>, req: Request) -> Response {
+    let nonce = match parse_nonce(req.uri().query()) {
+        Ok(n) => n,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_nonce", e, false),
+    };
+    let doc = match nonce {
+        None => Ok(app.identity.cached_evidence.clone()),
+        Some(n) => {
+            let a = app.clone();
+            tokio::task::spawn_blocking(move || a.identity.evidence(Some(&n))).await.unwrap_or_else(|e| {
+                Err(cocoon_attestation::AttestationError::Producer(format!("evidence task failed: {e}")))
+            })
+        }
+    };
+    match doc {
+        Ok(d) => ([(header::CONTENT_TYPE, media::EVIDENCE)], d).into_response(),
+        Err(e) => {
+            warn!("proxy evidence: {e}");
+            api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "evidence_unavailable",
+                "evidence could not be produced".into(),
+                false,
+            )
+        }
+    }
+}
+
+fn parse_nonce(query: Option<&str>) -> Result<Option<Vec<u8>>, String> {
+    let Some(q) = query else { return Ok(None) };
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        if k == "nonce" {
+            let n = hex::decode(v.as_bytes()).map_err(|e| format!("nonce is not hex: {e}"))?;
+            if n.is_empty() || n.len() > limits::MAX_NONCE {
+                return Err(format!("nonce must be 1 to {} bytes, found {}", limits::MAX_NONCE, n.len()));
+            }
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let ledger_ok = app.ledger.totals().is_ok();
+    let workers = app.registry.all().len();
+    let status = if ledger_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        axum::Json(json!({"proxy": "ok", "ledger": if ledger_ok { "ok" } else { "unavailable" }, "workers": workers})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let now = now_ms();
+    let workers = app.registry.all();
+    app.metrics.workers_admitted.set(workers.len() as i64);
+    for w in &workers {
+        let a = w.attested();
+        let labels = WorkerLabels { worker: w.id.clone(), model: a.model_id.clone() };
+        app.metrics
+            .worker_in_flight
+            .get_or_create(&labels)
+            .set(w.in_flight.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        let score = w.reputation(now, app.registry.reputation_config()).score;
+        app.metrics.worker_score_milli.get_or_create(&labels).set((score * 1000.0) as i64);
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render())
+        .into_response()
+}
+
+/// Serves until `shutdown` resolves, then lets streams in flight finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let router = router(app.clone());
+    let connections = Arc::new(Semaphore::new(app.limits.max_connections));
+    let header_timeout = secs(app.limits.client_timeout_s);
+    let max_buf = app.limits.max_header_bytes;
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p?,
+            _ = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut shutdown => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(max_buf)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                debug!("client connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + grace;
+    while app.in_flight.available_permits() < app.limits.max_in_flight && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.registry.persist();
+    app.ledger.close();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_window_refuses_repeats_and_stays_bounded() {
+        let mut w = ReplayWindow::new(Duration::from_secs(10), 100);
+        assert!(w.insert([1; 32], 0));
+        assert!(!w.insert([1; 32], 5_000));
+        assert!(w.insert([1; 32], 10_001), "forgotten after the window");
+        for i in 0..10_000u32 {
+            let mut h = [0u8; 32];
+            h[..4].copy_from_slice(&i.to_le_bytes());
+            w.insert(h, 20_000);
+        }
+        assert!(w.len() <= 100);
+    }
+}

@@ -1,0 +1,544 @@
+//! The network end to end, with real processes on loopback: test workers
+//! (enclave + host shim), `cocoon-proxy` with its SQLite ledger, and the
+//! client runner (`cocoon serve`'s library) in the test.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use cocoon_attestation::Policy;
+use cocoon_client::EndorsementSources;
+use cocoon_client::http::HttpClient;
+use cocoon_client::serve::Runner;
+use cocoon_protocol::authorization::ClientAuthorization;
+use cocoon_protocol::{Commission, NanoTon, Prices, media};
+use cocoon_tests::echo_engine::{MODEL_ID, answer_tokens};
+use support::*;
+
+const PRICES: Prices = Prices { prompt_per_1k: NanoTon(1_000_000), completion_per_1k: NanoTon(3_000_000) };
+const COMMISSION_PPM: u64 = 125_000;
+
+fn worker_config(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[model]\nmax_batch = 16\nmax_queue = 16\n\n[pricing]\nprompt_per_1k = {}\ncompletion_per_1k = {}\npayout_address = \"UQ-{name}\"\n",
+            PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// One worker: the test enclave behind a host shim.
+struct TestWorker {
+    enclave: Option<Proc>,
+    host: Option<Proc>,
+    url: String,
+    sock: PathBuf,
+    config: PathBuf,
+    delay_ms: u64,
+}
+
+impl TestWorker {
+    fn start(dir: &Path, name: &str, delay_ms: u64) -> Self {
+        let sock = dir.join(format!("{name}.sock"));
+        let config = worker_config(dir, name);
+        let enclave = start_enclave_with(&sock, delay_ms, Some(&config));
+        let (host, url) = start_host(&format!("unix:{}", sock.display()), &[]);
+        TestWorker { enclave: Some(enclave), host: Some(host), url, sock, config, delay_ms }
+    }
+
+    /// Restarts the enclave (new keys) behind the same shim.
+    fn restart_enclave(&mut self) {
+        self.enclave.take();
+        self.enclave = Some(start_enclave_with(&self.sock, self.delay_ms, Some(&self.config)));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut h) = self.host.take() {
+            let _ = h.child.kill(); // SIGKILL
+        }
+        self.enclave.take();
+    }
+}
+
+fn start_proxy(dir: &Path, workers: &[&str], extra: &[&str]) -> (Proc, String) {
+    let port = free_port();
+    let mut cmd = Command::new(workspace_bin("cocoon-proxy"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--ledger")
+        .arg(dir.join("ledger.sqlite"))
+        .arg("--account-key")
+        .arg(dir.join("proxy.key"))
+        .args(["--commission-ppm", &COMMISSION_PPM.to_string(), "--reattest-interval", "1"]);
+    for w in workers {
+        cmd.args(["--worker", w]);
+    }
+    let child = cmd
+        .args(extra)
+        .env("COCOON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the proxy");
+    wait_for_port(port, "the proxy");
+    (Proc { child }, format!("http://127.0.0.1:{port}"))
+}
+
+fn dev_proxy(dir: &Path, workers: &[&str]) -> (Proc, String) {
+    start_proxy(dir, workers, &["--insecure-simulated", "--platform", "simulated"])
+}
+
+async fn workers_json(proxy: &str) -> Value {
+    let (status, body) = get(proxy, "/v1/workers").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn wait_admitted(proxy: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = workers_json(proxy).await;
+        let up = v["data"].as_array().unwrap().iter().filter(|w| w["state"] == "up").count();
+        if up >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} workers were not admitted: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn deposit(dir: &Path, key: &SigningKey, amount: u64) {
+    let out = Command::new(workspace_bin("cocoon-proxy"))
+        .arg("deposit")
+        .arg("--db")
+        .arg(dir.join("ledger.sqlite"))
+        .args(["--client", &hex::encode(key.verifying_key().to_bytes()), "--amount", &amount.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ledger_json(dir: &Path) -> Value {
+    let out = Command::new(workspace_bin("cocoon-proxy"))
+        .arg("ledger")
+        .arg("--db")
+        .arg(dir.join("ledger.sqlite"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn client_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// A client runner for `proxy` on a loopback port; returns its base URL.
+async fn start_runner(proxy: &str, key: SigningKey) -> String {
+    let runner =
+        Runner::via_proxy(proxy, Policy::insecure_simulated(), EndorsementSources::default(), key, NanoTon(10_000_000))
+            .await
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cocoon_client::serve::serve(listener, Arc::new(runner), std::future::pending()));
+    url
+}
+
+/// Posts JSON to the runner; returns the status and the whole body.
+async fn post_json(http: &HttpClient, url: &str, path: &str, body: &Value) -> (u16, Vec<u8>) {
+    let req = http::Request::post(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = http.send(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    (status, body)
+}
+
+fn chat_body(prompt: &str, stream: bool) -> Value {
+    json!({"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "stream": stream,
+           "stream_options": {"include_usage": true}})
+}
+
+/// What one answered request reported.
+#[derive(Debug)]
+struct Answer {
+    text: String,
+    cost: u64,
+    worker: String,
+}
+
+fn expected_cost(prompt: &str) -> u64 {
+    let n = prompt.split_whitespace().count() as u32;
+    Commission::from_ppm(COMMISSION_PPM).unwrap().charge(PRICES.cost(n, n)).0
+}
+
+/// Parses a streamed (SSE) or whole answer from the runner.
+fn parse_answer(status: u16, body: &[u8], stream: bool) -> Result<Answer, String> {
+    let text = String::from_utf8_lossy(body);
+    if status != 200 {
+        return Err(format!("status {status}: {text}"));
+    }
+    if !stream {
+        let v: Value = serde_json::from_slice(body).map_err(|e| format!("{e}: {text}"))?;
+        return Ok(Answer {
+            text: v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string(),
+            cost: v["cocoon"]["cost_nanoton"].as_u64().ok_or(format!("no cost: {v}"))?,
+            worker: v["cocoon"]["worker"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    let mut answer = Answer { text: String::new(), cost: 0, worker: String::new() };
+    let mut done = false;
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| format!("{e}: {data}"))?;
+        if !v["error"].is_null() {
+            return Err(format!("stream error: {v}"));
+        }
+        if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
+            answer.text.push_str(piece);
+        }
+        if let Some(c) = v["cocoon"]["cost_nanoton"].as_u64() {
+            answer.cost = c;
+            answer.worker = v["cocoon"]["worker"].as_str().unwrap_or_default().to_string();
+        }
+    }
+    if !done {
+        return Err(format!("stream ended without [DONE]: {text}"));
+    }
+    Ok(answer)
+}
+
+async fn ask(http: &HttpClient, runner: &str, prompt: &str, stream: bool) -> Result<Answer, String> {
+    let (status, body) = post_json(http, runner, "/v1/chat/completions", &chat_body(prompt, stream)).await;
+    parse_answer(status, &body, stream)
+}
+
+fn prompt_for(i: usize) -> String {
+    format!("request number {i} asks about word{} and word{}", i * 7, i % 13)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn load_spreads_answers_are_metered_and_the_ledger_balances() {
+    let dir = temp_dir("net-ledger");
+    let a = TestWorker::start(&dir, "a", 2);
+    let b = TestWorker::start(&dir, "b", 2);
+    let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b.url]);
+    wait_admitted(&proxy, 2).await;
+    let key = client_key(1);
+    deposit(&dir, &key, 1_000_000_000);
+    let runner = start_runner(&proxy, key).await;
+    let http = HttpClient::default();
+
+    let n = 60;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (http, runner) = (http.clone(), runner.clone());
+            tokio::spawn(async move { (i, ask(&http, &runner, &prompt_for(i), i % 2 == 0).await) })
+        })
+        .collect();
+    let mut expected_total = 0;
+    let mut per_worker = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        let (i, answer) = t.await.unwrap();
+        let answer = answer.unwrap();
+        assert_eq!(answer.text, answer_tokens(&prompt_for(i)).concat());
+        assert_eq!(answer.cost, expected_cost(&prompt_for(i)), "request {i}");
+        expected_total += answer.cost;
+        *per_worker.entry(answer.worker).or_default() += 1;
+    }
+    assert_eq!(per_worker.len(), 2, "both workers got traffic: {per_worker:?}");
+    assert!(per_worker.values().all(|&c| c >= n / 6), "load spread: {per_worker:?}");
+
+    let ledger = ledger_json(&dir);
+    let t = &ledger["totals"];
+    assert_eq!(t["charges"], n as u64);
+    assert_eq!(t["charged"].as_u64().unwrap(), expected_total);
+    let earnings = t["worker_earnings"].as_u64().unwrap();
+    let commission = t["commission"].as_u64().unwrap();
+    assert_eq!(earnings + commission, expected_total, "charged = worker earnings + commission");
+    let mut expected_commission = 0;
+    for i in 0..n {
+        let words = prompt_for(i).split_whitespace().count() as u32;
+        expected_commission += Commission::from_ppm(COMMISSION_PPM).unwrap().on(PRICES.cost(words, words)).0;
+    }
+    assert_eq!(commission, expected_commission, "commission exact to the nanoTON");
+    assert_eq!(ledger["accounts"][0]["balance"].as_i64().unwrap(), 1_000_000_000 - expected_total as i64);
+    let payouts: Vec<_> = ledger["workers"].as_array().unwrap().iter().map(|w| w["payout_address"].clone()).collect();
+    assert!(payouts.contains(&json!("UQ-a")) && payouts.contains(&json!("UQ-b")), "{payouts:?}");
+
+    // The models endpoint lists what the proxy's workers serve.
+    let (status, body) = get(&runner, "/v1/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["data"][0]["id"], MODEL_ID);
+    // A model nobody serves is a clear 404.
+    let mut other = chat_body("a b", false);
+    other["model"] = json!("no-such-model");
+    let (status, body) = post_json(&http, &runner, "/v1/chat/completions", &other).await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("model_not_found"));
+}
+
+/// Seals a chat request to the worker the proxy routes to; returns the sealed
+/// bytes, their content type and the worker id.
+async fn sealed_request(proxy: &str, prompt: &str) -> (Vec<u8>, String) {
+    let http = HttpClient::default();
+    let req = http::Request::post(format!("{proxy}/v1/route"))
+        .body(Full::new(Bytes::from(json!({"model": MODEL_ID}).to_string())))
+        .unwrap();
+    let resp = http.send(req).await.unwrap();
+    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    use base64::Engine as _;
+    let evidence = base64::engine::general_purpose::STANDARD.decode(v["evidence"].as_str().unwrap()).unwrap();
+    let verified = cocoon_attestation::assess(
+        &evidence,
+        &Policy::insecure_simulated(),
+        None,
+        cocoon_client::worker::unix_now(),
+        &Default::default(),
+    )
+    .into_result()
+    .unwrap();
+    let body = chat_body(prompt, false).to_string().into_bytes();
+    let inner = cocoon_protocol::bhttp_msg::InnerRequest::post_json("/v1/chat/completions", body);
+    let (sealed, _) = cocoon_protocol::ohttp::ClientRequest::new(&verified.key_configs[0])
+        .unwrap()
+        .seal_chunked(&inner.encode())
+        .unwrap();
+    (sealed, v["worker"]["id"].as_str().unwrap().to_string())
+}
+
+fn raw_post(host: &str, worker: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST /v1/ohttp HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-type: {}\r\n{}: {worker}\r\ncontent-length: {}\r\n",
+        media::OHTTP_CHUNKED_REQUEST,
+        media::WORKER_HEADER,
+        body.len()
+    );
+    for (n, v) in headers {
+        r.push_str(&format!("{n}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    let mut out = r.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+fn auth_headers(key: &SigningKey, sealed: &[u8], max_cost: u64) -> Vec<(String, String)> {
+    use sha2::Digest;
+    let hash: [u8; 32] = sha2::Sha256::digest(sealed).into();
+    ClientAuthorization::sign(key, &hash, NanoTon(max_cost))
+        .header_values()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
+}
+
+fn code_of(body: &str) -> String {
+    let json = body.find('{').map(|i| &body[i..]).unwrap_or("");
+    let json = json.rfind('}').map(|j| &json[..=j]).unwrap_or("");
+    serde_json::from_str::<Value>(json)
+        .map(|v| v["error"]["code"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_each_with_its_own_error_and_nothing_is_charged() {
+    let dir = temp_dir("net-bad");
+    let a = TestWorker::start(&dir, "a", 0);
+    let (_proxy, proxy) = dev_proxy(&dir, &[&a.url]);
+    wait_admitted(&proxy, 1).await;
+    let key = client_key(2);
+    deposit(&dir, &key, 1_000_000);
+    let host = proxy.trim_start_matches("http://").to_string();
+
+    let (sealed, worker) = sealed_request(&proxy, "x y z").await;
+    // Unsigned.
+    let (status, body) = raw_http(&proxy, &raw_post(&host, &worker, &[], &sealed)).await;
+    assert_eq!((status, code_of(&body).as_str()), (401, "unauthorized"), "{body}");
+    // Signed by someone else's key over another request's hash.
+    let mut wrong = auth_headers(&key, b"another request", 100_000);
+    wrong[0].1 = hex::encode(key.verifying_key().to_bytes());
+    let (status, body) = raw_http(&proxy, &raw_post(&host, &worker, &wrong, &sealed)).await;
+    assert_eq!((status, code_of(&body).as_str()), (401, "bad_signature"), "{body}");
+    // A raised maximum cost breaks the signature too.
+    let mut raised = auth_headers(&key, &sealed, 100_000);
+    raised[1].1 = "100001".into();
+    let (status, body) = raw_http(&proxy, &raw_post(&host, &worker, &raised, &sealed)).await;
+    assert_eq!((status, code_of(&body).as_str()), (401, "bad_signature"), "{body}");
+    // More than the account holds.
+    let (status, body) =
+        raw_http(&proxy, &raw_post(&host, &worker, &auth_headers(&key, &sealed, 2_000_000), &sealed)).await;
+    assert_eq!((status, code_of(&body).as_str()), (402, "insufficient_funds"), "{body}");
+    // A good one goes through, once; the same bytes again are refused.
+    let (sealed, worker) = sealed_request(&proxy, "x y z").await;
+    let good = raw_post(&host, &worker, &auth_headers(&key, &sealed, 100_000), &sealed);
+    let (status, _) = raw_http(&proxy, &good).await;
+    assert_eq!(status, 200);
+    let (status, body) = raw_http(&proxy, &good).await;
+    assert_eq!((status, code_of(&body).as_str()), (409, "replayed_request"), "{body}");
+    // An unknown worker, an oversized body, an oversized header.
+    let (status, body) = raw_http(&proxy, &raw_post(&host, "w-nobody", &auth_headers(&key, b"b", 1), b"b")).await;
+    assert_eq!((status, code_of(&body).as_str()), (404, "unknown_worker"), "{body}");
+    let big = vec![0u8; (1 << 20) + 1];
+    let (status, _) = raw_http(&proxy, &raw_post(&host, &worker, &auth_headers(&key, &big, 1), &big)).await;
+    assert_eq!(status, 413);
+    let huge = vec![("x-filler".to_string(), "a".repeat(40_000))];
+    let (status, _) = raw_http(&proxy, &raw_post(&host, &worker, &huge, b"b")).await;
+    assert_eq!(status, 431);
+    let (status, body) = raw_http(
+        &proxy,
+        format!("POST /v1/route HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: 9\r\n\r\nnot json!")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!((status, code_of(&body).as_str()), (400, "invalid_json"), "{body}");
+
+    // Only the good request was charged, and the proxy still serves.
+    let ledger = ledger_json(&dir);
+    assert_eq!(ledger["totals"]["charges"], 1, "{ledger}");
+    let (status, _) = get(&proxy, "/healthz").await;
+    assert_eq!(status, 200);
+    let (_, metrics) = get(&proxy, "/metrics").await;
+    for reason in ["unauthorized", "bad_signature", "insufficient_funds", "replayed_request"] {
+        assert!(metrics.contains(&format!("reason=\"{reason}\"")), "{reason} counted: {metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_is_failed_over_and_nothing_is_charged_without_a_receipt() {
+    let dir = temp_dir("net-failover");
+    let a = TestWorker::start(&dir, "a", 5);
+    let mut b = TestWorker::start(&dir, "b", 5);
+    let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b.url]);
+    wait_admitted(&proxy, 2).await;
+    let key = client_key(3);
+    deposit(&dir, &key, 10_000_000_000);
+    let runner = start_runner(&proxy, key).await;
+    let http = HttpClient::default();
+
+    let n = 200;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (http, runner) = (http.clone(), runner.clone());
+            tokio::spawn(async move {
+                // Requests keep coming while the worker dies.
+                tokio::time::sleep(Duration::from_millis((i as u64 % 50) * 10)).await;
+                let r = tokio::time::timeout(Duration::from_secs(60), ask(&http, &runner, &prompt_for(i), i % 2 == 0))
+                    .await;
+                (i, r)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.kill();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut charged = 0;
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        match r.expect("no request hangs") {
+            Ok(answer) => {
+                assert_eq!(answer.text, answer_tokens(&prompt_for(i)).concat());
+                ok += 1;
+                charged += answer.cost;
+            }
+            Err(e) => {
+                // Only a response that had started may fail, and it says why.
+                assert!(!e.is_empty());
+                if failed < 3 {
+                    eprintln!("request {i} failed: {e}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    eprintln!("{ok} completed, {failed} failed of {n} in {:?}", started.elapsed());
+    assert!(ok >= n as u64 - 40, "{ok} completed, {failed} failed of {n} in {:?}", started.elapsed());
+    let ledger = ledger_json(&dir);
+    assert_eq!(ledger["totals"]["charges"].as_u64().unwrap(), ok, "charged exactly the completed answers");
+    assert_eq!(ledger["totals"]["charged"].as_u64().unwrap(), charged);
+    let (_, metrics) = get(&proxy, "/metrics").await;
+    assert!(metrics.contains("cocoon_proxy_failovers_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_is_reattested_with_its_new_keys() {
+    let dir = temp_dir("net-restart");
+    let mut a = TestWorker::start(&dir, "a", 0);
+    let (_proxy, proxy) = dev_proxy(&dir, &[&a.url]);
+    wait_admitted(&proxy, 1).await;
+    let key = client_key(4);
+    deposit(&dir, &key, 1_000_000_000);
+    let runner = start_runner(&proxy, key).await;
+    let http = HttpClient::default();
+    ask(&http, &runner, "before the restart", true).await.unwrap();
+    let before = workers_json(&proxy).await["data"][0]["evidence_sha256"].clone();
+    a.restart_enclave();
+    // The next request was sealed to old keys or new: either way it is answered.
+    let answer = ask(&http, &runner, "after the restart", false).await.unwrap();
+    assert_eq!(answer.text, "RESTART THE AFTER ");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while workers_json(&proxy).await["data"][0]["evidence_sha256"] == before {
+        assert!(Instant::now() < deadline, "the proxy did not re-attest the restarted worker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_fail_the_proxy_policy_are_never_admitted() {
+    let dir = temp_dir("net-policy");
+    let a = TestWorker::start(&dir, "a", 0);
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, format!("required_model_digest = \"{}\"\n", "ab".repeat(32))).unwrap();
+    let (_proxy, proxy) = start_proxy(
+        &dir,
+        &[&a.url],
+        &["--insecure-simulated", "--platform", "simulated", "--policy", policy.to_str().unwrap()],
+    );
+    let host = proxy.trim_start_matches("http://");
+    let join = json!({"url": a.url}).to_string();
+    let (status, body) = raw_http(
+        &proxy,
+        format!(
+            "POST /v1/workers HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{join}",
+            join.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("required_model_digest"), "{body}");
+    // Neither the configured worker nor the one that asked to join is listed or routed to.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(workers_json(&proxy).await["data"].as_array().unwrap().len(), 0);
+    let route = json!({"model": MODEL_ID}).to_string();
+    let (status, body) = raw_http(
+        &proxy,
+        format!(
+            "POST /v1/route HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{route}",
+            route.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!((status, code_of(&body).as_str()), (404, "model_not_found"), "{body}");
+}
