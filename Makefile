@@ -48,14 +48,18 @@ check-cuda:
 	$(CARGO) check -p cocoon-enclave --features cuda
 
 # Printed tables: sealing throughput next to `openssl speed`, HPKE setup,
-# shim forwarding next to socat, engine prefill/decode next to candle.
+# shim forwarding next to socat, the proxy next to nginx (latency, throughput,
+# 1,000 metered clients, ledger commits, time to first token), engine
+# prefill/decode next to candle.
 bench: model
 	@command -v openssl >/dev/null || { echo "bench needs openssl (apt-get install openssl)"; exit 1; }
 	@command -v socat >/dev/null || { echo "bench needs socat (apt-get install socat)"; exit 1; }
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "bench needs nginx (apt-get install nginx-light)"; exit 1; }
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p cocoon-protocol --bench sealing
 	$(CARGO) bench -p cocoon-attestation --bench verification
 	$(CARGO) bench -p cocoon-tests --bench forwarding
+	$(CARGO) bench -p cocoon-tests --bench network
 	$(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench
 
 # The main job on the embedded default model: enclave (simulated evidence, CPU)

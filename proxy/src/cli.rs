@@ -42,6 +42,9 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Also list every charge (request hash, worker, tokens, amounts).
+        #[arg(long)]
+        charges: bool,
     },
     /// Credit a client's account (until on-chain deposits replace this).
     Deposit {
@@ -177,7 +180,7 @@ pub fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => run(args),
-        Command::Ledger { db, json } => print_ledger(&db, json),
+        Command::Ledger { db, json, charges } => print_ledger(&db, json, charges),
         Command::Deposit { db, client, amount, reference } => {
             let key: [u8; 32] = hex::decode(&client)
                 .ok()
@@ -231,7 +234,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: no new connections; letting streams in flight finish");
 }
 
-fn print_ledger(db: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn print_ledger(db: &std::path::Path, json: bool, with_charges: bool) -> anyhow::Result<()> {
     if !db.exists() {
         bail!("no ledger at {} (--db)", db.display());
     }
@@ -239,9 +242,50 @@ fn print_ledger(db: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let totals = ledger.totals()?;
     let accounts = ledger.accounts()?;
     let workers = ledger.worker_credits()?;
+    let charges: Vec<serde_json::Value> = if with_charges {
+        ledger
+            .charges()?
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "request_hash": hex::encode(c.request_hash),
+                    "client_key": hex::encode(c.client_key),
+                    "worker_url": c.worker_url,
+                    "model": c.model_id,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                    "worker_cost": c.worker_cost,
+                    "commission": c.commission,
+                    "charge": c.charge,
+                    "created_at": c.created_at,
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     if json {
-        println!("{}", serde_json::json!({"totals": totals, "accounts": accounts, "workers": workers}));
+        let mut v = serde_json::json!({"totals": totals, "accounts": accounts, "workers": workers});
+        if with_charges {
+            v["charges"] = serde_json::Value::Array(charges);
+        }
+        println!("{v}");
         return Ok(());
+    }
+    if with_charges {
+        println!("charges");
+        for c in &charges {
+            println!(
+                "  {}  {:<28}  {:>6}+{:<6} tokens  {:>12} = {} + {}",
+                c["request_hash"].as_str().unwrap_or(""),
+                c["worker_url"].as_str().unwrap_or(""),
+                c["prompt_tokens"],
+                c["completion_tokens"],
+                c["charge"],
+                c["worker_cost"],
+                c["commission"]
+            );
+        }
     }
     println!("clients");
     println!("  {:<64}  {:>16}  {:>16}  {:>16}", "account key", "deposited", "charged", "balance");

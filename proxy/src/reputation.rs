@@ -134,10 +134,17 @@ impl Reputation {
 /// Latency that doubles a worker's routing cost.
 const REFERENCE_TTFB_MS: f64 = 100.0;
 
-/// Lower is better: load against capacity, slowed by latency, divided by the score.
+/// Outcomes below which a worker is still being explored.
+const EXPLORE_SAMPLES: u64 = 3;
+
+/// Lower is better: load against capacity, slowed by latency, divided by the
+/// score; halved for a worker with too few outcomes to judge, so that a new
+/// worker is tried even while the others are idle.
 pub fn routing_cost(in_flight: u32, capacity: u32, rep: &Reputation) -> f64 {
     let load = (in_flight as f64 + 1.0) / capacity.max(1) as f64;
-    load * (1.0 + rep.ttfb_ms / REFERENCE_TTFB_MS) / (0.05 + rep.score)
+    let cost = load * (1.0 + rep.ttfb_ms / REFERENCE_TTFB_MS) / (0.05 + rep.score);
+    let samples = rep.completed + rep.failed + rep.timed_out + rep.bad_receipts;
+    if samples < EXPLORE_SAMPLES { cost / 2.0 } else { cost }
 }
 
 #[cfg(test)]
@@ -193,5 +200,11 @@ mod tests {
         assert!(routing_cost(7, 8, &fast) > routing_cost(0, 8, &slow));
         // Equal workers: the less loaded wins.
         assert!(routing_cost(1, 8, &fast) < routing_cost(2, 8, &fast));
+        // A new worker is tried before a proven idle one.
+        let mut proven = fast.clone();
+        for _ in 0..5 {
+            proven.record(done(5.0), 0, &CFG);
+        }
+        assert!(routing_cost(0, 8, &Reputation::new(0)) < routing_cost(0, 8, &proven));
     }
 }
