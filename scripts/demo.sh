@@ -74,7 +74,7 @@ done
 curl -s "http://127.0.0.1:$((base + 10))/v1/workers" | python3 -c '
 import json, sys
 for w in json.load(sys.stdin)["data"]:
-    print(f"admitted {w[\"id\"]} {w[\"url\"]} model {w[\"model\"]} capacity {w[\"capacity\"]} platform {w[\"platform\"]}")'
+    print("admitted", w["id"], w["url"], "model", w["model"], "capacity", w["capacity"], "platform", w["platform"])'
 
 echo
 echo "== the client: an account key, a deposit by the proxy operator, cocoon serve =="

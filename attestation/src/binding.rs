@@ -12,6 +12,25 @@ pub fn report_data(claims: &[u8], nonce: Option<&[u8]>) -> [u8; 64] {
     h.finalize().into()
 }
 
+/// Parses `nonce=HEX` from a query string (`GET /attestation?nonce=…`).
+pub fn parse_nonce_query(query: Option<&str>) -> Result<Option<Vec<u8>>, String> {
+    let Some(q) = query else { return Ok(None) };
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        if k == "nonce" {
+            let n = hex::decode(v.as_bytes()).map_err(|e| format!("nonce is not hex: {e}"))?;
+            if n.is_empty() || n.len() > cocoon_protocol::limits::MAX_NONCE {
+                return Err(format!(
+                    "nonce must be 1 to {} bytes, found {}",
+                    cocoon_protocol::limits::MAX_NONCE,
+                    n.len()
+                ));
+            }
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
+}
+
 /// The 32-byte nonce a GPU attestation report is requested with, so that the
 /// GPU's report binds the same claims (and verifier nonce) as the CPU's.
 pub fn gpu_nonce(claims: &[u8], nonce: Option<&[u8]>) -> [u8; 32] {
@@ -31,5 +50,14 @@ mod tests {
         // SHA-512("abc"), FIPS 180-2 example.
         assert_eq!(hex::encode(&report_data(b"ab", Some(b"c"))[..8]), "ddaf35a193617aba");
         assert_ne!(gpu_nonce(b"c", None), gpu_nonce(b"c", Some(b"n")));
+    }
+
+    #[test]
+    fn nonce_queries() {
+        assert_eq!(parse_nonce_query(None), Ok(None));
+        assert_eq!(parse_nonce_query(Some("a=1&nonce=0aff")), Ok(Some(vec![0x0a, 0xff])));
+        assert!(parse_nonce_query(Some("nonce=zz")).is_err());
+        assert!(parse_nonce_query(Some("nonce=")).is_err());
+        assert!(parse_nonce_query(Some(&format!("nonce={}", "00".repeat(65)))).is_err());
     }
 }

@@ -22,11 +22,11 @@ pub mod tdx;
 pub mod tdx_guest;
 pub mod verify;
 
-pub use binding::{gpu_nonce, report_data};
+pub use binding::{gpu_nonce, parse_nonce_query, report_data};
 pub use files::read_limited;
 pub use hexfmt::{parse_rfc3339, rfc3339};
 pub use policy::Policy;
-pub use producer::{EvidenceProducer, PlatformEvidence};
+pub use producer::{EvidenceProducer, PlatformEvidence, evidence_document};
 pub use reference::ReferenceValues;
 pub use verify::{Assessment, Endorsements, HardwareReport, RuleOutcome, VerifiedWorker, assess, verify_evidence};
 

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use cocoon_attestation::{Policy, VerifiedWorker, assess};
@@ -415,7 +416,7 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(32);
     tokio::spawn(relay_stream(stream, worker, billing, worker_id, app_wants_usage, tx));
-    let body = Body::from_stream(ReceiverStream(rx));
+    let body = Body::from_stream(ReceiverStream::new(rx));
     Ok(Response::builder()
         .status(200)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -564,18 +565,6 @@ async fn relay_stream(
             warn!("{}", e.message);
             let _ = tx.send(Ok(sse(&e.body()))).await;
         }
-    }
-}
-
-struct ReceiverStream(mpsc::Receiver<Result<Bytes, Infallible>>);
-
-impl futures_core::Stream for ReceiverStream {
-    type Item = Result<Bytes, Infallible>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
     }
 }
 

@@ -87,23 +87,8 @@ async fn route(state: Arc<EnclaveState>, req: Request<Incoming>) -> Result<Respo
     Ok(resp)
 }
 
-/// Parses `nonce=HEX` from a query string.
-pub fn parse_nonce(query: Option<&str>) -> Result<Option<Vec<u8>>, String> {
-    let Some(q) = query else { return Ok(None) };
-    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-        if k == "nonce" {
-            let n = hex::decode(v.as_bytes()).map_err(|e| format!("nonce is not hex: {e}"))?;
-            if n.is_empty() || n.len() > limits::MAX_NONCE {
-                return Err(format!("nonce must be 1 to {} bytes, found {}", limits::MAX_NONCE, n.len()));
-            }
-            return Ok(Some(n));
-        }
-    }
-    Ok(None)
-}
-
 async fn attestation(state: &Arc<EnclaveState>, query: Option<&str>) -> Response<Body> {
-    let nonce = match parse_nonce(query) {
+    let nonce = match cocoon_attestation::parse_nonce_query(query) {
         Ok(n) => n,
         Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };

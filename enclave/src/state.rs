@@ -6,11 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-use cocoon_attestation::{AttestationError, EvidenceProducer, report_data};
+use cocoon_attestation::{AttestationError, EvidenceProducer, evidence_document};
 use cocoon_engine::Engine;
 
 use crate::model_config::WorkerTerms;
-use cocoon_protocol::evidence::{CLAIMS_VERSION, EVIDENCE_VERSION, EvidenceDocument};
+use cocoon_protocol::evidence::CLAIMS_VERSION;
 use cocoon_protocol::ohttp::{GatewayKey, KeyConfig};
 use cocoon_protocol::{Claims, ModelClaim, ReceiptSigner};
 
@@ -79,17 +79,6 @@ impl EnclaveState {
 
     /// An evidence document, fresh for `nonce` when one is given.
     pub fn evidence(&self, nonce: Option<&[u8]>) -> Result<Vec<u8>, AttestationError> {
-        let ev = self.producer.produce(&report_data(&self.claims_bytes, nonce))?;
-        let doc = EvidenceDocument {
-            version: EVIDENCE_VERSION,
-            platform: self.producer.platform(),
-            claims: ByteBuf::from(self.claims_bytes.clone()),
-            nonce: nonce.map(|n| ByteBuf::from(n.to_vec())),
-            quote_or_report: ByteBuf::from(ev.quote_or_report),
-            certificates: ev.certificates.map(|c| c.into_iter().map(ByteBuf::from).collect()),
-            event_log: ev.event_log.map(ByteBuf::from),
-            gpu: None,
-        };
-        Ok(doc.encode())
+        evidence_document(self.producer.as_ref(), &self.claims_bytes, nonce)
     }
 }

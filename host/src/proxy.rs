@@ -18,6 +18,7 @@ use hyper::body::Frame;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use cocoon_protocol::media;
@@ -270,20 +271,5 @@ async fn forward(
         }
         in_flight.dec();
     });
-    out.body(Body::new(StreamBody::new(ReceiverStream(rx)))).expect("valid response parts")
-}
-
-type FrameResult = Result<Frame<Bytes>, std::io::Error>;
-
-/// A `Stream` over an mpsc receiver (what `tokio-stream` offers, without the dependency).
-struct ReceiverStream(mpsc::Receiver<FrameResult>);
-
-impl futures_core::Stream for ReceiverStream {
-    type Item = FrameResult;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
+    out.body(Body::new(StreamBody::new(ReceiverStream::new(rx)))).expect("valid response parts")
 }

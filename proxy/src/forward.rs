@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use cocoon_protocol::authorization::ClientAuthorization;
@@ -443,7 +444,7 @@ fn pump(
             m.app.metrics.answers_without_receipt.inc();
         }
     });
-    Body::new(StreamBody::new(ReceiverStream(rx)))
+    Body::new(StreamBody::new(ReceiverStream::new(rx)))
 }
 
 /// The trailers to pass on: the receipt and the charge, or `None` (the stream
@@ -464,19 +465,6 @@ async fn metered_trailers(m: &Metering, trailers: HeaderMap) -> Option<HeaderMap
             m.receipt_failed(&e);
             None
         }
-    }
-}
-
-/// A `Stream` over an mpsc receiver.
-struct ReceiverStream(mpsc::Receiver<FrameResult>);
-
-impl futures_core::Stream for ReceiverStream {
-    type Item = FrameResult;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
     }
 }
 

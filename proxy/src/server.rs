@@ -372,7 +372,7 @@ async fn terms(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn attestation(State(app): State<Arc<App>>, req: Request) -> Response {
-    let nonce = match parse_nonce(req.uri().query()) {
+    let nonce = match cocoon_attestation::parse_nonce_query(req.uri().query()) {
         Ok(n) => n,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_nonce", e, false),
     };
@@ -397,20 +397,6 @@ async fn attestation(State(app): State<Arc<App>>, req: Request) -> Response {
             )
         }
     }
-}
-
-fn parse_nonce(query: Option<&str>) -> Result<Option<Vec<u8>>, String> {
-    let Some(q) = query else { return Ok(None) };
-    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-        if k == "nonce" {
-            let n = hex::decode(v.as_bytes()).map_err(|e| format!("nonce is not hex: {e}"))?;
-            if n.is_empty() || n.len() > limits::MAX_NONCE {
-                return Err(format!("nonce must be 1 to {} bytes, found {}", limits::MAX_NONCE, n.len()));
-            }
-            return Ok(Some(n));
-        }
-    }
-    Ok(None)
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {

@@ -543,18 +543,26 @@ async fn workers_that_fail_the_proxy_policy_are_never_admitted() {
     assert_eq!((status, code_of(&body).as_str()), (404, "model_not_found"), "{body}");
 }
 
-/// A relay in front of a worker's shim that, while `tamper` is set, flips one
-/// character of every receipt trailer it passes: an untrusted host forging receipts.
-async fn receipt_tampering_relay(target: &str, tamper: Arc<std::sync::atomic::AtomicBool>) -> String {
+/// What a dishonest host in front of a worker does to receipt trailers.
+const HONEST: u8 = 0;
+/// Flips one character of every receipt: a forged signature.
+const FLIP: u8 = 1;
+/// Keeps the first receipt it sees and puts it on every later answer: a
+/// genuine receipt, for another request.
+const REPLAY_FIRST: u8 = 2;
+
+/// A relay in front of a worker's shim that rewrites receipt trailers as `mode` says.
+async fn receipt_tampering_relay(target: &str, mode: Arc<std::sync::atomic::AtomicU8>) -> String {
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let target = target.trim_start_matches("http://").to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let first: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
-            let tamper = tamper.clone();
+            let (mode, first) = (mode.clone(), first.clone());
             tokio::spawn(async move {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
@@ -563,32 +571,55 @@ async fn receipt_tampering_relay(target: &str, tamper: Arc<std::sync::atomic::At
                     let _ = sw.shutdown().await;
                 });
                 let marker = b"cocoon-receipt: ";
-                let mut tail: Vec<u8> = Vec::new();
+                let mut pending: Vec<u8> = Vec::new();
                 let mut buf = vec![0u8; 16 << 10];
                 while let Ok(n) = sr.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
-                    if tamper.load(Ordering::Relaxed) {
-                        // Look for the marker across the previous read's tail and this one.
-                        let keep = tail.len();
-                        let mut window = std::mem::take(&mut tail);
-                        window.extend_from_slice(&buf[..n]);
-                        let mut from = 0;
-                        while let Some(at) = find(&window[from..], marker) {
-                            let target = from + at + marker.len() + 20;
-                            if target >= keep && target < window.len() {
-                                let c = &mut buf[target - keep];
-                                *c = if *c == b'A' { b'B' } else { b'A' };
+                    pending.extend_from_slice(&buf[..n]);
+                    let mut out = Vec::new();
+                    loop {
+                        match find(&pending, marker) {
+                            Some(at) => {
+                                let start = at + marker.len();
+                                let Some(len) = find(&pending[start..], b"\r\n") else {
+                                    out.extend(pending.drain(..at));
+                                    break;
+                                };
+                                let mut value = pending[start..start + len].to_vec();
+                                match mode.load(Ordering::Relaxed) {
+                                    FLIP => value[20] = if value[20] == b'A' { b'B' } else { b'A' },
+                                    REPLAY_FIRST => {
+                                        let mut f = first.lock().unwrap();
+                                        match &*f {
+                                            None => *f = Some(value.clone()),
+                                            Some(old) if old.len() == value.len() => value = old.clone(),
+                                            Some(_) => value[20] ^= 1,
+                                        }
+                                    }
+                                    _ => {}
+                                }
+                                out.extend_from_slice(&pending[..start]);
+                                out.extend_from_slice(&value);
+                                pending.drain(..start + len);
                             }
-                            from += at + 1;
+                            None => {
+                                // Hold back only what may be the start of a marker.
+                                let keep = (1..marker.len().min(pending.len() + 1))
+                                    .rev()
+                                    .find(|&k| pending.ends_with(&marker[..k]))
+                                    .unwrap_or(0);
+                                out.extend(pending.drain(..pending.len() - keep));
+                                break;
+                            }
                         }
-                        tail = window[window.len().saturating_sub(64)..].to_vec();
                     }
-                    if cw.write_all(&buf[..n]).await.is_err() {
+                    if cw.write_all(&out).await.is_err() {
                         break;
                     }
                 }
+                let _ = cw.write_all(&pending).await;
             });
         }
     });
@@ -608,11 +639,11 @@ fn write_proxy_config(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_receipts_quarantine_a_worker_until_it_recovers() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicU8, Ordering};
     let dir = temp_dir("net-forged");
     let a = TestWorker::start(&dir, "a", 0);
     let b = TestWorker::start(&dir, "b", 0);
-    let tamper = Arc::new(AtomicBool::new(true));
+    let tamper = Arc::new(AtomicU8::new(FLIP));
     let b_url = receipt_tampering_relay(&b.url, tamper.clone()).await;
     let config = write_proxy_config(&dir);
     let (_proxy, proxy) = start_proxy(
@@ -658,7 +689,7 @@ async fn forged_receipts_quarantine_a_worker_until_it_recovers() {
     assert!(ledger["workers"].as_array().unwrap().iter().all(|w| w["worker_url"] != json!(b_url)), "{ledger}");
 
     // B's host behaves again; once the quarantine is over it wins traffic back.
-    tamper.store(false, Ordering::Relaxed);
+    tamper.store(HONEST, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(worker_state(&proxy, &b_url).await["state"], "up");
     let tasks: Vec<_> = (0..60)
@@ -675,6 +706,41 @@ async fn forged_receipts_quarantine_a_worker_until_it_recovers() {
         }
     }
     assert!(on_b > 0, "the recovered worker got no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_genuine_receipt_for_another_request_is_refused() {
+    use std::sync::atomic::AtomicU8;
+    let dir = temp_dir("net-swapped");
+    let a = TestWorker::start(&dir, "a", 0);
+    let b = TestWorker::start(&dir, "b", 0);
+    let b_url = receipt_tampering_relay(&b.url, Arc::new(AtomicU8::new(REPLAY_FIRST))).await;
+    let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b_url]);
+    wait_admitted(&proxy, 2).await;
+    let key = client_key(10);
+    deposit(&dir, &key, 1_000_000_000);
+    let runner = start_runner(&proxy, key).await;
+    let http = HttpClient::default();
+    let mut ok = 0u64;
+    for round in 0..3 {
+        let tasks: Vec<_> = (0..30)
+            .map(|i| {
+                let (http, runner) = (http.clone(), runner.clone());
+                tokio::spawn(async move { ask(&http, &runner, &prompt_for(round * 100 + i), true).await })
+            })
+            .collect();
+        for t in tasks {
+            ok += t.await.unwrap().is_ok() as u64;
+        }
+    }
+    let state = worker_state(&proxy, &b_url).await;
+    assert_eq!(state["state"], "quarantined", "{state}");
+    let ledger = ledger_json(&dir);
+    assert_eq!(ledger["totals"]["charges"].as_u64().unwrap(), ok, "only verified receipts are charged");
+    let b_credit = ledger["workers"].as_array().unwrap().iter().find(|w| w["worker_url"] == json!(b_url)).cloned();
+    // B's first answer carried its own receipt; every later one a copy of it, refused.
+    assert!(b_credit.is_none_or(|w| w["requests"] == 1), "{ledger}");
+    assert!(ok < 90, "B's answers with the copied receipt were refused");
 }
 
 fn registry_id(url: &str) -> String {
@@ -871,4 +937,41 @@ fn charge_rows(dir: &Path) -> std::collections::BTreeMap<String, u64> {
             (c["request_hash"].as_str().unwrap().to_string(), c["charge"].as_u64().unwrap())
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cocoon_serve_talks_to_one_worker_directly_without_a_proxy() {
+    let dir = temp_dir("net-direct");
+    let a = TestWorker::start(&dir, "a", 0);
+    let runner = Runner::direct(
+        &a.url,
+        Policy::insecure_simulated(),
+        EndorsementSources::default(),
+        client_key(9),
+        NanoTon(10_000_000),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cocoon_client::serve::serve(listener, Arc::new(runner), std::future::pending()));
+    let http = HttpClient::default();
+    for stream in [true, false] {
+        let answer = ask(&http, &url, "straight to the worker", stream).await.unwrap();
+        assert_eq!(answer.text, "WORKER THE TO STRAIGHT ");
+        // No proxy, no commission: the worker's attested prices alone.
+        assert_eq!(answer.cost, PRICES.cost(4, 4).0);
+        assert_eq!(answer.worker, a.url);
+    }
+    // The app's cost bound reaches the enclave sealed: generation stops within it.
+    let req = http::Request::post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header(cocoon_client::serve::APP_MAX_COST_HEADER, PRICES.cost(4, 2).0.to_string())
+        .body(Full::new(Bytes::from(chat_body("straight to the worker", false).to_string())))
+        .unwrap();
+    let resp = http.send(req).await.unwrap();
+    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "WORKER THE ", "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["cocoon"]["cost_nanoton"].as_u64().unwrap(), PRICES.cost(4, 2).0);
 }
