@@ -975,3 +975,43 @@ async fn cocoon_serve_talks_to_one_worker_directly_without_a_proxy() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["cocoon"]["cost_nanoton"].as_u64().unwrap(), PRICES.cost(4, 2).0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reputation_survives_a_proxy_restart_after_sigterm() {
+    let dir = temp_dir("net-persist");
+    let a = TestWorker::start(&dir, "a", 0);
+    let (mut proxy_proc, proxy) = dev_proxy(&dir, &[&a.url]);
+    wait_admitted(&proxy, 1).await;
+    let key = client_key(11);
+    deposit(&dir, &key, 1_000_000_000);
+    let runner = start_runner(&proxy, key).await;
+    let http = HttpClient::default();
+    for i in 0..5 {
+        ask(&http, &runner, &prompt_for(i), true).await.unwrap();
+    }
+    let status = Command::new("kill").args(["-TERM", &proxy_proc.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let code = proxy_proc.child.wait().unwrap();
+        drop(proxy_proc);
+        code
+    })
+    .await
+    .unwrap();
+    assert!(exit.success(), "the proxy exits cleanly on SIGTERM: {exit:?}");
+    let port: u16 = proxy.rsplit(':').next().unwrap().parse().unwrap();
+    let mut cmd = Command::new(workspace_bin("cocoon-proxy"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--worker", &a.url])
+        .arg("--ledger")
+        .arg(dir.join("ledger.sqlite"))
+        .arg("--account-key")
+        .arg(dir.join("proxy.key"))
+        .args(["--insecure-simulated", "--platform", "simulated"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _again = Proc { child: cmd.spawn().unwrap() };
+    wait_for_port(port, "the restarted proxy");
+    wait_admitted(&proxy, 1).await;
+    let w = &workers_json(&proxy).await["data"][0];
+    assert_eq!(w["reputation"]["completed"], 5, "{w}");
+}
