@@ -574,5 +574,10 @@ pub async fn serve(
     runner: Arc<Runner>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Token-sized SSE writes must not wait for delayed ACKs (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(runner)).with_graceful_shutdown(shutdown).await
 }
