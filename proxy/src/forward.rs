@@ -342,6 +342,15 @@ impl Metering {
     }
 }
 
+/// The worker's status and media type; nothing else of its head is passed on.
+fn response_head(parts: &http::response::Parts) -> http::response::Builder {
+    let out = Response::builder().status(parts.status);
+    match parts.headers.get(header::CONTENT_TYPE) {
+        Some(ct) => out.header(header::CONTENT_TYPE, ct),
+        None => out,
+    }
+}
+
 /// A whole (non-chunked) answer: the receipt is a header, so it is checked
 /// and charged before the body is passed on.
 async fn whole_back(
@@ -351,10 +360,7 @@ async fn whole_back(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     let (parts, body) = resp.into_parts();
-    let mut out = Response::builder().status(parts.status);
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        out = out.header(header::CONTENT_TYPE, ct);
-    }
+    let mut out = response_head(&parts);
     match parts.headers.get(media::RECEIPT_HEADER) {
         Some(receipt) => match m.charge(receipt.as_bytes()).await {
             Ok(charge) => {
@@ -382,12 +388,7 @@ async fn stream_back(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     let (parts, body) = resp.into_parts();
-    let mut out = Response::builder()
-        .status(parts.status)
-        .header(header::TRAILER, HeaderValue::from_static("cocoon-receipt, cocoon-charge"));
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        out = out.header(header::CONTENT_TYPE, ct);
-    }
+    let out = response_head(&parts).header(header::TRAILER, HeaderValue::from_static("cocoon-receipt, cocoon-charge"));
     out.body(pump(m, body, in_flight, permit, true)).expect("valid response parts")
 }
 

@@ -141,6 +141,14 @@ fn ledger_json(dir: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Waits for `workers` admissions, funds client `seed` with `amount` and starts its runner.
+async fn funded_runner(dir: &Path, proxy: &str, workers: usize, seed: u8, amount: u64) -> (String, HttpClient) {
+    wait_admitted(proxy, workers).await;
+    let key = client_key(seed);
+    deposit(dir, &key, amount);
+    (start_runner(proxy, key).await, HttpClient::default())
+}
+
 fn client_key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
@@ -242,11 +250,7 @@ async fn load_spreads_answers_are_metered_and_the_ledger_balances() {
     let a = TestWorker::start(&dir, "a", 2);
     let b = TestWorker::start(&dir, "b", 2);
     let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b.url]);
-    wait_admitted(&proxy, 2).await;
-    let key = client_key(1);
-    deposit(&dir, &key, 1_000_000_000);
-    let runner = start_runner(&proxy, key).await;
-    let http = HttpClient::default();
+    let (runner, http) = funded_runner(&dir, &proxy, 2, 1, 1_000_000_000).await;
 
     let n = 60;
     let tasks: Vec<_> = (0..n)
@@ -429,11 +433,7 @@ async fn a_killed_worker_is_failed_over_and_nothing_is_charged_without_a_receipt
     let a = TestWorker::start(&dir, "a", 5);
     let mut b = TestWorker::start(&dir, "b", 5);
     let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b.url]);
-    wait_admitted(&proxy, 2).await;
-    let key = client_key(3);
-    deposit(&dir, &key, 10_000_000_000);
-    let runner = start_runner(&proxy, key).await;
-    let http = HttpClient::default();
+    let (runner, http) = funded_runner(&dir, &proxy, 2, 3, 10_000_000_000).await;
 
     let n = 200;
     let started = Instant::now();
@@ -485,11 +485,7 @@ async fn a_restarted_worker_is_reattested_with_its_new_keys() {
     let dir = temp_dir("net-restart");
     let mut a = TestWorker::start(&dir, "a", 0);
     let (_proxy, proxy) = dev_proxy(&dir, &[&a.url]);
-    wait_admitted(&proxy, 1).await;
-    let key = client_key(4);
-    deposit(&dir, &key, 1_000_000_000);
-    let runner = start_runner(&proxy, key).await;
-    let http = HttpClient::default();
+    let (runner, http) = funded_runner(&dir, &proxy, 1, 4, 1_000_000_000).await;
     ask(&http, &runner, "before the restart", true).await.unwrap();
     let before = workers_json(&proxy).await["data"][0]["evidence_sha256"].clone();
     a.restart_enclave();
@@ -651,11 +647,7 @@ async fn forged_receipts_quarantine_a_worker_until_it_recovers() {
         &[&a.url, &b_url],
         &["--insecure-simulated", "--platform", "simulated", "--config", config.to_str().unwrap()],
     );
-    wait_admitted(&proxy, 2).await;
-    let key = client_key(5);
-    deposit(&dir, &key, 1_000_000_000);
-    let runner = start_runner(&proxy, key).await;
-    let http = HttpClient::default();
+    let (runner, http) = funded_runner(&dir, &proxy, 2, 5, 1_000_000_000).await;
 
     // Every answer B gives carries a forged receipt: the proxy cuts it off,
     // charges nobody, and quarantines B after the first one.
@@ -716,11 +708,7 @@ async fn a_genuine_receipt_for_another_request_is_refused() {
     let b = TestWorker::start(&dir, "b", 0);
     let b_url = receipt_tampering_relay(&b.url, Arc::new(AtomicU8::new(REPLAY_FIRST))).await;
     let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b_url]);
-    wait_admitted(&proxy, 2).await;
-    let key = client_key(10);
-    deposit(&dir, &key, 1_000_000_000);
-    let runner = start_runner(&proxy, key).await;
-    let http = HttpClient::default();
+    let (runner, http) = funded_runner(&dir, &proxy, 2, 10, 1_000_000_000).await;
     let mut ok = 0u64;
     for round in 0..3 {
         let tasks: Vec<_> = (0..30)
@@ -754,11 +742,7 @@ async fn a_slow_worker_gets_less_traffic() {
     let fast = TestWorker::start(&dir, "fast", 0);
     let slow = TestWorker::start(&dir, "slow", 40);
     let (_proxy, proxy) = dev_proxy(&dir, &[&fast.url, &slow.url]);
-    wait_admitted(&proxy, 2).await;
-    let key = client_key(6);
-    deposit(&dir, &key, 1_000_000_000);
-    let runner = start_runner(&proxy, key).await;
-    let http = HttpClient::default();
+    let (runner, http) = funded_runner(&dir, &proxy, 2, 6, 1_000_000_000).await;
     let mut on_fast = 0;
     for i in 0..30 {
         // Whole answers: the first byte comes after generation, so it measures the worker's speed.
@@ -841,11 +825,7 @@ async fn a_proxy_killed_under_load_loses_no_acknowledged_charge_and_charges_none
     let mut proxy = Proc { child: proxy_args(port).spawn().unwrap() };
     wait_for_port(port, "the proxy");
     let proxy_url = format!("http://127.0.0.1:{port}");
-    wait_admitted(&proxy_url, 2).await;
-    let key = client_key(8);
-    deposit(&dir, &key, 100_000_000_000);
-    let runner = start_runner(&proxy_url, key).await;
-    let http = HttpClient::default();
+    let (runner, http) = funded_runner(&dir, &proxy_url, 2, 8, 100_000_000_000).await;
 
     let n = 1000;
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -981,11 +961,7 @@ async fn reputation_survives_a_proxy_restart_after_sigterm() {
     let dir = temp_dir("net-persist");
     let a = TestWorker::start(&dir, "a", 0);
     let (mut proxy_proc, proxy) = dev_proxy(&dir, &[&a.url]);
-    wait_admitted(&proxy, 1).await;
-    let key = client_key(11);
-    deposit(&dir, &key, 1_000_000_000);
-    let runner = start_runner(&proxy, key).await;
-    let http = HttpClient::default();
+    let (runner, http) = funded_runner(&dir, &proxy, 1, 11, 1_000_000_000).await;
     for i in 0..5 {
         ask(&http, &runner, &prompt_for(i), true).await.unwrap();
     }
