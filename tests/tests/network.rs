@@ -26,19 +26,6 @@ use support::*;
 const PRICES: Prices = Prices { prompt_per_1k: NanoTon(1_000_000), completion_per_1k: NanoTon(3_000_000) };
 const COMMISSION_PPM: u64 = 125_000;
 
-fn worker_config(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[model]\nmax_batch = 16\nmax_queue = 16\n\n[pricing]\nprompt_per_1k = {}\ncompletion_per_1k = {}\npayout_address = \"UQ-{name}\"\n",
-            PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0
-        ),
-    )
-    .unwrap();
-    path
-}
-
 /// One worker: the test enclave behind a host shim.
 struct TestWorker {
     enclave: Option<Proc>,
@@ -51,8 +38,12 @@ struct TestWorker {
 
 impl TestWorker {
     fn start(dir: &Path, name: &str, delay_ms: u64) -> Self {
+        Self::with_capacity(dir, name, delay_ms, 16)
+    }
+
+    fn with_capacity(dir: &Path, name: &str, delay_ms: u64, capacity: u32) -> Self {
         let sock = dir.join(format!("{name}.sock"));
-        let config = worker_config(dir, name);
+        let config = priced_config(dir, name, (PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0), capacity);
         let enclave = start_enclave_with(&sock, delay_ms, Some(&config));
         let (host, url) = start_host(&format!("unix:{}", sock.display()), &[]);
         TestWorker { enclave: Some(enclave), host: Some(host), url, sock, config, delay_ms }
@@ -790,23 +781,8 @@ async fn relays_between_the_parties_see_neither_prompt_nor_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_proxy_killed_under_load_loses_no_acknowledged_charge_and_charges_none_twice() {
     let dir = temp_dir("net-crash");
-    let mut workers = Vec::new();
-    for name in ["a", "b"] {
-        let sock = dir.join(format!("{name}.sock"));
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[model]\nmax_batch = 256\nmax_queue = 256\n\n[pricing]\nprompt_per_1k = {}\ncompletion_per_1k = {}\n",
-                PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0
-            ),
-        )
-        .unwrap();
-        let enclave = start_enclave_with(&sock, 1, Some(&config));
-        let (host, url) = start_host(&format!("unix:{}", sock.display()), &[]);
-        workers.push((enclave, host, url));
-    }
-    let urls: Vec<&str> = workers.iter().map(|w| w.2.as_str()).collect();
+    let workers = [TestWorker::with_capacity(&dir, "a", 1, 256), TestWorker::with_capacity(&dir, "b", 1, 256)];
+    let urls: Vec<&str> = workers.iter().map(|w| w.url.as_str()).collect();
     let port = free_port();
     let proxy_args = |port: u16| {
         let mut cmd = Command::new(workspace_bin("cocoon-proxy"));

@@ -27,15 +27,7 @@ fn sdk_python() -> String {
 }
 
 fn worker(dir: &Path, name: &str) -> (Proc, Proc, String) {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[pricing]\nprompt_per_1k = {}\ncompletion_per_1k = {}\n",
-            PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0
-        ),
-    )
-    .unwrap();
+    let config = priced_config(dir, name, (PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0), 16);
     let sock = dir.join(format!("{name}.sock"));
     let enclave = start_enclave_with(&sock, 1, Some(&config));
     let (host, url) = start_host(&format!("unix:{}", sock.display()), &[]);

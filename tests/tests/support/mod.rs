@@ -48,6 +48,19 @@ pub fn start_enclave(socket: &Path, token_delay_ms: u64) -> Proc {
     start_enclave_with(socket, token_delay_ms, None)
 }
 
+/// A worker's static config: prices (nanoTON per 1,000 prompt and completion
+/// tokens), payout address `UQ-{name}`, and `capacity` as both batch and queue.
+pub fn priced_config(dir: &Path, name: &str, prices: (u64, u64), capacity: u32) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "[model]\nmax_batch = {capacity}\nmax_queue = {capacity}\n\n[pricing]\nprompt_per_1k = {}\n\
+         completion_per_1k = {}\npayout_address = \"UQ-{name}\"\n",
+        prices.0, prices.1
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The test enclave with a static config (prices, payout address, capacity).
 pub fn start_enclave_with(socket: &Path, token_delay_ms: u64, config: Option<&Path>) -> Proc {
     let _ = std::fs::remove_file(socket);
