@@ -186,8 +186,10 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         Ok(u) => u,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "worker_url", e, false),
     };
+    let chunked = media_is(content_type, media::OHTTP_CHUNKED_REQUEST);
     let upstream = http::Request::post(uri)
-        .header(header::CONTENT_TYPE, content_type)
+        // The canonical spelling: the client's may differ in case or carry parameters.
+        .header(header::CONTENT_TYPE, if chunked { media::OHTTP_CHUNKED_REQUEST } else { media::OHTTP_REQUEST })
         .header(header::TE, "trailers")
         .body(Full::new(sealed))
         .expect("valid request parts");
@@ -254,7 +256,6 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         ttfb_ms,
         started,
     };
-    let chunked = media_is(content_type, media::OHTTP_CHUNKED_REQUEST);
     if chunked {
         stream_back(ctx, resp, in_flight, permit).await
     } else {

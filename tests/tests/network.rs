@@ -386,6 +386,12 @@ async fn bad_requests_are_refused_each_with_its_own_error_and_nothing_is_charged
     // A good one goes through, once; the same bytes again are refused.
     let (sealed, worker) = sealed_request(&proxy, "x y z").await;
     let good = raw_post(&host, &worker, &auth_headers(&key, &sealed, 100_000), &sealed);
+    // Media types compare case-insensitively and may carry parameters (RFC 9110).
+    let head_end = find(&good, b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(good[..head_end].to_vec())
+        .unwrap()
+        .replace(media::OHTTP_CHUNKED_REQUEST, "MESSAGE/OHTTP-CHUNKED-REQ; charset=x");
+    let good = [head.as_bytes(), &good[head_end..]].concat();
     let (status, _) = raw_http(&proxy, &good).await;
     assert_eq!(status, 200);
     let (status, body) = raw_http(&proxy, &good).await;
