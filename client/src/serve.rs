@@ -21,22 +21,22 @@ use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use cocoon_attestation::{Policy, VerifiedWorker, assess};
+use cocoon_attestation::{Policy, VerifiedWorker};
 use cocoon_protocol::authorization::ClientAuthorization;
 use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
+use cocoon_protocol::price::ProxyTerms;
 use cocoon_protocol::{Commission, NanoTon, Prices, Receipt, limits, media};
 
 use crate::chat::SseParser;
 use crate::endorsements::EndorsementSources;
 use crate::http::{HttpClient, join};
-use crate::worker::{ClientError, ResponseStream, Route, Worker, fetch_evidence, unix_now};
+use crate::worker::{ClientError, ResponseStream, Route, Worker, fetch_verified};
 
 /// Workers tried for one request before the runner gives up.
 const MAX_ATTEMPTS: usize = 4;
@@ -66,12 +66,6 @@ pub struct Runner {
     verified: Mutex<HashMap<[u8; 32], VerifiedWorker>>,
 }
 
-#[derive(Debug, Deserialize)]
-struct ProxyTerms {
-    account_key: String,
-    commission_ppm: u64,
-}
-
 impl Runner {
     /// Connects to a proxy: fetches its terms and its evidence, verifies that
     /// the evidence passes `policy` and binds exactly these terms.
@@ -92,10 +86,7 @@ impl Runner {
         }
         let terms: ProxyTerms = serde_json::from_slice(&terms_bytes)
             .map_err(|e| ClientError::Protocol(format!("the proxy's terms are not valid JSON: {e}")))?;
-        let (evidence, nonce) = fetch_evidence(&http, proxy, true).await?;
-        let now = unix_now();
-        let endorsements = sources.endorsements(&http, &evidence, now).await?;
-        let verified = assess(&evidence, &policy, nonce.as_deref(), now, &endorsements).into_result()?;
+        let (_, verified) = fetch_verified(&http, proxy, &policy, &sources, true).await?;
         let digest: [u8; 32] = Sha256::digest(&terms_bytes).into();
         if verified.claims.config_digest.as_slice() != digest {
             return Err(ClientError::Protocol(
@@ -105,8 +96,7 @@ impl Runner {
         if hex::encode(verified.receipt_key) != terms.account_key {
             return Err(ClientError::Protocol("the proxy's terms name another account key than its evidence".into()));
         }
-        let commission =
-            Commission::from_ppm(terms.commission_ppm).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let commission = terms.commission().map_err(|e| ClientError::Protocol(e.to_string()))?;
         info!(proxy, commission_ppm = commission.ppm(), account = %terms.account_key, "proxy verified");
         Ok(Runner {
             upstream: Upstream::Proxy { url: proxy.trim_end_matches('/').to_string(), commission },

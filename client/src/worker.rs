@@ -85,6 +85,23 @@ pub async fn fetch_evidence(
     Ok((body.to_vec(), nonce))
 }
 
+/// Fetches the evidence of the party at `base` (fresh for a new nonce when
+/// `fresh`) and verifies it under `policy`; returns the document as served
+/// and what passed. A refusal is `ClientError::Attestation`.
+pub async fn fetch_verified(
+    http: &HttpClient,
+    base: &str,
+    policy: &Policy,
+    sources: &EndorsementSources,
+    fresh: bool,
+) -> Result<(Vec<u8>, VerifiedWorker), ClientError> {
+    let (evidence, nonce) = fetch_evidence(http, base, fresh).await?;
+    let now = unix_now();
+    let endorsements = sources.endorsements(http, &evidence, now).await?;
+    let verified = assess(&evidence, policy, nonce.as_deref(), now, &endorsements).into_result()?;
+    Ok((evidence, verified))
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -108,10 +125,7 @@ impl Worker {
         fresh: bool,
     ) -> Result<Self, ClientError> {
         let http = HttpClient::default();
-        let (evidence, nonce) = fetch_evidence(&http, base, fresh).await?;
-        let now = unix_now();
-        let endorsements = sources.endorsements(&http, &evidence, now).await?;
-        let verified = assess(&evidence, policy, nonce.as_deref(), now, &endorsements).into_result()?;
+        let (_, verified) = fetch_verified(&http, base, policy, sources, fresh).await?;
         Ok(Worker { route: Route::Direct { base: base.to_string() }, http, verified })
     }
 

@@ -152,6 +152,26 @@ impl Commission {
     }
 }
 
+/// A proxy's price terms (`GET /v1/terms`): the exact bytes its evidence binds
+/// as its config digest, so a client knows whom it pays and what on top.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTerms {
+    pub version: u32,
+    /// Hex Ed25519 public key of the proxy's account.
+    pub account_key: String,
+    /// Commission on top of the worker's cost, in parts per million.
+    pub commission_ppm: u64,
+    /// What a client may owe beyond its deposits.
+    pub credit_limit: NanoTon,
+}
+
+impl ProxyTerms {
+    pub fn commission(&self) -> Result<Commission, CommissionError> {
+        Commission::from_ppm(self.commission_ppm)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

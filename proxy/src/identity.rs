@@ -9,37 +9,18 @@
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
 use cocoon_attestation::{AttestationError, EvidenceProducer, evidence_document};
 use cocoon_protocol::evidence::CLAIMS_VERSION;
 use cocoon_protocol::ohttp::{GatewayKey, KeyConfig};
+use cocoon_protocol::price::ProxyTerms;
 use cocoon_protocol::{Claims, Commission, NanoTon};
-
-/// The proxy's price terms, as clients read and verify them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Terms {
-    pub version: u32,
-    /// Hex Ed25519 public key of the proxy's account.
-    pub account_key: String,
-    /// Commission on top of the worker's cost, in parts per million.
-    pub commission_ppm: u64,
-    /// What a client may owe beyond its deposits.
-    pub credit_limit: NanoTon,
-}
-
-impl Terms {
-    pub fn commission(&self) -> Result<Commission, String> {
-        Commission::from_ppm(self.commission_ppm).map_err(|e| e.to_string())
-    }
-}
 
 pub struct Identity {
     pub key: SigningKey,
-    pub terms: Terms,
+    pub terms: ProxyTerms,
     pub terms_bytes: Vec<u8>,
     pub claims_bytes: Vec<u8>,
     producer: Arc<dyn EvidenceProducer>,
@@ -54,7 +35,7 @@ impl Identity {
         credit_limit: NanoTon,
         producer: Arc<dyn EvidenceProducer>,
     ) -> Result<Self, AttestationError> {
-        let terms = Terms {
+        let terms = ProxyTerms {
             version: 1,
             account_key: hex::encode(key.verifying_key().to_bytes()),
             commission_ppm: commission.ppm(),

@@ -17,10 +17,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use cocoon_attestation::{AttestationError, Policy, VerifiedWorker, assess};
+use cocoon_attestation::{AttestationError, Policy, VerifiedWorker};
 use cocoon_client::EndorsementSources;
 use cocoon_client::http::HttpClient;
-use cocoon_client::worker::{ClientError, fetch_evidence};
+use cocoon_client::worker::{ClientError, fetch_verified};
 use cocoon_protocol::{Platform, Prices};
 
 use crate::config::{ProxyConfig, secs};
@@ -185,16 +185,11 @@ impl Registry {
     pub async fn attest(&self, url: &str) -> Result<Attested, AdmissionError> {
         let limit = secs(self.config.limits.attest_timeout_s);
         let work = async {
-            let (evidence, nonce) = fetch_evidence(&self.http, url, true).await.map_err(AdmissionError::Fetch)?;
-            let now = cocoon_client::worker::unix_now();
-            let endorsements = self
-                .sources
-                .endorsements(&self.http, &evidence, now)
-                .await
-                .map_err(|e| AdmissionError::Fetch(ClientError::Endorsements(e)))?;
-            let verified = assess(&evidence, &self.policy, nonce.as_deref(), now, &endorsements)
-                .into_result()
-                .map_err(AdmissionError::Refused)?;
+            let (evidence, verified) =
+                fetch_verified(&self.http, url, &self.policy, &self.sources, true).await.map_err(|e| match e {
+                    ClientError::Attestation(e) => AdmissionError::Refused(e),
+                    other => AdmissionError::Fetch(other),
+                })?;
             Attested::from_verified(evidence, verified)
         };
         tokio::time::timeout(limit, work).await.map_err(|_| AdmissionError::Timeout(limit))?
