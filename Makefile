@@ -60,6 +60,7 @@ bench: model
 	$(CARGO) bench -p cocoon-attestation --bench verification
 	$(CARGO) bench -p cocoon-tests --bench forwarding
 	$(CARGO) bench -p cocoon-tests --bench network
+	$(CARGO) bench -p cocoon-tests --bench evidence
 	$(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench
 
 # The main job on the embedded default model: enclave (simulated evidence, CPU)
@@ -98,7 +99,7 @@ measure:
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly + cargo-fuzz).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = tdx_quote snp_report evidence_cbor cert_chain client_authorization
+FUZZ_TARGETS = tdx_quote snp_report evidence_cbor cert_chain client_authorization ohttp bhttp receipt inner_api
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "fuzz needs cargo-fuzz (cargo install cargo-fuzz) and a nightly toolchain"; exit 1; }
 	for t in $(FUZZ_TARGETS); do \

@@ -26,7 +26,7 @@ pub use binding::{gpu_nonce, parse_nonce_query, report_data};
 pub use files::read_limited;
 pub use hexfmt::{parse_rfc3339, rfc3339};
 pub use policy::Policy;
-pub use producer::{EvidenceProducer, PlatformEvidence, evidence_document};
+pub use producer::{EvidenceProducer, PlatformEvidence, batched_evidence_documents, evidence_document};
 pub use reference::ReferenceValues;
 pub use verify::{Assessment, Endorsements, HardwareReport, RuleOutcome, VerifiedWorker, assess, verify_evidence};
 

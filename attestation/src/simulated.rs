@@ -23,6 +23,8 @@ struct SimulatedReport {
 
 pub struct SimulatedProducer {
     key: SigningKey,
+    /// Stands in for a real quote's latency (benchmarks of evidence batching).
+    delay: std::time::Duration,
 }
 
 impl Default for SimulatedProducer {
@@ -35,7 +37,12 @@ impl SimulatedProducer {
     pub fn new() -> Self {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).expect("the operating system's random source failed");
-        SimulatedProducer { key: SigningKey::from_bytes(&seed) }
+        SimulatedProducer { key: SigningKey::from_bytes(&seed), delay: std::time::Duration::ZERO }
+    }
+
+    /// A producer that takes `delay` per report, as hardware does (tens of ms for a TDX quote).
+    pub fn with_delay(delay: std::time::Duration) -> Self {
+        SimulatedProducer { delay, ..Self::new() }
     }
 }
 
@@ -49,6 +56,9 @@ impl EvidenceProducer for SimulatedProducer {
     }
 
     fn produce(&self, report_data: &[u8; 64]) -> Result<PlatformEvidence, AttestationError> {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
         let signature = self.key.sign(&signed_message(report_data));
         let report = SimulatedReport {
             report_data: ByteBuf::from(report_data.to_vec()),

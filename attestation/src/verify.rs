@@ -245,13 +245,37 @@ fn run(
     pass(rules, "report_data", "SHA-512(claims [|| nonce]) matches the report".into());
     if let Some(want) = nonce {
         let got = doc.nonce.as_deref().map(|n| n.as_slice());
-        if got != Some(want) {
-            return Err(AttestationError::NonceMismatch {
-                expected: hex::encode(want),
-                found: got.map(hex::encode).unwrap_or_else(|| "no nonce".into()),
-            });
+        match &doc.nonce_proof {
+            // Batched: our nonce must lead, by its audit path, to the root the report binds.
+            Some(proof) => {
+                let root = proof.root_for(want);
+                if root.is_none() || root.as_ref().map(|r| r.as_slice()) != got {
+                    return Err(AttestationError::NonceMismatch {
+                        expected: format!("a batch containing {}", hex::encode(want)),
+                        found: format!(
+                            "an audit path (leaf {} of {}) that does not lead from it to the signed root {}",
+                            proof.index,
+                            proof.size,
+                            got.map(hex::encode).unwrap_or_else(|| "(none)".into())
+                        ),
+                    });
+                }
+                pass(
+                    rules,
+                    "nonce",
+                    format!("evidence is fresh for our nonce (leaf {} of a batch of {})", proof.index, proof.size),
+                );
+            }
+            None => {
+                if got != Some(want) {
+                    return Err(AttestationError::NonceMismatch {
+                        expected: hex::encode(want),
+                        found: got.map(hex::encode).unwrap_or_else(|| "no nonce".into()),
+                    });
+                }
+                pass(rules, "nonce", "evidence is fresh for our nonce".into());
+            }
         }
-        pass(rules, "nonce", "evidence is fresh for our nonce".into());
     }
 
     // 4. Policy: every rule is evaluated so that a refusal lists all it broke.
@@ -560,6 +584,7 @@ mod tests {
             certificates: None,
             event_log: None,
             gpu: None,
+            nonce_proof: None,
         }
         .encode()
     }
@@ -614,5 +639,30 @@ mod tests {
             bad[i] ^= 0x01;
             assert!(verify_evidence(&bad, &dev, Some(b"n"), ISSUED, &none()).is_err(), "flip at {i} accepted");
         }
+    }
+
+    #[test]
+    fn batched_evidence_verifies_for_each_own_nonce_only() {
+        let claims = Claims::decode(&EvidenceDocument::decode(&evidence(None)).unwrap().0.claims).unwrap().encode();
+        let nonces: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; 32]).collect();
+        let docs = crate::batched_evidence_documents(&SimulatedProducer::new(), &claims, &nonces).unwrap();
+        let dev = Policy::insecure_simulated();
+        for (i, doc) in docs.iter().enumerate() {
+            let v = verify_evidence(doc, &dev, Some(&nonces[i]), ISSUED, &none()).unwrap();
+            let rule = v.rules.iter().find(|r| r.rule == "nonce").unwrap();
+            assert!(rule.detail.contains(&format!("leaf {i} of a batch of 7")), "{}", rule.detail);
+            // The proof moved to another verifier's nonce is refused.
+            let other = &nonces[(i + 1) % nonces.len()];
+            let e = refusal(verify_evidence(doc, &dev, Some(other), ISSUED, &none()));
+            assert!(e.contains("does not lead from it to the signed root"), "{e}");
+        }
+        // A proof moved into another document of the same batch fails too.
+        let (mut moved, _) = EvidenceDocument::decode(&docs[0]).unwrap();
+        moved.nonce_proof = EvidenceDocument::decode(&docs[1]).unwrap().0.nonce_proof;
+        assert!(verify_evidence(&moved.encode(), &dev, Some(&nonces[0]), ISSUED, &none()).is_err());
+        // One nonce makes ordinary single-nonce evidence.
+        let single = crate::batched_evidence_documents(&SimulatedProducer::new(), &claims, &nonces[..1]).unwrap();
+        assert!(EvidenceDocument::decode(&single[0]).unwrap().0.nonce_proof.is_none());
+        verify_evidence(&single[0], &dev, Some(&nonces[0]), ISSUED, &none()).unwrap();
     }
 }

@@ -210,6 +210,7 @@ fn hardware_report_that_does_not_bind_the_claims_is_refused() {
             certificates: certs,
             event_log: None,
             gpu: None,
+            nonce_proof: None,
         }
         .encode()
     };

@@ -6,7 +6,7 @@ use serde_json::json;
 use cocoon_protocol::Receipt;
 use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
 
-use crate::worker::{ClientError, Worker};
+use crate::worker::{ClientError, Worker, api_error};
 
 /// Longest Server-Sent Events line accepted.
 const MAX_SSE_LINE: usize = 1 << 20;
@@ -88,7 +88,7 @@ impl Worker {
             }
         }
         if status != 200 {
-            return Err(ClientError::Api { status, message: api_error_message(&error_body) });
+            return Err(api_error(status, &error_body));
         }
         out.receipt = stream
             .receipt()?
@@ -108,21 +108,14 @@ fn placeholder() -> Receipt {
     }
 }
 
-fn api_error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
-}
-
 fn handle_event(data: &str, out: &mut ChatOutcome, on_delta: &mut impl FnMut(&str)) -> Result<(), ClientError> {
     if data == "[DONE]" {
         return Ok(());
     }
     let v: serde_json::Value =
         serde_json::from_str(data).map_err(|e| ClientError::Protocol(format!("stream event is not JSON: {e}")))?;
-    if let Some(msg) = v["error"]["message"].as_str() {
-        return Err(ClientError::Api { status: 200, message: msg.to_string() });
+    if v.get("error").is_some() {
+        return Err(api_error(200, data.as_bytes()));
     }
     if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
         out.usage = serde_json::from_value(u.clone()).ok();

@@ -270,8 +270,8 @@ impl AppError {
                     .unwrap_or_else(|| body.clone());
                 AppError { status: *status, code, message }
             }
-            ClientError::Api { status, message } => {
-                AppError { status: *status, code: "worker_error".into(), message: message.clone() }
+            ClientError::Api { status, code, message } => {
+                AppError { status: *status, code: code.clone(), message: message.clone() }
             }
             _ => AppError { status: 502, code: "upstream_error".into(), message: e.to_string() },
         }

@@ -35,8 +35,8 @@ pub enum ClientError {
     Bhttp(#[from] BhttpError),
     #[error("receipt: {0}")]
     Receipt(#[from] ReceiptError),
-    #[error("the worker answered {status}: {message}")]
-    Api { status: u16, message: String },
+    #[error("{what} (HTTP {status}, {code}): {message}", what = describe_api_error(code))]
+    Api { status: u16, code: String, message: String },
     #[error("worker {worker} is unavailable ({message}); the proxy suggests {next}", next = next_worker.as_deref().unwrap_or("no other worker"))]
     Retryable { worker: String, message: String, next_worker: Option<String> },
     #[error("{0}")]
@@ -195,7 +195,7 @@ impl Worker {
 
     /// One sealed request and its whole sealed response (`message/ohttp-req`).
     pub async fn send(&self, request: &InnerRequest) -> Result<(InnerResponse, Option<Receipt>), ClientError> {
-        let (sealed, opener) = self.client_request()?.seal(&request.encode())?;
+        let (sealed, opener) = self.client_request()?.seal(&dated(request).encode())?;
         let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
         let resp = self.post(media::OHTTP_REQUEST, sealed, &[]).await?;
         let receipt = verify_receipt(resp.headers(), &request_hash, &self.verified.receipt_key)?;
@@ -220,7 +220,7 @@ impl Worker {
         request: &InnerRequest,
         headers_for: impl FnOnce(&[u8; 32]) -> Vec<(&'static str, String)>,
     ) -> Result<ResponseStream, ClientError> {
-        let (sealed, opener) = self.client_request()?.seal_chunked(&request.encode())?;
+        let (sealed, opener) = self.client_request()?.seal_chunked(&dated(request).encode())?;
         let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
         let extra = headers_for(&request_hash);
         let resp = self.post(media::OHTTP_CHUNKED_REQUEST, sealed, &extra).await?;
@@ -235,6 +235,46 @@ impl Worker {
             finished: false,
         })
     }
+}
+
+/// What an OpenAI error code from the worker means, in words.
+fn describe_api_error(code: &str) -> &'static str {
+    match code {
+        "busy" => "the worker is busy; retry later or choose another worker",
+        "max_cost_exceeded" => "the answer would cost more than the maximum allowed",
+        "model_not_found" => "the worker does not serve this model",
+        "model_not_loaded" => "the worker has no model loaded",
+        "invalid_request" | "bad_message" => "the worker refused the request as invalid",
+        "not_found" | "method_not_allowed" => "the worker has no such endpoint",
+        "engine" => "the worker's engine failed",
+        _ => "the worker refused the request",
+    }
+}
+
+/// An OpenAI error body from the worker as a client error; `status` is the
+/// inner status, or, for an error inside a stream that began with 200, the
+/// status its code stands for.
+pub fn api_error(status: u16, body: &[u8]) -> ClientError {
+    let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field = |k: &str| v.as_ref().and_then(|v| v["error"][k].as_str().map(str::to_owned));
+    let code = field("code").unwrap_or_else(|| "unknown".into());
+    let message = field("message").unwrap_or_else(|| text_of(body));
+    let status = match (status, code.as_str()) {
+        (200, "busy") => 429,
+        (200, "max_cost_exceeded") => 402,
+        (200, "invalid_request" | "bad_message") => 400,
+        (200, _) => 500,
+        (s, _) => s,
+    };
+    ClientError::Api { status, code, message }
+}
+
+/// The request dated now: the enclave refuses undated requests and those
+/// outside its replay window.
+fn dated(request: &InnerRequest) -> InnerRequest {
+    let mut r = request.clone();
+    r.stamp(SystemTime::now());
+    r
 }
 
 /// A proxy's failover answer: 503 naming the next worker, or a JSON error marked retryable.

@@ -246,6 +246,12 @@ async fn complete(
     c: CompletionRequest,
     cost_cap: Option<CostCap>,
 ) -> ApiReply {
+    // Parameters are checked first, so that all parsing of outside input
+    // runs (and is fuzzed) without a model.
+    let request = match generation_request(prompt, &c) {
+        Ok(r) => GenerationRequest { cost_cap, ..r },
+        Err(reply) => return reply,
+    };
     let Some(engine) = engine else {
         return ApiReply::error(503, "server_error", "model_not_loaded", "this enclave has no model loaded");
     };
@@ -258,10 +264,6 @@ async fn complete(
             format!("model {:?} is not served here; this enclave serves {served:?}", c.model),
         );
     }
-    let request = match generation_request(prompt, &c) {
-        Ok(r) => GenerationRequest { cost_cap, ..r },
-        Err(reply) => return reply,
-    };
     let id = random_id(match kind {
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -14,7 +15,7 @@ use cocoon_engine::Engine;
 use cocoon_protocol::Platform;
 
 use crate::model_config::{ModelSection, StaticConfig, start_engine};
-use crate::state::EnclaveState;
+use crate::state::{EnclaveState, ServeLimits};
 use crate::transport::{ListenAddr, Listener};
 
 /// Largest static config file accepted.
@@ -66,6 +67,29 @@ pub struct Args {
     /// Sequences decoded together (overrides model.max_batch).
     #[arg(long)]
     pub max_batch: Option<usize>,
+    /// Seconds a sealed request's date may differ from the enclave's clock.
+    #[arg(long, default_value_t = crate::replay::DEFAULT_WINDOW.as_secs())]
+    pub replay_window: u64,
+    /// Sealed requests remembered for replay detection (32 bytes each).
+    #[arg(long, default_value_t = crate::replay::DEFAULT_CAPACITY)]
+    pub replay_capacity: usize,
+    /// Shortest time between two hardware reports for fresh evidence, in
+    /// milliseconds; verifiers arriving meanwhile share the next report.
+    #[arg(long, default_value_t = crate::fresh_evidence::DEFAULT_MIN_INTERVAL.as_millis() as u64)]
+    pub evidence_interval_ms: u64,
+    /// Verifiers that may wait for fresh evidence at once.
+    #[arg(long, default_value_t = crate::fresh_evidence::DEFAULT_MAX_WAITING)]
+    pub max_evidence_waiting: usize,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds that requests in progress get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    pub grace: u64,
+    /// Simulated platform only: milliseconds each report takes, standing in
+    /// for a real quote's latency (benchmarks).
+    #[arg(long, default_value_t = 0, requires = "insecure_simulated")]
+    pub simulated_report_delay_ms: u64,
     /// Print the digest of the model at --model (for the config's model.digest) and exit.
     #[arg(long, requires = "model")]
     pub print_model_digest: bool,
@@ -110,7 +134,8 @@ fn producer(args: &Args) -> anyhow::Result<Arc<dyn EvidenceProducer>> {
                 "WARNING: SIMULATED EVIDENCE. This enclave's attestation is signed by a key made in software; \
                  it proves nothing about the machine. Never use this outside development."
             );
-            return Ok(Arc::new(SimulatedProducer::new()));
+            let delay = std::time::Duration::from_millis(args.simulated_report_delay_ms);
+            return Ok(Arc::new(SimulatedProducer::with_delay(delay)));
         }
         "simulated" => bail!("--platform simulated needs the explicit --insecure-simulated flag"),
         other => Some(other.parse::<Platform>().map_err(|e| anyhow::anyhow!("--platform: {e}"))?),
@@ -156,10 +181,18 @@ pub fn run(engine: Option<Arc<dyn Engine>>) -> anyhow::Result<()> {
             None
         }
     };
+    cocoon_runtime::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let terms = static_config.terms(engine.is_some());
-        let state = EnclaveState::new(producer, engine, &config, terms).context("building evidence")?;
+        let limits = ServeLimits {
+            replay_window: Duration::from_secs(args.replay_window),
+            replay_capacity: args.replay_capacity,
+            evidence_interval: Duration::from_millis(args.evidence_interval_ms),
+            max_evidence_waiting: args.max_evidence_waiting,
+            max_connections: args.max_connections,
+        };
+        let state = EnclaveState::new(producer, engine, &config, terms, limits).context("building evidence")?;
         let listener = Listener::bind(&args.listen).await?;
         tracing::info!(
             listen = ?args.listen,
@@ -168,9 +201,9 @@ pub fn run(engine: Option<Arc<dyn Engine>>) -> anyhow::Result<()> {
             "enclave ready"
         );
         let state = Arc::new(state);
-        tokio::select! {
-            r = crate::server::serve(listener, state) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
-        }
+        let grace = Duration::from_secs(args.grace);
+        crate::server::serve(listener, state, cocoon_runtime::shutdown_signal(), grace).await?;
+        tracing::info!("enclave stopped");
+        Ok(())
     })
 }

@@ -8,7 +8,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod fresh_evidence;
 pub mod model_config;
+pub mod replay;
 pub mod server;
 pub mod state;
 pub mod transport;

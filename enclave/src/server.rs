@@ -2,7 +2,8 @@
 //!
 //! Routes (the host shim maps its public endpoints onto these):
 //! `GET /healthz`, `GET /.well-known/ohttp-keys`, `GET /attestation?nonce=HEX`,
-//! `POST /ohttp` (`message/ohttp-req` or `message/ohttp-chunked-req`).
+//! `POST /ohttp` (`message/ohttp-req` or `message/ohttp-chunked-req`, each
+//! with its `date` sealed inside: see `replay`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,15 +17,18 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use cocoon_engine::Completion;
 use cocoon_protocol::bhttp_msg::{InnerRequest, InnerResponse, StreamingResponseEncoder};
-use cocoon_protocol::ohttp::ChunkedResponseSealer;
+use cocoon_protocol::media::media_is;
+use cocoon_protocol::ohttp::{ChunkedResponseSealer, encapsulated_key};
 use cocoon_protocol::{Receipt, limits, media};
 
 use crate::api::{self, ApiReply, ReplyBody};
+use crate::fresh_evidence::FreshEvidenceError;
+use crate::replay::ReplayError;
 use crate::state::{EnclaveState, unix_now};
 use crate::transport::Listener;
 
@@ -32,33 +36,75 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Slowest a client may be to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a sealed request body may take to arrive.
+/// Longest a sealed request body may take to arrive (the shim buffers bodies
+/// before it forwards them, so this guards against a misbehaving host only).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often freed memory is returned to the system after activity.
+const TRIM_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Accepts connections until the process ends.
-pub async fn serve(listener: Listener, state: Arc<EnclaveState>) -> anyhow::Result<()> {
+/// Accepts connections until `shutdown` resolves, then lets the requests in
+/// progress (streams included) finish for up to `grace`.
+pub async fn serve(
+    listener: Listener,
+    state: Arc<EnclaveState>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    tokio::spawn(state.fresh.clone().run());
+    let trimmer = cocoon_runtime::MemoryTrimmer::default();
+    trimmer.spawn(TRIM_INTERVAL);
+    let drain = cocoon_runtime::Drain::default();
+    let slots = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
+    tokio::pin!(shutdown);
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Running out of descriptors must not end the enclave.
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        // At the cap, further connections wait in the listen queue.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p?,
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(s) => s,
+                Err(e) => {
+                    // Running out of descriptors must not end the enclave.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
         };
         let state = state.clone();
+        let mut guard = drain.guard();
+        let trimmer = trimmer.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| route(state.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = guard.stopping() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 debug!("connection ended: {e}");
             }
+            trimmer.note_activity();
+            drop((permit, guard));
         });
     }
+    drop(listener);
+    info!(connections = drain.active(), "stopped accepting; letting requests in progress finish");
+    let left = drain.drain(grace).await;
+    if left > 0 {
+        warn!("{left} connections still open after the grace period; closing them");
+    }
+    Ok(())
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -95,33 +141,28 @@ async fn attestation(state: &Arc<EnclaveState>, query: Option<&str>) -> Response
     let Some(nonce) = nonce else {
         return full(StatusCode::OK, media::EVIDENCE, state.cached_evidence.clone());
     };
-    // Hardware quote generation is slow and serialised host-wide: keep it off the
-    // async workers, and bound how many requests may queue for it.
-    let Ok(_permit) = state.fresh_evidence.try_acquire() else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "evidence producer busy: too many fresh-evidence requests waiting\n",
-        );
-    };
-    let s = state.clone();
-    match tokio::task::spawn_blocking(move || s.evidence(Some(&nonce))).await {
-        Ok(Ok(doc)) => full(StatusCode::OK, media::EVIDENCE, doc),
-        Ok(Err(e)) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("evidence: {e}\n")),
-        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("evidence task failed: {e}\n")),
+    // One hardware report answers every verifier waiting (see `fresh_evidence`).
+    match state.fresh.request(nonce).await {
+        Ok(doc) => full(StatusCode::OK, media::EVIDENCE, doc),
+        Err(e @ FreshEvidenceError::Busy(_)) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Err(e) => {
+            warn!("fresh evidence failed: {e}");
+            plain(StatusCode::SERVICE_UNAVAILABLE, "the evidence producer failed; see the enclave's log\n")
+        }
     }
 }
 
 async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Body> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let chunked = match content_type {
-        media::OHTTP_REQUEST => false,
-        media::OHTTP_CHUNKED_REQUEST => true,
-        other => {
-            return plain(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("expected {} or {}, found {other:?}\n", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
-            );
-        }
+    let chunked = if media_is(content_type, media::OHTTP_REQUEST) {
+        false
+    } else if media_is(content_type, media::OHTTP_CHUNKED_REQUEST) {
+        true
+    } else {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected {} or {}, found {content_type:?}\n", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
+        );
     };
     let body = Limited::new(req.into_body(), limits::MAX_SEALED_REQUEST).collect();
     let sealed = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
@@ -136,20 +177,34 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
         Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "request body arrived too slowly\n"),
     };
     let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
+    let enc = encapsulated_key(&sealed).unwrap_or_default();
+    // A replay is refused before the costly open; a key is recorded only
+    // once its request opened, so forged bytes cannot block the real one.
+    if state.replay.already_seen(enc) {
+        return replay_refused(&state, ReplayError::Replayed);
+    }
 
     if chunked {
         let (inner, sealer) = match state.gateway.open_chunked_request(&sealed) {
             Ok(v) => v,
             Err(e) => return refused(e),
         };
-        let reply = inner_reply(&state, &inner).await;
+        let inner = match admitted(&state, enc, &inner) {
+            Ok(r) => r,
+            Err(e) => return replay_refused(&state, e),
+        };
+        let reply = inner_reply(&state, inner).await;
         chunked_response(state, sealer, reply, request_hash)
     } else {
         let (inner, sealer) = match state.gateway.open_request(&sealed) {
             Ok(v) => v,
             Err(e) => return refused(e),
         };
-        let reply = inner_reply(&state, &inner).await;
+        let inner = match admitted(&state, enc, &inner) {
+            Ok(r) => r,
+            Err(e) => return replay_refused(&state, e),
+        };
+        let reply = inner_reply(&state, inner).await;
         let (status, content_type, body, completion) = collect(reply).await;
         let response = InnerResponse { status, headers: vec![("content-type".into(), content_type.into())], body };
         let sealed_response = match sealer.seal(&response.encode()) {
@@ -171,10 +226,36 @@ fn refused(e: cocoon_protocol::ohttp::OhttpError) -> Response<Body> {
     plain(StatusCode::BAD_REQUEST, format!("cannot open the sealed request: {e}\n"))
 }
 
-async fn inner_reply(state: &EnclaveState, inner: &[u8]) -> ApiReply {
-    match InnerRequest::decode(inner) {
+/// Decodes the opened request and checks its date and key against the replay
+/// guard; a refusal is a plain answer (the replayer cannot read a sealed one,
+/// and the honest client needs to know).
+fn admitted(state: &EnclaveState, enc: &[u8], inner: &[u8]) -> Result<Result<InnerRequest, String>, ReplayError> {
+    let req = match InnerRequest::decode(inner) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(format!("inner request: {e}"))),
+    };
+    state.replay.admit(enc, req.date()).map(|()| Ok(req))
+}
+
+fn replay_refused(state: &EnclaveState, e: ReplayError) -> Response<Body> {
+    let status = match e {
+        ReplayError::Replayed => StatusCode::CONFLICT,
+        ReplayError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ReplayError::Undated | ReplayError::BadDate(_) | ReplayError::Stale { .. } => StatusCode::BAD_REQUEST,
+    };
+    info!("refused a sealed request: {e}");
+    let mut r = plain(status, format!("{e}\n"));
+    // The enclave's own clock, so that a client refused as stale sees the skew.
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(state.replay.clock().now())) {
+        r.headers_mut().insert(header::DATE, v);
+    }
+    r
+}
+
+async fn inner_reply(state: &EnclaveState, inner: Result<InnerRequest, String>) -> ApiReply {
+    match inner {
         Ok(req) => api::handle(state.engine.clone(), state.claims.prices, req).await,
-        Err(e) => ApiReply::error(400, "invalid_request_error", "bad_message", format!("inner request: {e}")),
+        Err(e) => ApiReply::error(400, "invalid_request_error", "bad_message", e),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The enclave's secrets and what it says about itself.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use cocoon_attestation::{AttestationError, EvidenceProducer, evidence_document};
 use cocoon_engine::Engine;
 
+use crate::fresh_evidence::{self, FreshEvidence};
 use crate::model_config::WorkerTerms;
+use crate::replay::{self, ReplayGuard};
 use cocoon_protocol::evidence::CLAIMS_VERSION;
 use cocoon_protocol::ohttp::{GatewayKey, KeyConfig};
 use cocoon_protocol::{Claims, ModelClaim, ReceiptSigner};
@@ -24,12 +26,36 @@ pub struct EnclaveState {
     pub cached_evidence: Vec<u8>,
     pub producer: Arc<dyn EvidenceProducer>,
     pub engine: Option<Arc<dyn Engine>>,
-    /// Fresh-evidence requests allowed to wait for the (serialised, slow) hardware at once.
-    pub fresh_evidence: tokio::sync::Semaphore,
+    /// Batches verifiers' nonces into few hardware reports.
+    pub fresh: Arc<FreshEvidence>,
+    /// Refuses sealed requests it has seen, or dated outside its window.
+    pub replay: ReplayGuard,
+    pub limits: ServeLimits,
 }
 
-/// Nonce requests waiting for hardware evidence at once; more are answered 503.
-pub const MAX_FRESH_EVIDENCE_WAITING: usize = 8;
+/// The enclave's defences against load and replays (command-line flags).
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    pub replay_window: Duration,
+    pub replay_capacity: usize,
+    /// Shortest time between two hardware reports for fresh evidence.
+    pub evidence_interval: Duration,
+    pub max_evidence_waiting: usize,
+    /// Connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            replay_window: replay::DEFAULT_WINDOW,
+            replay_capacity: replay::DEFAULT_CAPACITY,
+            evidence_interval: fresh_evidence::DEFAULT_MIN_INTERVAL,
+            max_evidence_waiting: fresh_evidence::DEFAULT_MAX_WAITING,
+            max_connections: 4096,
+        }
+    }
+}
 
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -42,6 +68,7 @@ impl EnclaveState {
         engine: Option<Arc<dyn Engine>>,
         config_bytes: &[u8],
         terms: WorkerTerms,
+        limits: ServeLimits,
     ) -> Result<Self, AttestationError> {
         let gateway = GatewayKey::generate(1);
         let receipts = ReceiptSigner::generate();
@@ -62,16 +89,24 @@ impl EnclaveState {
             capacity: terms.capacity,
         };
         let claims_bytes = claims.encode();
+        let producer_for_batches = producer.clone();
         let mut state = EnclaveState {
             gateway,
             receipts,
             claims,
-            claims_bytes,
+            claims_bytes: claims_bytes.clone(),
             key_configs,
             cached_evidence: Vec::new(),
             producer,
             engine,
-            fresh_evidence: tokio::sync::Semaphore::new(MAX_FRESH_EVIDENCE_WAITING),
+            fresh: FreshEvidence::new(
+                producer_for_batches,
+                &claims_bytes,
+                limits.max_evidence_waiting,
+                limits.evidence_interval,
+            ),
+            replay: ReplayGuard::new(limits.replay_window, limits.replay_capacity),
+            limits,
         };
         state.cached_evidence = state.evidence(None)?;
         Ok(state)

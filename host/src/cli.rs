@@ -28,12 +28,37 @@ pub struct Args {
     /// Largest request body forwarded, in bytes.
     #[arg(long, default_value_t = cocoon_protocol::limits::MAX_SEALED_REQUEST)]
     pub max_body: usize,
-    /// Requests forwarded at once; past it the shim answers 503.
+    /// Sealed requests forwarded to the enclave at once; past it the shim answers 503.
     #[arg(long, default_value_t = 1024)]
     pub max_in_flight: usize,
-    /// Client connections open at once.
+    /// Evidence, key and health requests forwarded at once (their own capacity;
+    /// fresh evidence is batched in the enclave, so many may wait cheaply).
+    #[arg(long, default_value_t = 2048)]
+    pub max_control_in_flight: usize,
+    /// Client connections open at once; at the limit the longest-idle one is closed.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
+    /// Client connections from one address (raise it when a proxy is your only client).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections_per_source: usize,
+    /// Requests in progress from one address.
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight_per_source: usize,
+    /// Bytes of request bodies buffered at once, all clients together.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_buffered: usize,
+    /// Slowest average upload rate in bytes per second (after --body-grace); 0: no minimum.
+    #[arg(long, default_value_t = 8 << 10)]
+    pub min_body_rate: u64,
+    /// Seconds a request body may take before the minimum rate applies.
+    #[arg(long, default_value_t = 3.0)]
+    pub body_grace: f64,
+    /// Seconds to wait for a request's headers, on a new or a kept-alive connection.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds that requests in progress get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 30.0)]
+    pub grace: f64,
     /// Seconds to wait for the enclave's response head.
     #[arg(long, default_value_t = 600)]
     pub response_timeout: u64,
@@ -61,20 +86,38 @@ pub fn run() -> anyhow::Result<()> {
     let limits = Limits {
         max_body: args.max_body,
         max_in_flight: args.max_in_flight,
+        max_control_in_flight: args.max_control_in_flight,
         max_connections: args.max_connections,
+        max_connections_per_source: args.max_connections_per_source,
+        max_in_flight_per_source: args.max_in_flight_per_source,
+        max_buffered: args.max_buffered,
+        min_body_rate: args.min_body_rate,
+        body_grace: seconds("--body-grace", args.body_grace)?,
+        header_read_timeout: seconds("--header-timeout", args.header_timeout)?,
         response_timeout: Duration::from_secs(args.response_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         ..Limits::default()
     };
+    let grace = seconds("--grace", args.grace)?;
+    let fds = cocoon_runtime::raise_fd_limit();
+    if fds < (args.max_connections as u64) + 64 {
+        tracing::warn!(
+            "only {fds} file descriptors may be open; --max-connections {} cannot be reached",
+            args.max_connections
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         tracing::info!(listen = %listener.local_addr()?, enclave = %args.enclave, "host shim ready");
         let shim = Shim::new(args.enclave, measurements, limits);
-        tokio::select! {
-            r = serve(listener, shim) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
-        }
+        serve(listener, shim, cocoon_runtime::shutdown_signal(), grace).await?;
+        tracing::info!("host shim stopped");
+        Ok(())
     })
+}
+
+fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{flag}: expected a number of seconds, found {v}"))
 }

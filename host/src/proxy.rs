@@ -1,7 +1,11 @@
 //! The shim's HTTP front and its forwarding to the enclave.
 //!
-//! Bodies stream through in both directions frame by frame, trailers (the
-//! usage receipt of streamed answers) included; nothing is buffered whole.
+//! Request bodies (sealed requests, at most 1 MiB) are received whole in
+//! the shim, under a minimum rate, before a slot towards the enclave is
+//! taken, so slow or stalled uploads never hold the enclave's capacity.
+//! Responses stream through frame by frame, trailers (the usage receipt of
+//! streamed answers) included. Evidence, keys and health have their own
+//! capacity, apart from sealed requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,33 +17,47 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, warn};
+use tower::ServiceExt as _;
+use tracing::{debug, info, warn};
 
-use cocoon_protocol::media;
+use cocoon_protocol::media::{self, media_is};
+use cocoon_runtime::{Drain, MemoryTrimmer};
 
-use crate::metrics::{Metrics, RequestLabels};
+use crate::admission::{Admission, Conn, RequestGuard};
+use crate::metrics::{LimitLabels, Metrics, RequestLabels};
+use crate::upload::{self, UploadRules};
 use crate::upstream::Upstream;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest request body forwarded.
     pub max_body: usize,
-    /// Requests forwarded at once; past it the shim answers 503.
+    /// Sealed requests forwarded to the enclave at once; past it the shim answers 503.
     pub max_in_flight: usize,
-    /// Client connections open at once; past it new ones wait to be accepted.
+    /// Evidence, key and health requests forwarded at once (apart from sealed requests).
+    pub max_control_in_flight: usize,
+    /// Client connections open at once; at the limit the longest-idle one is closed.
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub max_in_flight_per_source: usize,
+    /// Bytes of request bodies buffered at once, all clients together.
+    pub max_buffered: usize,
+    /// Slowest average rate at which a request body may arrive, after `body_grace`.
+    pub min_body_rate: u64,
+    pub body_grace: Duration,
     pub connect_timeout: Duration,
     /// Longest wait for the enclave's response head (a non-streamed answer
     /// arrives only after generation).
     pub response_timeout: Duration,
     /// Longest silence between two frames of a response body.
     pub idle_timeout: Duration,
+    /// Longest wait for a request's headers, on a new or a kept-alive connection.
     pub header_read_timeout: Duration,
 }
 
@@ -48,11 +66,17 @@ impl Default for Limits {
         Limits {
             max_body: cocoon_protocol::limits::MAX_SEALED_REQUEST,
             max_in_flight: 1024,
+            max_control_in_flight: 2048,
             max_connections: 4096,
+            max_connections_per_source: 1024,
+            max_in_flight_per_source: 256,
+            max_buffered: 256 << 20,
+            min_body_rate: 8 << 10,
+            body_grace: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(120),
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -62,14 +86,47 @@ pub struct Shim {
     /// The reference values the operator launched with (`make measure` output).
     pub measurements: Option<Bytes>,
     pub limits: Limits,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
     in_flight: Arc<Semaphore>,
+    control_in_flight: Arc<Semaphore>,
+    upload_budget: Arc<Semaphore>,
+    trimmer: MemoryTrimmer,
 }
 
 impl Shim {
     pub fn new(upstream: Upstream, measurements: Option<Bytes>, limits: Limits) -> Arc<Self> {
-        let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-        Arc::new(Shim { upstream, measurements, limits, metrics: Metrics::default(), in_flight })
+        let metrics = Arc::new(Metrics::default());
+        for (limit, v) in [
+            ("max_body", limits.max_body),
+            ("max_in_flight", limits.max_in_flight),
+            ("max_control_in_flight", limits.max_control_in_flight),
+            ("max_connections", limits.max_connections),
+            ("max_connections_per_source", limits.max_connections_per_source),
+            ("max_in_flight_per_source", limits.max_in_flight_per_source),
+            ("max_buffered", limits.max_buffered),
+            ("min_body_rate", limits.min_body_rate as usize),
+        ] {
+            metrics.limits.get_or_create(&LimitLabels { limit }).set(v as i64);
+        }
+        let admission = Admission::new(
+            limits.max_connections,
+            limits.max_connections_per_source,
+            limits.max_in_flight_per_source,
+            metrics.clone(),
+        );
+        let budget_units = (limits.max_buffered / upload::BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Shim {
+            upstream,
+            measurements,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            control_in_flight: Arc::new(Semaphore::new(limits.max_control_in_flight)),
+            upload_budget: Arc::new(Semaphore::new(budget_units)),
+            limits,
+            metrics,
+            admission,
+            trimmer: MemoryTrimmer::default(),
+        })
     }
 }
 
@@ -84,33 +141,119 @@ pub fn router(shim: Arc<Shim>) -> Router {
         .with_state(shim)
 }
 
-/// Serves until the listener fails.
-pub async fn serve(listener: TcpListener, shim: Arc<Shim>) -> anyhow::Result<()> {
+/// The connection a request arrived on (a request extension).
+#[derive(Clone)]
+struct OnConn(Arc<Conn>);
+
+/// How often freed memory is returned to the system after activity.
+const TRIM_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Serves until `shutdown` resolves, then lets requests in progress (streams
+/// included) finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    shim: Arc<Shim>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> anyhow::Result<()> {
     let app = router(shim.clone());
-    let connections = Arc::new(Semaphore::new(shim.limits.max_connections));
+    let drain = Drain::default();
+    shim.trimmer.spawn(TRIM_INTERVAL);
+    tokio::pin!(shutdown);
     loop {
-        let permit = connections.clone().acquire_owned().await?;
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let conn = match shim.admission.admit(peer.ip()) {
+            Ok(c) => c,
+            Err(refusal) => {
+                shim.metrics.reject(refusal.reason());
+                drop(stream);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        let header_timeout = shim.limits.header_read_timeout;
+        let (app, shim, mut stopping) = (app.clone(), shim.clone(), drain.guard());
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
+            let on = OnConn(conn.conn.clone());
+            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(on.clone());
+                app.clone().oneshot(req)
+            });
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(shim.limits.header_read_timeout)
+                .max_buf_size(64 << 10)
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
+            tokio::pin!(http);
+            let ended = tokio::select! {
+                r = http.as_mut() => r,
+                _ = stopping.stopping() => {
+                    http.as_mut().graceful_shutdown();
+                    http.await
+                }
+                _ = conn.conn.close.notified() => {
+                    // Displaced while idle; a request that raced in still finishes.
+                    http.as_mut().graceful_shutdown();
+                    http.await
+                }
+            };
+            if let Err(e) = ended {
                 debug!("client connection ended: {e}");
             }
-            drop(permit);
+            shim.trimmer.note_activity();
+            drop((conn, stopping));
         });
+    }
+    drop(listener);
+    info!(connections = drain.active(), "stopped accepting; letting requests in progress finish");
+    let left = drain.drain(grace).await;
+    if left > 0 {
+        warn!("{left} connections still open after the grace period; closing them");
+    }
+    Ok(())
+}
+
+/// Marks the request in progress until its response body ends.
+fn in_progress(shim: &Shim, req: &Request) -> Option<RequestGuard> {
+    req.extensions().get::<OnConn>().map(|c| shim.admission.request(&c.0))
+}
+
+/// Carries `guard` until the response body is done with.
+fn guarded(r: Response, guard: Option<RequestGuard>) -> Response {
+    match guard {
+        None => r,
+        Some(g) => r.map(|b| Body::new(Guarded { inner: b, _guard: g })),
+    }
+}
+
+struct Guarded {
+    inner: Body,
+    _guard: RequestGuard,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -124,27 +267,86 @@ fn counted(shim: &Shim, endpoint: &'static str, r: Response) -> Response {
 }
 
 async fn ohttp(State(shim): State<Arc<Shim>>, req: Request) -> Response {
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > shim.limits.max_body as u64) {
-        let msg =
-            format!("request body of {} bytes exceeds the limit of {}\n", declared.unwrap_or(0), shim.limits.max_body);
-        return counted(&shim, "ohttp", text(StatusCode::PAYLOAD_TOO_LARGE, msg));
-    }
-    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
-    let to_enclave = shim.metrics.bytes_to_enclave.clone();
-    let body = http_body_util::Limited::new(req.into_body(), shim.limits.max_body).map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            to_enclave.inc_by(d.len() as u64);
-        }
-        f
-    });
-    let r = forward(&shim, Method::POST, "/ohttp".into(), content_type, Body::new(body)).await;
-    counted(&shim, "ohttp", r)
+    let mut guard = in_progress(&shim, &req);
+    let r = ohttp_inner(&shim, req, &mut guard).await;
+    guarded(counted(&shim, "ohttp", r), guard)
 }
 
-async fn keys(State(shim): State<Arc<Shim>>) -> Response {
-    let r = forward(&shim, Method::GET, "/.well-known/ohttp-keys".into(), None, Body::empty()).await;
-    counted(&shim, "ohttp-keys", r)
+async fn ohttp_inner(shim: &Arc<Shim>, req: Request, guard: &mut Option<RequestGuard>) -> Response {
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !media_is(ct, media::OHTTP_REQUEST) && !media_is(ct, media::OHTTP_CHUNKED_REQUEST) {
+        shim.metrics.reject("media_type");
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected {} or {}, found {ct:?}\n", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
+        );
+    }
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > shim.limits.max_body as u64) {
+        shim.metrics.reject("body_too_large");
+        let msg =
+            format!("request body of {} bytes exceeds the limit of {}\n", declared.unwrap_or(0), shim.limits.max_body);
+        return text(StatusCode::PAYLOAD_TOO_LARGE, msg);
+    }
+    if let Some(g) = guard.as_mut()
+        && !shim.admission.take_source_slot(g)
+    {
+        shim.metrics.reject("source_in_flight");
+        return text(StatusCode::TOO_MANY_REQUESTS, "too many requests in flight from your address; retry later\n");
+    }
+    let rules = UploadRules {
+        max_body: shim.limits.max_body,
+        min_rate: shim.limits.min_body_rate,
+        grace: shim.limits.body_grace,
+    };
+    shim.metrics.uploads.inc();
+    let received = upload::receive(req.into_body(), rules, &shim.upload_budget).await;
+    shim.metrics.uploads.dec();
+    // A client's upload failing is the client's error: a 4xx, never the enclave's health.
+    let received = match received {
+        Ok(r) => r,
+        Err(e) => {
+            shim.metrics.reject(e.reason());
+            let status = match e {
+                upload::UploadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                upload::UploadError::TooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
+                upload::UploadError::Aborted { .. } => StatusCode::BAD_REQUEST,
+                upload::UploadError::BudgetFull => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return text(status, format!("{e}\n"));
+        }
+    };
+    let Ok(permit) = shim.in_flight.clone().try_acquire_owned() else {
+        shim.metrics.reject("in_flight_full");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later\n");
+    };
+    shim.metrics.bytes_to_enclave.inc_by(received.bytes.len() as u64);
+    let body = Body::new(Full::new(received.bytes.clone()));
+    drop(received);
+    forward(shim, permit, Method::POST, "/ohttp".into(), content_type, body).await
+}
+
+/// A slot for an evidence, key or health request, apart from sealed requests;
+/// the busy answer when none is free.
+async fn with_control_slot(shim: &Arc<Shim>, path: String) -> Response {
+    match shim.control_in_flight.clone().try_acquire_owned() {
+        Ok(permit) => forward(shim, permit, Method::GET, path, None, Body::empty()).await,
+        Err(_) => {
+            shim.metrics.reject("control_in_flight_full");
+            text(StatusCode::SERVICE_UNAVAILABLE, "too many evidence and health requests in flight; retry later\n")
+        }
+    }
+}
+
+async fn control(shim: &Arc<Shim>, guard: Option<RequestGuard>, endpoint: &'static str, path: String) -> Response {
+    let r = with_control_slot(shim, path).await;
+    guarded(counted(shim, endpoint, r), guard)
+}
+
+async fn keys(State(shim): State<Arc<Shim>>, req: Request) -> Response {
+    let guard = in_progress(&shim, &req);
+    control(&shim, guard, "ohttp-keys", "/.well-known/ohttp-keys".into()).await
 }
 
 async fn attestation(State(shim): State<Arc<Shim>>, req: Request) -> Response {
@@ -153,8 +355,9 @@ async fn attestation(State(shim): State<Arc<Shim>>, req: Request) -> Response {
         return counted(&shim, "attestation", text(StatusCode::URI_TOO_LONG, "query too long\n"));
     }
     let path = if query.is_empty() { "/attestation".to_string() } else { format!("/attestation?{query}") };
-    let r = forward(&shim, Method::GET, path, None, Body::empty()).await;
-    counted(&shim, "attestation", r)
+    let guard = in_progress(&shim, &req);
+    drop(req);
+    control(&shim, guard, "attestation", path).await
 }
 
 async fn measurements(State(shim): State<Arc<Shim>>) -> Response {
@@ -165,8 +368,10 @@ async fn measurements(State(shim): State<Arc<Shim>>) -> Response {
     counted(&shim, "measurements", r)
 }
 
-async fn healthz(State(shim): State<Arc<Shim>>) -> Response {
-    let r = forward(&shim, Method::GET, "/healthz".into(), None, Body::empty()).await;
+async fn healthz(State(shim): State<Arc<Shim>>, req: Request) -> Response {
+    let guard = in_progress(&shim, &req);
+    drop(req);
+    let r = with_control_slot(&shim, "/healthz".into()).await;
     let (status, enclave) = if r.status().is_success() {
         (StatusCode::OK, "ok".to_string())
     } else {
@@ -174,7 +379,8 @@ async fn healthz(State(shim): State<Arc<Shim>>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, String::from_utf8_lossy(&body).trim().to_string())
     };
     let body = serde_json::json!({"shim": "ok", "enclave": enclave}).to_string();
-    counted(&shim, "healthz", (status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let r = counted(&shim, "healthz", (status, [(header::CONTENT_TYPE, "application/json")], body).into_response());
+    guarded(r, guard)
 }
 
 async fn metrics(State(shim): State<Arc<Shim>>) -> Response {
@@ -183,28 +389,34 @@ async fn metrics(State(shim): State<Arc<Shim>>) -> Response {
 }
 
 /// Headers of the enclave's response that the client needs.
-const PASSED_HEADERS: [&str; 4] = ["content-type", "trailer", media::RECEIPT_HEADER, "cache-control"];
+const PASSED_HEADERS: [&str; 5] = ["content-type", "trailer", media::RECEIPT_HEADER, "cache-control", "date"];
 
+/// Sends one request to the enclave and streams its answer back. Failures
+/// reaching the enclave are logged with their detail; the client's answer
+/// names none of the host's addresses or OS errors.
 async fn forward(
     shim: &Arc<Shim>,
+    permit: OwnedSemaphorePermit,
     method: Method,
     path: String,
     content_type: Option<HeaderValue>,
     body: Body,
 ) -> Response {
-    let Ok(permit) = shim.in_flight.clone().try_acquire_owned() else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later\n");
-    };
     let io = match shim.upstream.connect(shim.limits.connect_timeout).await {
         Ok(io) => io,
         Err(e) => {
+            warn!("enclave unavailable: {e}");
             shim.metrics.enclave_up.set(0);
-            return text(StatusCode::SERVICE_UNAVAILABLE, format!("enclave unavailable: {e}\n"));
+            return text(StatusCode::SERVICE_UNAVAILABLE, "enclave unavailable; retry later\n");
         }
     };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
         Ok(v) => v,
-        Err(e) => return text(StatusCode::BAD_GATEWAY, format!("enclave connection failed: {e}\n")),
+        Err(e) => {
+            warn!("enclave connection failed: {e}");
+            shim.metrics.enclave_up.set(0);
+            return text(StatusCode::BAD_GATEWAY, "enclave connection failed\n");
+        }
     };
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -221,13 +433,20 @@ async fn forward(
         builder = builder.header(header::CONTENT_TYPE, ct);
     }
     let req = builder.body(body).expect("valid request parts");
+    let forwarding = shim.metrics.forwarding.clone();
+    forwarding.inc();
     let resp = match tokio::time::timeout(shim.limits.response_timeout, sender.send_request(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
+            forwarding.dec();
+            warn!("enclave did not answer: {e}");
             shim.metrics.enclave_up.set(0);
-            return text(StatusCode::BAD_GATEWAY, format!("enclave did not answer: {e}\n"));
+            return text(StatusCode::BAD_GATEWAY, "the enclave did not answer\n");
         }
-        Err(_) => return text(StatusCode::GATEWAY_TIMEOUT, "enclave did not answer in time\n"),
+        Err(_) => {
+            forwarding.dec();
+            return text(StatusCode::GATEWAY_TIMEOUT, "the enclave did not answer in time\n");
+        }
     };
     shim.metrics.enclave_up.set(1);
 
@@ -239,12 +458,10 @@ async fn forward(
         }
     }
     // Pump frames through a small channel so that a silent enclave is cut off
-    // after the idle timeout, and the in-flight permit lives as long as the body.
+    // after the idle timeout, and the slot lives as long as the body.
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
     let idle = shim.limits.idle_timeout;
     let from_enclave = shim.metrics.bytes_from_enclave.clone();
-    let in_flight = shim.metrics.in_flight.clone();
-    in_flight.inc();
     tokio::spawn(async move {
         let _permit = permit;
         let mut body = upstream_body;
@@ -260,16 +477,17 @@ async fn forward(
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    let _ = tx.send(Err(std::io::Error::other(format!("enclave stream failed: {e}")))).await;
+                    warn!("enclave stream failed: {e}");
+                    let _ = tx.send(Err(std::io::Error::other("the enclave's stream failed"))).await;
                     break;
                 }
                 Err(_) => {
-                    let _ = tx.send(Err(std::io::Error::other("enclave stream went silent"))).await;
+                    let _ = tx.send(Err(std::io::Error::other("the enclave's stream went silent"))).await;
                     break;
                 }
             }
         }
-        in_flight.dec();
+        forwarding.dec();
     });
     out.body(Body::new(StreamBody::new(ReceiverStream::new(rx)))).expect("valid response parts")
 }

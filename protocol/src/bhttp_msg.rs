@@ -52,6 +52,23 @@ impl InnerRequest {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
+    /// Dates the request (`date`, an RFC 9110 HTTP-date) so that the enclave
+    /// can refuse it outside its replay window; replaces any earlier date.
+    pub fn stamp(&mut self, at: std::time::SystemTime) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("date"));
+        self.headers.push(("date".into(), httpdate::fmt_http_date(at)));
+    }
+
+    /// The request's `date`: `None` when absent, an error when it is not an HTTP-date.
+    pub fn date(&self) -> Result<Option<std::time::SystemTime>, String> {
+        match self.header("date") {
+            None => Ok(None),
+            Some(v) => httpdate::parse_http_date(v).map(Some).map_err(|_| {
+                format!("date: expected an HTTP-date such as \"Sun, 06 Nov 1994 08:49:37 GMT\", found {v:?}")
+            }),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut m = Message::request(
             self.method.as_bytes().to_vec(),
@@ -373,6 +390,22 @@ fn bounded(len: u64, limit: usize, what: &'static str) -> Result<usize, BhttpErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamped_date_round_trips_and_replaces() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
+        let mut r = InnerRequest::post_json("/v1/chat/completions", b"{}".to_vec());
+        assert_eq!(r.date(), Ok(None));
+        r.stamp(std::time::UNIX_EPOCH);
+        r.stamp(at);
+        let back = InnerRequest::decode(&r.encode()).unwrap();
+        assert_eq!(back.header("date"), Some("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert_eq!(back.headers.iter().filter(|(n, _)| n == "date").count(), 1);
+        assert_eq!(back.date(), Ok(Some(at)));
+        r.headers.push(("Date".into(), "yesterday".into()));
+        r.headers.retain(|(n, _)| n != "date");
+        assert!(r.date().unwrap_err().contains("\"yesterday\""));
+    }
 
     #[test]
     fn streaming_encoder_is_read_by_bhttp() {

@@ -178,6 +178,32 @@ pub struct EvidenceDocument {
     pub event_log: Option<ByteBuf>,
     /// NVIDIA GPU confidential-computing evidence, one entry per GPU.
     pub gpu: Option<Vec<GpuEvidence>>,
+    /// Batched fresh evidence: `nonce` is then the root of a Merkle tree over
+    /// the nonces of verifiers who asked at about the same time, and this is
+    /// the audit path from the verifier's own nonce to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce_proof: Option<NonceProof>,
+}
+
+/// Where a verifier's nonce sits in a batch (RFC 9162 inclusion proof, SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceProof {
+    /// The leaf's position.
+    pub index: u64,
+    /// Leaves in the tree.
+    pub size: u64,
+    /// Sibling hashes from the leaf up.
+    pub path: Vec<ByteBuf>,
+}
+
+impl NonceProof {
+    /// The root this proof leads to from `nonce`; `None` when it does not fit.
+    pub fn root_for(&self, nonce: &[u8]) -> Option<crate::merkle::Hash> {
+        let path: Vec<crate::merkle::Hash> =
+            self.path.iter().map(|h| h.as_slice().try_into().ok()).collect::<Option<_>>()?;
+        crate::merkle::root_from_inclusion(&crate::merkle::leaf_hash(nonce), self.index, self.size, &path)
+    }
 }
 
 /// One GPU's confidential-computing evidence, as the NVIDIA driver gives it
@@ -238,6 +264,20 @@ impl EvidenceDocument {
                 reason: format!("{} entries exceeds the limit of {}", g.len(), limits::MAX_GPUS),
             });
         }
+        if let Some(p) = &doc.nonce_proof
+            && (p.path.len() > crate::merkle::MAX_PATH || p.index >= p.size)
+        {
+            return Err(EvidenceError::BadClaim {
+                field: "nonce_proof",
+                reason: format!(
+                    "leaf {} of {} with a path of {} hashes (at most {})",
+                    p.index,
+                    p.size,
+                    p.path.len(),
+                    crate::merkle::MAX_PATH
+                ),
+            });
+        }
         let claims = Claims::decode(&doc.claims)?;
         if claims.platform != doc.platform {
             return Err(EvidenceError::PlatformMismatch { outer: doc.platform, inner: claims.platform });
@@ -294,6 +334,7 @@ mod tests {
             certificates: None,
             event_log: None,
             gpu: None,
+            nonce_proof: None,
         };
         assert!(matches!(EvidenceDocument::decode(&doc.encode()), Err(EvidenceError::PlatformMismatch { .. })));
     }

@@ -9,10 +9,11 @@ pub mod cbor;
 pub mod evidence;
 pub mod limits;
 pub mod media;
+pub mod merkle;
 pub mod ohttp;
 pub mod price;
 pub mod receipt;
 
-pub use evidence::{Capacity, Claims, EvidenceDocument, GpuEvidence, ModelClaim, Platform};
+pub use evidence::{Capacity, Claims, EvidenceDocument, GpuEvidence, ModelClaim, NonceProof, Platform};
 pub use price::{Commission, NanoTon, Prices};
 pub use receipt::{Receipt, ReceiptSigner};

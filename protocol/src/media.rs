@@ -18,3 +18,24 @@ pub const CHARGE_HEADER: &str = "cocoon-charge";
 pub const RETRY_WORKER_HEADER: &str = "cocoon-retry-worker";
 /// Request header naming the worker a sealed request is for (through a proxy).
 pub const WORKER_HEADER: &str = "cocoon-worker";
+
+/// Whether a `content-type` value names `expected`: media types compare
+/// case-insensitively and may carry parameters (RFC 9110, section 8.3.1).
+pub fn media_is(value: &str, expected: &str) -> bool {
+    value.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_compare_per_rfc_9110() {
+        assert!(media_is("message/ohttp-req", OHTTP_REQUEST));
+        assert!(media_is("MESSAGE/OHTTP-REQ", OHTTP_REQUEST));
+        assert!(media_is("message/ohttp-req; charset=x", OHTTP_REQUEST));
+        assert!(media_is(" Message/Ohttp-Req ;q=1", OHTTP_REQUEST));
+        assert!(!media_is("message/ohttp-reqx", OHTTP_REQUEST));
+        assert!(!media_is("", OHTTP_REQUEST));
+    }
+}

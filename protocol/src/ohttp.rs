@@ -291,6 +291,13 @@ impl GatewayKey {
     }
 }
 
+/// The encapsulated key of a sealed request (`message/ohttp-req` or
+/// `message/ohttp-chunked-req`): fresh for every request a client seals, so
+/// a gateway that has seen it before is looking at a replay.
+pub fn encapsulated_key(enc_request: &[u8]) -> Option<&[u8]> {
+    enc_request.get(REQUEST_HEADER_LEN..REQUEST_HEADER_LEN + ENC_LEN)
+}
+
 fn info(label: &[u8], header: &[u8]) -> Vec<u8> {
     let mut info = Vec::with_capacity(label.len() + 1 + header.len());
     info.extend_from_slice(label);
@@ -473,6 +480,12 @@ pub struct ChunkedResponseOpener {
 }
 
 impl ChunkedResponseOpener {
+    /// An opener from its parts (the request's exported secret and
+    /// encapsulated key), for tests and fuzzing.
+    pub fn from_parts(aead: Aead, secret: Vec<u8>, enc: Vec<u8>) -> Self {
+        Self::new(aead, secret, enc)
+    }
+
     fn new(aead: Aead, secret: Vec<u8>, enc: Vec<u8>) -> Self {
         ChunkedResponseOpener { aead, secret, enc, cipher: None, buf: Vec::new(), seq: 0, in_final: false, total: 0 }
     }

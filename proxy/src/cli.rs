@@ -206,6 +206,7 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let identity = Identity::new(key, commission, config.credit_limit, producer).context("the proxy's own evidence")?;
     let ledger = Arc::new(Ledger::open(&config.ledger)?);
+    cocoon_runtime::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -226,11 +227,7 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
+    cocoon_runtime::shutdown_signal().await;
     tracing::info!("shutting down: no new connections; letting streams in flight finish");
 }
 

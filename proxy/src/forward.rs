@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use cocoon_protocol::authorization::ClientAuthorization;
+use cocoon_protocol::media::media_is;
 use cocoon_protocol::{NanoTon, Receipt, media};
 
 use crate::config::secs;
@@ -263,11 +264,6 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     }
 }
 
-/// Media types compare case-insensitively and may carry parameters (RFC 9110).
-pub fn media_is(value: &str, expected: &str) -> bool {
-    value.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(expected)
-}
-
 /// What metering a response needs.
 struct Metering {
     app: Arc<App>,
@@ -467,18 +463,5 @@ async fn metered_trailers(m: &Metering, trailers: HeaderMap) -> Option<HeaderMap
             m.receipt_failed(&e);
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn media_types_compare_per_rfc_9110() {
-        assert!(media_is("message/ohttp-req", media::OHTTP_REQUEST));
-        assert!(media_is("MESSAGE/OHTTP-REQ", media::OHTTP_REQUEST));
-        assert!(media_is("message/ohttp-req; charset=x", media::OHTTP_REQUEST));
-        assert!(!media_is("message/ohttp-reqx", media::OHTTP_REQUEST));
     }
 }

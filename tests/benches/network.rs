@@ -59,7 +59,9 @@ struct Sealed {
 fn seal(worker: &Worker, prompt: &str, key: &SigningKey, n: usize) -> Vec<Sealed> {
     let body = json!({"model": cocoon_tests::echo_engine::MODEL_ID, "messages": [{"role": "user", "content": prompt}],
                       "stream": true});
-    let inner = InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes()).encode();
+    let mut inner = InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes());
+    inner.stamp(std::time::SystemTime::now());
+    let inner = inner.encode();
     (0..n)
         .map(|_| {
             let (sealed, _) =
@@ -218,7 +220,9 @@ fn main() {
         let _host = spawn(
             Command::new(release_bin("cocoon-host"))
                 .args(["--listen", &format!("127.0.0.1:{host_port}"), "--enclave", &format!("unix:{}", sock.display())])
-                .args(["--max-in-flight", "4096"]),
+                // One client machine plays a thousand clients here.
+                .args(["--max-in-flight", "4096", "--max-in-flight-per-source", "4096"])
+                .args(["--max-connections-per-source", "4096"]),
             "start cocoon-host",
         );
         wait_for_port(host_port, "cocoon-host");

@@ -160,6 +160,7 @@ async fn evidence_whose_claims_do_not_match_is_refused_before_any_prompt() {
         certificates: None,
         event_log: None,
         gpu: None,
+        nonce_proof: None,
     }
     .encode();
     static POSTS: AtomicUsize = AtomicUsize::new(0);

@@ -313,7 +313,8 @@ async fn sealed_request(proxy: &str, prompt: &str) -> (Vec<u8>, String) {
     .into_result()
     .unwrap();
     let body = chat_body(prompt, false).to_string().into_bytes();
-    let inner = cocoon_protocol::bhttp_msg::InnerRequest::post_json("/v1/chat/completions", body);
+    let mut inner = cocoon_protocol::bhttp_msg::InnerRequest::post_json("/v1/chat/completions", body);
+    inner.stamp(std::time::SystemTime::now());
     let (sealed, _) = cocoon_protocol::ohttp::ClientRequest::new(&verified.key_configs[0])
         .unwrap()
         .seal_chunked(&inner.encode())

@@ -51,6 +51,7 @@ fn tdx_evidence(dir: &Path) -> String {
         certificates: None,
         event_log: None,
         gpu: None,
+        nonce_proof: None,
     };
     let path = dir.join("tdx-evidence.cbor");
     std::fs::write(&path, doc.encode()).unwrap();

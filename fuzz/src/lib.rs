@@ -1,0 +1,91 @@
+//! The bodies of the fuzz targets, shared by `cargo fuzz` (fuzz_targets/)
+//! and by the workspace test that replays every seed and corpus file
+//! (tests/tests/fuzz_corpus.rs), so that `make test` exercises them without
+//! a nightly toolchain.
+
+use std::sync::OnceLock;
+
+use cocoon_protocol::bhttp_msg::{InnerRequest, InnerResponse, StreamingResponseDecoder};
+use cocoon_protocol::ohttp::{Aead, ChunkedResponseOpener, ClientRequest, GatewayKey, ResponseOpener};
+use cocoon_protocol::{Prices, Receipt};
+
+/// The gateway key every OHTTP target opens with: fixed, so seeds sealed to it stay valid.
+pub fn gateway() -> &'static GatewayKey {
+    static KEY: OnceLock<GatewayKey> = OnceLock::new();
+    KEY.get_or_init(|| GatewayKey::from_secret(1, &[0x42; 32], &[Aead::Aes128Gcm]).expect("fixed test key"))
+}
+
+/// Outside bytes as a sealed request (whole or chunked), opened by the
+/// enclave's gateway; and as a sealed response, opened by a client.
+pub fn ohttp(data: &[u8]) {
+    let g = gateway();
+    if let Ok((plain, sealer)) = g.open_request(data) {
+        let _ = sealer.seal(&plain);
+    }
+    if let Ok((plain, mut sealer)) = g.open_chunked_request(data) {
+        let _ = sealer.seal_chunk(&plain);
+    }
+    // The response side: a client opening what a worker (or anyone on the path) sent.
+    let opener = ResponseOpener::from_parts(Aead::Aes128Gcm, vec![7; 16], vec![9; 32]);
+    let _ = opener.open(data);
+    let mut chunked = ChunkedResponseOpener::from_parts(Aead::Aes128Gcm, vec![7; 16], vec![9; 32]);
+    let mid = data.len() / 2;
+    if chunked.push(&data[..mid]).is_ok() && chunked.push(&data[mid..]).is_ok() {
+        let _ = chunked.finish();
+    }
+    // A request sealed by a real client with this plaintext opens to the same bytes.
+    if data.len() <= 4096
+        && let Ok(client) = ClientRequest::new(g.config())
+        && let Ok((sealed, _)) = client.seal_chunked(data)
+    {
+        let (plain, _) = g.open_chunked_request(&sealed).expect("a client's own sealed request opens");
+        assert_eq!(plain, data);
+    }
+}
+
+/// Binary HTTP: the inner request the enclave decodes, the inner response and
+/// the streamed response a client decodes (fed in two pieces).
+pub fn bhttp(data: &[u8]) {
+    if let Ok(r) = InnerRequest::decode(data) {
+        let _ = r.date();
+        let again = InnerRequest::decode(&r.encode()).expect("a decoded request re-encodes");
+        assert_eq!(again, r);
+    }
+    let _ = InnerResponse::decode(data);
+    let mut d = StreamingResponseDecoder::new();
+    let cut = data.first().map(|&b| b as usize % (data.len() + 1)).unwrap_or(0);
+    if d.push(&data[..cut]).is_ok() {
+        let _ = d.push(&data[cut..]);
+    }
+}
+
+/// A usage receipt (COSE_Sign1) from a worker, checked under a fixed key.
+pub fn receipt(data: &[u8]) {
+    let _ = Receipt::verify(data, &[3; 32]);
+    if let Ok(key) = ed25519_key(data) {
+        let _ = Receipt::verify(&data[32..], &key);
+    }
+}
+
+fn ed25519_key(data: &[u8]) -> Result<[u8; 32], ()> {
+    data.get(..32).and_then(|k| k.try_into().ok()).ok_or(())
+}
+
+/// The prices the inner-API target charges at.
+pub const PRICES: Prices =
+    Prices { prompt_per_1k: cocoon_protocol::NanoTon(1_000), completion_per_1k: cocoon_protocol::NanoTon(3_000) };
+
+/// The inner request as the enclave's API parses it: BHTTP first, then, as a
+/// chat completion body, the same bytes as JSON. Returns the inner requests
+/// built, for a driver that has an API to hand them to.
+pub fn inner_requests(data: &[u8]) -> Vec<InnerRequest> {
+    let mut out = Vec::new();
+    if let Ok(r) = InnerRequest::decode(data) {
+        out.push(r);
+    }
+    let mut chat = InnerRequest::post_json("/v1/chat/completions", data.to_vec());
+    chat.headers.push(("cocoon-max-worker-cost".into(), String::from_utf8_lossy(&data[..data.len().min(24)]).into()));
+    out.push(chat);
+    out.push(InnerRequest::post_json("/v1/completions", data.to_vec()));
+    out
+}

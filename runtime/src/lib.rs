@@ -1,0 +1,44 @@
+//! Process plumbing shared by the long-running roles (enclave, host shim,
+//! proxy): shutdown on SIGTERM or Ctrl-C, draining connections within a
+//! grace period, giving freed memory back to the system, and enough file
+//! descriptors for thousands of clients.
+
+pub mod drain;
+pub mod memory;
+
+pub use drain::{Drain, DrainGuard};
+pub use memory::MemoryTrimmer;
+
+/// Resolves on SIGTERM (what service managers and `docker stop` send) or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: each client
+/// connection is a descriptor, and the usual soft limit of 1,024 is below
+/// the connection limits the servers are built for. Returns the new limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}

@@ -1,0 +1,115 @@
+//! Every fuzz target's body run on its seeds, on whatever corpus `make fuzz`
+//! has grown locally, and on deterministic mutations of the seeds: the
+//! fuzzers' smoke test inside `make test`, without a nightly toolchain.
+
+use std::path::{Path, PathBuf};
+
+#[path = "../../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod fuzz_bodies;
+
+use cocoon_protocol::bhttp_msg::{InnerRequest, InnerResponse, StreamingResponseEncoder};
+use cocoon_protocol::ohttp::ClientRequest;
+use cocoon_protocol::{Receipt, ReceiptSigner};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+fn inputs(target: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for dir in ["seeds", "corpus"] {
+        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(dir).join(target)) else { continue };
+        for e in entries.flatten() {
+            out.push(std::fs::read(e.path()).unwrap());
+        }
+    }
+    assert!(!out.is_empty(), "no seeds for the {target} fuzz target in fuzz/seeds/{target}");
+    out
+}
+
+/// Each input, then truncations and single-byte changes of it (a few hundred per seed).
+fn replay(target: &str, body: impl Fn(&[u8])) {
+    let mut runs = 0;
+    for input in inputs(target) {
+        body(&input);
+        let step = (input.len() / 64).max(1);
+        for cut in (0..input.len()).step_by(step) {
+            body(&input[..cut]);
+            let mut flipped = input.clone();
+            flipped[cut] ^= 0x5a;
+            body(&flipped);
+            runs += 2;
+        }
+    }
+    assert!(runs > 0, "{target}: nothing replayed");
+}
+
+#[test]
+fn ohttp_inputs() {
+    replay("ohttp", fuzz_bodies::ohttp);
+}
+
+#[test]
+fn bhttp_inputs() {
+    replay("bhttp", fuzz_bodies::bhttp);
+}
+
+#[test]
+fn receipt_inputs() {
+    replay("receipt", fuzz_bodies::receipt);
+}
+
+#[test]
+fn inner_api_inputs() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    replay("inner_api", |data| {
+        for req in fuzz_bodies::inner_requests(data) {
+            let reply = rt.block_on(cocoon_enclave::api::handle(None, Some(fuzz_bodies::PRICES), req));
+            assert!((400..600).contains(&reply.status), "no model is loaded, yet the API answered {}", reply.status);
+        }
+    });
+}
+
+/// Writes the seed files (run once with `--ignored` when the formats change).
+#[test]
+#[ignore]
+fn write_seeds() {
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let dir = fuzz_dir().join("seeds").join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    let chat = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":8,"stream":true,"stop":["x"],"temperature":0.5}"#;
+    let mut inner = InnerRequest::post_json("/v1/chat/completions", chat.to_vec());
+    inner.stamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000));
+    let config = fuzz_bodies::gateway().config();
+    let (whole, _) = ClientRequest::new(config).unwrap().seal(&inner.encode()).unwrap();
+    let (chunked, _) = ClientRequest::new(config).unwrap().seal_chunked(&inner.encode()).unwrap();
+    write("ohttp", "request", &whole);
+    write("ohttp", "chunked_request", &chunked);
+    write("bhttp", "request", &inner.encode());
+    let resp = InnerResponse {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: b"{}".to_vec(),
+    };
+    write("bhttp", "response", &resp.encode());
+    let mut streamed = StreamingResponseEncoder::head(200, &[("content-type", "text/event-stream")]);
+    streamed.extend(StreamingResponseEncoder::content(b"data: {}\n\n"));
+    streamed.extend(StreamingResponseEncoder::end());
+    write("bhttp", "streamed_response", &streamed);
+    let signer = ReceiptSigner::generate();
+    let receipt = Receipt {
+        request_hash: serde_bytes::ByteBuf::from(vec![1; 32]),
+        model_id: "m".into(),
+        model_digest: Some(serde_bytes::ByteBuf::from(vec![2; 32])),
+        prompt_tokens: 10,
+        completion_tokens: 20,
+        issued_at: 1_800_000_000,
+    };
+    write("receipt", "key_and_receipt", &[signer.public_key().as_slice(), &signer.sign(&receipt)].concat());
+    write("inner_api", "chat", chat);
+    write("inner_api", "text", br#"{"model":"m","prompt":"a b c","max_tokens":2,"top_p":0.9,"seed":1}"#);
+    write("inner_api", "bhttp_request", &inner.encode());
+}
