@@ -23,15 +23,24 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit: each client
-/// connection is a descriptor, and the usual soft limit of 1,024 is below
-/// the connection limits the servers are built for. Returns the new limit.
+/// Raises the limit on open files: each client connection is a descriptor,
+/// and the usual soft limit of 1,024 is below the connection limits the
+/// servers are built for. The soft limit goes to the hard limit; a process
+/// allowed to (root) raises both to at least `WANTED_FDS`. Returns the new
+/// soft limit.
 pub fn raise_fd_limit() -> u64 {
+    const WANTED_FDS: libc::rlim_t = 65_536;
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
+        }
+        if lim.rlim_max < WANTED_FDS {
+            let both = libc::rlimit { rlim_cur: WANTED_FDS, rlim_max: WANTED_FDS };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &both) == 0 {
+                return WANTED_FDS;
+            }
         }
         if lim.rlim_cur < lim.rlim_max {
             let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
