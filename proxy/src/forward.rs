@@ -216,6 +216,15 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         return failover(&app, &worker, &attested.model_id, &format!("the worker answered {status}"));
     }
     if status == StatusCode::BAD_REQUEST {
+        let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        let refused =
+            || api_error(status, "worker_refused", format!("the worker refused the sealed request: {msg}"), false);
+        // A request dated outside the worker's replay window (the client's
+        // clock) is the client's to fix; only an unopenable one suggests new keys.
+        if !msg.contains("cannot open the sealed request") {
+            return refused();
+        }
         // Perhaps sealed to keys the worker no longer has (it restarted): re-attest
         // it now; if its keys changed, the client re-seals to the same worker.
         app.registry.mark_stale(&worker);
@@ -223,17 +232,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
             Ok(w) if w.attested().claims_digest != attested.claims_digest => {
                 return retry_same(&app, &worker, "the worker restarted with new keys; seal the request again");
             }
-            Ok(_) => {
-                let body =
-                    Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let msg = String::from_utf8_lossy(&body).trim().to_string();
-                return api_error(
-                    status,
-                    "worker_refused",
-                    format!("the worker refused the sealed request: {msg}"),
-                    false,
-                );
-            }
+            Ok(_) => return refused(),
             Err(e) => {
                 warn!(worker = %worker.id, "re-attestation after a refused request failed: {e}");
                 app.registry.mark_down(&worker);
