@@ -15,6 +15,8 @@ const COLLATERAL: &[u8] = include_bytes!("../tests/data/dcap-sample-collateral.j
 const SNP_REPORT: &[u8] = include_bytes!("../tests/data/milan-report.bin");
 const VCEK: &[u8] = include_bytes!("../tests/data/milan-vcek.pem");
 const ASK: &[u8] = include_bytes!("../tests/data/milan-ask.pem");
+const GPU_REPORT: &str = include_str!("../tests/data/gpu/nvtrust-hopper/hopperAttestationReport.txt");
+const GPU_CHAIN: &[u8] = include_bytes!("../tests/data/gpu/nvtrust-hopper/hopperCertChain.txt");
 
 /// Mean time of one call of `f`, running it for about `budget`.
 fn time_per_call(budget: Duration, mut f: impl FnMut()) -> Duration {
@@ -59,6 +61,18 @@ fn main() {
         "SNP report: verify (ARK → ASK → VCEK, TCB/chip match, signature), certificates cached",
         time_per_call(budget, || {
             black_box(snp::verify_report(black_box(SNP_REPORT), &certs, at_snp).unwrap());
+        }),
+    );
+    let gpu_report = hex::decode(GPU_REPORT.trim()).unwrap();
+    let gpu_chain = cocoon_attestation::nvidia::chain_from_pem(GPU_CHAIN).unwrap();
+    let gpu_nonce: [u8; 32] = gpu_report[4..36].try_into().unwrap();
+    row(
+        "NVIDIA H100 report: verify (SPDM parse, 5-certificate chain to the pinned root, FWID, signature)",
+        time_per_call(budget, || {
+            black_box(
+                cocoon_attestation::nvidia::verify_gpu_report(black_box(&gpu_report), &gpu_chain, &gpu_nonce, at_snp)
+                    .unwrap(),
+            );
         }),
     );
     let producer = SimulatedProducer::new();

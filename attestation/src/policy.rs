@@ -103,6 +103,9 @@ pub struct GpuPolicy {
     /// The GPU must be in CC mode "on" (not "off" and not "devtools").
     #[serde(default = "yes")]
     pub require_cc_mode: bool,
+    /// Accepted GPU generations (`HOPPER`, `BLACKWELL`; empty: any).
+    #[serde(default)]
+    pub allowed_architectures: Vec<String>,
     #[serde(default)]
     pub min_driver_version: Option<String>,
     /// Accepted VBIOS versions (empty: any).
@@ -145,6 +148,7 @@ impl Default for GpuPolicy {
         GpuPolicy {
             required: false,
             require_cc_mode: true,
+            allowed_architectures: Vec::new(),
             min_driver_version: None,
             allowed_vbios_versions: Vec::new(),
         }

@@ -7,10 +7,11 @@ use cocoon_protocol::evidence::EvidenceDocument;
 use cocoon_protocol::ohttp::KeyConfig;
 use cocoon_protocol::{Claims, Platform};
 
+use crate::nvidia::{GpuError, VerifiedGpu, verify_gpu_report};
 use crate::reference::{ReferenceValues, mismatch};
 use crate::snp::{self, SnpReport};
 use crate::tdx::{self, TdxCollateral, TdxReport};
-use crate::{AttestationError, Policy, report_data, simulated};
+use crate::{AttestationError, Policy, gpu_nonce, report_data, simulated};
 
 /// One policy rule and how the evidence fared.
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +48,9 @@ pub struct VerifiedWorker {
     pub receipt_key: [u8; 32],
     pub nonce: Option<Vec<u8>>,
     pub rules: Vec<RuleOutcome>,
+    /// GPUs whose reports verified and are bound to this evidence (the policy's
+    /// `gpu` rule says whether they were required and acceptable).
+    pub gpus: Vec<VerifiedGpu>,
 }
 
 /// Everything learnt about a piece of evidence, whether or not it passed.
@@ -57,6 +61,7 @@ pub struct Assessment {
     pub hardware: Option<HardwareReport>,
     pub rules: Vec<RuleOutcome>,
     pub nonce: Option<Vec<u8>>,
+    pub gpus: Vec<VerifiedGpu>,
     outcome: Result<(Vec<KeyConfig>, [u8; 32]), AttestationError>,
 }
 
@@ -89,6 +94,7 @@ impl Assessment {
             "hardware": self.hardware,
             "ohttp_key_ids": self.outcome.as_ref().ok().map(|(k, _)| k.iter().map(|k| k.key_id).collect::<Vec<_>>()),
             "nonce": self.nonce.as_ref().map(hex::encode),
+            "gpus": self.gpus,
             "rules": self.rules,
         })
     }
@@ -103,6 +109,7 @@ impl Assessment {
             receipt_key,
             nonce: self.nonce,
             rules: self.rules,
+            gpus: self.gpus,
         })
     }
 }
@@ -137,6 +144,7 @@ pub fn assess(
         hardware: found.hardware,
         rules: found.rules,
         nonce: nonce.map(<[u8]>::to_vec),
+        gpus: found.gpus,
         outcome,
     }
 }
@@ -148,6 +156,7 @@ struct Findings {
     claims: Option<Claims>,
     hardware: Option<HardwareReport>,
     rules: Vec<RuleOutcome>,
+    gpus: Vec<VerifiedGpu>,
 }
 
 fn run(
@@ -279,14 +288,10 @@ fn run(
     }
 
     // 4. Policy: every rule is evaluated so that a refusal lists all it broke.
-    rules.extend(policy_rules(
-        policy,
-        &claims,
-        &hardware,
-        nonce.is_some(),
-        now,
-        doc.gpu.as_deref().unwrap_or_default(),
-    ));
+    let gpu_checks = check_gpus(&doc, now);
+    a.gpus = gpu_checks.iter().filter_map(|c| c.outcome.clone().ok()).collect();
+    let rules = &mut a.rules;
+    rules.extend(policy_rules(policy, &claims, &hardware, nonce.is_some(), now, &gpu_checks));
     let failed: Vec<&RuleOutcome> = rules.iter().filter(|r| !r.passed).collect();
     if let Some(first) = failed.first() {
         let mut detail = first.detail.clone();
@@ -313,7 +318,7 @@ pub fn policy_rules(
     hardware: &HardwareReport,
     fresh: bool,
     now: u64,
-    gpus: &[cocoon_protocol::GpuEvidence],
+    gpus: &[GpuCheck],
 ) -> Vec<RuleOutcome> {
     let mut rules = Vec::new();
     let mut check = |rule: &'static str, result: Result<String, String>| match result {
@@ -530,18 +535,87 @@ fn set_mismatch(set: &ReferenceValues, claims: &Claims, hardware: &HardwareRepor
     (!misses.is_empty()).then(|| misses.join(", "))
 }
 
-/// No GPU verifier exists in this build: GPU evidence is never reported as verified.
-fn gpu_rule(policy: &Policy, gpus: &[cocoon_protocol::GpuEvidence]) -> Option<Result<String, String>> {
-    match (policy.gpu.required, gpus.len()) {
-        (false, 0) => None,
-        (false, n) => Some(Ok(format!(
-            "not required; {n} GPU evidence entries present but NOT verified (this build has no NVIDIA verifier)"
-        ))),
-        (true, 0) => Some(Err("the policy requires GPU confidential-computing evidence; the worker sent none".into())),
-        (true, n) => Some(Err(format!(
-            "the policy requires verified GPU evidence; {n} entries present but this build cannot verify \
-             NVIDIA attestation reports, so none is trusted"
-        ))),
+/// One GPU entry of an evidence document, verified (or not) against the
+/// nonce derived from this document's report data.
+#[derive(Debug, Clone)]
+pub struct GpuCheck {
+    /// The CC mode the worker declared (`on`, `off`, `devtools`).
+    pub cc_mode: String,
+    pub outcome: Result<VerifiedGpu, GpuError>,
+}
+
+/// Verifies every GPU entry of `doc`. Each report must have been requested
+/// with `gpu_nonce(claims, nonce)` of this very document, so GPU evidence
+/// taken from another VM's (or another verifier's) evidence is refused.
+pub fn check_gpus(doc: &EvidenceDocument, now: u64) -> Vec<GpuCheck> {
+    let expected = gpu_nonce(&doc.claims, doc.nonce.as_deref().map(|n| n.as_slice()));
+    doc.gpu
+        .iter()
+        .flatten()
+        .map(|g| {
+            let chain: Vec<Vec<u8>> = g.certificate_chain.iter().map(|c| c.to_vec()).collect();
+            GpuCheck {
+                cc_mode: g.cc_mode.clone(),
+                outcome: verify_gpu_report(&g.attestation_report, &chain, &expected, now),
+            }
+        })
+        .collect()
+}
+
+/// Dotted version strings compared number by number (`550.90.07` < `570.124.03`).
+fn version_at_least(found: &str, min: &str) -> bool {
+    let parse = |v: &str| v.split('.').map(|p| p.trim().parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    parse(found) >= parse(min)
+}
+
+fn gpu_rule(policy: &Policy, gpus: &[GpuCheck]) -> Option<Result<String, String>> {
+    let p = &policy.gpu;
+    if gpus.is_empty() {
+        return p
+            .required
+            .then(|| Err("the policy requires GPU confidential-computing evidence; the worker sent none".into()));
+    }
+    let mut verified = Vec::new();
+    let mut problems = Vec::new();
+    for (i, g) in gpus.iter().enumerate() {
+        match &g.outcome {
+            Err(e) => problems.push(format!("GPU {i}: {e}")),
+            Ok(v) => {
+                let arch = v.architecture.to_string();
+                if !p.allowed_architectures.is_empty()
+                    && !p.allowed_architectures.iter().any(|a| a.eq_ignore_ascii_case(&arch))
+                {
+                    problems.push(format!(
+                        "GPU {i}: architecture {arch}, the policy allows {}",
+                        p.allowed_architectures.join(", ")
+                    ));
+                }
+                if p.require_cc_mode && g.cc_mode != "on" {
+                    problems.push(format!("GPU {i}: CC mode {:?}, the policy requires \"on\"", g.cc_mode));
+                }
+                let driver = v.driver_version.as_deref().unwrap_or("unknown");
+                if let Some(min) = &p.min_driver_version
+                    && !version_at_least(driver, min)
+                {
+                    problems.push(format!("GPU {i}: driver {driver}, the policy requires at least {min}"));
+                }
+                let vbios = v.vbios_version.as_deref().unwrap_or("unknown");
+                if !p.allowed_vbios_versions.is_empty() && !p.allowed_vbios_versions.iter().any(|a| a == vbios) {
+                    problems.push(format!(
+                        "GPU {i}: VBIOS {vbios}, the policy allows {}",
+                        p.allowed_vbios_versions.join(", ")
+                    ));
+                }
+                verified.push(format!("{} ({}), driver {driver}, VBIOS {vbios}", v.architecture, v.attestation_key));
+            }
+        }
+    }
+    match (problems.is_empty(), p.required) {
+        (true, _) => Some(Ok(format!("{} GPU(s) verified: {}", verified.len(), verified.join("; ")))),
+        (false, true) => Some(Err(problems.join("; "))),
+        (false, false) => {
+            Some(Ok(format!("not required; GPU evidence present but NOT trusted: {}", problems.join("; "))))
+        }
     }
 }
 
@@ -664,5 +738,36 @@ mod tests {
         let single = crate::batched_evidence_documents(&SimulatedProducer::new(), &claims, &nonces[..1]).unwrap();
         assert!(EvidenceDocument::decode(&single[0]).unwrap().0.nonce_proof.is_none());
         verify_evidence(&single[0], &dev, Some(&nonces[0]), ISSUED, &none()).unwrap();
+    }
+
+    #[test]
+    fn gpu_evidence_from_another_document_is_refused() {
+        // A genuine H100 report and chain, requested for another VM's nonce.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpu/nvtrust-hopper");
+        let report =
+            hex::decode(std::fs::read_to_string(format!("{dir}/hopperAttestationReport.txt")).unwrap().trim()).unwrap();
+        let chain =
+            crate::nvidia::chain_from_pem(&std::fs::read(format!("{dir}/hopperCertChain.txt")).unwrap()).unwrap();
+        let (mut doc, _) = EvidenceDocument::decode(&evidence(Some(b"n1"))).unwrap();
+        doc.gpu = Some(vec![cocoon_protocol::GpuEvidence {
+            vendor: "nvidia".into(),
+            architecture: "HOPPER".into(),
+            cc_mode: "on".into(),
+            driver_version: "550.90.07".into(),
+            vbios_version: "96.00.9F.00.01".into(),
+            nonce: ByteBuf::from(report[4..36].to_vec()),
+            attestation_report: ByteBuf::from(report),
+            certificate_chain: chain.into_iter().map(ByteBuf::from).collect(),
+        }]);
+        let moved = doc.encode();
+        let mut required = Policy::insecure_simulated();
+        required.gpu.required = true;
+        let e = refusal(verify_evidence(&moved, &required, Some(b"n1"), ISSUED, &none()));
+        assert!(e.contains("gpu: GPU 0: GPU report nonce: expected"), "{e}");
+        // Not required: the CPU evidence passes, the GPU is reported as not trusted and not listed.
+        let a = assess(&moved, &Policy::insecure_simulated(), Some(b"n1"), ISSUED, &none());
+        let rule = a.rules.iter().find(|r| r.rule == "gpu").unwrap();
+        assert!(rule.passed && rule.detail.contains("NOT trusted"), "{rule:?}");
+        assert!(a.gpus.is_empty());
     }
 }

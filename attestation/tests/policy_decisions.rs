@@ -174,7 +174,7 @@ fn stale_cached_evidence_and_missing_nonce() {
 }
 
 #[test]
-fn gpu_evidence_is_never_reported_as_verified() {
+fn gpu_evidence_that_does_not_verify_is_never_trusted() {
     let gpu = cocoon_protocol::GpuEvidence {
         vendor: "nvidia".into(),
         architecture: "HOPPER".into(),
@@ -185,14 +185,26 @@ fn gpu_evidence_is_never_reported_as_verified() {
         attestation_report: ByteBuf::from(vec![1; 16]),
         certificate_chain: vec![],
     };
+    let doc = cocoon_protocol::EvidenceDocument {
+        version: cocoon_protocol::evidence::EVIDENCE_VERSION,
+        platform: Platform::Tdx,
+        claims: ByteBuf::from(vec![]),
+        nonce: None,
+        quote_or_report: ByteBuf::from(vec![]),
+        certificates: None,
+        event_log: None,
+        gpu: Some(vec![gpu]),
+        nonce_proof: None,
+    };
+    let checks = cocoon_attestation::verify::check_gpus(&doc, tdx_time());
     let c = claims(Platform::Tdx, tdx_time());
-    let ok = policy_rules(&tdx_policy(), &c, &tdx_report(), false, tdx_time(), std::slice::from_ref(&gpu));
+    let ok = policy_rules(&tdx_policy(), &c, &tdx_report(), false, tdx_time(), &checks);
     let g = ok.iter().find(|r| r.rule == "gpu").unwrap();
-    assert!(g.passed && g.detail.contains("NOT verified"), "{g:?}");
+    assert!(g.passed && g.detail.contains("NOT trusted"), "{g:?}");
     let mut p = tdx_policy();
     p.gpu.required = true;
-    let f = failures(&policy_rules(&p, &c, &tdx_report(), false, tdx_time(), &[gpu]));
-    assert!(f[0].1.contains("cannot verify NVIDIA attestation reports"), "{f:?}");
+    let f = failures(&policy_rules(&p, &c, &tdx_report(), false, tdx_time(), &checks));
+    assert!(f[0].1.contains("GPU 0: GPU report request code: expected 0xe0"), "{f:?}");
     let f = failures(&policy_rules(&p, &c, &tdx_report(), false, tdx_time(), &[]));
     assert!(f[0].1.contains("the worker sent none"), "{f:?}");
 }

@@ -89,3 +89,19 @@ pub fn inner_requests(data: &[u8]) -> Vec<InnerRequest> {
     out.push(InnerRequest::post_json("/v1/completions", data.to_vec()));
     out
 }
+
+/// An NVIDIA GPU attestation report (SPDM request and signed measurements),
+/// parsed and then verified with a real H100 chain for its own nonce, so that
+/// mutations reach the signature and certificate checks.
+pub fn spdm(data: &[u8]) {
+    static CHAIN: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    let chain = CHAIN.get_or_init(|| {
+        let pem = include_bytes!("../../attestation/tests/data/gpu/nvtrust-hopper/hopperCertChain.txt");
+        cocoon_attestation::nvidia::chain_from_pem(pem).expect("the fixture chain parses")
+    });
+    if let Ok(r) = cocoon_attestation::spdm::GpuReport::parse(data) {
+        assert_eq!(r.signed.end + cocoon_attestation::spdm::SIGNATURE_LEN, data.len());
+        let _ = r.block(1);
+        let _ = cocoon_attestation::nvidia::verify_gpu_report(data, chain, &r.nonce, 1_800_000_000);
+    }
+}

@@ -61,6 +61,11 @@ fn receipt_inputs() {
 }
 
 #[test]
+fn spdm_inputs() {
+    replay("spdm", fuzz_bodies::spdm);
+}
+
+#[test]
 fn inner_api_inputs() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     replay("inner_api", |data| {

@@ -1,0 +1,277 @@
+//! Verifying an NVIDIA GPU's confidential-computing attestation report:
+//! the SPDM measurements (see `spdm`) signed by the GPU's attestation key,
+//! whose certificate chain must end at the pinned NVIDIA Device Identity CA.
+//!
+//! Checked, in order: the report parses; its request nonce is the one the
+//! verifier expects (derived from the CPU evidence, see `binding::gpu_nonce`);
+//! the chain (leaf first) has 2 to 8 certificates, each signed with
+//! ECDSA P-384/SHA-384 by the next, each valid at the verification time, the
+//! last one byte-identical to the pinned root; the report's signature
+//! verifies under the leaf's key; the report's FWID appears in the leaf's
+//! DICE TcbInfo extension (the firmware the key was issued to).
+
+use der::{Decode, Encode};
+use p384::ecdsa::signature::Verifier;
+use sha2::{Digest, Sha256};
+use x509_cert::der::oid::ObjectIdentifier;
+
+use crate::hexfmt::rfc3339;
+use crate::spdm::{GpuReport, SpdmError};
+
+/// NVIDIA Device Identity CA (DER), the root of every GPU attestation key chain.
+pub const NVIDIA_DEVICE_ROOT_CA: &[u8] = include_bytes!("../roots/nvidia-device-identity-ca.der");
+/// SHA-256 of [`NVIDIA_DEVICE_ROOT_CA`], recorded separately so a changed file is caught.
+pub const NVIDIA_DEVICE_ROOT_CA_SHA256: &str = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48";
+
+const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+/// TCG DICE TcbInfo (Hopper), and the form the Blackwell leaf uses.
+const TCB_INFO: [ObjectIdentifier; 2] =
+    [ObjectIdentifier::new_unwrap("2.23.133.5.4.1"), ObjectIdentifier::new_unwrap("2.23.133.5.4.1.1")];
+const MAX_CHAIN: usize = 8;
+const MAX_CERT: usize = 8 << 10;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GpuError {
+    #[error(transparent)]
+    Report(#[from] SpdmError),
+    #[error("GPU report nonce: expected {expected}, found {found}")]
+    Nonce { expected: String, found: String },
+    #[error("GPU certificate chain: {0}")]
+    Chain(String),
+    #[error("GPU report signature does not verify under the attestation key of {0}")]
+    Signature(String),
+    #[error("GPU firmware: {0}")]
+    Fwid(String),
+}
+
+/// The GPU generation, from the attestation key's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum GpuArchitecture {
+    Hopper,
+    Blackwell,
+    Other(String),
+}
+
+impl std::fmt::Display for GpuArchitecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuArchitecture::Hopper => f.write_str("HOPPER"),
+            GpuArchitecture::Blackwell => f.write_str("BLACKWELL"),
+            GpuArchitecture::Other(s) => write!(f, "unknown ({s})"),
+        }
+    }
+}
+
+/// What a verified report establishes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VerifiedGpu {
+    pub architecture: GpuArchitecture,
+    /// Common name of the attestation key's certificate (`GH100 A01 GSP FMC LF`).
+    pub attestation_key: String,
+    /// Serial number of that certificate, hex.
+    pub leaf_serial: String,
+    pub driver_version: Option<String>,
+    pub vbios_version: Option<String>,
+    pub board_id: Option<String>,
+    pub project: Option<String>,
+    pub project_sku: Option<String>,
+    pub chip_sku: Option<String>,
+    pub fwid: Option<String>,
+    /// (1-based block index, value) for every measurement block.
+    pub measurements: Vec<(u8, String)>,
+}
+
+struct Cert {
+    cn: String,
+    x509: x509_cert::Certificate,
+}
+
+fn parse_cert(der_bytes: &[u8], position: usize) -> Result<Cert, GpuError> {
+    if der_bytes.len() > MAX_CERT {
+        return Err(GpuError::Chain(format!(
+            "certificate {position} is {} bytes; the limit is {MAX_CERT}",
+            der_bytes.len()
+        )));
+    }
+    let x509 = x509_cert::Certificate::from_der(der_bytes)
+        .map_err(|e| GpuError::Chain(format!("certificate {position} is not DER X.509: {e}")))?;
+    let cn = x509
+        .tbs_certificate()
+        .subject()
+        .common_name()
+        .ok()
+        .flatten()
+        .map(|c| c.value().into_owned())
+        .unwrap_or_else(|| format!("certificate {position}"));
+    Ok(Cert { cn, x509 })
+}
+
+fn public_key(c: &Cert) -> Result<p384::ecdsa::VerifyingKey, GpuError> {
+    let spki = c.x509.tbs_certificate().subject_public_key_info();
+    p384::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
+        .map_err(|e| GpuError::Chain(format!("{}: the public key is not a P-384 point: {e}", c.cn)))
+}
+
+/// Checks that `issuer` signed `subject`.
+fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
+    if subject.x509.signature_algorithm().oid != ECDSA_WITH_SHA384 {
+        return Err(GpuError::Chain(format!(
+            "{}: signature algorithm {}, expected ecdsa-with-SHA384",
+            subject.cn,
+            subject.x509.signature_algorithm().oid
+        )));
+    }
+    let tbs = subject.x509.tbs_certificate().to_der().map_err(|e| GpuError::Chain(e.to_string()))?;
+    let sig = subject
+        .x509
+        .signature()
+        .as_bytes()
+        .and_then(|b| p384::ecdsa::Signature::from_der(b).ok())
+        .ok_or_else(|| GpuError::Chain(format!("{}: the signature is not a DER ECDSA signature", subject.cn)))?;
+    public_key(issuer)?
+        .verify(&tbs, &sig)
+        .map_err(|_| GpuError::Chain(format!("{} is not signed by {}", subject.cn, issuer.cn)))
+}
+
+fn check_validity(c: &Cert, now: u64) -> Result<(), GpuError> {
+    let v = c.x509.tbs_certificate().validity();
+    let (from, to) = (v.not_before.to_unix_duration().as_secs(), v.not_after.to_unix_duration().as_secs());
+    if now < from || now > to {
+        return Err(GpuError::Chain(format!(
+            "{} is valid from {} to {}; the verification time {} is outside it",
+            c.cn,
+            rfc3339(from),
+            rfc3339(to),
+            rfc3339(now)
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies one GPU's report and certificate chain (DER, leaf first) for
+/// `expected_nonce` at `now` (Unix seconds).
+pub fn verify_gpu_report(
+    report: &[u8],
+    chain: &[Vec<u8>],
+    expected_nonce: &[u8; 32],
+    now: u64,
+) -> Result<VerifiedGpu, GpuError> {
+    let parsed = GpuReport::parse(report)?;
+    if &parsed.nonce != expected_nonce {
+        return Err(GpuError::Nonce { expected: hex::encode(expected_nonce), found: hex::encode(parsed.nonce) });
+    }
+    if !(2..=MAX_CHAIN).contains(&chain.len()) {
+        return Err(GpuError::Chain(format!("expected 2 to {MAX_CHAIN} certificates, found {}", chain.len())));
+    }
+    let root = chain.last().expect("at least two");
+    if root.as_slice() != NVIDIA_DEVICE_ROOT_CA {
+        return Err(GpuError::Chain(format!(
+            "the last certificate (SHA-256 {}) is not the pinned NVIDIA Device Identity CA ({NVIDIA_DEVICE_ROOT_CA_SHA256})",
+            hex::encode(Sha256::digest(root))
+        )));
+    }
+    let certs: Vec<Cert> = chain.iter().enumerate().map(|(i, c)| parse_cert(c, i)).collect::<Result<_, _>>()?;
+    for pair in certs.windows(2) {
+        check_signed_by(&pair[0], &pair[1])?;
+    }
+    check_signed_by(&certs[certs.len() - 1], &certs[certs.len() - 1])?;
+    for c in &certs {
+        check_validity(c, now)?;
+    }
+    let leaf = &certs[0];
+    let signature =
+        p384::ecdsa::Signature::from_slice(&parsed.signature).map_err(|_| GpuError::Signature(leaf.cn.clone()))?;
+    public_key(leaf)?
+        .verify(&report[parsed.signed.clone()], &signature)
+        .map_err(|_| GpuError::Signature(leaf.cn.clone()))?;
+    if let Some(fwid) = &parsed.opaque.fwid {
+        check_fwid(leaf, fwid)?;
+    }
+    Ok(facts(&parsed, leaf))
+}
+
+/// The report's FWID must be one of the leaf's DICE TcbInfo FWIDs.
+fn check_fwid(leaf: &Cert, fwid: &[u8]) -> Result<(), GpuError> {
+    let ext = leaf
+        .x509
+        .tbs_certificate()
+        .extensions()
+        .and_then(|exts| exts.iter().find(|e| TCB_INFO.contains(&e.extn_id)))
+        .ok_or_else(|| {
+            GpuError::Fwid(format!("the report has a FWID but {} has no DICE TcbInfo extension", leaf.cn))
+        })?;
+    let value = ext.extn_value.as_bytes();
+    // The FWID digest is an OCTET STRING of its length inside the extension.
+    let mut needle = vec![0x04, fwid.len() as u8];
+    needle.extend_from_slice(fwid);
+    if fwid.len() >= 0x80 || !value.windows(needle.len()).any(|w| w == needle.as_slice()) {
+        return Err(GpuError::Fwid(format!(
+            "the report's FWID {} is not among the FWIDs {} was issued to",
+            hex::encode(fwid),
+            leaf.cn
+        )));
+    }
+    Ok(())
+}
+
+fn facts(r: &GpuReport, leaf: &Cert) -> VerifiedGpu {
+    let architecture = match leaf.cn.split_whitespace().next().unwrap_or("") {
+        s if s.starts_with("GH1") => GpuArchitecture::Hopper,
+        s if s.starts_with("GB1") || s.starts_with("GB2") => GpuArchitecture::Blackwell,
+        s => GpuArchitecture::Other(s.to_string()),
+    };
+    let o = &r.opaque;
+    VerifiedGpu {
+        architecture,
+        attestation_key: leaf.cn.clone(),
+        leaf_serial: hex::encode(leaf.x509.tbs_certificate().serial_number().as_bytes()),
+        driver_version: o.driver_version.clone(),
+        vbios_version: o.vbios_version.clone(),
+        board_id: o.board_id.as_ref().map(hex::encode),
+        project: o.project.clone(),
+        project_sku: o.project_sku.clone(),
+        chip_sku: o.chip_sku.clone(),
+        fwid: o.fwid.as_ref().map(hex::encode),
+        measurements: r.blocks.iter().map(|b| (b.index, hex::encode(&b.value))).collect(),
+    }
+}
+
+/// Certificates from concatenated PEM text (NVIDIA's chain files), leaf first.
+pub fn chain_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, GpuError> {
+    let certs = x509_cert::Certificate::load_pem_chain(pem).map_err(|e| GpuError::Chain(format!("PEM: {e}")))?;
+    certs.iter().map(|c| c.to_der().map_err(|e| GpuError::Chain(e.to_string()))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(chain_file: &str) -> Cert {
+        let pem = std::fs::read(format!("{}/tests/data/gpu/{chain_file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        parse_cert(&chain_from_pem(&pem).unwrap()[0], 0).unwrap()
+    }
+
+    #[test]
+    fn the_fwid_must_be_one_the_leaf_was_issued_to() {
+        let hopper = leaf("nvtrust-hopper/hopperCertChain.txt");
+        let report = std::fs::read_to_string(format!(
+            "{}/tests/data/gpu/nvtrust-hopper/hopperAttestationReport.txt",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let fwid = GpuReport::parse(&hex::decode(report.trim()).unwrap()).unwrap().opaque.fwid.unwrap();
+        assert_eq!(check_fwid(&hopper, &fwid), Ok(()));
+        let mut other = fwid.clone();
+        other[0] ^= 1;
+        let e = check_fwid(&hopper, &other).unwrap_err();
+        assert!(e.to_string().contains("is not among the FWIDs GH100 A01 GSP FMC LF was issued to"), "{e}");
+        // Another Hopper's leaf carries its own FWID, not this one.
+        let e = check_fwid(&leaf("sdk-hopper-expired/hopperCertChainExpired.txt"), &fwid).unwrap_err();
+        assert!(matches!(e, GpuError::Fwid(_)), "{e}");
+    }
+
+    #[test]
+    fn pinned_root_has_the_recorded_fingerprint() {
+        assert_eq!(hex::encode(Sha256::digest(NVIDIA_DEVICE_ROOT_CA)), NVIDIA_DEVICE_ROOT_CA_SHA256);
+    }
+}
