@@ -250,7 +250,23 @@ fn print_verified(v: &VerifiedWorker) {
     eprintln!("platform        {}", v.platform);
     print_hardware(&v.hardware);
     print_claims(&v.claims);
+    print_gpus(&v.gpus);
     print_rules(&v.rules);
+}
+
+/// The GPUs whose reports verified, like the CPU rows.
+fn print_gpus(gpus: &[cocoon_attestation::nvidia::VerifiedGpu]) {
+    for (i, g) in gpus.iter().enumerate() {
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        eprintln!(
+            "gpu {i}           {} ({}), driver {}, VBIOS {}, board {}",
+            g.architecture,
+            g.attestation_key,
+            or_unknown(&g.driver_version),
+            or_unknown(&g.vbios_version),
+            or_unknown(&g.board_id)
+        );
+    }
 }
 
 /// Prints an assessment and turns a refusal into an error.
@@ -267,6 +283,7 @@ fn report(a: Assessment, json: bool) -> anyhow::Result<()> {
         if let Some(c) = &a.claims {
             print_claims(c);
         }
+        print_gpus(&a.gpus);
         print_rules(&a.rules);
     }
     let accepted = a.passed();
