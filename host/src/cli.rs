@@ -108,14 +108,26 @@ pub fn run() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener =
-            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let listener = listen(args.listen).with_context(|| format!("binding {}", args.listen))?;
         tracing::info!(listen = %listener.local_addr()?, enclave = %args.enclave, "host shim ready");
         let shim = Shim::new(args.enclave, measurements, limits);
         serve(listener, shim, cocoon_runtime::shutdown_signal(), grace).await?;
         tracing::info!("host shim stopped");
         Ok(())
     })
+}
+
+/// Connections the kernel queues before the shim accepts them (capped by
+/// `net.core.somaxconn`). A flood of connects beyond the usual 1,024 would
+/// otherwise wait out SYN retransmissions instead of reaching the admission,
+/// which closes idle connections to make room.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
