@@ -16,22 +16,20 @@ fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
 }
 
-fn inputs(target: &str) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for dir in ["seeds", "corpus"] {
-        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(dir).join(target)) else { continue };
-        for e in entries.flatten() {
-            out.push(std::fs::read(e.path()).unwrap());
-        }
-    }
-    assert!(!out.is_empty(), "no seeds for the {target} fuzz target in fuzz/seeds/{target}");
-    out
+/// The files of `fuzz/<dir>/<target>` (none when the folder is missing).
+fn files(dir: &str, target: &str) -> Vec<Vec<u8>> {
+    let Ok(entries) = std::fs::read_dir(fuzz_dir().join(dir).join(target)) else { return Vec::new() };
+    entries.flatten().map(|e| std::fs::read(e.path()).unwrap()).collect()
 }
 
-/// Each input, then truncations and single-byte changes of it (a few hundred per seed).
+/// Each seed, then truncations and single-byte changes of it (a few hundred
+/// per seed); then, once each, the inputs of a corpus `make fuzz` grew here
+/// (the fuzzer has explored their neighbourhood already).
 fn replay(target: &str, body: impl Fn(&[u8])) {
+    let seeds = files("seeds", target);
+    assert!(!seeds.is_empty(), "no seeds for the {target} fuzz target in fuzz/seeds/{target}");
     let mut runs = 0;
-    for input in inputs(target) {
+    for input in seeds {
         body(&input);
         let step = (input.len() / 64).max(1);
         for cut in (0..input.len()).step_by(step) {
@@ -41,6 +39,9 @@ fn replay(target: &str, body: impl Fn(&[u8])) {
             body(&flipped);
             runs += 2;
         }
+    }
+    for input in files("corpus", target) {
+        body(&input);
     }
     assert!(runs > 0, "{target}: nothing replayed");
 }
