@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tower::ServiceExt as _;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use cocoon_protocol::media::{self, media_is};
 use cocoon_runtime::{Drain, MemoryTrimmer};
@@ -145,9 +145,6 @@ pub fn router(shim: Arc<Shim>) -> Router {
 #[derive(Clone)]
 struct OnConn(Arc<Conn>);
 
-/// How often freed memory is returned to the system after activity.
-const TRIM_INTERVAL: Duration = Duration::from_secs(2);
-
 /// Serves until `shutdown` resolves, then lets requests in progress (streams
 /// included) finish for up to `grace`.
 pub async fn serve(
@@ -158,7 +155,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let app = router(shim.clone());
     let drain = Drain::default();
-    shim.trimmer.spawn(TRIM_INTERVAL);
+    shim.trimmer.spawn();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -193,19 +190,9 @@ pub async fn serve(
                 .header_read_timeout(shim.limits.header_read_timeout)
                 .max_buf_size(64 << 10)
                 .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(http);
-            let ended = tokio::select! {
-                r = http.as_mut() => r,
-                _ = stopping.stopping() => {
-                    http.as_mut().graceful_shutdown();
-                    http.await
-                }
-                _ = conn.conn.close.notified() => {
-                    // Displaced while idle; a request that raced in still finishes.
-                    http.as_mut().graceful_shutdown();
-                    http.await
-                }
-            };
+            // Displaced while idle: a request that raced in still finishes.
+            let displaced = conn.conn.close.notified();
+            let ended = stopping.serve(http, displaced, |c| c.graceful_shutdown()).await;
             if let Err(e) = ended {
                 debug!("client connection ended: {e}");
             }
@@ -214,11 +201,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    info!(connections = drain.active(), "stopped accepting; letting requests in progress finish");
-    let left = drain.drain(grace).await;
-    if left > 0 {
-        warn!("{left} connections still open after the grace period; closing them");
-    }
+    drain.finish(grace).await;
     Ok(())
 }
 
@@ -323,8 +306,10 @@ async fn ohttp_inner(shim: &Arc<Shim>, req: Request, guard: &mut Option<RequestG
     };
     shim.metrics.bytes_to_enclave.inc_by(received.bytes.len() as u64);
     let body = Body::new(Full::new(received.bytes.clone()));
+    // The body's share of the upload budget is held until the enclave has answered its head.
+    let answer = forward(shim, permit, Method::POST, "/ohttp".into(), content_type, body).await;
     drop(received);
-    forward(shim, permit, Method::POST, "/ohttp".into(), content_type, body).await
+    answer
 }
 
 /// A slot for an evidence, key or health request, apart from sealed requests;
