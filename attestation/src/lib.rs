@@ -23,6 +23,7 @@ pub mod spdm;
 pub mod tdx;
 pub mod tdx_guest;
 pub mod verify;
+mod x509;
 
 pub use binding::{gpu_nonce, parse_nonce_query, report_data};
 pub use files::read_limited;

@@ -15,7 +15,6 @@ use p384::ecdsa::signature::Verifier;
 use sha2::{Digest, Sha256};
 use x509_cert::der::oid::ObjectIdentifier;
 
-use crate::hexfmt::rfc3339;
 use crate::spdm::{GpuReport, SpdmError};
 
 /// NVIDIA Device Identity CA (DER), the root of every GPU attestation key chain.
@@ -95,14 +94,7 @@ fn parse_cert(der_bytes: &[u8], position: usize) -> Result<Cert, GpuError> {
     }
     let x509 = x509_cert::Certificate::from_der(der_bytes)
         .map_err(|e| GpuError::Chain(format!("certificate {position} is not DER X.509: {e}")))?;
-    let cn = x509
-        .tbs_certificate()
-        .subject()
-        .common_name()
-        .ok()
-        .flatten()
-        .map(|c| c.value().into_owned())
-        .unwrap_or_else(|| format!("certificate {position}"));
+    let cn = crate::x509::common_name(&x509).unwrap_or_else(|| format!("#{position}"));
     Ok(Cert { cn, x509 })
 }
 
@@ -133,21 +125,6 @@ fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
         .map_err(|_| GpuError::Chain(format!("{} is not signed by {}", subject.cn, issuer.cn)))
 }
 
-fn check_validity(c: &Cert, now: u64) -> Result<(), GpuError> {
-    let v = c.x509.tbs_certificate().validity();
-    let (from, to) = (v.not_before.to_unix_duration().as_secs(), v.not_after.to_unix_duration().as_secs());
-    if now < from || now > to {
-        return Err(GpuError::Chain(format!(
-            "{} is valid from {} to {}; the verification time {} is outside it",
-            c.cn,
-            rfc3339(from),
-            rfc3339(to),
-            rfc3339(now)
-        )));
-    }
-    Ok(())
-}
-
 /// Verifies one GPU's report and certificate chain (DER, leaf first) for
 /// `expected_nonce` at `now` (Unix seconds).
 pub fn verify_gpu_report(
@@ -176,7 +153,7 @@ pub fn verify_gpu_report(
     }
     check_signed_by(&certs[certs.len() - 1], &certs[certs.len() - 1])?;
     for c in &certs {
-        check_validity(c, now)?;
+        crate::x509::check_validity(&c.x509, &c.cn, now).map_err(GpuError::Chain)?;
     }
     let leaf = &certs[0];
     let signature =

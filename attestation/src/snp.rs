@@ -15,7 +15,7 @@ use x509_cert::der::oid::ObjectIdentifier;
 use cocoon_protocol::Platform;
 
 use crate::AttestationError;
-use crate::hexfmt::{self, rfc3339};
+use crate::hexfmt;
 use crate::roots::AmdGeneration;
 
 /// An SNP attestation report is exactly this long (versions 2 to 5).
@@ -169,32 +169,13 @@ fn named_cert(der_bytes: &[u8]) -> Result<NamedCert, AttestationError> {
         return Err(malformed(format!("certificate is {} bytes; the limit is {MAX_CERT}", der_bytes.len())));
     }
     let x509 = x509_cert::Certificate::from_der(der_bytes).map_err(|e| malformed(format!("certificate: {e}")))?;
-    let cn = x509
-        .tbs_certificate()
-        .subject()
-        .common_name()
-        .ok()
-        .flatten()
-        .map(|c| c.value().into_owned())
-        .unwrap_or_default();
+    let cn = crate::x509::common_name(&x509).unwrap_or_default();
     let sev = Certificate::from_der(der_bytes).map_err(|e| malformed(format!("certificate {cn:?}: {e}")))?;
     Ok(NamedCert { cn, x509, sev })
 }
 
 fn check_validity(c: &NamedCert, now: u64) -> Result<(), AttestationError> {
-    let v = c.x509.tbs_certificate().validity();
-    let from = v.not_before.to_unix_duration().as_secs();
-    let to = v.not_after.to_unix_duration().as_secs();
-    if now < from || now > to {
-        return Err(failed(format!(
-            "certificate {} is valid from {} to {}; verification time {} is outside it",
-            c.cn,
-            rfc3339(from),
-            rfc3339(to),
-            rfc3339(now)
-        )));
-    }
-    Ok(())
+    crate::x509::check_validity(&c.x509, &c.cn, now).map_err(failed)
 }
 
 /// Finds the pinned ARK that signs `intermediate` (or, with none, whose

@@ -39,8 +39,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a sealed request body may take to arrive (the shim buffers bodies
 /// before it forwards them, so this guards against a misbehaving host only).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often freed memory is returned to the system after activity.
-const TRIM_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Accepts connections until `shutdown` resolves, then lets the requests in
 /// progress (streams included) finish for up to `grace`.
@@ -52,7 +50,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tokio::spawn(state.fresh.clone().run());
     let trimmer = cocoon_runtime::MemoryTrimmer::default();
-    trimmer.spawn(TRIM_INTERVAL);
+    trimmer.spawn();
     let drain = cocoon_runtime::Drain::default();
     let slots = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
     tokio::pin!(shutdown);
@@ -83,14 +81,7 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = guard.stopping() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let ended = guard.serve(conn, std::future::pending(), |c| c.graceful_shutdown()).await;
             if let Err(e) = ended {
                 debug!("connection ended: {e}");
             }
@@ -99,11 +90,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    info!(connections = drain.active(), "stopped accepting; letting requests in progress finish");
-    let left = drain.drain(grace).await;
-    if left > 0 {
-        warn!("{left} connections still open after the grace period; closing them");
-    }
+    drain.finish(grace).await;
     Ok(())
 }
 

@@ -20,11 +20,9 @@ pub struct EnclaveState {
     pub gateway: GatewayKey,
     pub receipts: ReceiptSigner,
     pub claims: Claims,
-    pub claims_bytes: Vec<u8>,
     pub key_configs: Vec<u8>,
     /// Evidence for the current key epoch, made once at start (no nonce).
     pub cached_evidence: Vec<u8>,
-    pub producer: Arc<dyn EvidenceProducer>,
     pub engine: Option<Arc<dyn Engine>>,
     /// Batches verifiers' nonces into few hardware reports.
     pub fresh: Arc<FreshEvidence>,
@@ -89,31 +87,17 @@ impl EnclaveState {
             capacity: terms.capacity,
         };
         let claims_bytes = claims.encode();
-        let producer_for_batches = producer.clone();
-        let mut state = EnclaveState {
+        let cached_evidence = evidence_document(producer.as_ref(), &claims_bytes, None)?;
+        Ok(EnclaveState {
             gateway,
             receipts,
             claims,
-            claims_bytes: claims_bytes.clone(),
             key_configs,
-            cached_evidence: Vec::new(),
-            producer,
+            cached_evidence,
             engine,
-            fresh: FreshEvidence::new(
-                producer_for_batches,
-                &claims_bytes,
-                limits.max_evidence_waiting,
-                limits.evidence_interval,
-            ),
+            fresh: FreshEvidence::new(producer, &claims_bytes, limits.max_evidence_waiting, limits.evidence_interval),
             replay: ReplayGuard::new(limits.replay_window, limits.replay_capacity),
             limits,
-        };
-        state.cached_evidence = state.evidence(None)?;
-        Ok(state)
-    }
-
-    /// An evidence document, fresh for `nonce` when one is given.
-    pub fn evidence(&self, nonce: Option<&[u8]>) -> Result<Vec<u8>, AttestationError> {
-        evidence_document(self.producer.as_ref(), &self.claims_bytes, nonce)
+        })
     }
 }

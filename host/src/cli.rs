@@ -26,44 +26,44 @@ pub struct Args {
     #[arg(long, env = "COCOON_MEASUREMENTS")]
     pub measurements: Option<PathBuf>,
     /// Largest request body forwarded, in bytes.
-    #[arg(long, default_value_t = cocoon_protocol::limits::MAX_SEALED_REQUEST)]
+    #[arg(long, default_value_t = Limits::default().max_body)]
     pub max_body: usize,
     /// Sealed requests forwarded to the enclave at once; past it the shim answers 503.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = Limits::default().max_in_flight)]
     pub max_in_flight: usize,
     /// Evidence, key and health requests forwarded at once (their own capacity;
     /// fresh evidence is batched in the enclave, so many may wait cheaply).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = Limits::default().max_control_in_flight)]
     pub max_control_in_flight: usize,
     /// Client connections open at once; at the limit the longest-idle one is closed.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
     /// Client connections from one address (raise it when a proxy is your only client).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = Limits::default().max_connections_per_source)]
     pub max_connections_per_source: usize,
     /// Requests in progress from one address.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Limits::default().max_in_flight_per_source)]
     pub max_in_flight_per_source: usize,
     /// Bytes of request bodies buffered at once, all clients together.
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, default_value_t = Limits::default().max_buffered)]
     pub max_buffered: usize,
     /// Slowest average upload rate in bytes per second (after --body-grace); 0: no minimum.
-    #[arg(long, default_value_t = 8 << 10)]
+    #[arg(long, default_value_t = Limits::default().min_body_rate)]
     pub min_body_rate: u64,
     /// Seconds a request body may take before the minimum rate applies.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = Limits::default().body_grace.as_secs_f64())]
     pub body_grace: f64,
     /// Seconds to wait for a request's headers, on a new or a kept-alive connection.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = Limits::default().header_read_timeout.as_secs_f64())]
     pub header_timeout: f64,
     /// Seconds that requests in progress get to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30.0)]
     pub grace: f64,
     /// Seconds to wait for the enclave's response head.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = Limits::default().response_timeout.as_secs())]
     pub response_timeout: u64,
     /// Seconds of silence allowed inside a streamed response.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     pub idle_timeout: u64,
 }
 

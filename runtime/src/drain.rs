@@ -2,11 +2,14 @@
 //! request it is serving (streams included) and close, wait for them up to a
 //! grace period.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
 
 #[derive(Clone)]
 pub struct Drain {
@@ -68,12 +71,42 @@ impl Drain {
         let _ = tokio::time::timeout(grace, all_closed).await;
         self.active()
     }
+
+    /// [`Drain::drain`] for a server that has just stopped accepting, with
+    /// what it waited for and what it gave up on in the log.
+    pub async fn finish(&self, grace: Duration) {
+        info!(connections = self.active(), "stopped accepting; letting requests in progress finish");
+        let left = self.drain(grace).await;
+        if left > 0 {
+            warn!("{left} connections still open after the grace period; closing them");
+        }
+    }
 }
 
 impl DrainGuard {
     /// Resolves once shutdown has begun.
     pub async fn stopping(&mut self) {
         let _ = self.stopping.wait_for(|s| *s).await;
+    }
+
+    /// Drives a connection to its end. Once shutdown begins, or `close`
+    /// resolves, `graceful` is called on it (hyper's `graceful_shutdown`:
+    /// the request in progress finishes, nothing new is read) and it is
+    /// driven to its end still.
+    pub async fn serve<C: Future>(
+        &mut self,
+        conn: C,
+        close: impl Future<Output = ()>,
+        graceful: impl FnOnce(Pin<&mut C>),
+    ) -> C::Output {
+        tokio::pin!(conn);
+        tokio::select! {
+            out = conn.as_mut() => return out,
+            _ = self.stopping() => {}
+            _ = close => {}
+        }
+        graceful(conn.as_mut());
+        conn.await
     }
 }
 

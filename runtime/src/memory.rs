@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// How often freed memory is returned after activity.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Default)]
 pub struct MemoryTrimmer {
     activity: Arc<AtomicU64>,
@@ -21,8 +24,9 @@ impl MemoryTrimmer {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Trims every `interval` while there is activity, and once after it stops.
-    pub fn spawn(&self, interval: Duration) {
+    /// Trims every [`TRIM_INTERVAL`] while there is activity, and once after it stops.
+    pub fn spawn(&self) {
+        let interval = TRIM_INTERVAL;
         let activity = self.activity.clone();
         tokio::spawn(async move {
             let mut seen = 0;

@@ -7,38 +7,20 @@
 //! request costs its own report, as before batching.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cocoon_attestation::Policy;
 use cocoon_client::EndorsementSources;
 use cocoon_client::http::HttpClient;
+use cocoon_tests::procs::{Proc, release_bin, spawn_quiet};
 use cocoon_tests::wait::{free_port, wait_for_port};
 
 /// A real TDX quote takes tens of milliseconds.
 const REPORT_DELAY_MS: u64 = 30;
 const RUN: Duration = Duration::from_secs(4);
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(bin.exists(), "{} missing: run `cargo build --release --workspace --bins`", bin.display());
-    bin
-}
-
-fn spawn(cmd: &mut Command) -> Proc {
-    Proc(cmd.env("COCOON_LOG", "error").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start"))
-}
 
 struct Outcome {
     per_s: f64,
@@ -92,21 +74,23 @@ async fn run(url: &str, verifiers: usize) -> Outcome {
 /// per `interval_ms`) behind a host shim; returns the processes and the URL.
 async fn worker(dir: &Path, tag: &str, interval_ms: u64) -> (Vec<Proc>, String) {
     let sock = dir.join(format!("{tag}.sock"));
-    let enclave = spawn(
+    let enclave = spawn_quiet(
         Command::new(release_bin("cocoon-test-enclave"))
             .args(["--listen", &format!("unix:{}", sock.display()), "--platform", "simulated"])
             .args(["--insecure-simulated", "--simulated-report-delay-ms", &REPORT_DELAY_MS.to_string()])
             .args(["--evidence-interval-ms", &interval_ms.to_string()]),
+        "start the test enclave",
     );
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let port = free_port();
     // One client machine plays every verifier here.
-    let host = spawn(
+    let host = spawn_quiet(
         Command::new(release_bin("cocoon-host"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--enclave", &format!("unix:{}", sock.display())])
             .args(["--max-connections-per-source", "4096", "--max-in-flight-per-source", "4096"]),
+        "start cocoon-host",
     );
     wait_for_port(port, "cocoon-host");
     (vec![enclave, host], format!("http://127.0.0.1:{port}"))

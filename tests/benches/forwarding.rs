@@ -3,11 +3,12 @@
 //! upstream reached directly.
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cocoon_tests::procs::{Proc, release_bin};
 use cocoon_tests::wait::{free_port, wait_for_port};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -19,14 +20,6 @@ use tokio::net::{TcpListener, UnixListener};
 const BODY: usize = 1 << 20;
 const CHUNK: usize = 16 << 10;
 const ROUNDS: usize = 40;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The upstream: drains the request body, answers with 1 MiB in 16 KiB frames.
 async fn upstream(
@@ -80,13 +73,6 @@ async fn serve_tcp() -> String {
         }
     });
     url
-}
-
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(bin.exists(), "{} missing: run `cargo build --release --workspace --bins`", bin.display());
-    bin
 }
 
 /// Median and total time of ROUNDS requests of 1 MiB up and 1 MiB down.

@@ -4,8 +4,8 @@
 //! ledger's commits per second, and time to first token through
 //! `cocoon serve` → proxy → worker against the worker called directly.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,32 +23,8 @@ use cocoon_protocol::authorization::ClientAuthorization;
 use cocoon_protocol::bhttp_msg::InnerRequest;
 use cocoon_protocol::ohttp::ClientRequest;
 use cocoon_protocol::{NanoTon, media};
+use cocoon_tests::procs::{Proc, release_bin, spawn_quiet as spawn};
 use cocoon_tests::wait::{free_port, wait_for_port};
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(bin.exists(), "{} missing: run `cargo build --release --workspace --bins`", bin.display());
-    bin
-}
-
-fn spawn(cmd: &mut Command, what: &str) -> Proc {
-    Proc(
-        cmd.env("COCOON_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{what}: {e}")),
-    )
-}
 
 /// One prepared sealed request: its bytes and the proxy headers for them.
 struct Sealed {

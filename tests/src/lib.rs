@@ -3,4 +3,5 @@
 //! for starting processes.
 
 pub mod echo_engine;
+pub mod procs;
 pub mod wait;
