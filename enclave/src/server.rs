@@ -60,18 +60,7 @@ pub async fn serve(
             p = slots.clone().acquire_owned() => p?,
             _ = &mut shutdown => break,
         };
-        let stream = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(s) => s,
-                Err(e) => {
-                    // Running out of descriptors must not end the enclave.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
+        let Some(stream) = cocoon_runtime::accept_until(|| listener.accept(), &mut shutdown).await else { break };
         let state = state.clone();
         let mut guard = drain.guard();
         let trimmer = trimmer.clone();

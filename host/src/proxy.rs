@@ -158,16 +158,8 @@ pub async fn serve(
     shim.trimmer.spawn();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
+        let Some((stream, peer)) = cocoon_runtime::accept_until(|| listener.accept(), &mut shutdown).await else {
+            break;
         };
         let conn = match shim.admission.admit(peer.ip()) {
             Ok(c) => c,

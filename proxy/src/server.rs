@@ -445,17 +445,8 @@ pub async fn serve(
             p = connections.clone().acquire_owned() => p?,
             _ = &mut shutdown => break,
         };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = &mut shutdown => break,
-        };
-        let (stream, _) = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, _)) = cocoon_runtime::accept_until(|| listener.accept(), &mut shutdown).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let svc = hyper_util::service::TowerToHyperService::new(router.clone());

@@ -9,6 +9,28 @@ pub mod memory;
 pub use drain::{Drain, DrainGuard};
 pub use memory::MemoryTrimmer;
 
+/// The next accepted connection, or `None` once `shutdown` has resolved. A
+/// failed accept (out of file descriptors, say) is logged and retried after
+/// 50 ms: it must not end the server.
+pub async fn accept_until<T, A, S>(mut accept: impl FnMut() -> A, shutdown: &mut std::pin::Pin<&mut S>) -> Option<T>
+where
+    A: std::future::Future<Output = std::io::Result<T>>,
+    S: std::future::Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            a = accept() => match a {
+                Ok(conn) => return Some(conn),
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.as_mut() => return None,
+        }
+    }
+}
+
 /// Resolves on SIGTERM (what service managers and `docker stop` send) or SIGINT.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
