@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SOCKET_DIR ?= $(CURDIR)/target/demo
 
-.PHONY: all build setup model measure-tools openai-sdk measure image image-reproducible image-test test lint check-cuda fmt fmt-check bench demo clean fuzz
+.PHONY: all build setup model measure-tools openai-sdk contracts-deps contracts contracts-test measure image image-reproducible image-test test lint check-cuda fmt fmt-check bench demo clean fuzz
 
 all: build
 
@@ -25,12 +25,25 @@ model:
 measure-tools:
 	@scripts/measure-tools.sh
 
+# The TON toolchain (@ton/tolk-js, @ton/sandbox, @ton/core; pinned in
+# contracts/package-lock.json) from npm, once.
+contracts-deps:
+	@test -d contracts/node_modules/@ton/sandbox || (cd contracts && npm ci --no-audit --no-fund --loglevel=error)
+
+# Compiles the Tolk contracts into contracts/compiled/ (committed: Rust embeds them).
+contracts: contracts-deps
+	cd contracts && node scripts/build.js
+
+# The contracts on the TVM emulator: every operation and refusal, and the gas table.
+contracts-test: contracts-deps
+	cd contracts && npm test --silent
+
 # Unit tests, RFC vectors, interop, the engine against transformers' reference
 # outputs, end-to-end with real processes (workers, proxy, `cocoon serve` and
 # the official OpenAI SDK), the guest image booted in QEMU, and a clean rebuild
 # of the image compared byte for byte. Installs what it lacks first; offline
 # once the model, the SDK and the image's packages are cached.
-test: setup model measure-tools openai-sdk image
+test: setup model measure-tools openai-sdk contracts-test image
 	$(CARGO) build --workspace --bins
 	COCOON_IMAGE_DIR=$(CURDIR)/guest-image/out $(CARGO) test --workspace
 	guest-image/check-reproducible.sh >/dev/null
@@ -61,6 +74,8 @@ bench: model
 	$(CARGO) bench -p cocoon-tests --bench forwarding
 	$(CARGO) bench -p cocoon-tests --bench network
 	$(CARGO) bench -p cocoon-tests --bench evidence
+	$(MAKE) contracts-deps
+	cd contracts && node scripts/gas.js
 	$(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench
 
 # The main job on the embedded default model: enclave (simulated evidence, CPU)
