@@ -52,9 +52,15 @@ function gasUsed(tx) {
     return c.type === 'vm' ? Number(c.gasUsed) : 0;
 }
 
-// Every fee the operation cost, over all the transactions it caused.
+// Every fee the operation cost: each transaction's total, plus the part of
+// each internal message's forwarding fee that no transaction's total holds.
 function totalFees(result) {
-    return result.transactions.reduce((sum, t) => sum + t.totalFees.coins, 0n);
+    let sum = 0n;
+    for (const t of result.transactions) {
+        sum += t.totalFees.coins;
+        for (const m of t.outMessages.values()) if (m.info.type === 'internal') sum += m.info.forwardFee;
+    }
+    return sum;
 }
 
 // Value sent by the contract to `dest` in this result.

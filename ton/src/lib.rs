@@ -9,11 +9,14 @@
 //!
 //! Amounts are nanoTON in `u64`, as in the proxy's ledger.
 
+pub mod actions;
 pub mod channel;
 pub mod code;
 pub mod registry;
 pub mod snake;
 pub mod stack;
+pub mod toncenter;
+pub mod wallet;
 
 pub use channel::{ChannelParams, ChannelState, SignedVoucher, Voucher};
 pub use tonlib_core::TonAddress;

@@ -28,7 +28,7 @@ pub fn decode(cell: &Cell, max_len: usize) -> Result<Vec<u8>, TonError> {
     let mut out = Vec::new();
     let mut current = cell;
     loop {
-        if current.bit_len() % 8 != 0 {
+        if !current.bit_len().is_multiple_of(8) {
             return Err(TonError::Unexpected {
                 what: "snake string cell",
                 expected: "whole bytes".into(),

@@ -1,0 +1,194 @@
+//! What payer and payee do on chain, each checked before and after: nothing
+//! is sent that the contract would refuse, and an action reports success only
+//! once the channel's state on chain shows it.
+
+use std::time::Duration;
+
+use crate::channel::{self, ChannelParams, ChannelState, SignedVoucher};
+use crate::toncenter::{ChainError, Toncenter};
+use crate::wallet::{Outgoing, Wallet};
+use crate::{TOPUP_FEE, TonError};
+
+/// Value sent with a claim, close or finalize for the contract's gas; what is
+/// not spent comes back with the payout.
+pub const GAS_VALUE: u64 = 50_000_000;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn refuse(what: &'static str, expected: String, found: String) -> ChainError {
+    ChainError::Ton(TonError::Unexpected { what, expected, found })
+}
+
+/// The channel's state on chain, checked to be this channel's; `None` before deployment.
+pub async fn channel_state(chain: &Toncenter, params: &ChannelParams) -> Result<Option<ChannelState>, ChainError> {
+    let address = params.address()?;
+    if chain.account(&address).await?.state != "active" {
+        return Ok(None);
+    }
+    let stack = chain.run_get_method(&address, "get_channel_state", vec![]).await?;
+    let state = ChannelState::from_stack(&stack)?;
+    state.check_params(params)?;
+    Ok(Some(state))
+}
+
+async fn wait_for(
+    chain: &Toncenter,
+    params: &ChannelParams,
+    what: &str,
+    done: impl Fn(&ChannelState) -> bool,
+) -> Result<ChannelState, ChainError> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if let Some(s) = channel_state(chain, params).await?
+            && done(&s)
+        {
+            return Ok(s);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ChainError::Transport {
+                url: chain.base().into(),
+                message: format!(
+                    "{what} on channel {} not seen on chain within {} s",
+                    params.address()?,
+                    SETTLE.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Deploys the channel if needed and deposits `amount` (plus the top-up fee).
+pub async fn top_up(
+    chain: &Toncenter,
+    payer: &Wallet,
+    params: &ChannelParams,
+    amount: u64,
+) -> Result<ChannelState, ChainError> {
+    if payer.address() != &params.payer {
+        return Err(refuse("payer wallet", params.payer.to_hex(), payer.address().to_hex()));
+    }
+    let before = channel_state(chain, params).await?;
+    if let Some(s) = &before
+        && (s.closed || s.closing_since != 0)
+    {
+        return Err(refuse("channel", "an open channel".into(), "a closing or closed one".into()));
+    }
+    let deposited_before = before.as_ref().map_or(0, |s| s.deposited);
+    let message = Outgoing {
+        dest: params.address()?,
+        value: amount + TOPUP_FEE,
+        bounce: before.is_some(),
+        body: channel::top_up_body(0)?,
+        state_init: if before.is_none() { Some(params.state_init()?) } else { None },
+    };
+    payer.send(chain, vec![message]).await?;
+    wait_for(chain, params, "top-up", |s| s.deposited >= deposited_before + amount).await
+}
+
+/// Claims what `voucher` adds to the payee's earlier claims. Checks first that
+/// it is this channel's, signed by the payer, and claimable now.
+pub async fn claim(
+    chain: &Toncenter,
+    payee: &Wallet,
+    params: &ChannelParams,
+    voucher: &SignedVoucher,
+) -> Result<u64, ChainError> {
+    if payee.address() != &params.payee {
+        return Err(refuse("payee wallet", params.payee.to_hex(), payee.address().to_hex()));
+    }
+    let v = voucher.verify(&params.address()?, &params.payer_key)?;
+    let state = channel_state(chain, params)
+        .await?
+        .ok_or_else(|| refuse("channel", "a deployed channel".into(), "no contract at its address".into()))?;
+    let amount = state.claimable(v.total).map_err(|why| {
+        refuse(
+            "voucher",
+            "a claimable voucher".into(),
+            format!("{why} (total {}, claimed {}, deposited {})", v.total, state.claimed, state.deposited),
+        )
+    })?;
+    let message = Outgoing {
+        dest: params.address()?,
+        value: GAS_VALUE,
+        bounce: true,
+        body: voucher.claim_body(0)?,
+        state_init: None,
+    };
+    payee.send(chain, vec![message]).await?;
+    wait_for(chain, params, "claim", |s| s.claimed >= v.total).await?;
+    Ok(amount)
+}
+
+/// The payer starts the dispute window.
+pub async fn request_close(
+    chain: &Toncenter,
+    payer: &Wallet,
+    params: &ChannelParams,
+) -> Result<ChannelState, ChainError> {
+    payer_action(
+        chain,
+        payer,
+        params,
+        channel::request_close_body(0)?,
+        "close request",
+        |s| s.closing_since != 0,
+        |s| {
+            if s.closing_since != 0 { Err("the channel is already closing") } else { Ok(()) }
+        },
+    )
+    .await
+}
+
+/// The payer takes back the rest once the window has passed.
+pub async fn finalize(
+    chain: &Toncenter,
+    payer: &Wallet,
+    params: &ChannelParams,
+    now: u64,
+) -> Result<ChannelState, ChainError> {
+    payer_action(
+        chain,
+        payer,
+        params,
+        channel::finalize_body(0)?,
+        "finalize",
+        |s| s.closed,
+        |s| {
+            if s.closing_since == 0 {
+                Err("the channel is not closing (request a close first)")
+            } else if now < u64::from(s.closing_since) + u64::from(s.dispute_window) {
+                Err("the dispute window has not passed yet")
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+async fn payer_action(
+    chain: &Toncenter,
+    payer: &Wallet,
+    params: &ChannelParams,
+    body: tonlib_core::cell::Cell,
+    what: &'static str,
+    done: impl Fn(&ChannelState) -> bool,
+    allowed: impl Fn(&ChannelState) -> Result<(), &'static str>,
+) -> Result<ChannelState, ChainError> {
+    if payer.address() != &params.payer {
+        return Err(refuse("payer wallet", params.payer.to_hex(), payer.address().to_hex()));
+    }
+    let state = channel_state(chain, params)
+        .await?
+        .ok_or_else(|| refuse("channel", "a deployed channel".into(), "no contract at its address".into()))?;
+    if state.closed {
+        return Err(refuse("channel", "an unclosed channel".into(), "a closed one".into()));
+    }
+    allowed(&state).map_err(|why| refuse(what, "an allowed action".into(), why.into()))?;
+    let message = Outgoing { dest: params.address()?, value: GAS_VALUE, bounce: true, body, state_init: None };
+    payer.send(chain, vec![message]).await?;
+    wait_for(chain, params, what, done).await
+}

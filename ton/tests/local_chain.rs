@@ -1,0 +1,131 @@
+//! The Rust chain client against the local emulated chain
+//! (`contracts/chain/server.js`: @ton/sandbox behind the toncenter v2 API):
+//! wallets deploy, a payer opens and funds a channel, the payee claims a
+//! voucher, the payer closes and takes the rest back, and every nanoTON is
+//! accounted for. Needs Node and `contracts/node_modules` (`make contracts-deps`).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use cocoon_ton::actions::{self, GAS_VALUE};
+use cocoon_ton::channel::ChannelParams;
+use cocoon_ton::toncenter::{ChainError, Toncenter};
+use cocoon_ton::wallet::Wallet;
+use cocoon_ton::{TonError, Voucher};
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+
+const TON: u64 = 1_000_000_000;
+
+struct LocalChain {
+    child: Child,
+    url: String,
+}
+
+impl Drop for LocalChain {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_chain() -> LocalChain {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts");
+    assert!(
+        dir.join("node_modules/@ton/sandbox").is_dir(),
+        "contracts/node_modules is missing: run `make contracts-deps` (npm ci in contracts/)"
+    );
+    let mut child = Command::new("node")
+        .args(["chain/server.js", "--port", "0"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("chain server said {line:?}: {e}"));
+    LocalChain { url: format!("{}/api/v2", v["url"].as_str().unwrap()), child }
+}
+
+async fn balance(chain: &Toncenter, w: &Wallet) -> u64 {
+    chain.account(w.address()).await.unwrap().balance
+}
+
+async fn fees(chain: &Toncenter) -> u64 {
+    chain.local("fees", json!({})).await.unwrap()["fees"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_channel_lives_and_closes_on_the_local_chain_to_the_nanoton() {
+    let local = start_chain();
+    let chain = Toncenter::new(&local.url, None).unwrap();
+    let payer = Wallet::from_seed(&[1u8; 32]).unwrap();
+    let payee = Wallet::from_seed(&[2u8; 32]).unwrap();
+    for w in [&payer, &payee] {
+        chain
+            .local("airdrop", json!({ "address": w.address().to_hex(), "amount": (100 * TON).to_string() }))
+            .await
+            .unwrap();
+    }
+    let params = ChannelParams {
+        payer: payer.address().clone(),
+        payee: payee.address().clone(),
+        payer_key: payer.signing_key().verifying_key().to_bytes(),
+        channel_id: 1,
+        dispute_window: 3600,
+    };
+    let channel = params.address().unwrap();
+    let (payer0, payee0, fees0) = (balance(&chain, &payer).await, balance(&chain, &payee).await, fees(&chain).await);
+
+    // Open and fund: exactly the amount asked for is deposited.
+    assert!(actions::channel_state(&chain, &params).await.unwrap().is_none());
+    let state = actions::top_up(&chain, &payer, &params, 10 * TON).await.unwrap();
+    assert_eq!(state.deposited, 10 * TON);
+    let state = actions::top_up(&chain, &payer, &params, 2 * TON).await.unwrap();
+    assert_eq!(state.deposited, 12 * TON);
+
+    // Cumulative vouchers; the payee claims the newest.
+    let v1 = Voucher { channel: channel.clone(), total: TON }.sign(payer.signing_key()).unwrap();
+    let v2 = Voucher { channel: channel.clone(), total: 5 * TON / 2 }.sign(payer.signing_key()).unwrap();
+    assert_eq!(actions::claim(&chain, &payee, &params, &v2).await.unwrap(), 5 * TON / 2);
+
+    // Refused before anything is sent: an older voucher, a forged one, one above the deposit.
+    let before = (balance(&chain, &payee).await, fees(&chain).await);
+    let stale = actions::claim(&chain, &payee, &params, &v1).await.unwrap_err();
+    assert!(stale.to_string().contains("not newer than the last claim"), "{stale}");
+    let forged =
+        Voucher { channel: channel.clone(), total: 3 * TON }.sign(&SigningKey::from_bytes(&[9u8; 32])).unwrap();
+    assert!(matches!(
+        actions::claim(&chain, &payee, &params, &forged).await,
+        Err(ChainError::Ton(TonError::BadSignature))
+    ));
+    let above = Voucher { channel: channel.clone(), total: 13 * TON }.sign(payer.signing_key()).unwrap();
+    let err = actions::claim(&chain, &payee, &params, &above).await.unwrap_err();
+    assert!(err.to_string().contains("exceeds the channel's deposit"), "{err}");
+    assert_eq!((balance(&chain, &payee).await, fees(&chain).await), before, "a refused claim sent nothing");
+    // Only the payer's wallet can fund or close, only the payee's can claim.
+    assert!(actions::claim(&chain, &payer, &params, &v2).await.is_err());
+    assert!(actions::request_close(&chain, &payee, &params).await.is_err());
+
+    // Close: the window holds the payer back, the payee can still claim in it.
+    let state = actions::request_close(&chain, &payer, &params).await.unwrap();
+    assert_ne!(state.closing_since, 0);
+    let early = actions::finalize(&chain, &payer, &params, u64::from(state.closing_since)).await.unwrap_err();
+    assert!(early.to_string().contains("dispute window has not passed"), "{early}");
+    let v3 = Voucher { channel: channel.clone(), total: 3 * TON }.sign(payer.signing_key()).unwrap();
+    assert_eq!(actions::claim(&chain, &payee, &params, &v3).await.unwrap(), TON / 2);
+    let now = chain.local("advance", json!({ "seconds": 3600 })).await.unwrap()["now"].as_u64().unwrap();
+    let state = actions::finalize(&chain, &payer, &params, now).await.unwrap();
+    assert!(state.closed);
+    assert_eq!(state.claimed, 3 * TON);
+    assert_eq!(state.balance, 0);
+
+    // Every nanoTON: what the payer lost is what the payee gained plus every fee the chain charged.
+    let (payer1, payee1, fees1) = (balance(&chain, &payer).await, balance(&chain, &payee).await, fees(&chain).await);
+    assert_eq!(payer0 + payee0, payer1 + payee1 + (fees1 - fees0));
+    // The payee received its 3 TON less what its two claims cost (each well under the gas value sent).
+    let payee_gain = payee1 - payee0;
+    assert!(payee_gain < 3 * TON && payee_gain > 3 * TON - 2 * GAS_VALUE, "payee gained {payee_gain}");
+}
