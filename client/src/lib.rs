@@ -5,6 +5,7 @@
 //! Nothing is sent to a worker before its evidence passed the policy: the
 //! only way to get a [`Worker`] is [`Worker::attest`].
 
+pub mod channel_cli;
 pub mod chat;
 pub mod endorsements;
 pub mod http;
@@ -15,3 +16,12 @@ pub mod worker;
 pub use chat::{ChatOptions, ChatOutcome, Usage};
 pub use endorsements::{EndorsementError, EndorsementSources};
 pub use worker::{ClientError, ResponseStream, Route, Worker};
+
+/// The client's key file: `key` when given, else `~/.config/cocoon/client.key`.
+pub fn cli_key_path(key: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(k) = key {
+        return Ok(k);
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("HOME is not set: give --key"))?;
+    Ok(std::path::PathBuf::from(home).join(".config/cocoon/client.key"))
+}

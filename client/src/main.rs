@@ -174,6 +174,12 @@ enum Command {
         #[command(flatten)]
         verifier: VerifierArgs,
     },
+    /// A TON wallet of the client's key (or a mnemonic): its address and balance.
+    #[command(subcommand)]
+    Wallet(cocoon_client::channel_cli::WalletCommand),
+    /// Payment channels on TON: open, top up, sign vouchers, claim, close.
+    #[command(subcommand)]
+    Channel(cocoon_client::channel_cli::ChannelCommand),
     /// Print the client's account key (the public key a proxy credits), creating it if needed.
     Key {
         #[arg(long, env = "COCOON_CLIENT_KEY")]
@@ -182,11 +188,7 @@ enum Command {
 }
 
 fn key_path(key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(k) = key {
-        return Ok(k);
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set: give --key")?;
-    Ok(PathBuf::from(home).join(".config/cocoon/client.key"))
+    cocoon_client::cli_key_path(key)
 }
 
 fn load_key(key: Option<PathBuf>) -> anyhow::Result<ed25519_dalek::SigningKey> {
@@ -351,6 +353,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("computed in {:.2} s", started.elapsed().as_secs_f64());
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
+        Command::Wallet(cmd) => cocoon_client::channel_cli::run_wallet(cmd).await?,
+        Command::Channel(cmd) => cocoon_client::channel_cli::run_channel(cmd).await?,
         Command::Key { key } => {
             let k = load_key(key)?;
             println!("{}", hex::encode(k.verifying_key().to_bytes()));

@@ -1,0 +1,340 @@
+//! `cocoon wallet` and `cocoon channel`: a payer opens, funds and closes a
+//! payment channel and signs vouchers; a payee claims them. Chain access is
+//! the TON HTTP API (toncenter v2); keys come from a 0600 seed file (the same
+//! file as the client's account key by default) or a TON mnemonic file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use cocoon_ton::actions;
+use cocoon_ton::channel::{ChannelParams, SignedVoucher, Voucher};
+use cocoon_ton::toncenter::Toncenter;
+use cocoon_ton::wallet::Wallet;
+use cocoon_ton::{TonAddress, TonError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Args)]
+pub struct ChainArgs {
+    /// The TON HTTP API (toncenter v2) root.
+    #[arg(long = "ton-api", env = "COCOON_TON_API", default_value = "https://toncenter.com/api/v2")]
+    pub api: String,
+    /// toncenter API key, if you have one (raises its rate limit).
+    #[arg(long, env = "TONCENTER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WalletArgs {
+    /// Ed25519 seed file (64 hex digits, mode 0600); the wallet is a v4R2 wallet of its key.
+    #[arg(long, env = "COCOON_CLIENT_KEY", conflicts_with = "mnemonic")]
+    pub key: Option<PathBuf>,
+    /// A file (mode 0600) holding a 24-word TON mnemonic instead.
+    #[arg(long, env = "COCOON_TON_MNEMONIC_FILE")]
+    pub mnemonic: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Print the wallet's address and, with the chain reachable, its balance.
+    Address {
+        #[command(flatten)]
+        wallet: WalletArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// Do not ask the chain for the balance.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Deploy a channel from this wallet to a payee and deposit into it; writes the channel file.
+    Open {
+        #[command(flatten)]
+        wallet: WalletArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The payee's wallet address (raw 0:<hex> or user-friendly).
+        #[arg(long)]
+        payee: String,
+        /// TON to deposit (e.g. 10 or 2.5); the 0.01 TON top-up fee is added.
+        #[arg(long, value_parser = parse_ton)]
+        amount: u64,
+        /// Distinguishes channels to the same payee; never reuse one.
+        #[arg(long, default_value_t = 1)]
+        channel_id: u64,
+        /// Seconds the payee has to claim after you ask to close.
+        #[arg(long, default_value_t = 86_400)]
+        dispute_window: u32,
+        /// Where to write the channel file.
+        #[arg(long, default_value = "channel.json")]
+        out: PathBuf,
+    },
+    /// Deposit more into an open channel.
+    TopUp {
+        channel: PathBuf,
+        #[arg(long, value_parser = parse_ton)]
+        amount: u64,
+        #[command(flatten)]
+        wallet: WalletArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Show the channel's state on chain.
+    Status {
+        channel: PathBuf,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Sign a cumulative voucher: the total (nanoTON) owed to the payee so far.
+    Voucher {
+        channel: PathBuf,
+        #[arg(long)]
+        total: u64,
+        #[command(flatten)]
+        wallet: WalletArgs,
+    },
+    /// Payee: claim a voucher (JSON file) on chain.
+    Claim {
+        channel: PathBuf,
+        voucher: PathBuf,
+        #[command(flatten)]
+        wallet: WalletArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Payer: start the dispute window.
+    Close {
+        channel: PathBuf,
+        #[command(flatten)]
+        wallet: WalletArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Payer: take back what is left once the window has passed.
+    Finalize {
+        channel: PathBuf,
+        #[command(flatten)]
+        wallet: WalletArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+}
+
+/// A channel file: what fixes the channel (and so its address).
+#[derive(Debug, Serialize, Deserialize)]
+struct ChannelFile {
+    address: String,
+    payer: String,
+    payee: String,
+    payer_key: String,
+    channel_id: u64,
+    dispute_window: u32,
+}
+
+impl ChannelFile {
+    fn from_params(p: &ChannelParams) -> anyhow::Result<ChannelFile> {
+        Ok(ChannelFile {
+            address: p.address()?.to_hex(),
+            payer: p.payer.to_hex(),
+            payee: p.payee.to_hex(),
+            payer_key: hex::encode(p.payer_key),
+            channel_id: p.channel_id,
+            dispute_window: p.dispute_window,
+        })
+    }
+
+    fn load(path: &Path) -> anyhow::Result<ChannelParams> {
+        let text = cocoon_attestation::read_limited(path, 64 * 1024)
+            .map_err(|e| anyhow::anyhow!("channel file {}: {e}", path.display()))?;
+        let f: ChannelFile =
+            serde_json::from_slice(&text).with_context(|| format!("channel file {}", path.display()))?;
+        let key = hex::decode(&f.payer_key)
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .with_context(|| format!("channel file {}: payer_key: expected 64 hex digits", path.display()))?;
+        let params = ChannelParams {
+            payer: parse_address(&f.payer)?,
+            payee: parse_address(&f.payee)?,
+            payer_key: key,
+            channel_id: f.channel_id,
+            dispute_window: f.dispute_window,
+        };
+        let address = params.address()?.to_hex();
+        if address != f.address {
+            bail!(
+                "channel file {}: its parameters give address {address}, the file says {}",
+                path.display(),
+                f.address
+            );
+        }
+        Ok(params)
+    }
+}
+
+fn parse_address(text: &str) -> anyhow::Result<TonAddress> {
+    text.parse::<TonAddress>()
+        .map_err(|e| anyhow::anyhow!("{text:?} is not a TON address (raw 0:<hex> or user-friendly): {e}"))
+}
+
+/// "2.5" TON → nanoTON, exactly (no floating point).
+pub fn parse_ton(text: &str) -> Result<u64, String> {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && frac.is_empty()
+        || frac.len() > 9
+        || !(whole.chars().chain(frac.chars())).all(|c| c.is_ascii_digit())
+    {
+        return Err(format!("expected TON like 10 or 2.5 (at most 9 decimals), found {text:?}"));
+    }
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| format!("{text:?} is too large"))? };
+    let frac: u64 = format!("{frac:0<9}").parse().map_err(|_| format!("{text:?}"))?;
+    whole.checked_mul(1_000_000_000).and_then(|w| w.checked_add(frac)).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn ton(nano: u64) -> String {
+    format!("{}.{:09}", nano / 1_000_000_000, nano % 1_000_000_000)
+}
+
+fn wallet(args: &WalletArgs) -> anyhow::Result<Wallet> {
+    if let Some(path) = &args.mnemonic {
+        let meta = std::fs::metadata(path).with_context(|| format!("mnemonic file {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            bail!(
+                "mnemonic file {} is readable by others; expected mode 0600: run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let words =
+            cocoon_attestation::read_limited(path, 4096).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok(Wallet::from_mnemonic(std::str::from_utf8(&words).context("mnemonic file is not UTF-8")?)?);
+    }
+    let path = crate::cli_key_path(args.key.clone())?;
+    let key = crate::keyfile::load(&path)?;
+    Ok(Wallet::from_seed(&key.to_bytes())?)
+}
+
+fn chain(args: &ChainArgs) -> anyhow::Result<Toncenter> {
+    Ok(Toncenter::new(&args.api, args.api_key.clone())?)
+}
+
+pub async fn run_wallet(cmd: WalletCommand) -> anyhow::Result<()> {
+    match cmd {
+        WalletCommand::Address { wallet: w, chain: c, offline } => {
+            let w = wallet(&w)?;
+            println!("{}", w.address());
+            println!("raw: {}", w.address().to_hex());
+            if !offline {
+                let account = chain(&c)?.account(w.address()).await?;
+                println!("balance: {} TON ({})", ton(account.balance), account.state);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ChannelCommand::Open { wallet: w, chain: c, payee, amount, channel_id, dispute_window, out } => {
+            let w = wallet(&w)?;
+            let params = ChannelParams {
+                payer: w.address().clone(),
+                payee: parse_address(&payee)?,
+                payer_key: w.signing_key().verifying_key().to_bytes(),
+                channel_id,
+                dispute_window,
+            };
+            if out.exists() {
+                bail!("{} exists already; give --out for a new channel file", out.display());
+            }
+            let file = ChannelFile::from_params(&params)?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&file)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "channel {} (file {}); deploying and depositing {} TON...",
+                file.address,
+                out.display(),
+                ton(amount)
+            );
+            let state = actions::top_up(&chain(&c)?, &w, &params, amount).await?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
+        }
+        ChannelCommand::TopUp { channel, amount, wallet: w, chain: c } => {
+            let params = ChannelFile::load(&channel)?;
+            let state = actions::top_up(&chain(&c)?, &wallet(&w)?, &params, amount).await?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
+        }
+        ChannelCommand::Status { channel, chain: c } => {
+            let params = ChannelFile::load(&channel)?;
+            match actions::channel_state(&chain(&c)?, &params).await? {
+                Some(state) => println!("{}", serde_json::to_string_pretty(&state)?),
+                None => println!("channel {} is not deployed", params.address()?),
+            }
+        }
+        ChannelCommand::Voucher { channel, total, wallet: w } => {
+            let params = ChannelFile::load(&channel)?;
+            let w = wallet(&w)?;
+            if w.signing_key().verifying_key().to_bytes() != params.payer_key {
+                bail!("this key is not the channel's payer key {}", hex::encode(params.payer_key));
+            }
+            let signed = Voucher { channel: params.address()?, total }.sign(w.signing_key())?;
+            println!("{}", serde_json::to_string_pretty(&signed)?);
+        }
+        ChannelCommand::Claim { channel, voucher, wallet: w, chain: c } => {
+            let params = ChannelFile::load(&channel)?;
+            let text = cocoon_attestation::read_limited(&voucher, 64 * 1024)
+                .map_err(|e| anyhow::anyhow!("voucher {}: {e}", voucher.display()))?;
+            let signed: SignedVoucher =
+                serde_json::from_slice(&text).with_context(|| format!("voucher {}", voucher.display()))?;
+            let paid = actions::claim(&chain(&c)?, &wallet(&w)?, &params, &signed).await.map_err(explain)?;
+            println!("claimed {} TON", ton(paid));
+        }
+        ChannelCommand::Close { channel, wallet: w, chain: c } => {
+            let params = ChannelFile::load(&channel)?;
+            let state = actions::request_close(&chain(&c)?, &wallet(&w)?, &params).await?;
+            println!(
+                "closing since {}; finalize after {} (unix time)",
+                state.closing_since,
+                u64::from(state.closing_since) + u64::from(state.dispute_window)
+            );
+        }
+        ChannelCommand::Finalize { channel, wallet: w, chain: c } => {
+            let params = ChannelFile::load(&channel)?;
+            let chain = chain(&c)?;
+            let now = chain.account(&params.address()?).await?.chain_time.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+            });
+            let state = actions::finalize(&chain, &wallet(&w)?, &params, now).await?;
+            println!("closed; {} TON claimed by the payee in all, the rest returned", ton(state.claimed));
+        }
+    }
+    Ok(())
+}
+
+fn explain(e: cocoon_ton::toncenter::ChainError) -> anyhow::Error {
+    match e {
+        cocoon_ton::toncenter::ChainError::Ton(TonError::BadSignature) => {
+            anyhow::anyhow!("the voucher's signature is not the channel's payer's; nothing was sent")
+        }
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ton;
+
+    #[test]
+    fn ton_amounts_parse_exactly() {
+        assert_eq!(parse_ton("10"), Ok(10_000_000_000));
+        assert_eq!(parse_ton("2.5"), Ok(2_500_000_000));
+        assert_eq!(parse_ton("0.000000001"), Ok(1));
+        assert_eq!(parse_ton(".5"), Ok(500_000_000));
+        for bad in ["", ".", "1.0000000001", "-1", "1e9", "abc", "99999999999999999999"] {
+            assert!(parse_ton(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `cocoon wallet` and `cocoon channel` as a payer and a payee run them,
+//! against the local emulated chain (`contracts/chain/server.js`): open a
+//! channel, sign a voucher, claim it, refuse a tampered one without sending
+//! anything, close. Needs Node and `contracts/node_modules` (`make contracts-deps`).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use cocoon_ton::toncenter::Toncenter;
+use serde_json::{Value, json};
+use support::workspace_bin;
+
+struct LocalChain(Child, String);
+
+impl Drop for LocalChain {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_chain() -> LocalChain {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts");
+    assert!(
+        dir.join("node_modules/@ton/sandbox").is_dir(),
+        "contracts/node_modules is missing: run `make contracts-deps`"
+    );
+    let mut child = Command::new("node")
+        .args(["chain/server.js", "--port", "0"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let url = format!("{}/api/v2", v["url"].as_str().unwrap());
+    LocalChain(child, url)
+}
+
+fn key_file(dir: &Path, name: &str, byte: u8) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, hex::encode([byte; 32])).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn cocoon(api: &str, args: &[&str]) -> Output {
+    Command::new(workspace_bin("cocoon")).args(args).env("COCOON_TON_API", api).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "cocoon failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_payer_and_a_payee_use_a_channel_from_the_cli() {
+    let chain = start_chain();
+    let api = chain.1.clone();
+    let dir = std::env::temp_dir().join(format!("cocoon-ton-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let payer_key = key_file(&dir, "payer.key", 1);
+    let payee_key = key_file(&dir, "payee.key", 2);
+    let address = |key: &Path| -> String {
+        let out = ok(cocoon(&api, &["wallet", "address", "--offline", "--key", key.to_str().unwrap()]));
+        out.lines().find_map(|l| l.strip_prefix("raw: ")).unwrap().to_owned()
+    };
+    let (payer, payee) = (address(&payer_key), address(&payee_key));
+    let client = Toncenter::new(&api, None).unwrap();
+    for a in [&payer, &payee] {
+        client.local("airdrop", json!({ "address": a, "amount": "20000000000" })).await.unwrap();
+    }
+    assert!(
+        ok(cocoon(&api, &["wallet", "address", "--key", payer_key.to_str().unwrap()]))
+            .contains("balance: 20.000000000 TON")
+    );
+
+    let channel = dir.join("channel.json");
+    let opened = ok(cocoon(
+        &api,
+        &[
+            "channel",
+            "open",
+            "--key",
+            payer_key.to_str().unwrap(),
+            "--payee",
+            &payee,
+            "--amount",
+            "5",
+            "--dispute-window",
+            "60",
+            "--out",
+            channel.to_str().unwrap(),
+        ],
+    ));
+    let state: Value = serde_json::from_str(&opened).unwrap();
+    assert_eq!(state["deposited"], json!(5_000_000_000u64));
+
+    let voucher = dir.join("voucher.json");
+    std::fs::write(
+        &voucher,
+        ok(cocoon(
+            &api,
+            &[
+                "channel",
+                "voucher",
+                channel.to_str().unwrap(),
+                "--total",
+                "1500000000",
+                "--key",
+                payer_key.to_str().unwrap(),
+            ],
+        )),
+    )
+    .unwrap();
+    // Only the payer's key signs this channel's vouchers.
+    let wrong = cocoon(
+        &api,
+        &["channel", "voucher", channel.to_str().unwrap(), "--total", "1", "--key", payee_key.to_str().unwrap()],
+    );
+    assert!(!wrong.status.success());
+
+    // A tampered voucher (total raised) is refused before anything is sent.
+    let mut tampered: Value = serde_json::from_slice(&std::fs::read(&voucher).unwrap()).unwrap();
+    tampered["total"] = json!(4_000_000_000u64);
+    let tampered_file = dir.join("tampered.json");
+    std::fs::write(&tampered_file, tampered.to_string()).unwrap();
+    let fees = |v: Value| v["fees"].as_str().unwrap().to_owned();
+    let fees_before = fees(client.local("fees", json!({})).await.unwrap());
+    let refused = cocoon(
+        &api,
+        &[
+            "channel",
+            "claim",
+            channel.to_str().unwrap(),
+            tampered_file.to_str().unwrap(),
+            "--key",
+            payee_key.to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("nothing was sent"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(fees(client.local("fees", json!({})).await.unwrap()), fees_before);
+
+    let claimed = ok(cocoon(
+        &api,
+        &[
+            "channel",
+            "claim",
+            channel.to_str().unwrap(),
+            voucher.to_str().unwrap(),
+            "--key",
+            payee_key.to_str().unwrap(),
+        ],
+    ));
+    assert!(claimed.contains("claimed 1.500000000 TON"), "{claimed}");
+    let status: Value =
+        serde_json::from_str(&ok(cocoon(&api, &["channel", "status", channel.to_str().unwrap()]))).unwrap();
+    assert_eq!(status["claimed"], json!(1_500_000_000u64));
+
+    ok(cocoon(&api, &["channel", "close", channel.to_str().unwrap(), "--key", payer_key.to_str().unwrap()]));
+    let early = cocoon(&api, &["channel", "finalize", channel.to_str().unwrap(), "--key", payer_key.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("dispute window has not passed"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    client.local("advance", json!({ "seconds": 61 })).await.unwrap();
+    let fin =
+        ok(cocoon(&api, &["channel", "finalize", channel.to_str().unwrap(), "--key", payer_key.to_str().unwrap()]));
+    assert!(fin.contains("1.500000000 TON claimed"), "{fin}");
+
+    // A channel file whose parameters do not give its address is refused.
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&channel).unwrap()).unwrap();
+    file["channel_id"] = json!(2);
+    std::fs::write(&channel, file.to_string()).unwrap();
+    let bad = cocoon(&api, &["channel", "status", channel.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("its parameters give address"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
