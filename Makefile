@@ -74,6 +74,7 @@ bench: model
 	$(CARGO) bench -p cocoon-tests --bench forwarding
 	$(CARGO) bench -p cocoon-tests --bench network
 	$(CARGO) bench -p cocoon-tests --bench evidence
+	$(CARGO) bench -p cocoon-ton --bench vouchers
 	$(MAKE) contracts-deps
 	cd contracts && node scripts/gas.js
 	$(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench

@@ -83,13 +83,18 @@ async fn a_channel_lives_and_closes_on_the_local_chain_to_the_nanoton() {
     assert!(actions::channel_state(&chain, &params).await.unwrap().is_none());
     let state = actions::top_up(&chain, &payer, &params, 10 * TON).await.unwrap();
     assert_eq!(state.deposited, 10 * TON);
+    let mut costs = vec![("open: deploy + first top-up (wallet v4 deploys too)", fees(&chain).await - fees0)];
+    let f = fees(&chain).await;
     let state = actions::top_up(&chain, &payer, &params, 2 * TON).await.unwrap();
     assert_eq!(state.deposited, 12 * TON);
+    costs.push(("top-up", fees(&chain).await - f));
 
     // Cumulative vouchers; the payee claims the newest.
     let v1 = Voucher { channel: channel.clone(), total: TON }.sign(payer.signing_key()).unwrap();
     let v2 = Voucher { channel: channel.clone(), total: 5 * TON / 2 }.sign(payer.signing_key()).unwrap();
+    let f = fees(&chain).await;
     assert_eq!(actions::claim(&chain, &payee, &params, &v2).await.unwrap(), 5 * TON / 2);
+    costs.push(("claim (payee's wallet v4 deploys too)", fees(&chain).await - f));
 
     // Refused before anything is sent: an older voucher, a forged one, one above the deposit.
     let before = (balance(&chain, &payee).await, fees(&chain).await);
@@ -110,15 +115,27 @@ async fn a_channel_lives_and_closes_on_the_local_chain_to_the_nanoton() {
     assert!(actions::request_close(&chain, &payee, &params).await.is_err());
 
     // Close: the window holds the payer back, the payee can still claim in it.
+    let f = fees(&chain).await;
     let state = actions::request_close(&chain, &payer, &params).await.unwrap();
     assert_ne!(state.closing_since, 0);
+    costs.push(("request close", fees(&chain).await - f));
     let early = actions::finalize(&chain, &payer, &params, u64::from(state.closing_since)).await.unwrap_err();
     assert!(early.to_string().contains("dispute window has not passed"), "{early}");
     let v3 = Voucher { channel: channel.clone(), total: 3 * TON }.sign(payer.signing_key()).unwrap();
+    let f = fees(&chain).await;
     assert_eq!(actions::claim(&chain, &payee, &params, &v3).await.unwrap(), TON / 2);
+    costs.push(("claim", fees(&chain).await - f));
     let now = chain.local("advance", json!({ "seconds": 3600 })).await.unwrap()["now"].as_u64().unwrap();
+    let f = fees(&chain).await;
     let state = actions::finalize(&chain, &payer, &params, now).await.unwrap();
     assert!(state.closed);
+    costs.push(("finalize", fees(&chain).await - f));
+    eprintln!("| action, sent from a v4R2 wallet | every fee, TON |\n|---|---:|");
+    for (what, nano) in &costs {
+        eprintln!("| {what} | {}.{:09} |", nano / TON, nano % TON);
+        // Far below the value each action sends for gas: no action is uneconomic.
+        assert!(*nano < GAS_VALUE, "{what} cost {nano}");
+    }
     assert_eq!(state.claimed, 3 * TON);
     assert_eq!(state.balance, 0);
 
