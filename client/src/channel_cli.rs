@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use cocoon_ton::actions;
-use cocoon_ton::channel::{ChannelParams, SignedVoucher, Voucher};
+use cocoon_ton::channel::{ChannelDescriptor, ChannelParams, SignedVoucher, Voucher};
 use cocoon_ton::toncenter::Toncenter;
 use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{TonAddress, TonError};
-use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Args)]
 pub struct ChainArgs {
@@ -123,60 +122,31 @@ pub enum ChannelCommand {
     },
 }
 
-/// A channel file: what fixes the channel (and so its address).
-#[derive(Debug, Serialize, Deserialize)]
-struct ChannelFile {
-    address: String,
-    payer: String,
-    payee: String,
-    payer_key: String,
-    channel_id: u64,
-    dispute_window: u32,
-}
+/// A channel file: the channel's descriptor (what fixes the channel and its address).
+struct ChannelFile;
 
 impl ChannelFile {
-    fn from_params(p: &ChannelParams) -> anyhow::Result<ChannelFile> {
-        Ok(ChannelFile {
-            address: p.address()?.to_hex(),
-            payer: p.payer.to_hex(),
-            payee: p.payee.to_hex(),
-            payer_key: hex::encode(p.payer_key),
-            channel_id: p.channel_id,
-            dispute_window: p.dispute_window,
-        })
+    fn from_params(p: &ChannelParams) -> anyhow::Result<ChannelDescriptor> {
+        Ok(ChannelDescriptor::from_params(p)?)
     }
 
     fn load(path: &Path) -> anyhow::Result<ChannelParams> {
-        let text = cocoon_attestation::read_limited(path, 64 * 1024)
-            .map_err(|e| anyhow::anyhow!("channel file {}: {e}", path.display()))?;
-        let f: ChannelFile =
-            serde_json::from_slice(&text).with_context(|| format!("channel file {}", path.display()))?;
-        let key = hex::decode(&f.payer_key)
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .with_context(|| format!("channel file {}: payer_key: expected 64 hex digits", path.display()))?;
-        let params = ChannelParams {
-            payer: parse_address(&f.payer)?,
-            payee: parse_address(&f.payee)?,
-            payer_key: key,
-            channel_id: f.channel_id,
-            dispute_window: f.dispute_window,
-        };
-        let address = params.address()?.to_hex();
-        if address != f.address {
-            bail!(
-                "channel file {}: its parameters give address {address}, the file says {}",
-                path.display(),
-                f.address
-            );
-        }
-        Ok(params)
+        load_channel(path).map(|(params, _)| params)
     }
 }
 
+/// Reads a channel file; refused when its parameters do not give its address.
+pub fn load_channel(path: &Path) -> anyhow::Result<(ChannelParams, ChannelDescriptor)> {
+    let text = cocoon_attestation::read_limited(path, 64 * 1024)
+        .map_err(|e| anyhow::anyhow!("channel file {}: {e}", path.display()))?;
+    let d: ChannelDescriptor =
+        serde_json::from_slice(&text).with_context(|| format!("channel file {}", path.display()))?;
+    let params = d.params().map_err(|e| anyhow::anyhow!("channel file {}: {e}", path.display()))?;
+    Ok((params, d))
+}
+
 fn parse_address(text: &str) -> anyhow::Result<TonAddress> {
-    text.parse::<TonAddress>()
-        .map_err(|e| anyhow::anyhow!("{text:?} is not a TON address (raw 0:<hex> or user-friendly): {e}"))
+    Ok(cocoon_ton::channel::parse_address("address", text)?)
 }
 
 /// "2.5" TON → nanoTON, exactly (no floating point).
@@ -193,11 +163,11 @@ pub fn parse_ton(text: &str) -> Result<u64, String> {
     whole.checked_mul(1_000_000_000).and_then(|w| w.checked_add(frac)).ok_or_else(|| format!("{text:?} is too large"))
 }
 
-fn ton(nano: u64) -> String {
+pub fn ton(nano: u64) -> String {
     format!("{}.{:09}", nano / 1_000_000_000, nano % 1_000_000_000)
 }
 
-fn wallet(args: &WalletArgs) -> anyhow::Result<Wallet> {
+pub fn wallet(args: &WalletArgs) -> anyhow::Result<Wallet> {
     if let Some(path) = &args.mnemonic {
         let meta = std::fs::metadata(path).with_context(|| format!("mnemonic file {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt;
@@ -217,7 +187,7 @@ fn wallet(args: &WalletArgs) -> anyhow::Result<Wallet> {
     Ok(Wallet::from_seed(&key.to_bytes())?)
 }
 
-fn chain(args: &ChainArgs) -> anyhow::Result<Toncenter> {
+pub fn chain(args: &ChainArgs) -> anyhow::Result<Toncenter> {
     Ok(Toncenter::new(&args.api, args.api_key.clone())?)
 }
 

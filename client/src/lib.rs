@@ -10,6 +10,8 @@ pub mod chat;
 pub mod endorsements;
 pub mod http;
 pub mod keyfile;
+pub mod pay;
+pub mod payouts;
 pub mod serve;
 pub mod worker;
 

@@ -170,6 +170,11 @@ enum Command {
         /// sends x-cocoon-max-cost (nanoTON).
         #[arg(long, default_value_t = NanoTon(100_000_000))]
         max_cost: NanoTon,
+        /// Pay the proxy through this payment channel (a file from `cocoon channel
+        /// open`): a voucher for each verified charge. Without it, the proxy's
+        /// operator credits the account.
+        #[arg(long, requires = "proxy")]
+        channel: Option<PathBuf>,
         /// Evidence of the proxy and of its workers is verified under this policy.
         #[command(flatten)]
         verifier: VerifierArgs,
@@ -180,6 +185,26 @@ enum Command {
     /// Payment channels on TON: open, top up, sign vouchers, claim, close.
     #[command(subcommand)]
     Channel(cocoon_client::channel_cli::ChannelCommand),
+    /// A worker's pay: fetch the proxy's newest voucher for this wallet, keep it
+    /// durably, list what is held and claim it on chain.
+    Payouts {
+        /// Proxies to fetch vouchers from (repeatable); without one, only what is held is listed.
+        #[arg(long)]
+        proxy: Vec<String>,
+        /// Where vouchers are kept (default ~/.local/share/cocoon/payouts).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Claim every voucher that pays more than --min-claim.
+        #[arg(long)]
+        claim: bool,
+        /// nanoTON below which a claim is not worth its fee (about 0.006 TON).
+        #[arg(long, default_value_t = 100_000_000)]
+        min_claim: u64,
+        #[command(flatten)]
+        wallet: cocoon_client::channel_cli::WalletArgs,
+        #[command(flatten)]
+        chain: cocoon_client::channel_cli::ChainArgs,
+    },
     /// Print the client's account key (the public key a proxy credits), creating it if needed.
     Key {
         #[arg(long, env = "COCOON_CLIENT_KEY")]
@@ -355,18 +380,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Wallet(cmd) => cocoon_client::channel_cli::run_wallet(cmd).await?,
         Command::Channel(cmd) => cocoon_client::channel_cli::run_channel(cmd).await?,
+        Command::Payouts { proxy, dir, claim, min_claim, wallet, chain } => {
+            let w = cocoon_client::channel_cli::wallet(&wallet)?;
+            let dir = match dir {
+                Some(d) => d,
+                None => cocoon_client::payouts::default_dir()?,
+            };
+            let chain = cocoon_client::channel_cli::chain(&chain)?;
+            cocoon_client::payouts::run(&proxy, &w, &dir, &chain, claim, min_claim).await?;
+        }
         Command::Key { key } => {
             let k = load_key(key)?;
             println!("{}", hex::encode(k.verifying_key().to_bytes()));
         }
-        Command::Serve { proxy, worker, listen, key, max_cost, verifier } => {
+        Command::Serve { proxy, worker, listen, key, max_cost, channel, verifier } => {
             let key = load_key(key)?;
             let account = hex::encode(key.verifying_key().to_bytes());
             let policy = verifier.policy()?;
             let runner = match (&proxy, &worker) {
-                (Some(p), _) => Runner::via_proxy(p, policy, verifier.sources(), key, max_cost)
-                    .await
-                    .with_context(|| format!("verifying the proxy {p}"))?,
+                (Some(p), _) => {
+                    let runner = Runner::via_proxy(p, policy, verifier.sources(), key, max_cost)
+                        .await
+                        .with_context(|| format!("verifying the proxy {p}"))?;
+                    match &channel {
+                        Some(c) => runner.with_channel(c)?,
+                        None => runner,
+                    }
+                }
                 (None, Some(w)) => Runner::direct(w, policy, verifier.sources(), key, max_cost)
                     .await
                     .with_context(|| format!("verifying the worker {w}"))?,

@@ -51,7 +51,7 @@ pub const APP_MAX_COST_HEADER: &str = "x-cocoon-max-cost";
 
 /// Where the runner sends requests.
 pub enum Upstream {
-    Proxy { url: String, commission: Commission },
+    Proxy { url: String, commission: Commission, account: [u8; 32] },
     Direct { worker: Arc<Worker> },
 }
 
@@ -64,6 +64,8 @@ pub struct Runner {
     pub default_max_cost: NanoTon,
     http: HttpClient,
     verified: Mutex<HashMap<[u8; 32], VerifiedWorker>>,
+    /// Pays the proxy through a channel, when the runner was given one.
+    payer: Option<crate::pay::ChannelPayer>,
 }
 
 impl Runner {
@@ -98,15 +100,37 @@ impl Runner {
         }
         let commission = terms.commission().map_err(|e| ClientError::Protocol(e.to_string()))?;
         info!(proxy, commission_ppm = commission.ppm(), account = %terms.account_key, "proxy verified");
+        let account = verified.receipt_key;
         Ok(Runner {
-            upstream: Upstream::Proxy { url: proxy.trim_end_matches('/').to_string(), commission },
+            upstream: Upstream::Proxy { url: proxy.trim_end_matches('/').to_string(), commission, account },
             policy,
             sources,
             key,
             default_max_cost,
             http,
             verified: Mutex::new(HashMap::new()),
+            payer: None,
         })
+    }
+
+    /// Pays the proxy through the channel in `channel_file` (see [`crate::pay`]).
+    pub fn with_channel(mut self, channel_file: &std::path::Path) -> Result<Self, ClientError> {
+        let Upstream::Proxy { account, .. } = &self.upstream else {
+            return Err(ClientError::Protocol(
+                "a payment channel pays a proxy; this runner talks to a worker directly".into(),
+            ));
+        };
+        let payer = crate::pay::ChannelPayer::open(channel_file, &self.key, account)?;
+        info!(channel = %payer.params().address().map(|a| a.to_hex()).unwrap_or_default(), "paying the proxy through a channel");
+        self.payer = Some(payer);
+        Ok(self)
+    }
+
+    /// After a verified charge: the voucher for it, when paying through a channel.
+    async fn pay(&self, charge: NanoTon) {
+        if let (Some(payer), Upstream::Proxy { url, .. }) = (&self.payer, &self.upstream) {
+            payer.pay(charge, &self.key, &self.http, url).await;
+        }
     }
 
     /// Talks to one worker directly (attested with a fresh nonce now).
@@ -126,6 +150,7 @@ impl Runner {
             default_max_cost,
             http: HttpClient::default(),
             verified: Mutex::new(HashMap::new()),
+            payer: None,
         })
     }
 
@@ -401,11 +426,12 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         let mut answer: Value =
             serde_json::from_slice(&body).map_err(|e| AppError::upstream(format!("the answer is not JSON: {e}")))?;
         let cost = billing.check(&stream, &worker, &answer["usage"])?;
+        r.pay(cost.charge).await;
         answer["cocoon"] = cost.json(&worker_id);
         return Ok(axum::Json(answer).into_response());
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(32);
-    tokio::spawn(relay_stream(stream, worker, billing, worker_id, app_wants_usage, tx));
+    tokio::spawn(relay_stream(r.clone(), stream, worker, billing, worker_id, app_wants_usage, tx));
     let body = Body::from_stream(ReceiverStream::new(rx));
     Ok(Response::builder()
         .status(200)
@@ -496,6 +522,7 @@ fn sse(v: &Value) -> Bytes {
 /// Passes the events on as they arrive; holds back the usage chunk and
 /// `[DONE]` until the receipt and the charge have been checked.
 async fn relay_stream(
+    runner: Arc<Runner>,
     mut stream: ResponseStream,
     worker: Worker,
     billing: Billing,
@@ -545,6 +572,7 @@ async fn relay_stream(
     let usage = usage_chunk.as_ref().map(|u| u["usage"].clone()).unwrap_or(Value::Null);
     match billing.check(&stream, &worker, &usage) {
         Ok(cost) => {
+            runner.pay(cost.charge).await;
             if app_wants_usage && let Some(mut u) = usage_chunk {
                 u["cocoon"] = cost.json(&worker_id);
                 let _ = tx.send(Ok(sse(&u))).await;

@@ -1,4 +1,4 @@
-//! The `cocoon-proxy` command line: `serve`, `ledger`, `deposit`.
+//! The `cocoon-proxy` command line: `serve`, `ledger`, `deposit`, `settle`, `wallet`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,7 +46,20 @@ enum Command {
         #[arg(long)]
         charges: bool,
     },
-    /// Credit a client's account (until on-chain deposits replace this).
+    /// Claim clients' channels on chain now (`[ton]`): those owing at least
+    /// the settle threshold, or every one that owes anything with --all.
+    Settle {
+        #[arg(long, env = "COCOON_PROXY_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print the proxy's TON wallet (of its account key): fund it to pay workers.
+    Wallet {
+        #[arg(long, env = "COCOON_PROXY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Credit a client's account by hand (clients with a channel pay with vouchers instead).
     Deposit {
         #[arg(long, default_value = "cocoon-proxy-ledger.sqlite")]
         db: PathBuf,
@@ -181,6 +194,14 @@ pub fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => run(args),
         Command::Ledger { db, json, charges } => print_ledger(&db, json, charges),
+        Command::Settle { config, all } => settle(&config, all),
+        Command::Wallet { config } => {
+            let config = ProxyConfig::from_file(&config)?;
+            let key = cocoon_client::keyfile::load(&config.account_key)?;
+            let address = cocoon_ton::wallet::address_of(&key.verifying_key().to_bytes())?;
+            println!("{address}\nraw: {}", address.to_hex());
+            Ok(())
+        }
         Command::Deposit { db, client, amount, reference } => {
             let key: [u8; 32] = hex::decode(&client)
                 .ok()
@@ -193,6 +214,34 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn settle(config: &std::path::Path, all: bool) -> anyhow::Result<()> {
+    let config = ProxyConfig::from_file(config)?;
+    let ton = config.ton.clone().context("the config has no [ton] section")?;
+    let key = cocoon_client::keyfile::load(&config.account_key)?;
+    let ledger = Arc::new(Ledger::open(&config.ledger)?);
+    let min = if all { 0 } else { ton.settle_threshold.0 };
+    let payments = crate::payments::Payments::new(ton, &key, ledger)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let results = rt.block_on(payments.settle_all(min));
+    let mut failed = 0;
+    for (channel, r) in &results {
+        match r {
+            Ok(paid) => println!("{channel}: claimed {paid} nanoTON"),
+            Err(e) => {
+                failed += 1;
+                println!("{channel}: {e}");
+            }
+        }
+    }
+    if results.is_empty() {
+        println!("no channel owes {} nanoTON or more", min.max(1));
+    }
+    if failed > 0 {
+        bail!("{failed} of {} settlements failed", results.len());
+    }
+    Ok(())
 }
 
 fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -213,7 +262,24 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let registry = Registry::new(config.clone(), policy, EndorsementSources::default(), ledger.clone());
-        let app = App::new(registry.clone(), ledger, identity, commission, config.credit_limit, config.limits.clone());
+        let payments = match &config.ton {
+            Some(ton) => {
+                let p = crate::payments::Payments::new(ton.clone(), &identity.key, ledger.clone())?;
+                tracing::info!(wallet = %p.wallet_address(), api = %ton.api, "payments on TON");
+                tokio::spawn(p.clone().watch());
+                Some(p)
+            }
+            None => None,
+        };
+        let app = App::new(
+            registry.clone(),
+            ledger,
+            identity,
+            commission,
+            config.credit_limit,
+            config.limits.clone(),
+            payments,
+        );
         tokio::spawn(registry.maintain());
         tracing::info!(
             listen = %config.listen,
@@ -262,7 +328,9 @@ fn print_ledger(db: &std::path::Path, json: bool, with_charges: bool) -> anyhow:
         Vec::new()
     };
     if json {
-        let mut v = serde_json::json!({"totals": totals, "accounts": accounts, "workers": workers});
+        let channels = ledger.client_channels()?;
+        let mut v =
+            serde_json::json!({"totals": totals, "accounts": accounts, "workers": workers, "channels": channels});
         if with_charges {
             v["charges"] = serde_json::Value::Array(charges);
         }

@@ -16,6 +16,12 @@
 //!
 //! [reputation]
 //! half_life_s = 300
+//!
+//! [ton]                            # payments on TON; without it, accounts are credited by `deposit`
+//! api = "https://toncenter.com/api/v2"
+//! settle_threshold = 1000000000    # claim a client's channel once it owes this much (nanoTON)
+//! worker_deposit = 10000000000     # what each channel to a worker is funded with beyond its earnings
+//! min_dispute_window_s = 3600      # shortest close window accepted on a client's channel
 //! ```
 
 use std::net::SocketAddr;
@@ -52,6 +58,37 @@ pub struct ProxyConfig {
     pub reattest_interval_s: f64,
     pub limits: Limits,
     pub reputation: ReputationConfig,
+    pub ton: Option<TonConfig>,
+}
+
+/// Payments on TON. The proxy's wallet is the v4R2 wallet of its account key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TonConfig {
+    /// The TON HTTP API (toncenter v2) root.
+    pub api: String,
+    pub api_key: Option<String>,
+    /// A client's channel is claimed once its vouchers exceed what was claimed by this much.
+    pub settle_threshold: NanoTon,
+    /// A channel to a worker is funded with its earnings plus this much.
+    pub worker_deposit: NanoTon,
+    /// The close window of the channels to workers.
+    pub worker_dispute_window_s: u32,
+    /// Client channels with a shorter close window are refused: the proxy must have time to claim.
+    pub min_dispute_window_s: u32,
+}
+
+impl Default for TonConfig {
+    fn default() -> Self {
+        TonConfig {
+            api: "https://toncenter.com/api/v2".into(),
+            api_key: None,
+            settle_threshold: NanoTon(1_000_000_000),
+            worker_deposit: NanoTon(10_000_000_000),
+            worker_dispute_window_s: 86_400,
+            min_dispute_window_s: 3600,
+        }
+    }
 }
 
 impl Default for ProxyConfig {
@@ -70,6 +107,7 @@ impl Default for ProxyConfig {
             reattest_interval_s: 60.0,
             limits: Limits::default(),
             reputation: ReputationConfig::default(),
+            ton: None,
         }
     }
 }

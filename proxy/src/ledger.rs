@@ -143,7 +143,58 @@ CREATE TABLE IF NOT EXISTS reputation (
     worker_url TEXT PRIMARY KEY,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS client_channels (
+    address TEXT PRIMARY KEY,
+    client_key BLOB NOT NULL CHECK (length(client_key) = 32),
+    descriptor TEXT NOT NULL,
+    deposit_seen INTEGER NOT NULL DEFAULT 0,
+    voucher_total INTEGER NOT NULL DEFAULT 0 CHECK (voucher_total >= 0),
+    signature TEXT,
+    claimed INTEGER NOT NULL DEFAULT 0 CHECK (claimed >= 0 AND claimed <= voucher_total),
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS worker_channels (
+    payee TEXT PRIMARY KEY,
+    descriptor TEXT NOT NULL,
+    deposited INTEGER NOT NULL DEFAULT 0,
+    voucher_total INTEGER NOT NULL DEFAULT 0,
+    signature TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settlements (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('claim', 'fund')),
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    created_at INTEGER NOT NULL
+);
 ";
+
+/// A client's channel to this proxy, as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientChannel {
+    pub address: String,
+    pub client_key: String,
+    /// The channel's descriptor (JSON), as the client sent it.
+    pub descriptor: String,
+    /// The deposit last seen on chain.
+    pub deposit_seen: NanoTon,
+    /// The newest voucher's total and its signature.
+    pub voucher_total: NanoTon,
+    pub signature: Option<String>,
+    /// What the proxy has claimed on chain.
+    pub claimed: NanoTon,
+}
+
+/// The proxy's channel to one worker's payout address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerChannel {
+    pub payee: String,
+    pub descriptor: String,
+    pub deposited: NanoTon,
+    pub voucher_total: NanoTon,
+    pub signature: Option<String>,
+}
 
 fn amount(v: NanoTon) -> Result<i64, LedgerError> {
     i64::try_from(v.0).map_err(|_| LedgerError::Amount(v.0))
@@ -324,6 +375,185 @@ impl Ledger {
         })
     }
 
+    pub fn client_channel(&self, address: &str) -> Result<Option<ClientChannel>, LedgerError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT address, client_key, descriptor, deposit_seen, voucher_total, signature, claimed
+                 FROM client_channels WHERE address = ?1",
+                [address],
+                client_channel_row,
+            )
+            .optional()
+        })
+    }
+
+    pub fn client_channels(&self) -> Result<Vec<ClientChannel>, LedgerError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT address, client_key, descriptor, deposit_seen, voucher_total, signature, claimed
+                 FROM client_channels ORDER BY address",
+            )?;
+            let rows = st.query_map([], client_channel_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Records a client's voucher for `total` and credits its account with what
+    /// the voucher adds to the newest one before; returns that amount (0 for a
+    /// voucher that is not newer). One transaction: the credit and the voucher
+    /// that earns it are written together or not at all.
+    pub fn credit_voucher(
+        &self,
+        address: &str,
+        client_key: &[u8; 32],
+        descriptor: &str,
+        deposit_seen: NanoTon,
+        total: NanoTon,
+        signature: &str,
+    ) -> Result<NanoTon, LedgerError> {
+        let (t, seen) = (amount(total)?, amount(deposit_seen)?);
+        let now = unix_now() as i64;
+        let mut conn = self.reader.lock().expect("ledger lock");
+        let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
+        let run = |tx: &rusqlite::Transaction| -> rusqlite::Result<i64> {
+            tx.execute(
+                "INSERT INTO client_channels (address, client_key, descriptor, deposit_seen, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (address) DO NOTHING",
+                params![address, client_key.as_slice(), descriptor, seen, now],
+            )?;
+            let (key, old): (Vec<u8>, i64) = tx.query_row(
+                "SELECT client_key, voucher_total FROM client_channels WHERE address = ?1",
+                [address],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if key != client_key.as_slice() {
+                return Err(rusqlite::Error::InvalidParameterName("the channel belongs to another account".into()));
+            }
+            tx.execute(
+                "UPDATE client_channels SET deposit_seen = MAX(deposit_seen, ?2), updated_at = ?3 WHERE address = ?1",
+                params![address, seen, now],
+            )?;
+            if t <= old {
+                return Ok(0);
+            }
+            tx.execute(
+                "UPDATE client_channels SET voucher_total = ?2, signature = ?3 WHERE address = ?1",
+                params![address, t, signature],
+            )?;
+            let credited = t - old;
+            tx.execute(
+                "INSERT INTO deposits (client_key, amount, reference, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![client_key.as_slice(), credited, format!("voucher {address} total {t}"), now],
+            )?;
+            tx.execute(
+                "INSERT INTO accounts (client_key, deposited) VALUES (?1, ?2)
+                 ON CONFLICT (client_key) DO UPDATE SET deposited = deposited + excluded.deposited",
+                params![client_key.as_slice(), credited],
+            )?;
+            Ok(credited)
+        };
+        let credited = run(&tx).map_err(|e| sql(&self.path, e))?;
+        tx.commit().map_err(|e| sql(&self.path, e))?;
+        Ok(nano(credited))
+    }
+
+    /// Records a claim the proxy made on a client's channel (`claimed` in all, `paid` by this claim).
+    pub fn record_claim(&self, address: &str, claimed: NanoTon, paid: NanoTon) -> Result<(), LedgerError> {
+        let (c, p) = (amount(claimed)?, amount(paid)?);
+        let mut conn = self.reader.lock().expect("ledger lock");
+        let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
+        tx.execute(
+            "UPDATE client_channels SET claimed = MAX(claimed, ?2), updated_at = ?3 WHERE address = ?1",
+            params![address, c, unix_now() as i64],
+        )
+        .map_err(|e| sql(&self.path, e))?;
+        if p > 0 {
+            tx.execute(
+                "INSERT INTO settlements (channel, kind, amount, created_at) VALUES (?1, 'claim', ?2, ?3)",
+                params![address, p, unix_now() as i64],
+            )
+            .map_err(|e| sql(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| sql(&self.path, e))
+    }
+
+    /// What each payout address has earned, over every charge.
+    pub fn earnings_by_payout(&self) -> Result<Vec<(String, NanoTon)>, LedgerError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT payout_address, SUM(worker_cost) FROM charges WHERE payout_address IS NOT NULL
+                 GROUP BY payout_address ORDER BY payout_address",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, nano(r.get(1)?))))?;
+            rows.collect()
+        })
+    }
+
+    pub fn worker_channel(&self, payee: &str) -> Result<Option<WorkerChannel>, LedgerError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT payee, descriptor, deposited, voucher_total, signature FROM worker_channels WHERE payee = ?1",
+                [payee],
+                |r| {
+                    Ok(WorkerChannel {
+                        payee: r.get(0)?,
+                        descriptor: r.get(1)?,
+                        deposited: nano(r.get(2)?),
+                        voucher_total: nano(r.get(3)?),
+                        signature: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// Remembers a channel to a worker before it is funded, so that a crash
+    /// between funding and recording cannot make the proxy open a second one.
+    pub fn create_worker_channel(&self, payee: &str, descriptor: &str) -> Result<(), LedgerError> {
+        self.read(|c| {
+            c.execute(
+                "INSERT INTO worker_channels (payee, descriptor, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (payee) DO NOTHING",
+                params![payee, descriptor, unix_now() as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records a channel to a worker funded on chain (`deposited` in all, `added` now).
+    pub fn record_worker_funding(&self, payee: &str, deposited: NanoTon, added: NanoTon) -> Result<(), LedgerError> {
+        let (d, a) = (amount(deposited)?, amount(added)?);
+        let mut conn = self.reader.lock().expect("ledger lock");
+        let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
+        tx.execute(
+            "UPDATE worker_channels SET deposited = MAX(deposited, ?2), updated_at = ?3 WHERE payee = ?1",
+            params![payee, d, unix_now() as i64],
+        )
+        .map_err(|e| sql(&self.path, e))?;
+        if a > 0 {
+            tx.execute(
+                "INSERT INTO settlements (channel, kind, amount, created_at) VALUES (?1, 'fund', ?2, ?3)",
+                params![payee, a, unix_now() as i64],
+            )
+            .map_err(|e| sql(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| sql(&self.path, e))
+    }
+
+    /// Records the newest voucher signed to a worker (never a smaller one).
+    pub fn record_worker_voucher(&self, payee: &str, total: NanoTon, signature: &str) -> Result<(), LedgerError> {
+        let t = amount(total)?;
+        self.read(|c| {
+            c.execute(
+                "UPDATE worker_channels SET voucher_total = ?2, signature = ?3, updated_at = ?4
+                 WHERE payee = ?1 AND voucher_total < ?2",
+                params![payee, t, signature, unix_now() as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
     pub fn save_reputation(&self, records: &[(String, String)]) -> Result<(), LedgerError> {
         let mut conn = self.reader.lock().expect("ledger lock");
         let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
@@ -349,6 +579,18 @@ impl Drop for Ledger {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn client_channel_row(r: &rusqlite::Row) -> rusqlite::Result<ClientChannel> {
+    Ok(ClientChannel {
+        address: r.get(0)?,
+        client_key: hex::encode(r.get::<_, Vec<u8>>(1)?),
+        descriptor: r.get(2)?,
+        deposit_seen: nano(r.get(3)?),
+        voucher_total: nano(r.get(4)?),
+        signature: r.get(5)?,
+        claimed: nano(r.get(6)?),
+    })
 }
 
 fn sql(path: &Path, source: rusqlite::Error) -> LedgerError {
@@ -517,6 +759,33 @@ mod tests {
         assert_eq!(a, Account { deposited: NanoTon(1_000_000), charged: NanoTon(22_000) });
         assert_eq!(ledger.worker_credits().unwrap()[0].requests, 200);
         assert!(matches!(ledger.deposit(&[9; 32], NanoTon(u64::MAX), None), Err(LedgerError::Amount(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn vouchers_credit_what_they_add_once_and_never_less() {
+        let dir = std::env::temp_dir().join(format!("cocoon-ledger-vouchers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ledger = Ledger::open(&dir.join("ledger.sqlite")).unwrap();
+        let key = [5u8; 32];
+        let credit =
+            |total: u64| ledger.credit_voucher("0:aa", &key, "{}", NanoTon(1000), NanoTon(total), "sig").unwrap();
+        assert_eq!(credit(100), NanoTon(100));
+        assert_eq!(credit(250), NanoTon(150));
+        assert_eq!(credit(250), NanoTon(0), "the same voucher again credits nothing");
+        assert_eq!(credit(200), NanoTon(0), "an older voucher credits nothing");
+        assert_eq!(ledger.account(&key).unwrap().deposited, NanoTon(250));
+        let ch = ledger.client_channel("0:aa").unwrap().unwrap();
+        assert_eq!((ch.voucher_total, ch.claimed, ch.deposit_seen), (NanoTon(250), NanoTon(0), NanoTon(1000)));
+        // The channel is bound to its first account.
+        assert!(ledger.credit_voucher("0:aa", &[6; 32], "{}", NanoTon(1000), NanoTon(300), "sig").is_err());
+        assert_eq!(ledger.account(&[6; 32]).unwrap().deposited, NanoTon(0));
+        // Claims: never above the newest voucher (the schema refuses it), never backwards.
+        ledger.record_claim("0:aa", NanoTon(250), NanoTon(250)).unwrap();
+        ledger.record_claim("0:aa", NanoTon(100), NanoTon(0)).unwrap();
+        assert_eq!(ledger.client_channel("0:aa").unwrap().unwrap().claimed, NanoTon(250));
+        assert!(ledger.record_claim("0:aa", NanoTon(251), NanoTon(1)).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

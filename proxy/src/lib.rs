@@ -12,6 +12,7 @@ pub mod forward;
 pub mod identity;
 pub mod ledger;
 pub mod metrics;
+pub mod payments;
 pub mod registry;
 pub mod reputation;
 pub mod server;

@@ -7,6 +7,8 @@
 //! | `POST /v1/route` | `{"model": ..., "exclude": [...]}` → the pick, its evidence and prices |
 //! | `POST /v1/ohttp` | a sealed request for the worker named in `cocoon-worker`, signed by the client |
 //! | `GET /v1/terms` | the proxy's price terms (the bytes its evidence binds) |
+//! | `POST /v1/vouchers` | a client's voucher on its channel to this proxy (`[ton]` only) |
+//! | `GET /v1/payouts?payee=ADDR` | a voucher for everything a worker's payout address earned (`[ton]` only) |
 //! | `GET /v1/attestation?nonce=HEX` | the proxy's own evidence |
 //! | `GET /healthz`, `GET /metrics` | liveness; Prometheus metrics |
 
@@ -59,6 +61,8 @@ pub struct App {
     pub in_flight: Arc<Semaphore>,
     pub reservations: Mutex<HashMap<[u8; 32], u64>>,
     pub replays: Mutex<ReplayWindow>,
+    /// Payments on TON, when configured.
+    pub payments: Option<Arc<crate::payments::Payments>>,
     joins: Mutex<(u64, u32)>,
 }
 
@@ -70,6 +74,7 @@ impl App {
         commission: Commission,
         credit_limit: NanoTon,
         limits: Limits,
+        payments: Option<Arc<crate::payments::Payments>>,
     ) -> Arc<Self> {
         Arc::new(App {
             registry,
@@ -83,6 +88,7 @@ impl App {
             reservations: Mutex::new(HashMap::new()),
             replays: Mutex::new(ReplayWindow::new(secs(limits.replay_window_s), MAX_REMEMBERED)),
             joins: Mutex::new((0, 0)),
+            payments,
             limits,
         })
     }
@@ -231,6 +237,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/route", post(route))
         .route("/v1/ohttp", post(forward::ohttp))
         .route("/v1/terms", get(terms))
+        .route("/v1/vouchers", post(vouchers))
+        .route("/v1/payouts", get(payouts))
         .route("/v1/attestation", get(attestation))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -248,6 +256,64 @@ async fn small_json<T: for<'de> Deserialize<'de>>(req: Request) -> Result<T, Res
     })?;
     serde_json::from_slice(&body.to_bytes())
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}"), false))
+}
+
+fn no_payments() -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "no_payments",
+        "this proxy takes no payments on TON (no [ton] in its config)".into(),
+        false,
+    )
+}
+
+fn payment_error(e: crate::payments::PaymentError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    api_error(status, e.code(), e.to_string(), status == StatusCode::SERVICE_UNAVAILABLE)
+}
+
+async fn vouchers(State(app): State<Arc<App>>, req: Request) -> Response {
+    let r = match &app.payments {
+        None => no_payments(),
+        Some(p) => match small_json::<crate::payments::VoucherBody>(req).await {
+            Err(r) => r,
+            Ok(body) => match p.accept_voucher(body).await {
+                Ok(a) => axum::Json(a).into_response(),
+                Err(e) => {
+                    app.metrics.refuse(e.code());
+                    payment_error(e)
+                }
+            },
+        },
+    };
+    app.count("vouchers", &r);
+    r
+}
+
+async fn payouts(State(app): State<Arc<App>>, axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    let Some(p) = &app.payments else { return no_payments() };
+    let payee = query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("payee="))
+        .map(|v| urlencoding::decode(v).map(|c| c.into_owned()).unwrap_or_default());
+    let Some(payee) = payee else {
+        return api_error(StatusCode::BAD_REQUEST, "invalid_payee", "expected ?payee=<TON address>".into(), false);
+    };
+    let payee = match cocoon_ton::channel::parse_address("payee", &payee) {
+        Ok(a) => a,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_payee", e.to_string(), false),
+    };
+    let r = match p.worker_voucher(&payee).await {
+        Ok(Some(held)) => axum::Json(held).into_response(),
+        Ok(None) => {
+            api_error(StatusCode::NOT_FOUND, "nothing_earned", format!("{payee} has earned nothing here"), false)
+        }
+        Err(e) => payment_error(e),
+    };
+    app.count("payouts", &r);
+    r
 }
 
 #[derive(Deserialize)]

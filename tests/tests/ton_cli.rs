@@ -190,6 +190,6 @@ async fn a_payer_and_a_payee_use_a_channel_from_the_cli() {
     file["channel_id"] = json!(2);
     std::fs::write(&channel, file.to_string()).unwrap();
     let bad = cocoon(&api, &["channel", "status", channel.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("its parameters give address"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("what its parameters give"));
     let _ = std::fs::remove_dir_all(&dir);
 }

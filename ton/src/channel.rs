@@ -59,6 +59,70 @@ impl ChannelParams {
     }
 }
 
+/// A channel's parameters as they travel in files and API bodies (JSON): a
+/// channel file, a voucher's companion, a proxy's answer to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelDescriptor {
+    /// The channel's address (raw `0:<hex>`), checked against the parameters.
+    pub address: String,
+    pub payer: String,
+    pub payee: String,
+    /// The payer's Ed25519 key, hex.
+    pub payer_key: String,
+    pub channel_id: u64,
+    pub dispute_window: u32,
+}
+
+impl ChannelDescriptor {
+    pub fn from_params(p: &ChannelParams) -> Result<ChannelDescriptor, TonError> {
+        Ok(ChannelDescriptor {
+            address: p.address()?.to_hex(),
+            payer: p.payer.to_hex(),
+            payee: p.payee.to_hex(),
+            payer_key: hex::encode(p.payer_key),
+            channel_id: p.channel_id,
+            dispute_window: p.dispute_window,
+        })
+    }
+
+    /// The parameters, refused unless they give the stated address.
+    pub fn params(&self) -> Result<ChannelParams, TonError> {
+        let payer_key =
+            hex::decode(&self.payer_key).ok().and_then(|k| <[u8; 32]>::try_from(k).ok()).ok_or_else(|| {
+                TonError::Unexpected {
+                    what: "payer_key",
+                    expected: "64 hex digits".into(),
+                    found: format!("{:?}", self.payer_key),
+                }
+            })?;
+        let params = ChannelParams {
+            payer: parse_address("payer", &self.payer)?,
+            payee: parse_address("payee", &self.payee)?,
+            payer_key,
+            channel_id: self.channel_id,
+            dispute_window: self.dispute_window,
+        };
+        let address = params.address()?.to_hex();
+        if address != parse_address("address", &self.address)?.to_hex() {
+            return Err(TonError::Unexpected {
+                what: "channel address",
+                expected: format!("{address} (what its parameters give)"),
+                found: self.address.clone(),
+            });
+        }
+        Ok(params)
+    }
+}
+
+/// An address in raw (`0:<hex>`) or user-friendly form.
+pub fn parse_address(what: &'static str, text: &str) -> Result<TonAddress, TonError> {
+    text.parse::<TonAddress>().map_err(|e| TonError::Unexpected {
+        what,
+        expected: "a TON address (raw 0:<hex> or user-friendly)".into(),
+        found: format!("{text:?} ({e})"),
+    })
+}
+
 /// "The payer owes the payee `total` nanoTON on `channel`, in all."
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Voucher {

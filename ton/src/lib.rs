@@ -18,7 +18,7 @@ pub mod stack;
 pub mod toncenter;
 pub mod wallet;
 
-pub use channel::{ChannelParams, ChannelState, SignedVoucher, Voucher};
+pub use channel::{ChannelDescriptor, ChannelParams, ChannelState, SignedVoucher, Voucher};
 pub use tonlib_core::TonAddress;
 pub use tonlib_core::cell::{ArcCell, BagOfCells, Cell, CellBuilder};
 

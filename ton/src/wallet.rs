@@ -29,6 +29,14 @@ pub struct Outgoing {
     pub state_init: Option<Cell>,
 }
 
+/// The address of the v4R2 wallet of an Ed25519 public key: how a client finds
+/// its proxy's wallet from the account key the proxy's evidence binds.
+pub fn address_of(public_key: &[u8; 32]) -> Result<TonAddress, TonError> {
+    // Only the public key goes into the wallet's data; the secret is not used.
+    let pair = KeyPair { public_key: public_key.to_vec(), secret_key: vec![0; 64] };
+    Ok(TonWallet::new(WalletVersion::V4R2, pair)?.address)
+}
+
 pub struct Wallet {
     inner: TonWallet,
     signing: SigningKey,
