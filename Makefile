@@ -83,6 +83,7 @@ bench: model
 # + host shim on loopback, then a sealed, streamed chat through them.
 demo: model openai-sdk
 	@scripts/setup.sh demo
+	@$(MAKE) --no-print-directory contracts-deps
 	bash scripts/demo.sh
 
 clean:

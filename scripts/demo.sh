@@ -3,7 +3,10 @@
 # (SmolLM2-135M-Instruct, CPU, simulated evidence: there is no TEE here).
 #   two workers (enclave + host shim each) -> cocoon-proxy (SQLite ledger)
 #   -> cocoon serve (local OpenAI API) <- the official openai Python SDK
-# then the ledger. COCOON_DEMO_QUESTION changes the question.
+# paid on a local emulated TON chain (@ton/sandbox behind the toncenter API):
+# the client pays through a payment channel, the proxy settles on chain and
+# pays the worker, which claims. Then the ledger and the chain.
+# COCOON_DEMO_QUESTION changes the question.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +34,22 @@ wait_port() {
     exit 1
 }
 
+ton() { python3 -c "import sys; n=int(sys.argv[1]); print(f'{n//10**9}.{n%10**9:09d}')" "$1"; }
+wallet() { "$bin/cocoon" wallet address --offline --key "$1" | sed -n 's/^raw: //p'; }
+
+echo
+echo "== a local TON chain (the TVM emulator behind the toncenter v2 API) =="
+node contracts/chain/server.js --port $((base + 30)) > "$dir/chain.json" &
+pids+=($!)
+wait_port $((base + 30))
+export COCOON_TON_API="http://127.0.0.1:$((base + 30))/api/v2"
+for k in client proxy worker1 worker2; do "$bin/cocoon" key --key "$dir/$k.key" > /dev/null; done
+airdrop() { curl -s -X POST "http://127.0.0.1:$((base + 30))/local/airdrop" -d "{\"address\":\"$1\",\"amount\":\"$2\"}" > /dev/null; }
+airdrop "$(wallet "$dir/client.key")" 20000000000
+airdrop "$(wallet "$dir/proxy.key")" 20000000000
+for w in 1 2; do airdrop "$(wallet "$dir/worker$w.key")" 1000000000; done
+echo "chain: $COCOON_TON_API; wallets funded: client 20 TON, proxy 20 TON, each worker 1 TON"
+
 echo
 echo "== two workers: SIMULATED evidence (no TEE here; it proves nothing) =="
 for w in 1 2; do
@@ -46,7 +65,7 @@ max_batch = 4
 [pricing]
 prompt_per_1k = 20000
 completion_per_1k = 60000
-payout_address = "UQ-demo-worker-$w"
+payout_address = "$(wallet "$dir/worker$w.key")"
 TOML
     sock="$dir/enclave$w.sock"
     COCOON_LOG=${COCOON_LOG:-warn} "$bin/cocoon-enclave" --listen "unix:$sock" \
@@ -60,11 +79,22 @@ TOML
 done
 
 echo
-echo "== cocoon-proxy: admits the workers by attestation, 10 % commission =="
-COCOON_LOG=warn "$bin/cocoon-proxy" serve --listen "127.0.0.1:$((base + 10))" \
-    --ledger "$dir/ledger.sqlite" --account-key "$dir/proxy.key" --commission-ppm 100000 \
-    --worker "http://127.0.0.1:$((base + 1))" --worker "http://127.0.0.1:$((base + 2))" \
-    --insecure-simulated --platform simulated &
+echo "== cocoon-proxy: admits the workers by attestation, 10 % commission, paid on TON =="
+cat > "$dir/proxy.toml" <<TOML
+listen = "127.0.0.1:$((base + 10))"
+ledger = "$dir/ledger.sqlite"
+account_key = "$dir/proxy.key"
+commission_ppm = 100000
+credit_limit = 100000000
+workers = ["http://127.0.0.1:$((base + 1))", "http://127.0.0.1:$((base + 2))"]
+insecure_simulated = true
+platform = "simulated"
+
+[ton]
+api = "$COCOON_TON_API"
+worker_deposit = 1000000000
+TOML
+COCOON_LOG=warn "$bin/cocoon-proxy" serve --config "$dir/proxy.toml" &
 pids+=($!)
 wait_port $((base + 10))
 for _ in $(seq 100); do
@@ -77,11 +107,12 @@ for w in json.load(sys.stdin)["data"]:
     print("admitted", w["id"], w["url"], "model", w["model"], "capacity", w["capacity"], "platform", w["platform"])'
 
 echo
-echo "== the client: an account key, a deposit by the proxy operator, cocoon serve =="
-account="$("$bin/cocoon" key --key "$dir/client.key")"
-"$bin/cocoon-proxy" deposit --db "$dir/ledger.sqlite" --client "$account" --amount 1000000000 --reference demo
+echo "== the client: a payment channel to the proxy's wallet, cocoon serve paying through it =="
+"$bin/cocoon" channel open --key "$dir/client.key" --payee "$(wallet "$dir/proxy.key")" --amount 5 \
+    --out "$dir/channel.json" > /dev/null
+echo "channel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["address"])' "$dir/channel.json"): 5 TON deposited"
 "$bin/cocoon" serve --proxy "http://127.0.0.1:$((base + 10))" --listen "127.0.0.1:$((base + 20))" \
-    --key "$dir/client.key" --insecure-simulated 2>/dev/null &
+    --key "$dir/client.key" --channel "$dir/channel.json" --insecure-simulated 2>/dev/null &
 pids+=($!)
 wait_port $((base + 20))
 
@@ -104,6 +135,20 @@ for chunk in stream:
         print(f"cost:     {c['cost_nanoton']} nanoTON = worker {c['worker_cost_nanoton']} + commission "
               f"{c['commission_nanoton']} (receipt verified; worker {c['worker']})")
 PY
+
+echo
+echo "== settlement on chain =="
+sleep 1
+"$bin/cocoon-proxy" settle --config "$dir/proxy.toml" --all | sed 's/^/proxy claims: /'
+"$bin/cocoon" channel status "$dir/channel.json" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(f"client channel: deposited {s[\"deposited\"]}, claimed by the proxy {s[\"claimed\"]} nanoTON")'
+for w in 1 2; do
+    echo "worker $w: cocoon payouts --claim (a claim costs about 0.006 TON, far more than this demo earned)"
+    "$bin/cocoon" payouts --proxy "http://127.0.0.1:$((base + 10))" --key "$dir/worker$w.key" \
+        --dir "$dir/payouts$w" --claim --min-claim 0 2>&1 | sed 's/^/  /'
+done
 
 echo
 echo "== the proxy's ledger =="

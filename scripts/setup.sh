@@ -15,10 +15,10 @@ command -v cc >/dev/null || need_apt+=(gcc)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 python3 -c "import ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The TON contracts, their tests and the local chain run on Node (contracts/).
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ "$what" = test ]; then
-    # The TON contracts are compiled and tested with npm packages (contracts/).
-    command -v node >/dev/null || need_apt+=(nodejs)
-    command -v npm >/dev/null || need_apt+=(npm)
     # The firmware fixtures are .deb files.
     command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
     # The guest image: pinned packages fetched with curl, an initramfs (cpio),

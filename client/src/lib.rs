@@ -12,6 +12,7 @@ pub mod http;
 pub mod keyfile;
 pub mod pay;
 pub mod payouts;
+pub mod registry_cli;
 pub mod serve;
 pub mod worker;
 

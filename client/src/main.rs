@@ -185,6 +185,9 @@ enum Command {
     /// Payment channels on TON: open, top up, sign vouchers, claim, close.
     #[command(subcommand)]
     Channel(cocoon_client::channel_cli::ChannelCommand),
+    /// The network's registry on TON: allowed images, models and proxies.
+    #[command(subcommand)]
+    Registry(cocoon_client::registry_cli::RegistryCommand),
     /// A worker's pay: fetch the proxy's newest voucher for this wallet, keep it
     /// durably, list what is held and claim it on chain.
     Payouts {
@@ -380,6 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Wallet(cmd) => cocoon_client::channel_cli::run_wallet(cmd).await?,
         Command::Channel(cmd) => cocoon_client::channel_cli::run_channel(cmd).await?,
+        Command::Registry(cmd) => cocoon_client::registry_cli::run(cmd).await?,
         Command::Payouts { proxy, dir, claim, min_claim, wallet, chain } => {
             let w = cocoon_client::channel_cli::wallet(&wallet)?;
             let dir = match dir {

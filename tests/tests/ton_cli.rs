@@ -193,3 +193,98 @@ async fn a_payer_and_a_payee_use_a_channel_from_the_cli() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("what its parameters give"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_operator_governs_the_registry_from_the_cli() {
+    let chain = start_chain();
+    let api = chain.1.clone();
+    let dir = std::env::temp_dir().join(format!("cocoon-ton-registry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let owner_key = key_file(&dir, "owner.key", 21);
+    let key = owner_key.to_str().unwrap();
+    let out = ok(cocoon(&api, &["wallet", "address", "--offline", "--key", key]));
+    let owner = out.lines().find_map(|l| l.strip_prefix("raw: ")).unwrap().to_owned();
+    let client = Toncenter::new(&api, None).unwrap();
+    client.local("airdrop", json!({ "address": owner, "amount": "5000000000" })).await.unwrap();
+
+    // Nothing deployed yet: a reader is told so.
+    let none = cocoon(&api, &["registry", "show", "--owner", &owner]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no registry"), "{}", String::from_utf8_lossy(&none.stderr));
+
+    // The first change deploys it; each change is seen on chain before the command returns.
+    let model = "ab".repeat(32);
+    assert!(ok(cocoon(&api, &["registry", "add-model", &model, "--key", key])).contains(&format!("sha256:{model}")));
+    let reference = dir.join("reference.json");
+    let document =
+        json!({"tdx": {"mrtd": "00".repeat(48), "rtmr1": "11".repeat(48)}, "note": "x".repeat(300)}).to_string();
+    std::fs::write(&reference, &document).unwrap();
+    ok(cocoon(&api, &["registry", "add-image", reference.to_str().unwrap(), "--key", key]));
+    let account = "cd".repeat(32);
+    ok(cocoon(
+        &api,
+        &[
+            "registry",
+            "add-proxy",
+            "--account",
+            &account,
+            "--commission-ppm",
+            "100000",
+            "--endpoint",
+            "https://proxy.example:8090",
+            "--key",
+            key,
+        ],
+    ));
+    let shown: Value =
+        serde_json::from_str(&ok(cocoon(&api, &["registry", "show", "--owner", &owner, "--json"]))).unwrap();
+    assert_eq!(shown["owner"], json!(owner));
+    assert_eq!(shown["models"], json!([model]));
+    let digest = hex::encode(sha2_digest(document.as_bytes()));
+    assert_eq!(shown["images"][&digest], serde_json::from_str::<Value>(&document).unwrap());
+    let proxy = &shown["proxies"][&account];
+    assert_eq!(proxy["commission_ppm"], json!(100000));
+    assert_eq!(proxy["endpoint"], json!("https://proxy.example:8090"));
+    let key_bytes: [u8; 32] = hex::decode(&account).unwrap().try_into().unwrap();
+    assert_eq!(proxy["wallet"], json!(cocoon_ton::wallet::address_of(&key_bytes).unwrap().to_hex()));
+
+    // Removals, and input refused before anything is sent.
+    ok(cocoon(&api, &["registry", "remove-model", &model, "--key", key]));
+    ok(cocoon(&api, &["registry", "remove-image", &digest, "--key", key]));
+    let shown: Value =
+        serde_json::from_str(&ok(cocoon(&api, &["registry", "show", "--owner", &owner, "--json"]))).unwrap();
+    assert_eq!(shown["models"], json!([]));
+    assert_eq!(shown["images"], json!({}));
+    let not_json = dir.join("not.json");
+    std::fs::write(&not_json, "MRTD=00").unwrap();
+    let fees = client.local("fees", json!({})).await.unwrap();
+    assert!(!cocoon(&api, &["registry", "add-image", not_json.to_str().unwrap(), "--key", key]).status.success());
+    assert!(!cocoon(&api, &["registry", "add-model", "abc", "--key", key]).status.success());
+    assert!(
+        !cocoon(
+            &api,
+            &[
+                "registry",
+                "add-proxy",
+                "--account",
+                &account,
+                "--commission-ppm",
+                "1",
+                "--endpoint",
+                "ftp://x",
+                "--key",
+                key
+            ]
+        )
+        .status
+        .success()
+    );
+    assert_eq!(client.local("fees", json!({})).await.unwrap(), fees, "refused input sent nothing");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}

@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
+use tonlib_core::TonAddress;
+use tonlib_core::cell::ArcCell;
+
 use crate::channel::{self, ChannelParams, ChannelState, SignedVoucher};
+use crate::registry;
 use crate::toncenter::{ChainError, Toncenter};
 use crate::wallet::{Outgoing, Wallet};
 use crate::{TOPUP_FEE, TonError};
@@ -191,4 +195,84 @@ async fn payer_action(
     let message = Outgoing { dest: params.address()?, value: GAS_VALUE, bounce: true, body, state_init: None };
     payer.send(chain, vec![message]).await?;
     wait_for(chain, params, what, done).await
+}
+
+/// The registry's lists as its get-methods return them, each checked
+/// (an image's key is its document's SHA-256); `None` before deployment.
+pub async fn registry_lists(chain: &Toncenter, registry: &TonAddress) -> Result<Option<RegistryLists>, ChainError> {
+    if chain.account(registry).await?.state != "active" {
+        return Ok(None);
+    }
+    let one = |stack: Vec<crate::stack::StackEntry>, what: &'static str| -> Result<Option<ArcCell>, ChainError> {
+        match &stack[..] {
+            [entry] => Ok(entry.cell_opt(what)?),
+            other => Err(refuse(what, "one stack entry".into(), format!("{}", other.len()))),
+        }
+    };
+    let images = one(chain.run_get_method(registry, "get_images", vec![]).await?, "get_images")?;
+    let models = one(chain.run_get_method(registry, "get_models", vec![]).await?, "get_models")?;
+    let proxies = one(chain.run_get_method(registry, "get_proxies", vec![]).await?, "get_proxies")?;
+    let owner = chain.run_get_method(registry, "get_owner", vec![]).await?;
+    let owner = match &owner[..] {
+        [entry] => entry.address("owner")?,
+        other => return Err(refuse("get_owner", "one stack entry".into(), format!("{}", other.len()))),
+    };
+    Ok(Some(RegistryLists {
+        owner,
+        images: registry::images_from(images.as_ref())?,
+        models: registry::models_from(models.as_ref())?,
+        proxies: registry::proxies_from(proxies.as_ref())?,
+    }))
+}
+
+/// What the registry lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryLists {
+    pub owner: TonAddress,
+    /// Reference-values documents by SHA-256.
+    pub images: std::collections::BTreeMap<[u8; 32], Vec<u8>>,
+    pub models: Vec<[u8; 32]>,
+    pub proxies: std::collections::BTreeMap<[u8; 32], registry::ProxyEntry>,
+}
+
+/// The owner changes the registry (deploying it with the first change), and
+/// waits until its lists satisfy `done`.
+pub async fn registry_change(
+    chain: &Toncenter,
+    owner: &Wallet,
+    body: tonlib_core::cell::Cell,
+    done: impl Fn(&RegistryLists) -> bool,
+) -> Result<RegistryLists, ChainError> {
+    let address = registry::address(owner.address())?;
+    let before = registry_lists(chain, &address).await?;
+    if let Some(l) = &before
+        && &l.owner != owner.address()
+    {
+        return Err(refuse("registry owner", owner.address().to_hex(), l.owner.to_hex()));
+    }
+    let message = Outgoing {
+        dest: address.clone(),
+        value: GAS_VALUE,
+        bounce: before.is_some(),
+        body,
+        state_init: if before.is_none() { Some(registry::state_init(owner.address())?) } else { None },
+    };
+    owner.send(chain, vec![message]).await?;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if let Some(l) = registry_lists(chain, &address).await?
+            && done(&l)
+        {
+            return Ok(l);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ChainError::Transport {
+                url: chain.base().into(),
+                message: format!("registry change on {address} not seen on chain within {} s", SETTLE.as_secs()),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
