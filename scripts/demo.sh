@@ -139,11 +139,11 @@ PY
 echo
 echo "== settlement on chain =="
 sleep 1
-"$bin/cocoon-proxy" settle --config "$dir/proxy.toml" --all | sed 's/^/proxy claims: /'
+COCOON_LOG=warn "$bin/cocoon-proxy" settle --config "$dir/proxy.toml" --all | sed 's/^/proxy claims: /'
 "$bin/cocoon" channel status "$dir/channel.json" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-print(f"client channel: deposited {s[\"deposited\"]}, claimed by the proxy {s[\"claimed\"]} nanoTON")'
+print("client channel: deposited {}, claimed by the proxy {} nanoTON".format(s["deposited"], s["claimed"]))'
 for w in 1 2; do
     echo "worker $w: cocoon payouts --claim (a claim costs about 0.006 TON, far more than this demo earned)"
     "$bin/cocoon" payouts --proxy "http://127.0.0.1:$((base + 10))" --key "$dir/worker$w.key" \
