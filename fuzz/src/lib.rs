@@ -105,3 +105,36 @@ pub fn spdm(data: &[u8]) {
         let _ = cocoon_attestation::nvidia::verify_gpu_report(data, chain, &r.nonce, 1_800_000_000);
     }
 }
+
+/// Outside bytes as the TON side reads them: a BOC (a claim, a proxy entry,
+/// registry dictionaries, a snake string), a toncenter get-method stack (a
+/// channel's state), a signed voucher and a channel descriptor (JSON).
+pub fn ton(data: &[u8]) {
+    use cocoon_ton::channel::{ChannelDescriptor, ChannelState, SignedVoucher, voucher_from_claim_body};
+    use cocoon_ton::registry::{ProxyEntry, images_from, models_from, proxies_from};
+
+    if let Ok(cell) = cocoon_ton::parse_boc(data, 64 * 1024) {
+        let _ = voucher_from_claim_body(&cell);
+        let _ = ProxyEntry::from_cell(&cell);
+        let _ = images_from(Some(&cell));
+        let _ = models_from(Some(&cell));
+        let _ = proxies_from(Some(&cell));
+        let _ = cocoon_ton::snake::decode(&cell, 4096);
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
+        if let Ok(stack) = cocoon_ton::stack::from_toncenter(&value)
+            && let Ok(state) = ChannelState::from_stack(&stack)
+        {
+            let _ = state.claimable(u64::MAX / 2);
+        }
+        if let Ok(v) = serde_json::from_value::<SignedVoucher>(value.clone())
+            && let Ok(voucher) = v.voucher()
+        {
+            let _ = v.verify(&voucher.channel, &[7; 32]);
+            let _ = v.claim_body(1);
+        }
+        if let Ok(d) = serde_json::from_value::<ChannelDescriptor>(value) {
+            let _ = d.params();
+        }
+    }
+}

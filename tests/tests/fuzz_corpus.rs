@@ -67,6 +67,11 @@ fn spdm_inputs() {
 }
 
 #[test]
+fn ton_inputs() {
+    replay("ton", fuzz_bodies::ton);
+}
+
+#[test]
 fn inner_api_inputs() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     replay("inner_api", |data| {
@@ -75,6 +80,64 @@ fn inner_api_inputs() {
             assert!((400..600).contains(&reply.status), "no model is loaded, yet the API answered {}", reply.status);
         }
     });
+}
+
+/// Writes the TON target's seeds (run with `--ignored` when those formats change).
+#[test]
+#[ignore]
+fn write_ton_seeds() {
+    use cocoon_ton::channel::{ChannelDescriptor, ChannelParams};
+    use cocoon_ton::registry::ProxyEntry;
+    use cocoon_ton::{TonAddress, Voucher, to_boc};
+    let dir = fuzz_dir().join("seeds/ton");
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = |b: u8| TonAddress::from_hex_str(&format!("0:{}", hex::encode([b; 32]))).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let params = ChannelParams {
+        payer: addr(1),
+        payee: addr(2),
+        payer_key: key.verifying_key().to_bytes(),
+        channel_id: 3,
+        dispute_window: 3600,
+    };
+    let signed = Voucher { channel: params.address().unwrap(), total: 123_456 }.sign(&key).unwrap();
+    std::fs::write(dir.join("claim.boc"), to_boc(&signed.claim_body(9).unwrap()).unwrap()).unwrap();
+    let entry = ProxyEntry { wallet: addr(4), commission_ppm: 100_000, endpoint: "https://proxy.example:8090".into() };
+    std::fs::write(dir.join("proxy_entry.boc"), to_boc(&entry.to_cell().unwrap()).unwrap()).unwrap();
+    std::fs::write(dir.join("voucher.json"), serde_json::to_vec(&signed).unwrap()).unwrap();
+    let descriptor = ChannelDescriptor::from_params(&params).unwrap();
+    std::fs::write(dir.join("channel.json"), serde_json::to_vec(&descriptor).unwrap()).unwrap();
+    // get_channel_state as toncenter renders it (addresses as slices).
+    let slice = |a: &TonAddress| {
+        let mut b = cocoon_ton::CellBuilder::new();
+        b.store_address(a).unwrap();
+        let boc = to_boc(&b.build().unwrap()).unwrap();
+        serde_json::json!(["slice", {"bytes": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, boc)}])
+    };
+    let num = |v: u64| serde_json::json!(["num", format!("0x{v:x}")]);
+    let stack = serde_json::json!([
+        slice(&params.payer),
+        slice(&params.payee),
+        ["num", format!("0x{}", hex::encode(params.payer_key))],
+        num(3),
+        num(3600),
+        num(5_000_000_000),
+        num(123_456),
+        num(0),
+        num(0),
+        num(5_009_000_000u64),
+    ]);
+    std::fs::write(dir.join("channel_state.json"), stack.to_string()).unwrap();
+    // Registry lists as get_images / get_proxies return them: dictionaries of references.
+    let refs: std::collections::HashMap<num_bigint::BigUint, std::sync::Arc<cocoon_ton::Cell>> = (1..=3u8)
+        .map(|i| {
+            let doc = cocoon_ton::snake::encode(format!("{{\"image\":{i}}}").as_bytes()).unwrap();
+            (num_bigint::BigUint::from_bytes_be(&[i; 32]), std::sync::Arc::new(doc))
+        })
+        .collect();
+    let mut b = cocoon_ton::CellBuilder::new();
+    b.store_dict_data(256, tonlib_core::cell::dict::predefined_writers::val_writer_ref_cell, refs).unwrap();
+    std::fs::write(dir.join("dictionary.boc"), to_boc(&b.build().unwrap()).unwrap()).unwrap();
 }
 
 /// Writes the seed files (run once with `--ignored` when the formats change).

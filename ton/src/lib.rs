@@ -10,8 +10,10 @@
 //! Amounts are nanoTON in `u64`, as in the proxy's ledger.
 
 pub mod actions;
+pub mod boc;
 pub mod channel;
 pub mod code;
+pub mod dict;
 pub mod registry;
 pub mod snake;
 pub mod stack;
@@ -83,8 +85,13 @@ pub fn parse_boc(bytes: &[u8], max_len: usize) -> Result<ArcCell, TonError> {
     if bytes.len() > max_len {
         return Err(TonError::Boc(format!("{} bytes, more than the {max_len} allowed", bytes.len())));
     }
+    boc::check(bytes)?;
     check_crc(bytes)?;
-    let boc = BagOfCells::parse(bytes).map_err(|e| TonError::Boc(e.to_string()))?;
+    // The structure is checked above; a panic left in tonlib-core's parser on
+    // input we did not foresee still becomes an error, not a crash.
+    let parsed = std::panic::catch_unwind(|| BagOfCells::parse(bytes))
+        .map_err(|_| TonError::Boc("the BOC parser failed on this input".into()))?;
+    let boc = parsed.map_err(|e| TonError::Boc(e.to_string()))?;
     boc.single_root().map_err(|e| TonError::Boc(e.to_string()))
 }
 

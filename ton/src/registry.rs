@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tonlib_core::TonAddress;
-use tonlib_core::cell::dict::predefined_readers::{key_reader_256bit, val_reader_ref_cell};
+use tonlib_core::cell::dict::predefined_readers::val_reader_ref_cell;
 use tonlib_core::cell::{ArcCell, Cell, CellBuilder, CellParser, TonCellError};
 use tonlib_core::tlb_types::block::state_init::StateInit;
 use tonlib_core::tlb_types::tlb::TLB;
@@ -125,13 +125,15 @@ pub fn change_owner_body(owner: &TonAddress, query_id: u64) -> Result<Cell, TonE
     Ok(b.build()?)
 }
 
+/// Entries a registry list may have before the reader refuses it.
+pub const MAX_ENTRIES: usize = 100_000;
+
 fn read_map<V>(
     root: Option<&ArcCell>,
     val: fn(&mut CellParser) -> Result<V, TonCellError>,
 ) -> Result<Vec<([u8; 32], V)>, TonError> {
     let Some(root) = root else { return Ok(Vec::new()) };
-    let map = root.parser().load_dict_data(256, key_reader_256bit, val)?;
-    Ok(map.into_iter().map(|(k, v)| (crate::hash32(&k), v)).collect())
+    crate::dict::read_256(root, MAX_ENTRIES, &val)
 }
 
 /// `get_images`: each document, checked against its key.
