@@ -139,8 +139,8 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
         format!(
             "listen = \"127.0.0.1:{proxy_port}\"\nledger = \"{}\"\naccount_key = \"{}\"\ncommission_ppm = {COMMISSION_PPM}\n\
              credit_limit = 50000000\nworkers = [\"{worker_url}\"]\ninsecure_simulated = true\nplatform = \"simulated\"\n\
-             reattest_interval_s = 5\n\n[ton]\napi = \"{api}\"\nsettle_threshold = 1\nworker_deposit = 1000000000\n\
-             worker_dispute_window_s = 3600\nmin_dispute_window_s = 600\n",
+             reattest_interval_s = 5\n\n[ton]\napi = \"{api}\"\nsettle_threshold = 300000\nworker_deposit = 1000000000\n\
+             worker_dispute_window_s = 3600\nmin_dispute_window_s = 40\n",
             dir.join("ledger.sqlite").display(),
             proxy_key.display()
         ),
@@ -243,31 +243,24 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
         paid += cost;
     }
 
-    // The client's vouchers credited exactly what it was charged, and the proxy claimed it all on chain.
+    // The client's vouchers credited exactly what it was charged. The proxy claimed on
+    // chain once the vouchers passed its threshold (0.0003 TON here), and not after.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let l = loop {
+    let claimed_at_threshold = loop {
         let l = ledger(&dir);
         let ch = &l["channels"][0];
-        if ch["voucher_total"] == json!(paid) && ch["claimed"] == json!(paid) {
-            break l;
+        let claimed = ch["claimed"].as_u64().unwrap_or(0);
+        if ch["voucher_total"] == json!(paid) && claimed > 0 {
+            break claimed;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the client's vouchers were not all credited and claimed (paid {paid}): {l}"
-        );
+        assert!(Instant::now() < deadline, "the client's vouchers were not credited and settled (paid {paid}): {l}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let totals = &l["totals"];
-    assert_eq!(totals["charged"], json!(paid));
-    assert_eq!(totals["deposits"], json!(paid), "every voucher credited what it added, nothing more");
-    assert_eq!(l["accounts"][0]["balance"], json!(0));
-    let charged = paid;
-    let earnings = totals["worker_earnings"].as_u64().unwrap();
-    let commission = totals["commission"].as_u64().unwrap();
-    assert_eq!(charged, earnings + commission);
-    let client_state = state(&chain, &client_channel).await;
-    assert_eq!(client_state.claimed, charged, "on chain, the proxy claimed exactly the ledger's charges");
-    assert_eq!(client_state.deposited, 5 * TON);
+    assert!(
+        claimed_at_threshold >= 300_000 && paid - claimed_at_threshold < 300_000,
+        "{claimed_at_threshold} of {paid}"
+    );
+
     // Vouchers the proxy refuses, crediting nothing: a forged signature, one above the deposit.
     let post_voucher = |voucher: cocoon_ton::SignedVoucher| {
         let http = http.clone();
@@ -290,16 +283,45 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
             .sign(&SigningKey::from_bytes(&[seed; 32]))
             .unwrap()
     };
-    let (status, text) = post_voucher(voucher(99, charged + TON)).await;
+    let (status, text) = post_voucher(voucher(99, paid + TON)).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("signature"), "{text}");
     let (status, text) = post_voucher(voucher(11, 6 * TON)).await;
     assert_eq!(status, 402, "{text}");
     assert!(text.contains("exceeds the channel's deposit"), "{text}");
-    let (status, text) = post_voucher(voucher(11, charged)).await;
+    let (status, text) = post_voucher(voucher(11, paid)).await;
     assert_eq!((status, text.contains("\"credited\":0")), (200, true), "{text}");
-    assert_eq!(ledger(&dir)["totals"]["deposits"], json!(charged));
+    assert_eq!(ledger(&dir)["totals"]["deposits"], json!(paid));
 
+    // The client pays 0.0001 TON ahead: credited, below the threshold, so not claimed yet.
+    let ahead = 100_000;
+    let (status, text) = post_voucher(voucher(11, paid + ahead)).await;
+    assert_eq!((status, text.contains(&format!("\"credited\":{ahead}"))), (200, true), "{text}");
+    assert!(ledger(&dir)["channels"][0]["claimed"].as_u64().unwrap() < paid + ahead);
+
+    // The client asks to close: the proxy's watcher claims the rest at once, well within the window.
+    run(cocoon(&["channel", "close"]).arg(&channel_file).arg("--key").arg(&client_key));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let l = loop {
+        let l = ledger(&dir);
+        if l["channels"][0]["claimed"] == json!(paid + ahead) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the proxy did not claim a closing channel: {l}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let totals = &l["totals"];
+    assert_eq!(totals["charged"], json!(paid));
+    assert_eq!(totals["deposits"], json!(paid + ahead), "every voucher credited what it added, nothing more");
+    assert_eq!(l["accounts"][0]["balance"], json!(ahead));
+    let charged = paid;
+    let earnings = totals["worker_earnings"].as_u64().unwrap();
+    let commission = totals["commission"].as_u64().unwrap();
+    assert_eq!(charged, earnings + commission);
+    let client_state = state(&chain, &client_channel).await;
+    assert_eq!(client_state.claimed, charged + ahead, "on chain, the proxy claimed exactly what the ledger credited");
+    assert_ne!(client_state.closing_since, 0);
+    assert_eq!(client_state.deposited, 5 * TON);
     let settled =
         run(Command::new(workspace_bin("cocoon-proxy")).arg("settle").arg("--all").arg("--config").arg(&proxy_config));
     assert!(settled.contains("no channel owes"), "{settled}");
@@ -336,7 +358,7 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
     let fees = fees().await - fees0;
     assert_eq!(start.iter().sum::<u64>(), end.iter().sum::<u64>() + channels + fees);
     eprintln!(
-        "client paid {charged} nanoTON = worker earnings {earnings} + commission {commission}; chain fees {fees}; \
+        "client charged {charged} nanoTON (and paid {ahead} ahead) = worker earnings {earnings} + commission {commission}; chain fees {fees}; \
          client wallet {} -> {}, proxy wallet {} -> {}, worker wallet {} -> {}",
         start[0], end[0], start[1], end[1], start[2], end[2]
     );
