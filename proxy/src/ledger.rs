@@ -151,6 +151,7 @@ CREATE TABLE IF NOT EXISTS client_channels (
     voucher_total INTEGER NOT NULL DEFAULT 0 CHECK (voucher_total >= 0),
     signature TEXT,
     claimed INTEGER NOT NULL DEFAULT 0 CHECK (claimed >= 0 AND claimed <= voucher_total),
+    closing_since INTEGER NOT NULL DEFAULT 0,
     updated_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS worker_channels (
@@ -184,6 +185,8 @@ pub struct ClientChannel {
     pub signature: Option<String>,
     /// What the proxy has claimed on chain.
     pub claimed: NanoTon,
+    /// When the payer asked to close, as last seen on chain; 0 while open.
+    pub closing_since: u64,
 }
 
 /// The proxy's channel to one worker's payout address.
@@ -378,7 +381,7 @@ impl Ledger {
     pub fn client_channel(&self, address: &str) -> Result<Option<ClientChannel>, LedgerError> {
         self.read(|c| {
             c.query_row(
-                "SELECT address, client_key, descriptor, deposit_seen, voucher_total, signature, claimed
+                "SELECT address, client_key, descriptor, deposit_seen, voucher_total, signature, claimed, closing_since
                  FROM client_channels WHERE address = ?1",
                 [address],
                 client_channel_row,
@@ -390,7 +393,7 @@ impl Ledger {
     pub fn client_channels(&self) -> Result<Vec<ClientChannel>, LedgerError> {
         self.read(|c| {
             let mut st = c.prepare(
-                "SELECT address, client_key, descriptor, deposit_seen, voucher_total, signature, claimed
+                "SELECT address, client_key, descriptor, deposit_seen, voucher_total, signature, claimed, closing_since
                  FROM client_channels ORDER BY address",
             )?;
             let rows = st.query_map([], client_channel_row)?;
@@ -455,6 +458,17 @@ impl Ledger {
         let credited = run(&tx).map_err(|e| sql(&self.path, e))?;
         tx.commit().map_err(|e| sql(&self.path, e))?;
         Ok(nano(credited))
+    }
+
+    /// Records that a client's channel is closing: it takes no more vouchers.
+    pub fn mark_closing(&self, address: &str, closing_since: u64) -> Result<(), LedgerError> {
+        self.read(|c| {
+            c.execute(
+                "UPDATE client_channels SET closing_since = ?2, updated_at = ?3 WHERE address = ?1 AND closing_since = 0",
+                params![address, closing_since.min(i64::MAX as u64) as i64, unix_now() as i64],
+            )
+            .map(|_| ())
+        })
     }
 
     /// Records a claim the proxy made on a client's channel (`claimed` in all, `paid` by this claim).
@@ -590,6 +604,7 @@ fn client_channel_row(r: &rusqlite::Row) -> rusqlite::Result<ClientChannel> {
         voucher_total: nano(r.get(4)?),
         signature: r.get(5)?,
         claimed: nano(r.get(6)?),
+        closing_since: r.get::<_, i64>(7)?.max(0) as u64,
     })
 }
 

@@ -135,6 +135,9 @@ impl Payments {
         let voucher = body.voucher.verify(&address, &params.payer_key).map_err(|e| invalid(&e))?;
         let key = address.to_hex();
         let known = self.ledger.client_channel(&key)?;
+        if known.as_ref().is_some_and(|c| c.closing_since != 0) {
+            return Err(PaymentError::Closing);
+        }
         let (mut seen, claimed, newest) =
             known.as_ref().map_or((0, 0, 0), |c| (c.deposit_seen.0, c.claimed.0, c.voucher_total.0));
         if voucher.total <= newest {
@@ -146,6 +149,9 @@ impl Payments {
                 .map_err(chain_err)?
                 .ok_or_else(|| PaymentError::NotCovered(format!("channel {key} is not deployed")))?;
             if state.closed || state.closing_since != 0 {
+                if known.is_some() {
+                    self.ledger.mark_closing(&key, u64::from(state.closing_since.max(1)))?;
+                }
                 return Err(PaymentError::Closing);
             }
             seen = state.deposited;
@@ -231,7 +237,10 @@ impl Payments {
                 let Ok(params) = params else { continue };
                 match actions::channel_state(&self.chain, &params).await {
                     Ok(Some(s)) if s.closing_since != 0 && !s.closed => {
-                        warn!(channel = %c.address, "the payer asked to close: claiming now");
+                        warn!(channel = %c.address, "the payer asked to close: claiming now, taking no more vouchers");
+                        if let Err(e) = self.ledger.mark_closing(&c.address, u64::from(s.closing_since)) {
+                            warn!(channel = %c.address, "recording the close: {e}");
+                        }
                         if let Err(e) = self.settle(&c.address).await {
                             warn!(channel = %c.address, "claiming a closing channel: {e}");
                         }

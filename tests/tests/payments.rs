@@ -310,6 +310,10 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
         assert!(Instant::now() < deadline, "the proxy did not claim a closing channel: {l}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // A closing channel takes no more vouchers, even within its deposit.
+    let (status, text) = post_voucher(voucher(11, paid + ahead + 1)).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("closing"), "{text}");
     let totals = &l["totals"];
     assert_eq!(totals["charged"], json!(paid));
     assert_eq!(totals["deposits"], json!(paid + ahead), "every voucher credited what it added, nothing more");
