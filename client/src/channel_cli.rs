@@ -122,20 +122,8 @@ pub enum ChannelCommand {
     },
 }
 
-/// A channel file: the channel's descriptor (what fixes the channel and its address).
-struct ChannelFile;
-
-impl ChannelFile {
-    fn from_params(p: &ChannelParams) -> anyhow::Result<ChannelDescriptor> {
-        Ok(ChannelDescriptor::from_params(p)?)
-    }
-
-    fn load(path: &Path) -> anyhow::Result<ChannelParams> {
-        load_channel(path).map(|(params, _)| params)
-    }
-}
-
-/// Reads a channel file; refused when its parameters do not give its address.
+/// Reads a channel file (the channel's descriptor: what fixes the channel and
+/// its address); refused when its parameters do not give its address.
 pub fn load_channel(path: &Path) -> anyhow::Result<(ChannelParams, ChannelDescriptor)> {
     let text = cocoon_attestation::read_limited(path, 64 * 1024)
         .map_err(|e| anyhow::anyhow!("channel file {}: {e}", path.display()))?;
@@ -145,7 +133,7 @@ pub fn load_channel(path: &Path) -> anyhow::Result<(ChannelParams, ChannelDescri
     Ok((params, d))
 }
 
-fn parse_address(text: &str) -> anyhow::Result<TonAddress> {
+pub(crate) fn parse_address(text: &str) -> anyhow::Result<TonAddress> {
     Ok(cocoon_ton::channel::parse_address("address", text)?)
 }
 
@@ -169,15 +157,7 @@ pub fn ton(nano: u64) -> String {
 
 pub fn wallet(args: &WalletArgs) -> anyhow::Result<Wallet> {
     if let Some(path) = &args.mnemonic {
-        let meta = std::fs::metadata(path).with_context(|| format!("mnemonic file {}", path.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            bail!(
-                "mnemonic file {} is readable by others; expected mode 0600: run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            );
-        }
+        crate::keyfile::check_private(path)?;
         let words =
             cocoon_attestation::read_limited(path, 4096).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         return Ok(Wallet::from_mnemonic(std::str::from_utf8(&words).context("mnemonic file is not UTF-8")?)?);
@@ -220,7 +200,7 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
             if out.exists() {
                 bail!("{} exists already; give --out for a new channel file", out.display());
             }
-            let file = ChannelFile::from_params(&params)?;
+            let file = ChannelDescriptor::from_params(&params)?;
             std::fs::write(&out, serde_json::to_vec_pretty(&file)?)
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
@@ -233,19 +213,19 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&state)?);
         }
         ChannelCommand::TopUp { channel, amount, wallet: w, chain: c } => {
-            let params = ChannelFile::load(&channel)?;
+            let (params, _) = load_channel(&channel)?;
             let state = actions::top_up(&chain(&c)?, &wallet(&w)?, &params, amount).await?;
             println!("{}", serde_json::to_string_pretty(&state)?);
         }
         ChannelCommand::Status { channel, chain: c } => {
-            let params = ChannelFile::load(&channel)?;
+            let (params, _) = load_channel(&channel)?;
             match actions::channel_state(&chain(&c)?, &params).await? {
                 Some(state) => println!("{}", serde_json::to_string_pretty(&state)?),
                 None => println!("channel {} is not deployed", params.address()?),
             }
         }
         ChannelCommand::Voucher { channel, total, wallet: w } => {
-            let params = ChannelFile::load(&channel)?;
+            let (params, _) = load_channel(&channel)?;
             let w = wallet(&w)?;
             if w.signing_key().verifying_key().to_bytes() != params.payer_key {
                 bail!("this key is not the channel's payer key {}", hex::encode(params.payer_key));
@@ -254,7 +234,7 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&signed)?);
         }
         ChannelCommand::Claim { channel, voucher, wallet: w, chain: c } => {
-            let params = ChannelFile::load(&channel)?;
+            let (params, _) = load_channel(&channel)?;
             let text = cocoon_attestation::read_limited(&voucher, 64 * 1024)
                 .map_err(|e| anyhow::anyhow!("voucher {}: {e}", voucher.display()))?;
             let signed: SignedVoucher =
@@ -263,7 +243,7 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
             println!("claimed {} TON", ton(paid));
         }
         ChannelCommand::Close { channel, wallet: w, chain: c } => {
-            let params = ChannelFile::load(&channel)?;
+            let (params, _) = load_channel(&channel)?;
             let state = actions::request_close(&chain(&c)?, &wallet(&w)?, &params).await?;
             println!(
                 "closing since {}; finalize after {} (unix time)",
@@ -272,7 +252,7 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
             );
         }
         ChannelCommand::Finalize { channel, wallet: w, chain: c } => {
-            let params = ChannelFile::load(&channel)?;
+            let (params, _) = load_channel(&channel)?;
             let chain = chain(&c)?;
             let now = chain.account(&params.address()?).await?.chain_time.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

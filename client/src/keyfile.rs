@@ -30,13 +30,19 @@ pub fn load_or_create(path: &Path) -> Result<(SigningKey, bool), KeyFileError> {
     }
 }
 
-pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
-    let io = |source| KeyFileError::Io { path: path.into(), source };
-    let meta = std::fs::metadata(path).map_err(io)?;
+/// Refuses a secret file (a key, a mnemonic) that anyone but its owner may read.
+pub fn check_private(path: &Path) -> Result<(), KeyFileError> {
+    let meta = std::fs::metadata(path).map_err(|source| KeyFileError::Io { path: path.into(), source })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions { path: path.into(), mode });
     }
+    Ok(())
+}
+
+pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.into(), source };
+    check_private(path)?;
     let text = cocoon_attestation::read_limited(path, 256).map_err(|r| io(std::io::Error::other(r)))?;
     let text = String::from_utf8_lossy(&text);
     let seed: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {

@@ -7,6 +7,7 @@
 
 pub mod channel_cli;
 pub mod chat;
+pub mod durable;
 pub mod endorsements;
 pub mod http;
 pub mod keyfile;

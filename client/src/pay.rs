@@ -38,9 +38,8 @@ impl ChannelPayer {
     /// that the channel is this key's and pays the proxy's wallet.
     pub fn open(path: &Path, key: &SigningKey, proxy_account: &[u8; 32]) -> Result<ChannelPayer, ClientError> {
         let bad = |m: String| ClientError::Protocol(format!("channel file {}: {m}", path.display()));
-        let text = cocoon_attestation::read_limited(path, 64 * 1024).map_err(|e| bad(e.to_string()))?;
-        let descriptor: ChannelDescriptor = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-        let params = descriptor.params().map_err(|e| bad(e.to_string()))?;
+        let (params, descriptor) =
+            crate::channel_cli::load_channel(path).map_err(|e| ClientError::Protocol(format!("{e:#}")))?;
         if params.payer_key != key.verifying_key().to_bytes() {
             return Err(bad("its payer key is not this client's key".into()));
         }
@@ -82,7 +81,7 @@ impl ChannelPayer {
             let mut paid = self.paid.lock().await;
             let total = paid.saturating_add(charge.0);
             // Remember the promise before making it.
-            if let Err(e) = write_total(&self.state_path, total) {
+            if let Err(e) = crate::durable::write(&self.state_path, json!({ "total": total }).to_string().as_bytes()) {
                 warn!("not paying: cannot record the total paid in {}: {e}", self.state_path.display());
                 return;
             }
@@ -118,19 +117,4 @@ async fn post(http: &HttpClient, proxy: &str, body: String) -> Result<Value, Str
         return Err(format!("HTTP {status}: {}", v["error"]["message"].as_str().unwrap_or("no message")));
     }
     Ok(v)
-}
-
-fn write_total(path: &Path, total: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(json!({ "total": total }).to_string().as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

@@ -57,15 +57,8 @@ pub fn store(dir: &Path, held: &HeldVoucher) -> anyhow::Result<bool> {
     {
         return Ok(false);
     }
-    let tmp = dir.join(format!(".{name}.json.tmp"));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(held)?)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+    crate::durable::write(&path, &serde_json::to_vec_pretty(held)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(true)
 }
 

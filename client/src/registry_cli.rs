@@ -12,7 +12,7 @@ use cocoon_ton::registry::{self, ProxyEntry};
 use cocoon_ton::{TonAddress, actions};
 use sha2::{Digest, Sha256};
 
-use crate::channel_cli::{ChainArgs, WalletArgs, chain, wallet};
+use crate::channel_cli::{ChainArgs, WalletArgs, chain, parse_address as address, wallet};
 
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
@@ -90,10 +90,6 @@ fn hex32(what: &str, text: &str) -> anyhow::Result<[u8; 32]> {
         .ok()
         .and_then(|b| b.try_into().ok())
         .with_context(|| format!("{what}: expected 64 hex digits, found {text:?}"))
-}
-
-fn address(text: &str) -> anyhow::Result<TonAddress> {
-    Ok(cocoon_ton::channel::parse_address("address", text)?)
 }
 
 pub async fn run(cmd: RegistryCommand) -> anyhow::Result<()> {

@@ -473,18 +473,33 @@ impl Ledger {
 
     /// Records a claim the proxy made on a client's channel (`claimed` in all, `paid` by this claim).
     pub fn record_claim(&self, address: &str, claimed: NanoTon, paid: NanoTon) -> Result<(), LedgerError> {
-        let (c, p) = (amount(claimed)?, amount(paid)?);
+        self.record_settlement(
+            "UPDATE client_channels SET claimed = MAX(claimed, ?2), updated_at = ?3 WHERE address = ?1",
+            address,
+            amount(claimed)?,
+            "claim",
+            amount(paid)?,
+        )
+    }
+
+    /// One transaction: `update` (?1 the channel, ?2 its new total, ?3 now)
+    /// and, when `moved` is not 0, the settlement row that records the money moved.
+    fn record_settlement(
+        &self,
+        update: &str,
+        channel: &str,
+        total: i64,
+        kind: &str,
+        moved: i64,
+    ) -> Result<(), LedgerError> {
+        let now = unix_now() as i64;
         let mut conn = self.reader.lock().expect("ledger lock");
         let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
-        tx.execute(
-            "UPDATE client_channels SET claimed = MAX(claimed, ?2), updated_at = ?3 WHERE address = ?1",
-            params![address, c, unix_now() as i64],
-        )
-        .map_err(|e| sql(&self.path, e))?;
-        if p > 0 {
+        tx.execute(update, params![channel, total, now]).map_err(|e| sql(&self.path, e))?;
+        if moved > 0 {
             tx.execute(
-                "INSERT INTO settlements (channel, kind, amount, created_at) VALUES (?1, 'claim', ?2, ?3)",
-                params![address, p, unix_now() as i64],
+                "INSERT INTO settlements (channel, kind, amount, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![channel, kind, moved, now],
             )
             .map_err(|e| sql(&self.path, e))?;
         }
@@ -537,22 +552,13 @@ impl Ledger {
 
     /// Records a channel to a worker funded on chain (`deposited` in all, `added` now).
     pub fn record_worker_funding(&self, payee: &str, deposited: NanoTon, added: NanoTon) -> Result<(), LedgerError> {
-        let (d, a) = (amount(deposited)?, amount(added)?);
-        let mut conn = self.reader.lock().expect("ledger lock");
-        let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
-        tx.execute(
+        self.record_settlement(
             "UPDATE worker_channels SET deposited = MAX(deposited, ?2), updated_at = ?3 WHERE payee = ?1",
-            params![payee, d, unix_now() as i64],
+            payee,
+            amount(deposited)?,
+            "fund",
+            amount(added)?,
         )
-        .map_err(|e| sql(&self.path, e))?;
-        if a > 0 {
-            tx.execute(
-                "INSERT INTO settlements (channel, kind, amount, created_at) VALUES (?1, 'fund', ?2, ?3)",
-                params![payee, a, unix_now() as i64],
-            )
-            .map_err(|e| sql(&self.path, e))?;
-        }
-        tx.commit().map_err(|e| sql(&self.path, e))
     }
 
     /// Records the newest voucher signed to a worker (never a smaller one).

@@ -67,6 +67,13 @@ impl PaymentError {
     }
 }
 
+/// A channel as the ledger stores it (its descriptor's JSON), with its parameters.
+fn stored_channel(json: &str) -> Result<(ChannelDescriptor, ChannelParams), PaymentError> {
+    let descriptor: ChannelDescriptor = serde_json::from_str(json).map_err(|e| PaymentError::Invalid(e.to_string()))?;
+    let params = descriptor.params().map_err(|e| PaymentError::Invalid(e.to_string()))?;
+    Ok((descriptor, params))
+}
+
 fn chain_err(e: impl std::fmt::Display) -> PaymentError {
     PaymentError::Chain(e.to_string())
 }
@@ -189,9 +196,7 @@ impl Payments {
             return Err(PaymentError::Invalid(format!("no channel {address} in the ledger")));
         };
         let Some(signature) = ch.signature.clone() else { return Ok(0) };
-        let descriptor: ChannelDescriptor =
-            serde_json::from_str(&ch.descriptor).map_err(|e| PaymentError::Invalid(e.to_string()))?;
-        let params = descriptor.params().map_err(|e| PaymentError::Invalid(e.to_string()))?;
+        let (_, params) = stored_channel(&ch.descriptor)?;
         let voucher = SignedVoucher { channel: address.to_owned(), total: ch.voucher_total.0, signature };
         let state = actions::channel_state(&self.chain, &params)
             .await
@@ -231,10 +236,7 @@ impl Payments {
             tokio::time::sleep(every).await;
             let Ok(channels) = self.ledger.client_channels() else { continue };
             for c in channels.into_iter().filter(|c| c.voucher_total.0 > c.claimed.0) {
-                let Ok(params) = serde_json::from_str::<ChannelDescriptor>(&c.descriptor).map(|d| d.params()) else {
-                    continue;
-                };
-                let Ok(params) = params else { continue };
+                let Ok((_, params)) = stored_channel(&c.descriptor) else { continue };
                 match actions::channel_state(&self.chain, &params).await {
                     Ok(Some(s)) if s.closing_since != 0 && !s.closed => {
                         warn!(channel = %c.address, "the payer asked to close: claiming now, taking no more vouchers");
@@ -288,9 +290,7 @@ impl Payments {
             self.ledger.create_worker_channel(&key, &serde_json::to_string(&d).expect("JSON encodes"))?;
         }
         let ch = self.ledger.worker_channel(&key)?.expect("created above");
-        let descriptor: ChannelDescriptor =
-            serde_json::from_str(&ch.descriptor).map_err(|e| PaymentError::Invalid(e.to_string()))?;
-        let params = descriptor.params().map_err(|e| PaymentError::Invalid(e.to_string()))?;
+        let (descriptor, params) = stored_channel(&ch.descriptor)?;
         let on_chain = actions::channel_state(&self.chain, &params).await.map_err(chain_err)?;
         let deposited = on_chain.as_ref().map_or(0, |s| s.deposited);
         if deposited < earned {

@@ -10,10 +10,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,40 +27,10 @@ use support::*;
 const TON: u64 = 1_000_000_000;
 const COMMISSION_PPM: u64 = 100_000;
 
-struct LocalChain(Child, String);
-
-impl Drop for LocalChain {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_chain() -> LocalChain {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts");
-    assert!(
-        dir.join("node_modules/@ton/sandbox").is_dir(),
-        "contracts/node_modules is missing: run `make contracts-deps`"
-    );
-    let mut child = Command::new("node")
-        .args(["chain/server.js", "--port", "0"])
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    let url = format!("{}/api/v2", v["url"].as_str().unwrap());
-    LocalChain(child, url)
-}
-
-fn key_file(dir: &Path, name: &str, seed: u8) -> (PathBuf, TonAddress) {
-    let path = dir.join(name);
-    std::fs::write(&path, hex::encode([seed; 32])).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+/// A 0600 seed file and the address of its key's v4R2 wallet.
+fn wallet_key(dir: &Path, name: &str, seed: u8) -> (PathBuf, TonAddress) {
     let public = SigningKey::from_bytes(&[seed; 32]).verifying_key().to_bytes();
-    (path, cocoon_ton::wallet::address_of(&public).unwrap())
+    (key_file(dir, name, seed), cocoon_ton::wallet::address_of(&public).unwrap())
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -92,13 +60,13 @@ async fn state(chain: &Toncenter, d: &ChannelDescriptor) -> ChannelState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() {
-    let local = start_chain();
+    let local = start_local_chain();
     let api = local.1.clone();
     let chain = Toncenter::new(&api, None).unwrap();
     let dir = temp_dir("payments");
-    let (client_key, client_wallet) = key_file(&dir, "client.key", 11);
-    let (proxy_key, proxy_wallet) = key_file(&dir, "proxy.key", 12);
-    let (worker_key, worker_wallet) = key_file(&dir, "worker.key", 13);
+    let (client_key, client_wallet) = wallet_key(&dir, "client.key", 11);
+    let (proxy_key, proxy_wallet) = wallet_key(&dir, "proxy.key", 12);
+    let (worker_key, worker_wallet) = wallet_key(&dir, "worker.key", 13);
     for (w, amount) in [(&client_wallet, 20 * TON), (&proxy_wallet, 20 * TON), (&worker_wallet, TON)] {
         chain.local("airdrop", json!({ "address": w.to_hex(), "amount": amount.to_string() })).await.unwrap();
     }

@@ -5,49 +5,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 
 use cocoon_ton::toncenter::Toncenter;
 use serde_json::{Value, json};
-use support::workspace_bin;
-
-struct LocalChain(Child, String);
-
-impl Drop for LocalChain {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_chain() -> LocalChain {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts");
-    assert!(
-        dir.join("node_modules/@ton/sandbox").is_dir(),
-        "contracts/node_modules is missing: run `make contracts-deps`"
-    );
-    let mut child = Command::new("node")
-        .args(["chain/server.js", "--port", "0"])
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    let url = format!("{}/api/v2", v["url"].as_str().unwrap());
-    LocalChain(child, url)
-}
-
-fn key_file(dir: &Path, name: &str, byte: u8) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, hex::encode([byte; 32])).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
+use support::{key_file, start_local_chain, workspace_bin};
 
 fn cocoon(api: &str, args: &[&str]) -> Output {
     Command::new(workspace_bin("cocoon")).args(args).env("COCOON_TON_API", api).output().unwrap()
@@ -65,7 +28,7 @@ fn ok(out: Output) -> String {
 
 #[tokio::test]
 async fn a_payer_and_a_payee_use_a_channel_from_the_cli() {
-    let chain = start_chain();
+    let chain = start_local_chain();
     let api = chain.1.clone();
     let dir = std::env::temp_dir().join(format!("cocoon-ton-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -196,7 +159,7 @@ async fn a_payer_and_a_payee_use_a_channel_from_the_cli() {
 
 #[tokio::test]
 async fn an_operator_governs_the_registry_from_the_cli() {
-    let chain = start_chain();
+    let chain = start_local_chain();
     let api = chain.1.clone();
     let dir = std::env::temp_dir().join(format!("cocoon-ton-registry-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,7 @@ use tonlib_core::cell::ArcCell;
 
 use crate::channel::{self, ChannelParams, ChannelState, SignedVoucher};
 use crate::registry;
-use crate::toncenter::{ChainError, Toncenter};
+use crate::toncenter::{ChainError, Toncenter, poll};
 use crate::wallet::{Outgoing, Wallet};
 use crate::{TOPUP_FEE, TonError};
 
@@ -41,27 +41,8 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&ChannelState) -> bool,
 ) -> Result<ChannelState, ChainError> {
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        if let Some(s) = channel_state(chain, params).await?
-            && done(&s)
-        {
-            return Ok(s);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ChainError::Transport {
-                url: chain.base().into(),
-                message: format!(
-                    "{what} on channel {} not seen on chain within {} s",
-                    params.address()?,
-                    SETTLE.as_secs()
-                ),
-            });
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
+    let described = || format!("{what} on channel {}", params.address().map(|a| a.to_hex()).unwrap_or_default());
+    poll(chain, SETTLE, described, || async { Ok(channel_state(chain, params).await?.filter(|s| done(s))) }).await
 }
 
 /// Deploys the channel if needed and deposits `amount` (plus the top-up fee).
@@ -258,21 +239,6 @@ pub async fn registry_change(
         state_init: if before.is_none() { Some(registry::state_init(owner.address())?) } else { None },
     };
     owner.send(chain, vec![message]).await?;
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        if let Some(l) = registry_lists(chain, &address).await?
-            && done(&l)
-        {
-            return Ok(l);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ChainError::Transport {
-                url: chain.base().into(),
-                message: format!("registry change on {address} not seen on chain within {} s", SETTLE.as_secs()),
-            });
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
+    let described = || format!("registry change on {address}");
+    poll(chain, SETTLE, described, || async { Ok(registry_lists(chain, &address).await?.filter(|l| done(l))) }).await
 }

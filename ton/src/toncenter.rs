@@ -193,6 +193,34 @@ impl Toncenter {
     }
 }
 
+/// Asks `check` until it finds what it waits for, backing off from 50 ms to
+/// 2 s between asks; after `within`, an error saying `what` was not seen.
+pub async fn poll<T, Fut>(
+    chain: &Toncenter,
+    within: Duration,
+    what: impl FnOnce() -> String,
+    mut check: impl FnMut() -> Fut,
+) -> Result<T, ChainError>
+where
+    Fut: std::future::Future<Output = Result<Option<T>, ChainError>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ChainError::Transport {
+                url: chain.base().into(),
+                message: format!("{} not seen on chain within {} s", what(), within.as_secs()),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 fn parse_amount(v: &Value, url: &str) -> Result<u64, ChainError> {
     let parsed = match v {
         Value::String(s) => s.parse().ok(),

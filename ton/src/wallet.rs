@@ -15,7 +15,7 @@ use tonlib_core::wallet::ton_wallet::TonWallet;
 use tonlib_core::wallet::wallet_version::WalletVersion;
 
 use crate::TonError;
-use crate::toncenter::{ChainError, Toncenter};
+use crate::toncenter::{ChainError, Toncenter, poll};
 
 /// How long a signed transfer stays valid, and how long we wait for it to land.
 const VALIDITY: Duration = Duration::from_secs(120);
@@ -96,25 +96,11 @@ impl Wallet {
             TonError::Unexpected { what: "wallet transfer", expected: "a message".into(), found: e.to_string() }
         })?;
         chain.send_boc(&external).await?;
-        let deadline = tokio::time::Instant::now() + VALIDITY;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            if chain.wallet_seqno(self.address()).await? > seqno {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ChainError::Transport {
-                    url: chain.base().into(),
-                    message: format!(
-                        "transfer with seqno {seqno} from {} not applied within {} s",
-                        self.address(),
-                        VALIDITY.as_secs()
-                    ),
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
+        let described = || format!("transfer with seqno {seqno} from {}", self.address());
+        poll(chain, VALIDITY, described, || async {
+            Ok((chain.wallet_seqno(self.address()).await? > seqno).then_some(()))
+        })
+        .await
     }
 }
 

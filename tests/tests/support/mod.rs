@@ -198,3 +198,44 @@ pub async fn get(url: &str, path: &str) -> (u16, String) {
     let host = url.trim_start_matches("http://");
     raw_http(url, format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes()).await
 }
+
+/// The local emulated TON chain (`contracts/chain/server.js`: @ton/sandbox
+/// behind the toncenter v2 API), stopped when dropped; `.1` is its API root.
+/// Needs Node and `contracts/node_modules` (`make contracts-deps`).
+pub struct LocalChain(pub Child, pub String);
+
+impl Drop for LocalChain {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_local_chain() -> LocalChain {
+    use std::io::BufRead;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts");
+    assert!(
+        dir.join("node_modules/@ton/sandbox").is_dir(),
+        "contracts/node_modules is missing: run `make contracts-deps`"
+    );
+    let mut child = Command::new("node")
+        .args(["chain/server.js", "--port", "0"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = format!("{}/api/v2", v["url"].as_str().unwrap());
+    LocalChain(child, url)
+}
+
+/// An Ed25519 seed file of `[seed; 32]`, mode 0600, as `cocoon` and `cocoon-proxy` read keys.
+pub fn key_file(dir: &Path, name: &str, seed: u8) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, hex::encode([seed; 32])).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}

@@ -4,9 +4,7 @@
 //! voucher, the payer closes and takes the rest back, and every nanoTON is
 //! accounted for. Needs Node and `contracts/node_modules` (`make contracts-deps`).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
 
 use cocoon_ton::actions::{self, GAS_VALUE};
 use cocoon_ton::channel::ChannelParams;
@@ -15,39 +13,9 @@ use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{TonError, Voucher};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
+use support::start_local_chain;
 
 const TON: u64 = 1_000_000_000;
-
-struct LocalChain {
-    child: Child,
-    url: String,
-}
-
-impl Drop for LocalChain {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_chain() -> LocalChain {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts");
-    assert!(
-        dir.join("node_modules/@ton/sandbox").is_dir(),
-        "contracts/node_modules is missing: run `make contracts-deps` (npm ci in contracts/)"
-    );
-    let mut child = Command::new("node")
-        .args(["chain/server.js", "--port", "0"])
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("chain server said {line:?}: {e}"));
-    LocalChain { url: format!("{}/api/v2", v["url"].as_str().unwrap()), child }
-}
 
 async fn balance(chain: &Toncenter, w: &Wallet) -> u64 {
     chain.account(w.address()).await.unwrap().balance
@@ -59,8 +27,8 @@ async fn fees(chain: &Toncenter) -> u64 {
 
 #[tokio::test]
 async fn a_channel_lives_and_closes_on_the_local_chain_to_the_nanoton() {
-    let local = start_chain();
-    let chain = Toncenter::new(&local.url, None).unwrap();
+    let local = start_local_chain();
+    let chain = Toncenter::new(&local.1, None).unwrap();
     let payer = Wallet::from_seed(&[1u8; 32]).unwrap();
     let payee = Wallet::from_seed(&[2u8; 32]).unwrap();
     for w in [&payer, &payee] {
