@@ -116,7 +116,7 @@ measure:
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly + cargo-fuzz).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = tdx_quote snp_report evidence_cbor cert_chain client_authorization ohttp bhttp receipt inner_api spdm ton
+FUZZ_TARGETS = tdx_quote snp_report evidence_cbor cert_chain client_authorization ohttp bhttp receipt inner_api spdm ton rim
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "fuzz needs cargo-fuzz (cargo install cargo-fuzz) and a nightly toolchain"; exit 1; }
 	for t in $(FUZZ_TARGETS); do \

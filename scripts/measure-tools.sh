@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The independent references the measurement tests compare against, in a venv
 # under .cache/: sev-snp-measure (SEV-SNP launch digest) and LIEF (Authenticode
-# hash of the kernel, the first RTMR1 event), both from PyPI.
+# hash of the kernel, the first RTMR1 event), and lxml (libxml2's canonical
+# XML, against which the RIM canonicaliser is compared), all from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.cache/measure-venv
-pins=("sev-snp-measure==0.0.13" "lief==1.0.0")
+pins=("sev-snp-measure==0.0.13" "lief==1.0.0" "lxml==6.0.2")
 installed() {
     local pin
     for pin in "${pins[@]}"; do

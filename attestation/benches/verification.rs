@@ -75,6 +75,33 @@ fn main() {
             );
         }),
     );
+    // The per-request GPU comparison against reference values (no XML), and
+    // the offline RIM verification `cocoon measure-gpu` does once per release.
+    let gpu_2023 = hex::decode(include_str!("../tests/data/gpu/nvtrust-2023/attestationReport.txt").trim()).unwrap();
+    let chain_2023 =
+        cocoon_attestation::nvidia::chain_from_pem(include_bytes!("../tests/data/gpu/nvtrust-2023/gpuAkCertChain.txt"))
+            .unwrap();
+    let nonce_2023: [u8; 32] = gpu_2023[4..36].try_into().unwrap();
+    let verified = cocoon_attestation::nvidia::verify_gpu_report(&gpu_2023, &chain_2023, &nonce_2023, at_snp).unwrap();
+    let rim_at = cocoon_attestation::parse_rfc3339("2023-07-01T00:00:00Z").unwrap();
+    let driver_rim: &[u8] = include_bytes!("../tests/data/gpu/rims/Driver_RIM_test_no_gpu.swidtag");
+    let vbios_rim: &[u8] = include_bytes!("../tests/data/gpu/rims/1010_0200_882_96005E0001_test_no_gpu.swidtag");
+    let sets: Vec<_> = [driver_rim, vbios_rim]
+        .iter()
+        .map(|f| cocoon_attestation::rim::verify_rim(f, rim_at).unwrap().reference_values(f, None, rim_at))
+        .collect();
+    row(
+        "NVIDIA H100 measurements: compare with driver + VBIOS reference values (33 indices)",
+        time_per_call(budget, || {
+            black_box(cocoon_attestation::gpu_reference::compare(&sets, black_box(&verified)).unwrap());
+        }),
+    );
+    row(
+        "NVIDIA RIM (20 KB): verify XML signature (C14N 1.1) and 4-certificate chain, read (offline)",
+        time_per_call(budget, || {
+            black_box(cocoon_attestation::rim::verify_rim(black_box(driver_rim), rim_at).unwrap());
+        }),
+    );
     let producer = SimulatedProducer::new();
     let claims = vec![0x42u8; 400];
     row(

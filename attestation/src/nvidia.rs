@@ -76,16 +76,24 @@ pub struct VerifiedGpu {
     pub project_sku: Option<String>,
     pub chip_sku: Option<String>,
     pub fwid: Option<String>,
+    /// The chip, from the attestation key's name (`GH100`, `GB100`).
+    pub chip: String,
+    /// NVDEC0 status byte (`0xAA` enabled, `0x55` disabled); NVIDIA's RIMs
+    /// measure NVDEC0 (index 35) only when it is enabled.
+    pub nvdec0_status: Option<u8>,
     /// (1-based block index, value) for every measurement block.
     pub measurements: Vec<(u8, String)>,
 }
 
-struct Cert {
+pub(crate) struct Cert {
     cn: String,
+    /// The signed part as it was received: re-encoding it would not do, as
+    /// some of NVIDIA's RIM-signing certificates are not in canonical DER.
+    tbs: Vec<u8>,
     x509: x509_cert::Certificate,
 }
 
-fn parse_cert(der_bytes: &[u8], position: usize) -> Result<Cert, GpuError> {
+pub(crate) fn parse_cert(der_bytes: &[u8], position: usize) -> Result<Cert, GpuError> {
     if der_bytes.len() > MAX_CERT {
         return Err(GpuError::Chain(format!(
             "certificate {position} is {} bytes; the limit is {MAX_CERT}",
@@ -95,10 +103,13 @@ fn parse_cert(der_bytes: &[u8], position: usize) -> Result<Cert, GpuError> {
     let x509 = x509_cert::Certificate::from_der(der_bytes)
         .map_err(|e| GpuError::Chain(format!("certificate {position} is not DER X.509: {e}")))?;
     let cn = crate::x509::common_name(&x509).unwrap_or_else(|| format!("#{position}"));
-    Ok(Cert { cn, x509 })
+    let tbs = signed_part(der_bytes)
+        .ok_or_else(|| GpuError::Chain(format!("{cn}: no to-be-signed part in the certificate")))?
+        .to_vec();
+    Ok(Cert { cn, tbs, x509 })
 }
 
-fn public_key(c: &Cert) -> Result<p384::ecdsa::VerifyingKey, GpuError> {
+pub(crate) fn public_key(c: &Cert) -> Result<p384::ecdsa::VerifyingKey, GpuError> {
     let spki = c.x509.tbs_certificate().subject_public_key_info();
     p384::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
         .map_err(|e| GpuError::Chain(format!("{}: the public key is not a P-384 point: {e}", c.cn)))
@@ -113,7 +124,6 @@ fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
             subject.x509.signature_algorithm().oid
         )));
     }
-    let tbs = subject.x509.tbs_certificate().to_der().map_err(|e| GpuError::Chain(e.to_string()))?;
     let sig = subject
         .x509
         .signature()
@@ -121,8 +131,33 @@ fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
         .and_then(|b| p384::ecdsa::Signature::from_der(b).ok())
         .ok_or_else(|| GpuError::Chain(format!("{}: the signature is not a DER ECDSA signature", subject.cn)))?;
     public_key(issuer)?
-        .verify(&tbs, &sig)
+        .verify(&subject.tbs, &sig)
         .map_err(|_| GpuError::Chain(format!("{} is not signed by {}", subject.cn, issuer.cn)))
+}
+
+/// The first element of a certificate's outer SEQUENCE (its TBSCertificate),
+/// byte for byte.
+fn signed_part(cert: &[u8]) -> Option<&[u8]> {
+    // (header length, content length) of the DER element at the start of `b`.
+    fn element(b: &[u8]) -> Option<(usize, usize)> {
+        if *b.first()? != 0x30 {
+            return None;
+        }
+        let first = *b.get(1)?;
+        if first < 0x80 {
+            return Some((2, first as usize));
+        }
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 3 {
+            return None;
+        }
+        let len = b.get(2..2 + n)?.iter().fold(0usize, |l, &x| (l << 8) | x as usize);
+        Some((2 + n, len))
+    }
+    let (outer_header, outer_len) = element(cert)?;
+    let inner = cert.get(outer_header..outer_header + outer_len)?;
+    let (header, len) = element(inner)?;
+    inner.get(..header + len)
 }
 
 /// Verifies one GPU's report and certificate chain (DER, leaf first) for
@@ -140,10 +175,41 @@ pub fn verify_gpu_report(
     if !(2..=MAX_CHAIN).contains(&chain.len()) {
         return Err(GpuError::Chain(format!("expected 2 to {MAX_CHAIN} certificates, found {}", chain.len())));
     }
-    let root = chain.last().expect("at least two");
-    if root.as_slice() != NVIDIA_DEVICE_ROOT_CA {
+    verify_chain(chain, NVIDIA_DEVICE_ROOT_CA, "NVIDIA Device Identity CA", now)?;
+    let leaf = &parse_cert(&chain[0], 0)?;
+    let signature =
+        p384::ecdsa::Signature::from_slice(&parsed.signature).map_err(|_| GpuError::Signature(leaf.cn.clone()))?;
+    public_key(leaf)?
+        .verify(&report[parsed.signed.clone()], &signature)
+        .map_err(|_| GpuError::Signature(leaf.cn.clone()))?;
+    if let Some(fwid) = &parsed.opaque.fwid {
+        check_fwid(leaf, fwid)?;
+    }
+    Ok(facts(&parsed, leaf))
+}
+
+/// What a verified chain tells about its leaf.
+pub(crate) struct VerifiedChain {
+    /// The leaf's common name.
+    pub leaf: String,
+    /// The leaf's validity window (Unix seconds).
+    pub leaf_valid: (u64, u64),
+}
+
+/// Checks a chain (DER, leaf first): each certificate signed with ECDSA
+/// P-384/SHA-384 by the next, each valid at `now`, the last byte-identical
+/// to the pinned `root` and self-signed.
+pub(crate) fn verify_chain(
+    chain: &[Vec<u8>],
+    root: &[u8],
+    root_name: &str,
+    now: u64,
+) -> Result<VerifiedChain, GpuError> {
+    let last = chain.last().ok_or_else(|| GpuError::Chain("no certificate".into()))?;
+    if last.as_slice() != root {
         return Err(GpuError::Chain(format!(
-            "the last certificate (SHA-256 {}) is not the pinned NVIDIA Device Identity CA ({NVIDIA_DEVICE_ROOT_CA_SHA256})",
+            "the last certificate (SHA-256 {}) is not the pinned {root_name} ({})",
+            hex::encode(Sha256::digest(last)),
             hex::encode(Sha256::digest(root))
         )));
     }
@@ -155,16 +221,11 @@ pub fn verify_gpu_report(
     for c in &certs {
         crate::x509::check_validity(&c.x509, &c.cn, now).map_err(GpuError::Chain)?;
     }
-    let leaf = &certs[0];
-    let signature =
-        p384::ecdsa::Signature::from_slice(&parsed.signature).map_err(|_| GpuError::Signature(leaf.cn.clone()))?;
-    public_key(leaf)?
-        .verify(&report[parsed.signed.clone()], &signature)
-        .map_err(|_| GpuError::Signature(leaf.cn.clone()))?;
-    if let Some(fwid) = &parsed.opaque.fwid {
-        check_fwid(leaf, fwid)?;
-    }
-    Ok(facts(&parsed, leaf))
+    let v = certs[0].x509.tbs_certificate().validity();
+    Ok(VerifiedChain {
+        leaf: certs[0].cn.clone(),
+        leaf_valid: (v.not_before.to_unix_duration().as_secs(), v.not_after.to_unix_duration().as_secs()),
+    })
 }
 
 /// The report's FWID must be one of the leaf's DICE TcbInfo FWIDs.
@@ -209,6 +270,8 @@ fn facts(r: &GpuReport, leaf: &Cert) -> VerifiedGpu {
         project_sku: o.project_sku.clone(),
         chip_sku: o.chip_sku.clone(),
         fwid: o.fwid.as_ref().map(hex::encode),
+        chip: leaf.cn.split_whitespace().next().unwrap_or("").to_string(),
+        nvdec0_status: o.nvdec0_status,
         measurements: r.blocks.iter().map(|b| (b.index, hex::encode(&b.value))).collect(),
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use cocoon_protocol::Platform;
 
 use crate::AttestationError;
+use crate::gpu_reference::GpuReferenceValues;
 use crate::reference::ReferenceValues;
 use crate::snp::SnpTcb;
 
@@ -93,8 +94,7 @@ pub struct SnpPolicy {
     pub max_vmpl: u32,
 }
 
-/// NVIDIA GPU confidential-computing requirements. This build verifies no GPU
-/// evidence, so `required = true` refuses every worker until a GPU verifier lands.
+/// NVIDIA GPU confidential-computing requirements.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuPolicy {
@@ -111,6 +111,19 @@ pub struct GpuPolicy {
     /// Accepted VBIOS versions (empty: any).
     #[serde(default)]
     pub allowed_vbios_versions: Vec<String>,
+    /// Golden measurements of driver and VBIOS releases (what `cocoon
+    /// measure-gpu` prints from NVIDIA's RIMs); each GPU must match a driver
+    /// set and a VBIOS set for its chip and versions.
+    #[serde(default)]
+    pub reference_values: Vec<GpuReferenceValues>,
+    /// Files of such sets, relative to the policy file; read into
+    /// `reference_values` when the policy is loaded.
+    #[serde(default, skip_serializing)]
+    pub reference_value_files: Vec<PathBuf>,
+    /// Accept genuine GPUs without comparing their measurements (no
+    /// reference values). For inspection only.
+    #[serde(default)]
+    pub allow_any_measurement: bool,
 }
 
 fn hardware_platforms() -> Vec<Platform> {
@@ -151,6 +164,9 @@ impl Default for GpuPolicy {
             allowed_architectures: Vec::new(),
             min_driver_version: None,
             allowed_vbios_versions: Vec::new(),
+            reference_values: Vec::new(),
+            reference_value_files: Vec::new(),
+            allow_any_measurement: false,
         }
     }
 }
@@ -197,6 +213,9 @@ impl Policy {
         for file in std::mem::take(&mut policy.reference_value_files) {
             policy.reference_values.push(ReferenceValues::from_file(&base.join(file))?);
         }
+        for file in std::mem::take(&mut policy.gpu.reference_value_files) {
+            policy.gpu.reference_values.extend(GpuReferenceValues::from_file(&base.join(file))?);
+        }
         policy.check().map_err(err)?;
         Ok(policy)
     }
@@ -205,6 +224,9 @@ impl Policy {
     pub fn check(&mut self) -> Result<(), String> {
         for (i, r) in std::mem::take(&mut self.reference_values).into_iter().enumerate() {
             self.reference_values.push(r.normalise().map_err(|e| format!("reference_values[{i}]: {e}"))?);
+        }
+        for (i, r) in std::mem::take(&mut self.gpu.reference_values).into_iter().enumerate() {
+            self.gpu.reference_values.push(r.normalise().map_err(|e| format!("gpu.reference_values[{i}]: {e}"))?);
         }
         if self.allowed_platforms.contains(&Platform::Simulated) {
             return Err("allowed_platforms: simulated is not a hardware platform; use allow_simulated = true".into());
@@ -258,5 +280,23 @@ mod tests {
         std::fs::write(&j, "{\"reference_value_files\": [\"missing.json\"]}").unwrap();
         let e = Policy::from_file(&j).unwrap_err().to_string();
         assert!(e.contains("missing.json"), "{e}");
+        // GPU reference values: a file of one set or of several, as `cocoon measure-gpu` prints them.
+        let set = |version: &str, v: &str| {
+            format!(
+                r#"{{"component":"driver","version":"{version}","product":"GH100","measurements":{{"7":["{}"]}}}}"#,
+                v.repeat(48)
+            )
+        };
+        std::fs::write(dir.join("one.json"), set("545.00", "AB")).unwrap();
+        std::fs::write(dir.join("many.json"), format!("[{},{}]", set("550.90.07", "cd"), set("570.124.03", "ef")))
+            .unwrap();
+        std::fs::write(&t, "[gpu]\nrequired = true\nreference_value_files = [\"one.json\", \"many.json\"]\n").unwrap();
+        let p = Policy::from_file(&t).unwrap();
+        let versions: Vec<&str> = p.gpu.reference_values.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(versions, ["545.00", "550.90.07", "570.124.03"]);
+        assert_eq!(p.gpu.reference_values[0].measurements[&7], ["ab".repeat(48)]);
+        std::fs::write(dir.join("one.json"), set("545.00", "A")).unwrap();
+        let e = Policy::from_file(&t).unwrap_err().to_string();
+        assert!(e.contains("one.json") && e.contains("measurement 7: expected 96 hex digits"), "{e}");
     }
 }

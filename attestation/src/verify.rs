@@ -606,7 +606,27 @@ fn gpu_rule(policy: &Policy, gpus: &[GpuCheck]) -> Option<Result<String, String>
                         p.allowed_vbios_versions.join(", ")
                     ));
                 }
-                verified.push(format!("{} ({}), driver {driver}, VBIOS {vbios}", v.architecture, v.attestation_key));
+                let measurements = if !p.reference_values.is_empty() {
+                    match crate::gpu_reference::compare(&p.reference_values, v) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            problems.push(format!("GPU {i}: {e}"));
+                            String::new()
+                        }
+                    }
+                } else if p.allow_any_measurement {
+                    "measurements NOT compared (allow_any_measurement)".into()
+                } else {
+                    problems.push(format!(
+                        "GPU {i}: the policy has no GPU reference values to compare the measurements with \
+                         (add `cocoon measure-gpu` output to gpu.reference_value_files, or set gpu.allow_any_measurement)"
+                    ));
+                    String::new()
+                };
+                verified.push(format!(
+                    "{} ({}), driver {driver}, VBIOS {vbios}, {measurements}",
+                    v.architecture, v.attestation_key
+                ));
             }
         }
     }
@@ -769,5 +789,44 @@ mod tests {
         let rule = a.rules.iter().find(|r| r.rule == "gpu").unwrap();
         assert!(rule.passed && rule.detail.contains("NOT trusted"), "{rule:?}");
         assert!(a.gpus.is_empty());
+    }
+
+    #[test]
+    fn the_gpu_rule_compares_measurements_with_the_policys_reference_values() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpu");
+        let report =
+            hex::decode(std::fs::read_to_string(format!("{dir}/nvtrust-2023/attestationReport.txt")).unwrap()).unwrap();
+        let chain =
+            crate::nvidia::chain_from_pem(&std::fs::read(format!("{dir}/nvtrust-2023/gpuAkCertChain.txt")).unwrap())
+                .unwrap();
+        let nonce: [u8; 32] = report[4..36].try_into().unwrap();
+        let check = || GpuCheck { cc_mode: "on".into(), outcome: verify_gpu_report(&report, &chain, &nonce, ISSUED) };
+        let set = |file: &str, at: &str| {
+            let bytes = std::fs::read(format!("{dir}/rims/{file}")).unwrap();
+            let at = crate::parse_rfc3339(at).unwrap();
+            crate::rim::verify_rim(&bytes, at).unwrap().reference_values(&bytes, None, at)
+        };
+        let driver = set("Driver_RIM_test_no_gpu.swidtag", "2023-07-01T00:00:00Z");
+        let vbios_test = set("1010_0200_882_96005E0001_test_no_gpu.swidtag", "2023-07-01T00:00:00Z");
+        let vbios_prod = set("1010_0200_882_96005E0001_PROD.swidtag", "2023-07-01T00:00:00Z");
+        let mut p = Policy::default();
+        p.gpu.required = true;
+        // No reference values: refused unless the policy says any measurement will do.
+        let e = gpu_rule(&p, &[check()]).unwrap().unwrap_err();
+        assert!(e.contains("no GPU reference values"), "{e}");
+        p.gpu.allow_any_measurement = true;
+        let ok = gpu_rule(&p, &[check()]).unwrap().unwrap();
+        assert!(ok.contains("measurements NOT compared"), "{ok}");
+        p.gpu.reference_values = vec![driver.clone(), vbios_test];
+        let ok = gpu_rule(&p, &[check()]).unwrap().unwrap();
+        assert!(ok.contains("1 GPU(s) verified") && ok.contains("measurements match driver 545.00"), "{ok}");
+        // allow_any_measurement does not excuse a mismatch once there are reference values.
+        p.gpu.reference_values = vec![driver, vbios_prod];
+        let e = gpu_rule(&p, &[check()]).unwrap().unwrap_err();
+        assert!(e.starts_with("GPU 0: VBIOS 96.00.5E.00.01: index 1 (block 2): expected"), "{e}");
+        // Not required: reported, not trusted.
+        p.gpu.required = false;
+        let ok = gpu_rule(&p, &[check()]).unwrap().unwrap();
+        assert!(ok.contains("NOT trusted") && ok.contains("index 9 (block 10)"), "{ok}");
     }
 }

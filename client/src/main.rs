@@ -132,6 +132,20 @@ enum Command {
         #[arg(long, value_parser = cocoon_measurements::reference::parse_register)]
         tdx_rtmr0: Vec<[u8; 48]>,
     },
+    /// GPU reference values from NVIDIA's reference integrity manifests
+    /// (driver and VBIOS RIMs): each RIM's XML signature and signer chain are
+    /// verified to the pinned NVIDIA RIM root, then its golden measurements are
+    /// printed as JSON for a policy's `gpu.reference_value_files`.
+    MeasureGpu {
+        /// RIM files (SWID tags, as NVIDIA's RIM service serves them).
+        #[arg(required = true)]
+        rims: Vec<PathBuf>,
+        /// Verify as of this time (RFC 3339) instead of now: RIM signers'
+        /// certificates are short-lived, and an archived RIM verifies only
+        /// at a time inside its signer's window.
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Verify the worker, send a sealed chat request, stream the answer, verify the receipt.
     Chat {
         url: String,
@@ -380,6 +394,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             eprintln!("computed in {:.2} s", started.elapsed().as_secs_f64());
             println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::MeasureGpu { rims, at } => {
+            let at = match &at {
+                Some(t) => parse_rfc3339(t)
+                    .with_context(|| format!("--at {t:?}: expected RFC 3339, e.g. 2024-01-01T00:00:00Z"))?,
+                None => unix_now(),
+            };
+            let mut sets = Vec::new();
+            for path in &rims {
+                let bytes = cocoon_attestation::read_limited(path, cocoon_attestation::xml::MAX_DOCUMENT as u64)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                let rim = cocoon_attestation::rim::verify_rim(&bytes, at)
+                    .with_context(|| format!("{}: not a valid NVIDIA RIM at {}", path.display(), rfc3339(at)))?;
+                eprintln!(
+                    "{}: {} {} for {}, {} measurements, signed by {} (valid to {})",
+                    path.display(),
+                    rim.component,
+                    rim.version,
+                    rim.product,
+                    rim.measurements.len(),
+                    rim.signer,
+                    rfc3339(rim.signer_valid.1)
+                );
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                sets.push(rim.reference_values(&bytes, name, at));
+            }
+            match sets.as_slice() {
+                [one] => println!("{}", serde_json::to_string_pretty(one)?),
+                many => println!("{}", serde_json::to_string_pretty(many)?),
+            }
         }
         Command::Wallet(cmd) => cocoon_client::channel_cli::run_wallet(cmd).await?,
         Command::Channel(cmd) => cocoon_client::channel_cli::run_channel(cmd).await?,

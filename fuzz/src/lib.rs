@@ -106,6 +106,27 @@ pub fn spdm(data: &[u8]) {
     }
 }
 
+/// An NVIDIA RIM (XML): parsed, canonicalised whole, and verified as
+/// `cocoon measure-gpu` does at a time inside the fixture signers' windows,
+/// so that mutations reach the canonicaliser, the signature profile, the
+/// chain and the content reader.
+pub fn rim(data: &[u8]) {
+    if let Ok(doc) = cocoon_attestation::xml::parse(data) {
+        let canonical = cocoon_attestation::xml::canonicalize(&doc, cocoon_attestation::xml::Subset::Document)
+            .expect("a parsed document canonicalises");
+        // The canonical form is itself a document with the same canonical form.
+        let again = cocoon_attestation::xml::parse(&canonical).expect("the canonical form parses");
+        assert_eq!(
+            cocoon_attestation::xml::canonicalize(&again, cocoon_attestation::xml::Subset::Document).unwrap(),
+            canonical
+        );
+    }
+    // 2023-10-01: inside every signed fixture RIM's signer window.
+    if let Ok(rim) = cocoon_attestation::rim::verify_rim(data, 1_696_118_400) {
+        assert!(!rim.measurements.is_empty());
+    }
+}
+
 /// Outside bytes as the TON side reads them: a BOC (a claim, a proxy entry,
 /// registry dictionaries, a snake string), a toncenter get-method stack (a
 /// channel's state), a signed voucher and a channel descriptor (JSON).

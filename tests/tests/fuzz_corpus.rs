@@ -67,6 +67,11 @@ fn spdm_inputs() {
 }
 
 #[test]
+fn rim_inputs() {
+    replay("rim", fuzz_bodies::rim);
+}
+
+#[test]
 fn ton_inputs() {
     replay("ton", fuzz_bodies::ton);
 }
