@@ -16,6 +16,7 @@ pub mod nvidia;
 pub mod policy;
 pub mod producer;
 pub mod reference;
+pub mod revocation;
 pub mod rim;
 pub mod roots;
 pub mod sev_guest;

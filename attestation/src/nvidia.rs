@@ -86,11 +86,11 @@ pub struct VerifiedGpu {
 }
 
 pub(crate) struct Cert {
-    cn: String,
+    pub(crate) cn: String,
     /// The signed part as it was received: re-encoding it would not do, as
     /// some of NVIDIA's RIM-signing certificates are not in canonical DER.
-    tbs: Vec<u8>,
-    x509: x509_cert::Certificate,
+    pub(crate) tbs: Vec<u8>,
+    pub(crate) x509: x509_cert::Certificate,
 }
 
 pub(crate) fn parse_cert(der_bytes: &[u8], position: usize) -> Result<Cert, GpuError> {
@@ -116,7 +116,7 @@ pub(crate) fn public_key(c: &Cert) -> Result<p384::ecdsa::VerifyingKey, GpuError
 }
 
 /// Checks that `issuer` signed `subject`.
-fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
+pub(crate) fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
     if subject.x509.signature_algorithm().oid != ECDSA_WITH_SHA384 {
         return Err(GpuError::Chain(format!(
             "{}: signature algorithm {}, expected ecdsa-with-SHA384",
@@ -137,7 +137,7 @@ fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
 
 /// The first element of a certificate's outer SEQUENCE (its TBSCertificate),
 /// byte for byte.
-fn signed_part(cert: &[u8]) -> Option<&[u8]> {
+pub(crate) fn signed_part(cert: &[u8]) -> Option<&[u8]> {
     // (header length, content length) of the DER element at the start of `b`.
     fn element(b: &[u8]) -> Option<(usize, usize)> {
         if *b.first()? != 0x30 {
@@ -186,6 +186,18 @@ pub fn verify_gpu_report(
         check_fwid(leaf, fwid)?;
     }
     Ok(facts(&parsed, leaf))
+}
+
+/// The revocation status of a GPU's chain from cached collateral: every
+/// certificate but the root, and but the leaf, which the GPU's firmware
+/// makes for itself at boot (NVIDIA revokes devices by their BROM certificate).
+pub fn chain_revocation(
+    chain: &[Vec<u8>],
+    collateral: &crate::revocation::RevocationCollateral,
+    now: u64,
+) -> Result<Vec<crate::revocation::CertRevocation>, GpuError> {
+    let certs: Vec<Cert> = chain.iter().enumerate().map(|(i, c)| parse_cert(c, i)).collect::<Result<_, _>>()?;
+    Ok(crate::revocation::check_chain(&certs, 1, collateral, now))
 }
 
 /// What a verified chain tells about its leaf.

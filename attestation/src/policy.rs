@@ -9,6 +9,7 @@ use cocoon_protocol::Platform;
 use crate::AttestationError;
 use crate::gpu_reference::GpuReferenceValues;
 use crate::reference::ReferenceValues;
+use crate::revocation::RevocationPolicy;
 use crate::snp::SnpTcb;
 
 /// What a verifier accepts. The default accepts only hardware platforms whose
@@ -124,6 +125,11 @@ pub struct GpuPolicy {
     /// reference values). For inspection only.
     #[serde(default)]
     pub allow_any_measurement: bool,
+    /// What certificates no cached CRL or OCSP response answers for mean:
+    /// `require` (refused), `if-present` (checked where collateral exists),
+    /// `skip`. A certificate shown revoked is refused unless `skip`.
+    #[serde(default)]
+    pub revocation: RevocationPolicy,
 }
 
 fn hardware_platforms() -> Vec<Platform> {
@@ -167,6 +173,7 @@ impl Default for GpuPolicy {
             reference_values: Vec::new(),
             reference_value_files: Vec::new(),
             allow_any_measurement: false,
+            revocation: RevocationPolicy::default(),
         }
     }
 }

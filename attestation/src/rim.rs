@@ -238,7 +238,9 @@ fn content(root: &Element, chain: crate::nvidia::VerifiedChain) -> Result<Rim, R
             Some("True") => true,
             Some("False") => false,
             other => {
-                return Err(RimError::Content(format!("Resource {index}: active is {other:?}, expected True or False")));
+                return Err(RimError::Content(format!(
+                    "Resource {index}: active is {other:?}, expected True or False"
+                )));
             }
         };
         let count: usize = r

@@ -36,6 +36,8 @@ pub enum HardwareReport {
 pub struct Endorsements {
     pub tdx_collateral: Option<TdxCollateral>,
     pub snp_certificates: Vec<Vec<u8>>,
+    /// CRLs and OCSP responses for GPU attestation chains.
+    pub gpu_revocation: crate::revocation::RevocationCollateral,
 }
 
 /// Evidence that passed: only now may its keys be used.
@@ -288,7 +290,7 @@ fn run(
     }
 
     // 4. Policy: every rule is evaluated so that a refusal lists all it broke.
-    let gpu_checks = check_gpus(&doc, now);
+    let gpu_checks = check_gpus(&doc, now, &endorsements.gpu_revocation);
     a.gpus = gpu_checks.iter().filter_map(|c| c.outcome.clone().ok()).collect();
     let rules = &mut a.rules;
     rules.extend(policy_rules(policy, &claims, &hardware, nonce.is_some(), now, &gpu_checks));
@@ -542,24 +544,62 @@ pub struct GpuCheck {
     /// The CC mode the worker declared (`on`, `off`, `devtools`).
     pub cc_mode: String,
     pub outcome: Result<VerifiedGpu, GpuError>,
+    /// Each checked certificate's revocation status (empty unless the report verified).
+    pub revocation: Vec<crate::revocation::CertRevocation>,
 }
 
 /// Verifies every GPU entry of `doc`. Each report must have been requested
 /// with `gpu_nonce(claims, nonce)` of this very document, so GPU evidence
 /// taken from another VM's (or another verifier's) evidence is refused.
-pub fn check_gpus(doc: &EvidenceDocument, now: u64) -> Vec<GpuCheck> {
+pub fn check_gpus(
+    doc: &EvidenceDocument,
+    now: u64,
+    revocation: &crate::revocation::RevocationCollateral,
+) -> Vec<GpuCheck> {
     let expected = gpu_nonce(&doc.claims, doc.nonce.as_deref().map(|n| n.as_slice()));
     doc.gpu
         .iter()
         .flatten()
         .map(|g| {
             let chain: Vec<Vec<u8>> = g.certificate_chain.iter().map(|c| c.to_vec()).collect();
-            GpuCheck {
-                cc_mode: g.cc_mode.clone(),
-                outcome: verify_gpu_report(&g.attestation_report, &chain, &expected, now),
-            }
+            let outcome = verify_gpu_report(&g.attestation_report, &chain, &expected, now);
+            let revocation = match &outcome {
+                Ok(_) => crate::nvidia::chain_revocation(&chain, revocation, now).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            GpuCheck { cc_mode: g.cc_mode.clone(), outcome, revocation }
         })
         .collect()
+}
+
+/// Problems with a verified GPU's revocation status under `policy`, and a
+/// note on what was checked.
+fn revocation_findings(
+    policy: crate::revocation::RevocationPolicy,
+    statuses: &[crate::revocation::CertRevocation],
+) -> (Vec<String>, String) {
+    use crate::revocation::{RevocationPolicy, Status};
+    if policy == RevocationPolicy::Skip {
+        return (Vec::new(), "revocation not checked (skip)".into());
+    }
+    let mut problems = Vec::new();
+    let mut good = 0;
+    for s in statuses {
+        match &s.status {
+            Status::Good(_) => good += 1,
+            Status::Revoked(why) => problems.push(format!("certificate {} is revoked: {why}", s.certificate)),
+            Status::Unknown(why) if policy == RevocationPolicy::Require => {
+                problems.push(format!("the policy requires revocation status; {}: {why}", s.certificate))
+            }
+            Status::Unknown(_) => {}
+        }
+    }
+    let note = if good == statuses.len() {
+        format!("revocation checked for {good} certificates")
+    } else {
+        format!("revocation checked for {good} of {} certificates (NOT for the rest: no collateral)", statuses.len())
+    };
+    (problems, note)
 }
 
 /// Dotted version strings compared number by number (`550.90.07` < `570.124.03`).
@@ -623,8 +663,10 @@ fn gpu_rule(policy: &Policy, gpus: &[GpuCheck]) -> Option<Result<String, String>
                     ));
                     String::new()
                 };
+                let (revocation_problems, revocation) = revocation_findings(p.revocation, &g.revocation);
+                problems.extend(revocation_problems.into_iter().map(|r| format!("GPU {i}: {r}")));
                 verified.push(format!(
-                    "{} ({}), driver {driver}, VBIOS {vbios}, {measurements}",
+                    "{} ({}), driver {driver}, VBIOS {vbios}, {measurements}, {revocation}",
                     v.architecture, v.attestation_key
                 ));
             }
@@ -800,7 +842,11 @@ mod tests {
             crate::nvidia::chain_from_pem(&std::fs::read(format!("{dir}/nvtrust-2023/gpuAkCertChain.txt")).unwrap())
                 .unwrap();
         let nonce: [u8; 32] = report[4..36].try_into().unwrap();
-        let check = || GpuCheck { cc_mode: "on".into(), outcome: verify_gpu_report(&report, &chain, &nonce, ISSUED) };
+        let check = || GpuCheck {
+            cc_mode: "on".into(),
+            outcome: verify_gpu_report(&report, &chain, &nonce, ISSUED),
+            revocation: Vec::new(),
+        };
         let set = |file: &str, at: &str| {
             let bytes = std::fs::read(format!("{dir}/rims/{file}")).unwrap();
             let at = crate::parse_rfc3339(at).unwrap();
@@ -828,5 +874,26 @@ mod tests {
         p.gpu.required = false;
         let ok = gpu_rule(&p, &[check()]).unwrap().unwrap();
         assert!(ok.contains("NOT trusted") && ok.contains("index 9 (block 10)"), "{ok}");
+    }
+
+    #[test]
+    fn revocation_findings_follow_the_policy() {
+        use crate::revocation::{CertRevocation, RevocationPolicy, Status};
+        let cert = |status| CertRevocation { certificate: "BROM".into(), status };
+        let good = [cert(Status::Good("CRL".into())), cert(Status::Good("OCSP".into()))];
+        let partial = [cert(Status::Good("CRL".into())), cert(Status::Unknown("no CRL".into()))];
+        let revoked = [cert(Status::Revoked("CRL of ICA".into())), cert(Status::Good("OCSP".into()))];
+        for policy in [RevocationPolicy::Require, RevocationPolicy::IfPresent] {
+            let (problems, note) = revocation_findings(policy, &good);
+            assert!(problems.is_empty() && note == "revocation checked for 2 certificates", "{note}");
+            let (problems, _) = revocation_findings(policy, &revoked);
+            assert_eq!(problems, ["certificate BROM is revoked: CRL of ICA"]);
+        }
+        let (problems, note) = revocation_findings(RevocationPolicy::IfPresent, &partial);
+        assert!(problems.is_empty() && note.contains("1 of 2 certificates (NOT for the rest"), "{note}");
+        let (problems, _) = revocation_findings(RevocationPolicy::Require, &partial);
+        assert_eq!(problems, ["the policy requires revocation status; BROM: no CRL"]);
+        let (problems, note) = revocation_findings(RevocationPolicy::Skip, &revoked);
+        assert!(problems.is_empty() && note.contains("skip"));
     }
 }

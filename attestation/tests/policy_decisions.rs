@@ -196,7 +196,7 @@ fn gpu_evidence_that_does_not_verify_is_never_trusted() {
         gpu: Some(vec![gpu]),
         nonce_proof: None,
     };
-    let checks = cocoon_attestation::verify::check_gpus(&doc, tdx_time());
+    let checks = cocoon_attestation::verify::check_gpus(&doc, tdx_time(), &Default::default());
     let c = claims(Platform::Tdx, tdx_time());
     let ok = policy_rules(&tdx_policy(), &c, &tdx_report(), false, tdx_time(), &checks);
     let g = ok.iter().find(|r| r.rule == "gpu").unwrap();
@@ -227,7 +227,7 @@ fn hardware_report_that_does_not_bind_the_claims_is_refused() {
         .encode()
     };
     let endorsements =
-        Endorsements { tdx_collateral: Some(TdxCollateral::from_json(COLLATERAL).unwrap()), snp_certificates: vec![] };
+        Endorsements { tdx_collateral: Some(TdxCollateral::from_json(COLLATERAL).unwrap()), ..Endorsements::default() };
     let e = verify_evidence(&doc(Platform::Tdx, QUOTE, None), &tdx_policy(), None, tdx_time(), &endorsements)
         .unwrap_err()
         .to_string();

@@ -46,6 +46,9 @@ pub struct EndorsementSources {
     pub cache_dir: Option<PathBuf>,
     /// SEV-SNP certificates (PEM or DER: VCEK/VLEK and ASK/ASVK) for reports that come without them.
     pub snp_certs: Option<PathBuf>,
+    /// CRLs and OCSP responses (DER or PEM) for GPU attestation chains, as
+    /// fetched and refreshed by the operator (NVIDIA's CRL and OCSP services).
+    pub gpu_revocation: Vec<PathBuf>,
 }
 
 fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, EndorsementError> {
@@ -63,6 +66,12 @@ impl EndorsementSources {
         let mut out = Endorsements::default();
         if let Some(path) = &self.snp_certs {
             out.snp_certificates = snp::certificates_from_pem_or_der(&read_bounded(path, MAX_CERT_FILE)?)?;
+        }
+        for path in &self.gpu_revocation {
+            let bytes = read_bounded(path, 16 * cocoon_attestation::revocation::MAX_COLLATERAL_ITEM as u64)?;
+            out.gpu_revocation
+                .add(&bytes)
+                .map_err(|reason| EndorsementError::File { path: path.display().to_string(), reason })?;
         }
         // Decoding errors are the verifier's to report; here they only mean "no TDX quote".
         let Ok((doc, _)) = EvidenceDocument::decode(evidence) else { return Ok(out) };

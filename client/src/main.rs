@@ -46,6 +46,10 @@ struct VerifierArgs {
     /// SEV-SNP VCEK/VLEK and ASK certificates (PEM or DER) for reports that come without them.
     #[arg(long, value_name = "FILE")]
     snp_certs: Option<PathBuf>,
+    /// CRLs and OCSP responses (DER or PEM) for the GPU attestation chains; repeatable.
+    /// The policy's gpu.revocation says what certificates without them mean.
+    #[arg(long = "gpu-revocation", value_name = "FILE")]
+    gpu_revocation: Vec<PathBuf>,
 }
 
 impl VerifierArgs {
@@ -75,6 +79,7 @@ impl VerifierArgs {
             pccs_url: self.pccs.clone(),
             cache_dir: self.collateral_cache.clone().or(home_cache),
             snp_certs: self.snp_certs.clone(),
+            gpu_revocation: self.gpu_revocation.clone(),
         }
     }
 }

@@ -261,7 +261,8 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
-        let registry = Registry::new(config.clone(), policy, EndorsementSources::default(), ledger.clone());
+        let sources = EndorsementSources { gpu_revocation: config.gpu_revocation.clone(), ..Default::default() };
+        let registry = Registry::new(config.clone(), policy, sources, ledger.clone());
         let payments = match &config.ton {
             Some(ton) => {
                 let p = crate::payments::Payments::new(ton.clone(), &identity.key, ledger.clone())?;

@@ -51,6 +51,9 @@ pub struct ProxyConfig {
     pub workers: Vec<String>,
     pub policy: Option<PathBuf>,
     pub reference_values: Vec<PathBuf>,
+    /// CRLs and OCSP responses (DER or PEM) for workers' GPU attestation
+    /// chains, read at each attestation (refresh them from NVIDIA's services).
+    pub gpu_revocation: Vec<PathBuf>,
     /// DEVELOPMENT ONLY: admit workers with simulated evidence.
     pub insecure_simulated: bool,
     /// The proxy's own evidence: auto, tdx, sev-snp, or simulated (needs --insecure-simulated).
@@ -102,6 +105,7 @@ impl Default for ProxyConfig {
             workers: Vec::new(),
             policy: None,
             reference_values: Vec::new(),
+            gpu_revocation: Vec::new(),
             insecure_simulated: false,
             platform: "auto".into(),
             reattest_interval_s: 60.0,
