@@ -107,6 +107,11 @@ pub struct GpuPolicy {
     /// Accepted GPU generations (`HOPPER`, `BLACKWELL`; empty: any).
     #[serde(default)]
     pub allowed_architectures: Vec<String>,
+    /// Accepted chips, the GPU class a proxy routes on (`GH100` for H100 and
+    /// H200, `GB100`, `GB202`...; empty: any). A runner whose policy requires
+    /// GPUs asks its proxy for workers with these chips.
+    #[serde(default)]
+    pub allowed_chips: Vec<String>,
     #[serde(default)]
     pub min_driver_version: Option<String>,
     /// Accepted VBIOS versions (empty: any).
@@ -168,6 +173,7 @@ impl Default for GpuPolicy {
             required: false,
             require_cc_mode: true,
             allowed_architectures: Vec::new(),
+            allowed_chips: Vec::new(),
             min_driver_version: None,
             allowed_vbios_versions: Vec::new(),
             reference_values: Vec::new(),

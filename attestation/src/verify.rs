@@ -50,8 +50,9 @@ pub struct VerifiedWorker {
     pub receipt_key: [u8; 32],
     pub nonce: Option<Vec<u8>>,
     pub rules: Vec<RuleOutcome>,
-    /// GPUs whose reports verified and are bound to this evidence (the policy's
-    /// `gpu` rule says whether they were required and acceptable).
+    /// GPUs whose reports verified, are bound to this evidence and pass every
+    /// GPU check of the policy (none when any GPU fails one); the proxy
+    /// routes on their chips.
     pub gpus: Vec<VerifiedGpu>,
 }
 
@@ -291,7 +292,10 @@ fn run(
 
     // 4. Policy: every rule is evaluated so that a refusal lists all it broke.
     let gpu_checks = check_gpus(&doc, now, &endorsements.gpu_revocation);
-    a.gpus = gpu_checks.iter().filter_map(|c| c.outcome.clone().ok()).collect();
+    // Only GPUs that pass every GPU check of the policy become verified facts.
+    if gpu_findings(policy, &gpu_checks).1.is_empty() {
+        a.gpus = gpu_checks.iter().filter_map(|c| c.outcome.clone().ok()).collect();
+    }
     let rules = &mut a.rules;
     rules.extend(policy_rules(policy, &claims, &hardware, nonce.is_some(), now, &gpu_checks));
     let failed: Vec<&RuleOutcome> = rules.iter().filter(|r| !r.passed).collect();
@@ -615,6 +619,19 @@ fn gpu_rule(policy: &Policy, gpus: &[GpuCheck]) -> Option<Result<String, String>
             .required
             .then(|| Err("the policy requires GPU confidential-computing evidence; the worker sent none".into()));
     }
+    let (verified, problems) = gpu_findings(policy, gpus);
+    match (problems.is_empty(), p.required) {
+        (true, _) => Some(Ok(format!("{} GPU(s) verified: {}", verified.len(), verified.join("; ")))),
+        (false, true) => Some(Err(problems.join("; "))),
+        (false, false) => {
+            Some(Ok(format!("not required; GPU evidence present but NOT trusted: {}", problems.join("; "))))
+        }
+    }
+}
+
+/// Each GPU checked against the policy: what passed, and every problem.
+fn gpu_findings(policy: &Policy, gpus: &[GpuCheck]) -> (Vec<String>, Vec<String>) {
+    let p = &policy.gpu;
     let mut verified = Vec::new();
     let mut problems = Vec::new();
     for (i, g) in gpus.iter().enumerate() {
@@ -628,6 +645,13 @@ fn gpu_rule(policy: &Policy, gpus: &[GpuCheck]) -> Option<Result<String, String>
                     problems.push(format!(
                         "GPU {i}: architecture {arch}, the policy allows {}",
                         p.allowed_architectures.join(", ")
+                    ));
+                }
+                if !p.allowed_chips.is_empty() && !p.allowed_chips.iter().any(|c| c.eq_ignore_ascii_case(&v.chip)) {
+                    problems.push(format!(
+                        "GPU {i}: chip {}, the policy allows {}",
+                        v.chip,
+                        p.allowed_chips.join(", ")
                     ));
                 }
                 if p.require_cc_mode && g.cc_mode != "on" {
@@ -672,13 +696,7 @@ fn gpu_rule(policy: &Policy, gpus: &[GpuCheck]) -> Option<Result<String, String>
             }
         }
     }
-    match (problems.is_empty(), p.required) {
-        (true, _) => Some(Ok(format!("{} GPU(s) verified: {}", verified.len(), verified.join("; ")))),
-        (false, true) => Some(Err(problems.join("; "))),
-        (false, false) => {
-            Some(Ok(format!("not required; GPU evidence present but NOT trusted: {}", problems.join("; "))))
-        }
-    }
+    (verified, problems)
 }
 
 #[cfg(test)]
@@ -870,6 +888,11 @@ mod tests {
         p.gpu.reference_values = vec![driver, vbios_prod];
         let e = gpu_rule(&p, &[check()]).unwrap().unwrap_err();
         assert!(e.starts_with("GPU 0: VBIOS 96.00.5E.00.01: index 1 (block 2): expected"), "{e}");
+        // The chip is the GPU class: another one is refused.
+        p.gpu.allowed_chips = vec!["GB100".into()];
+        let e = gpu_rule(&p, &[check()]).unwrap().unwrap_err();
+        assert!(e.contains("GPU 0: chip GH100, the policy allows GB100"), "{e}");
+        p.gpu.allowed_chips = vec!["gh100".into()];
         // Not required: reported, not trusted.
         p.gpu.required = false;
         let ok = gpu_rule(&p, &[check()]).unwrap().unwrap();

@@ -163,7 +163,9 @@ impl Runner {
 
     /// Asks the proxy for a worker of `model` and verifies its evidence (cached by digest).
     async fn routed_worker(&self, proxy: &str, model: &str, exclude: &[String]) -> Result<Worker, AppError> {
-        let body = serde_json::to_vec(&json!({"model": model, "exclude": exclude})).expect("JSON encodes");
+        // A policy that requires GPUs of certain chips asks the proxy for such workers only.
+        let gpu: &[String] = if self.policy.gpu.required { &self.policy.gpu.allowed_chips } else { &[] };
+        let body = serde_json::to_vec(&json!({"model": model, "exclude": exclude, "gpu": gpu})).expect("JSON encodes");
         let req = http::Request::post(join(proxy, "/v1/route").map_err(AppError::upstream)?)
             .header(header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(Bytes::from(body)))

@@ -75,6 +75,8 @@ pub struct Attested {
     pub payout_address: Option<String>,
     /// Requests the worker serves or queues at once.
     pub capacity: u32,
+    /// The chips of its GPUs that verified and passed the policy (`GH100`...).
+    pub gpus: Vec<String>,
     pub attested_at_ms: u64,
 }
 
@@ -91,6 +93,7 @@ impl Attested {
             prices: v.claims.prices.unwrap_or_default(),
             payout_address: v.claims.payout_address.clone(),
             capacity: v.claims.capacity.map(|c| c.requests()).unwrap_or(1),
+            gpus: v.gpus.iter().map(|g| g.chip.clone()).collect(),
             attested_at_ms: now_ms(),
         })
     }
@@ -257,7 +260,9 @@ impl Registry {
     }
 
     /// The best eligible worker for `model`, skipping `exclude`.
-    pub fn pick(&self, model: &str, exclude: &[String]) -> Option<Pick> {
+    /// The best worker for `model`, not in `exclude`, and, when `gpus` names
+    /// chips, with verified GPUs all of those chips.
+    pub fn pick(&self, model: &str, exclude: &[String], gpus: &[String]) -> Option<Pick> {
         let now = now_ms();
         let cfg = &self.config.reputation;
         let mut ranked: Vec<(f64, Arc<WorkerEntry>, Arc<Attested>)> = self
@@ -266,7 +271,7 @@ impl Registry {
             .filter(|w| !exclude.contains(&w.id) && w.health() == Health::Up)
             .filter_map(|w| {
                 let a = w.attested();
-                if a.model_id != model {
+                if a.model_id != model || !gpu_class_matches(&a.gpus, gpus) {
                     return None;
                 }
                 let rep = w.reputation(now, cfg);
@@ -422,6 +427,7 @@ impl Registry {
             "prices": a.prices,
             "payout_address": a.payout_address,
             "capacity": a.capacity,
+            "gpus": a.gpus,
             "in_flight": w.in_flight.load(Ordering::Relaxed),
             "state": health,
             "reputation": rep,
@@ -429,6 +435,12 @@ impl Registry {
             "evidence_sha256": hex::encode(Sha256::digest(&a.evidence)),
         })
     }
+}
+
+/// Whether a worker's verified GPU chips meet a request for `wanted` (any
+/// worker when nothing is wanted; else at least one GPU, each of a wanted chip).
+pub fn gpu_class_matches(have: &[String], wanted: &[String]) -> bool {
+    wanted.is_empty() || (!have.is_empty() && have.iter().all(|h| wanted.iter().any(|w| w.eq_ignore_ascii_case(h))))
 }
 
 pub fn random_u32() -> u32 {
@@ -440,6 +452,17 @@ pub fn random_u32() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_classes_route_only_to_workers_whose_every_verified_gpu_is_wanted() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(gpu_class_matches(&s(&[]), &s(&[])));
+        assert!(gpu_class_matches(&s(&["GH100"]), &s(&[])));
+        assert!(gpu_class_matches(&s(&["GH100", "GH100"]), &s(&["gh100", "GB100"])));
+        assert!(!gpu_class_matches(&s(&[]), &s(&["GH100"])), "no verified GPU");
+        assert!(!gpu_class_matches(&s(&["GH100", "GB202"]), &s(&["GH100"])), "one GPU of another chip");
+        assert!(!gpu_class_matches(&s(&["GB100"]), &s(&["GH100"])));
+    }
 
     #[test]
     fn worker_urls_are_checked_and_ids_are_stable() {

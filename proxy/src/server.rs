@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `POST /v1/workers` | a worker asks to join (`{"url": ...}`); admitted only if its fresh evidence passes |
 //! | `GET /v1/workers` | admitted workers: model, prices, capacity, load, reputation, evidence age |
-//! | `POST /v1/route` | `{"model": ..., "exclude": [...]}` → the pick, its evidence and prices |
+//! | `POST /v1/route` | `{"model": ..., "exclude": [...], "gpu": [chips]}` → the pick, its evidence and prices |
 //! | `POST /v1/ohttp` | a sealed request for the worker named in `cocoon-worker`, signed by the client |
 //! | `GET /v1/terms` | the proxy's price terms (the bytes its evidence binds) |
 //! | `POST /v1/vouchers` | a client's voucher on its channel to this proxy (`[ton]` only) |
@@ -44,6 +44,8 @@ use crate::registry::{AdmissionError, Registry, WorkerEntry, now_ms};
 
 /// Largest JSON body of the small endpoints (`/v1/route`, `/v1/workers`).
 const MAX_SMALL_BODY: usize = 16 << 10;
+/// Most GPU chips a route request may name.
+const MAX_GPU_CLASSES: usize = 8;
 /// Most workers a route request may exclude.
 const MAX_EXCLUDE: usize = 64;
 /// Most request hashes remembered for replay refusal.
@@ -203,7 +205,7 @@ pub fn api_error(status: StatusCode, code: &str, message: String, retryable: boo
 /// The worker failed before its first byte: a retryable error naming the next candidate.
 pub fn failover(app: &App, worker: &WorkerEntry, model: &str, why: &str) -> Response {
     app.metrics.failovers.inc();
-    let next = app.registry.pick(model, std::slice::from_ref(&worker.id)).map(|p| p.worker.id.clone());
+    let next = app.registry.pick(model, std::slice::from_ref(&worker.id), &[]).map(|p| p.worker.id.clone());
     let body = json!({"error": {
         "message": format!("worker {} failed before answering: {why}", worker.id),
         "type": "proxy_error", "code": "worker_unavailable", "retryable": true, "next_worker": next,
@@ -376,6 +378,10 @@ struct RouteRequest {
     model: String,
     #[serde(default)]
     exclude: Vec<String>,
+    /// GPU chips the client's policy accepts (`GH100`...): only workers whose
+    /// verified GPUs are all of these (empty: any worker).
+    #[serde(default)]
+    gpu: Vec<String>,
 }
 
 async fn route(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -389,20 +395,35 @@ async fn route_inner(app: &Arc<App>, req: Request) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    if r.exclude.len() > MAX_EXCLUDE || r.model.len() > limits::MAX_CLAIM_TEXT {
+    if r.exclude.len() > MAX_EXCLUDE
+        || r.model.len() > limits::MAX_CLAIM_TEXT
+        || r.gpu.len() > MAX_GPU_CLASSES
+        || r.gpu.iter().any(|g| g.len() > 32)
+    {
         return api_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!(
-                "expected a model name of at most {} bytes and at most {MAX_EXCLUDE} exclusions",
+                "expected a model name of at most {} bytes, at most {MAX_EXCLUDE} exclusions \
+                 and at most {MAX_GPU_CLASSES} GPU chips of at most 32 bytes",
                 limits::MAX_CLAIM_TEXT
             ),
             false,
         );
     }
-    let Some(pick) = app.registry.pick(&r.model, &r.exclude) else {
+    let Some(pick) = app.registry.pick(&r.model, &r.exclude, &r.gpu) else {
         let served = app.registry.models();
-        let (status, code, msg) = if served.contains(&r.model) {
+        let (status, code, msg) = if served.contains(&r.model) && !r.gpu.is_empty() {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_worker_available",
+                format!(
+                    "no worker serving {:?} with verified GPUs of {} is up, free and not excluded",
+                    r.model,
+                    r.gpu.join(" or ")
+                ),
+            )
+        } else if served.contains(&r.model) {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_worker_available",

@@ -413,6 +413,20 @@ async fn bad_requests_are_refused_each_with_its_own_error_and_nothing_is_charged
     )
     .await;
     assert_eq!((status, code_of(&body).as_str()), (400, "invalid_json"), "{body}");
+    // A client whose policy wants GPUs of a chip gets no worker without verified GPUs.
+    let route = json!({"model": MODEL_ID, "gpu": ["GH100"]}).to_string();
+    let (status, body) = raw_http(
+        &proxy,
+        format!(
+            "POST /v1/route HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{route}",
+            route.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!((status, code_of(&body).as_str()), (503, "no_worker_available"), "{body}");
+    assert!(body.contains("with verified GPUs of GH100"), "{body}");
+    assert_eq!(workers_json(&proxy).await["data"][0]["gpus"], json!([]));
 
     // Only the good request was charged, and the proxy still serves.
     let ledger = ledger_json(&dir);
