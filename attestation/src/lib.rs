@@ -13,6 +13,7 @@ pub mod files;
 pub mod gpu_reference;
 mod hexfmt;
 pub mod nvidia;
+pub mod nvml;
 pub mod policy;
 pub mod producer;
 pub mod reference;
@@ -33,7 +34,9 @@ pub use binding::{gpu_nonce, parse_nonce_query, report_data};
 pub use files::read_limited;
 pub use hexfmt::{parse_rfc3339, rfc3339};
 pub use policy::Policy;
-pub use producer::{EvidenceProducer, PlatformEvidence, batched_evidence_documents, evidence_document};
+pub use producer::{
+    EvidenceProducer, GpuEvidenceSource, PlatformEvidence, WithGpus, batched_evidence_documents, evidence_document,
+};
 pub use reference::ReferenceValues;
 pub use verify::{Assessment, Endorsements, HardwareReport, RuleOutcome, VerifiedWorker, assess, verify_evidence};
 

@@ -4,6 +4,9 @@
 
 use serde_bytes::ByteBuf;
 
+use std::sync::Arc;
+
+use cocoon_protocol::GpuEvidence;
 use cocoon_protocol::evidence::{EVIDENCE_VERSION, EvidenceDocument, NonceProof};
 use cocoon_protocol::{Platform, merkle};
 
@@ -22,6 +25,51 @@ pub trait EvidenceProducer: Send + Sync {
     /// Slow (tens of milliseconds on hardware, serialised host-wide): never
     /// call it on the request path.
     fn produce(&self, report_data: &[u8; 64]) -> Result<PlatformEvidence, AttestationError>;
+    /// The VM's GPUs, whose evidence goes into every document; none by default.
+    fn gpus(&self) -> Option<&dyn GpuEvidenceSource> {
+        None
+    }
+}
+
+/// Evidence from every GPU of the VM for a nonce (NVML in the guest).
+pub trait GpuEvidenceSource: Send + Sync {
+    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError>;
+}
+
+impl GpuEvidenceSource for crate::nvml::Nvml {
+    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError> {
+        self.evidence(nonce)
+    }
+}
+
+/// A platform producer whose documents also carry the GPUs' evidence.
+pub struct WithGpus {
+    pub platform: Arc<dyn EvidenceProducer>,
+    pub gpus: Arc<dyn GpuEvidenceSource>,
+}
+
+impl EvidenceProducer for WithGpus {
+    fn platform(&self) -> Platform {
+        self.platform.platform()
+    }
+
+    fn produce(&self, report_data: &[u8; 64]) -> Result<PlatformEvidence, AttestationError> {
+        self.platform.produce(report_data)
+    }
+
+    fn gpus(&self) -> Option<&dyn GpuEvidenceSource> {
+        Some(self.gpus.as_ref())
+    }
+}
+
+/// The GPUs' evidence for a document with `claims` and `nonce`: requested
+/// with `gpu_nonce` of exactly that document, which binds it there.
+fn gpu_entries(
+    producer: &dyn EvidenceProducer,
+    claims: &[u8],
+    nonce: Option<&[u8]>,
+) -> Result<Option<Vec<GpuEvidence>>, AttestationError> {
+    producer.gpus().map(|g| g.gpu_evidence(&crate::gpu_nonce(claims, nonce))).transpose()
 }
 
 /// The evidence document for `claims` (the exact bytes whose hash the report
@@ -32,7 +80,8 @@ pub fn evidence_document(
     nonce: Option<&[u8]>,
 ) -> Result<Vec<u8>, AttestationError> {
     let ev = producer.produce(&report_data(claims, nonce))?;
-    Ok(document(producer.platform(), claims, nonce, &ev, None))
+    let gpu = gpu_entries(producer, claims, nonce)?;
+    Ok(document(producer.platform(), claims, nonce, &ev, gpu, None))
 }
 
 /// Fresh evidence for many verifiers from one hardware report: the report
@@ -50,6 +99,7 @@ pub fn batched_evidence_documents(
     let leaves: Vec<merkle::Hash> = nonces.iter().map(|n| merkle::leaf_hash(n)).collect();
     let root = merkle::root(&leaves);
     let ev = producer.produce(&report_data(claims, Some(&root)))?;
+    let gpu = gpu_entries(producer, claims, Some(&root))?;
     let size = leaves.len() as u64;
     Ok(merkle::all_inclusion_proofs(&leaves)
         .into_iter()
@@ -57,7 +107,7 @@ pub fn batched_evidence_documents(
         .map(|(i, path)| {
             let proof =
                 NonceProof { index: i as u64, size, path: path.iter().map(|h| ByteBuf::from(h.to_vec())).collect() };
-            document(producer.platform(), claims, Some(&root), &ev, Some(proof))
+            document(producer.platform(), claims, Some(&root), &ev, gpu.clone(), Some(proof))
         })
         .collect())
 }
@@ -67,6 +117,7 @@ fn document(
     claims: &[u8],
     nonce: Option<&[u8]>,
     ev: &PlatformEvidence,
+    gpu: Option<Vec<GpuEvidence>>,
     nonce_proof: Option<NonceProof>,
 ) -> Vec<u8> {
     EvidenceDocument {
@@ -77,7 +128,7 @@ fn document(
         quote_or_report: ByteBuf::from(ev.quote_or_report.clone()),
         certificates: ev.certificates.as_ref().map(|c| c.iter().cloned().map(ByteBuf::from).collect()),
         event_log: ev.event_log.clone().map(ByteBuf::from),
-        gpu: None,
+        gpu,
         nonce_proof,
     }
     .encode()

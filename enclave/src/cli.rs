@@ -147,6 +147,49 @@ fn producer(args: &Args) -> anyhow::Result<Arc<dyn EvidenceProducer>> {
     Ok(p)
 }
 
+/// Adds the GPUs' evidence to every document when NVIDIA's driver is there:
+/// each GPU is attested here first (CC mode on, report and chain verified
+/// for a fresh nonce), and only then declared ready for work. A machine
+/// without GPUs serves without GPU evidence; a worker configured for
+/// `device = "cuda"` does not start unless its GPUs attest.
+fn with_gpus(producer: Arc<dyn EvidenceProducer>, wants_cuda: bool) -> anyhow::Result<Arc<dyn EvidenceProducer>> {
+    use cocoon_attestation::nvml::{LIBRARY, Nvml, attest_locally};
+    let refuse = |why: String| -> anyhow::Result<Arc<dyn EvidenceProducer>> {
+        if wants_cuda {
+            bail!("{why}; a worker with device \"cuda\" starts only with GPUs that attest");
+        }
+        tracing::warn!("{why}: serving without GPU evidence");
+        Ok(producer.clone())
+    };
+    let nvml = match Nvml::open(None) {
+        Ok(Some(n)) => n,
+        Ok(None) if wants_cuda => return refuse(format!("no NVIDIA driver ({LIBRARY} is missing)")),
+        Ok(None) => {
+            tracing::info!("no NVIDIA GPU driver: the evidence has no GPU entries");
+            return Ok(producer);
+        }
+        Err(e) => return refuse(e.to_string()),
+    };
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).context("a nonce for the GPUs' self-check")?;
+    match attest_locally(&nvml, &nonce, crate::state::unix_now()) {
+        Ok(gpus) => {
+            nvml.set_ready()?;
+            for (i, g) in gpus.iter().enumerate() {
+                tracing::info!(
+                    gpu = i,
+                    chip = %g.chip,
+                    driver = g.driver_version.as_deref().unwrap_or("?"),
+                    vbios = g.vbios_version.as_deref().unwrap_or("?"),
+                    "GPU attested and declared ready"
+                );
+            }
+            Ok(Arc::new(cocoon_attestation::WithGpus { platform: producer, gpus: Arc::new(nvml) }))
+        }
+        Err(e) => refuse(e.to_string()),
+    }
+}
+
 fn read_config(path: &Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
     let Some(path) = path else { return Ok(Vec::new()) };
     let len = std::fs::metadata(path).with_context(|| format!("static config {}", path.display()))?.len();
@@ -173,6 +216,8 @@ pub fn run(engine: Option<Arc<dyn Engine>>) -> anyhow::Result<()> {
     let producer = producer(&args)?;
     let config = read_config(&args.config)?;
     let static_config = StaticConfig::parse(&config)?;
+    let wants_cuda = args.model_section(&static_config).and_then(|m| m.device).as_deref() == Some("cuda");
+    let producer = with_gpus(producer, wants_cuda)?;
     let engine = match (engine, args.model_section(&static_config)) {
         (Some(e), _) => Some(e),
         (None, Some(m)) => Some(start_engine(&m).context("loading the model")?),

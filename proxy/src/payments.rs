@@ -228,22 +228,29 @@ impl Payments {
         out
     }
 
-    /// Every so often: claims at once every channel whose payer asked to close
-    /// and that still owes something.
+    /// Every so often: records every channel whose payer asked to close (it
+    /// takes no more vouchers from then on, even one its deposit covers), and
+    /// claims at once what such a channel still owes. Channels already known
+    /// to be closing and still owing are claimed again until paid.
     pub async fn watch(self: Arc<Self>) {
         let every = Duration::from_secs(u64::from(self.config.min_dispute_window_s / 4).clamp(10, 300));
         loop {
             tokio::time::sleep(every).await;
             let Ok(channels) = self.ledger.client_channels() else { continue };
-            for c in channels.into_iter().filter(|c| c.voucher_total.0 > c.claimed.0) {
+            for c in channels.into_iter().filter(|c| c.closing_since == 0 || c.voucher_total.0 > c.claimed.0) {
                 let Ok((_, params)) = stored_channel(&c.descriptor) else { continue };
                 match actions::channel_state(&self.chain, &params).await {
-                    Ok(Some(s)) if s.closing_since != 0 && !s.closed => {
-                        warn!(channel = %c.address, "the payer asked to close: claiming now, taking no more vouchers");
-                        if let Err(e) = self.ledger.mark_closing(&c.address, u64::from(s.closing_since)) {
-                            warn!(channel = %c.address, "recording the close: {e}");
+                    Ok(Some(s)) if s.closing_since != 0 || s.closed => {
+                        if c.closing_since == 0 {
+                            warn!(channel = %c.address, "the payer asked to close: taking no more vouchers");
+                            if let Err(e) = self.ledger.mark_closing(&c.address, u64::from(s.closing_since.max(1))) {
+                                warn!(channel = %c.address, "recording the close: {e}");
+                            }
                         }
-                        if let Err(e) = self.settle(&c.address).await {
+                        if c.voucher_total.0 > c.claimed.0
+                            && !s.closed
+                            && let Err(e) = self.settle(&c.address).await
+                        {
                             warn!(channel = %c.address, "claiming a closing channel: {e}");
                         }
                     }
