@@ -303,13 +303,14 @@ fn print_verified(v: &VerifiedWorker) {
     print_rules(&v.rules);
 }
 
-/// The GPUs whose reports verified, like the CPU rows.
+/// The GPUs whose reports verified and passed the policy, like the CPU rows.
 fn print_gpus(gpus: &[cocoon_attestation::nvidia::VerifiedGpu]) {
     for (i, g) in gpus.iter().enumerate() {
         let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
         eprintln!(
-            "gpu {i}           {} ({}), driver {}, VBIOS {}, board {}",
+            "gpu {i}           {} {} ({}), driver {}, VBIOS {}, board {}",
             g.architecture,
+            g.chip,
             g.attestation_key,
             or_unknown(&g.driver_version),
             or_unknown(&g.vbios_version),
