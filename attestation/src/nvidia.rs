@@ -22,7 +22,7 @@ pub const NVIDIA_DEVICE_ROOT_CA: &[u8] = include_bytes!("../roots/nvidia-device-
 /// SHA-256 of [`NVIDIA_DEVICE_ROOT_CA`], recorded separately so a changed file is caught.
 pub const NVIDIA_DEVICE_ROOT_CA_SHA256: &str = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48";
 
-const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
 /// TCG DICE TcbInfo (Hopper), and the form the Blackwell leaf uses.
 const TCB_INFO: [ObjectIdentifier; 2] =
     [ObjectIdentifier::new_unwrap("2.23.133.5.4.1"), ObjectIdentifier::new_unwrap("2.23.133.5.4.1.1")];
@@ -117,22 +117,32 @@ pub(crate) fn public_key(c: &Cert) -> Result<p384::ecdsa::VerifyingKey, GpuError
 
 /// Checks that `issuer` signed `subject`.
 pub(crate) fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
-    if subject.x509.signature_algorithm().oid != ECDSA_WITH_SHA384 {
-        return Err(GpuError::Chain(format!(
-            "{}: signature algorithm {}, expected ecdsa-with-SHA384",
-            subject.cn,
-            subject.x509.signature_algorithm().oid
-        )));
+    let signature = subject.x509.signature().as_bytes().unwrap_or_default();
+    let algorithm = subject.x509.signature_algorithm().oid.to_string();
+    verify_signed_by(issuer, &algorithm, &subject.tbs, signature, &subject.cn).map_err(GpuError::Chain)
+}
+
+/// Checks that `issuer` made `signature` (DER ECDSA, algorithm OID
+/// `algorithm`, which must be ecdsa-with-SHA384) over `signed`; `what`
+/// names the signed object in the messages. Certificates, CRLs and OCSP
+/// responses all go through here.
+pub(crate) fn verify_signed_by(
+    issuer: &Cert,
+    algorithm: &str,
+    signed: &[u8],
+    signature: &[u8],
+    what: &str,
+) -> Result<(), String> {
+    if algorithm != ECDSA_WITH_SHA384 {
+        return Err(format!("{what}: signature algorithm {algorithm}, expected ecdsa-with-SHA384"));
     }
-    let sig = subject
-        .x509
-        .signature()
-        .as_bytes()
-        .and_then(|b| p384::ecdsa::Signature::from_der(b).ok())
-        .ok_or_else(|| GpuError::Chain(format!("{}: the signature is not a DER ECDSA signature", subject.cn)))?;
-    public_key(issuer)?
-        .verify(&subject.tbs, &sig)
-        .map_err(|_| GpuError::Chain(format!("{} is not signed by {}", subject.cn, issuer.cn)))
+    let sig = p384::ecdsa::Signature::from_der(signature)
+        .map_err(|_| format!("{what}: the signature is not a DER ECDSA signature"))?;
+    let key = public_key(issuer).map_err(|e| match e {
+        GpuError::Chain(m) => m,
+        other => other.to_string(),
+    })?;
+    key.verify(signed, &sig).map_err(|_| format!("{what} is not signed by {}", issuer.cn))
 }
 
 /// The first element of a certificate's outer SEQUENCE (its TBSCertificate),

@@ -12,18 +12,16 @@
 //! means (`RevocationPolicy`).
 
 use der::{Decode, Encode};
-use p384::ecdsa::signature::Verifier;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::hexfmt::rfc3339;
-use crate::nvidia::{Cert, public_key, signed_part};
+use crate::nvidia::{Cert, signed_part, verify_signed_by};
 
 /// Largest CRL or OCSP response accepted.
 pub const MAX_COLLATERAL_ITEM: usize = 256 << 10;
 /// How long an OCSP answer without a next-update time counts.
 const OCSP_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
-const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
 const OCSP_BASIC: &str = "1.3.6.1.5.5.7.48.1.1";
 const EXTENDED_KEY_USAGE: &str = "2.5.29.37";
 const KP_OCSP_SIGNING: &str = "1.3.6.1.5.5.7.3.9";
@@ -171,17 +169,6 @@ fn check_one(cert: &Cert, issuer: &Cert, collateral: &RevocationCollateral, now:
     })
 }
 
-fn verify_signature(issuer: &Cert, algorithm: &str, signed: &[u8], signature: &[u8], what: &str) -> Result<(), String> {
-    if algorithm != ECDSA_WITH_SHA384 {
-        return Err(format!("{what}: signature algorithm {algorithm}, expected ecdsa-with-SHA384"));
-    }
-    let sig = p384::ecdsa::Signature::from_der(signature).map_err(|_| format!("{what}: not a DER ECDSA signature"))?;
-    public_key(issuer)
-        .map_err(|e| e.to_string())?
-        .verify(signed, &sig)
-        .map_err(|_| format!("{what} is not signed by {}", issuer.cn))
-}
-
 /// `Ok(None)` when the CRL is not `issuer`'s; an error when it is but does
 /// not count (bad signature, not current).
 fn crl_answer(der_bytes: &[u8], cert: &Cert, issuer: &Cert, now: u64) -> Result<Option<Status>, String> {
@@ -193,7 +180,7 @@ fn crl_answer(der_bytes: &[u8], cert: &Cert, issuer: &Cert, now: u64) -> Result<
     let what = format!("the CRL of {}", issuer.cn);
     let signed = signed_part(der_bytes).ok_or_else(|| format!("{what}: no to-be-signed part"))?;
     let signature = crl.signature.as_bytes().ok_or_else(|| format!("{what}: signature is not whole bytes"))?;
-    verify_signature(issuer, &crl.signature_algorithm.oid.to_string(), signed, signature, &what)?;
+    verify_signed_by(issuer, &crl.signature_algorithm.oid.to_string(), signed, signature, &what)?;
     let this_update = tbs.this_update.to_unix_duration().as_secs();
     let next_update = tbs.next_update.map(|t| t.to_unix_duration().as_secs());
     if now < this_update || next_update.is_some_and(|n| now > n) {
@@ -256,7 +243,7 @@ fn ocsp_answer(der_bytes: &[u8], cert: &Cert, issuer: &Cert, now: u64) -> Result
     let signature = basic.signature.as_bytes().ok_or("an OCSP signature that is not whole bytes")?;
     let algorithm = basic.signature_algorithm.oid.to_string();
     let what = format!("the OCSP response for {}", cert.cn);
-    if verify_signature(issuer, &algorithm, signed, signature, &what).is_err() {
+    if verify_signed_by(issuer, &algorithm, signed, signature, &what).is_err() {
         let mut delegated = Err(format!("{what} is signed neither by {} nor by a responder it certified", issuer.cn));
         for (i, c) in basic.certs.iter().flatten().enumerate() {
             let der = c.to_der().map_err(|e| e.to_string())?;
@@ -265,7 +252,7 @@ fn ocsp_answer(der_bytes: &[u8], cert: &Cert, issuer: &Cert, now: u64) -> Result
                 continue;
             }
             crate::x509::check_validity(&responder.x509, &responder.cn, now)?;
-            if verify_signature(&responder, &algorithm, signed, signature, &what).is_ok() {
+            if verify_signed_by(&responder, &algorithm, signed, signature, &what).is_ok() {
                 delegated = Ok(());
                 break;
             }

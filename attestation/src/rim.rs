@@ -95,12 +95,18 @@ impl Rim {
     }
 }
 
+/// The one child element `ds:{local}` of `parent`, or a profile error.
 fn one<'a>(parent: &'a Element, local: &'a str) -> Result<&'a Element, RimError> {
-    let mut found = parent.children_named(DSIG, local);
+    single(parent, DSIG, local).map_err(|e| RimError::Profile(format!("<{}> has {e} ds:{local}", parent.qname)))
+}
+
+/// The one child element `{namespace}local` of `parent`; else "no" or "more than one".
+fn single<'a>(parent: &'a Element, namespace: &'a str, local: &'a str) -> Result<&'a Element, &'static str> {
+    let mut found = parent.children_named(namespace, local);
     match (found.next(), found.next()) {
         (Some(e), None) => Ok(e),
-        (None, _) => Err(RimError::Profile(format!("<{}> has no ds:{local}", parent.qname))),
-        (Some(_), Some(_)) => Err(RimError::Profile(format!("<{}> has more than one ds:{local}", parent.qname))),
+        (None, _) => Err("no"),
+        (Some(_), Some(_)) => Err("more than one"),
     }
 }
 
@@ -197,14 +203,8 @@ pub fn verify_rim(file: &[u8], at: u64) -> Result<Rim, RimError> {
 fn content(root: &Element, chain: crate::nvidia::VerifiedChain) -> Result<Rim, RimError> {
     let missing = |what: &str| RimError::Content(format!("no {what}"));
     let tag_id = root.attribute(None, "tagId").ok_or_else(|| missing("tagId"))?.to_string();
-    let only = |local: &'static str| {
-        let mut found = root.children_named(SWID, local);
-        match (found.next(), found.next()) {
-            (Some(e), None) => Ok(e),
-            (None, _) => Err(missing(&format!("{local} element"))),
-            (Some(_), Some(_)) => Err(RimError::Content(format!("more than one {local} element"))),
-        }
-    };
+    let only =
+        |local: &'static str| single(root, SWID, local).map_err(|e| RimError::Content(format!("{e} {local} element")));
     let meta = only("Meta")?;
     let version = meta.attribute(None, "colloquialVersion").ok_or_else(|| missing("Meta colloquialVersion"))?;
     let product = meta.attribute(None, "product").ok_or_else(|| missing("Meta product"))?.to_string();

@@ -348,6 +348,16 @@ fn auth_headers(key: &SigningKey, sealed: &[u8], max_cost: u64) -> Vec<(String, 
         .collect()
 }
 
+/// `POST /v1/route` with `body` as given (it need not be JSON): status and body.
+async fn post_route(proxy: &str, body: &str) -> (u16, String) {
+    let host = proxy.trim_start_matches("http://");
+    let request = format!(
+        "POST /v1/route HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw_http(proxy, request.as_bytes()).await
+}
+
 fn code_of(body: &str) -> String {
     let json = body.find('{').map(|i| &body[i..]).unwrap_or("");
     let json = json.rfind('}').map(|j| &json[..=j]).unwrap_or("");
@@ -406,24 +416,10 @@ async fn bad_requests_are_refused_each_with_its_own_error_and_nothing_is_charged
     let huge = vec![("x-filler".to_string(), "a".repeat(40_000))];
     let (status, _) = raw_http(&proxy, &raw_post(&host, &worker, &huge, b"b")).await;
     assert_eq!(status, 431);
-    let (status, body) = raw_http(
-        &proxy,
-        format!("POST /v1/route HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: 9\r\n\r\nnot json!")
-            .as_bytes(),
-    )
-    .await;
+    let (status, body) = post_route(&proxy, "not json!").await;
     assert_eq!((status, code_of(&body).as_str()), (400, "invalid_json"), "{body}");
     // A client whose policy wants GPUs of a chip gets no worker without verified GPUs.
-    let route = json!({"model": MODEL_ID, "gpu": ["GH100"]}).to_string();
-    let (status, body) = raw_http(
-        &proxy,
-        format!(
-            "POST /v1/route HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{route}",
-            route.len()
-        )
-        .as_bytes(),
-    )
-    .await;
+    let (status, body) = post_route(&proxy, &json!({"model": MODEL_ID, "gpu": ["GH100"]}).to_string()).await;
     assert_eq!((status, code_of(&body).as_str()), (503, "no_worker_available"), "{body}");
     assert!(body.contains("with verified GPUs of GH100"), "{body}");
     assert_eq!(workers_json(&proxy).await["data"][0]["gpus"], json!([]));
@@ -538,16 +534,7 @@ async fn workers_that_fail_the_proxy_policy_are_never_admitted() {
     // Neither the configured worker nor the one that asked to join is listed or routed to.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(workers_json(&proxy).await["data"].as_array().unwrap().len(), 0);
-    let route = json!({"model": MODEL_ID}).to_string();
-    let (status, body) = raw_http(
-        &proxy,
-        format!(
-            "POST /v1/route HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{route}",
-            route.len()
-        )
-        .as_bytes(),
-    )
-    .await;
+    let (status, body) = post_route(&proxy, &json!({"model": MODEL_ID}).to_string()).await;
     assert_eq!((status, code_of(&body).as_str()), (404, "model_not_found"), "{body}");
 }
 
