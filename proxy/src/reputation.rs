@@ -56,6 +56,9 @@ pub struct Reputation {
     /// Unix time (ms) until which the worker is quarantined.
     pub quarantined_until_ms: u64,
     pub updated_at_ms: u64,
+    /// Outcomes since the worker was new or last quarantined: below
+    /// `EXPLORE_SAMPLES` it is on trial and is probed whenever it is idle.
+    pub trial_outcomes: u64,
 }
 
 impl Default for Reputation {
@@ -70,6 +73,7 @@ impl Default for Reputation {
             tokens_per_s: 0.0,
             quarantined_until_ms: 0,
             updated_at_ms: 0,
+            trial_outcomes: 0,
         }
     }
 }
@@ -95,6 +99,7 @@ impl Reputation {
     pub fn record(&mut self, outcome: Outcome, now_ms: u64, cfg: &ReputationConfig) {
         self.decay(now_ms, cfg);
         self.updated_at_ms = now_ms;
+        self.trial_outcomes = self.trial_outcomes.saturating_add(1);
         let a = cfg.alpha;
         match outcome {
             Outcome::Completed { ttfb_ms, tokens, seconds } => {
@@ -121,6 +126,9 @@ impl Reputation {
             Outcome::BadReceipt => {
                 self.bad_receipts += 1;
                 self.score = 0.0;
+                // Once the quarantine is over the worker must earn its score
+                // back, which it can only do if it is tried.
+                self.trial_outcomes = 0;
                 self.quarantined_until_ms = now_ms + (cfg.quarantine_s * 1000.0) as u64;
             }
         }
@@ -138,13 +146,18 @@ const REFERENCE_TTFB_MS: f64 = 100.0;
 const EXPLORE_SAMPLES: u64 = 3;
 
 /// Lower is better: load against capacity, slowed by latency, divided by the
-/// score; halved for a worker with too few outcomes to judge, so that a new
-/// worker is tried even while the others are idle.
+/// score. A worker on trial (new, or back from quarantine) with too few
+/// outcomes to judge goes first while idle and at half cost while busy, like
+/// a half-open circuit breaker: one probe at a time, whatever the others'
+/// scores, so that a score at zero can recover and low traffic cannot starve it.
 pub fn routing_cost(in_flight: u32, capacity: u32, rep: &Reputation) -> f64 {
     let load = (in_flight as f64 + 1.0) / capacity.max(1) as f64;
     let cost = load * (1.0 + rep.ttfb_ms / REFERENCE_TTFB_MS) / (0.05 + rep.score);
-    let samples = rep.completed + rep.failed + rep.timed_out + rep.bad_receipts;
-    if samples < EXPLORE_SAMPLES { cost / 2.0 } else { cost }
+    match (rep.trial_outcomes < EXPLORE_SAMPLES, in_flight) {
+        (true, 0) => 0.0,
+        (true, _) => cost / 2.0,
+        (false, _) => cost,
+    }
 }
 
 #[cfg(test)]
@@ -185,16 +198,14 @@ mod tests {
 
     #[test]
     fn load_spreads_and_slow_workers_cost_more() {
-        let fast = {
+        let judged = |ttfb_ms: f64| {
             let mut r = Reputation::new(0);
-            r.record(done(5.0), 0, &CFG);
+            for _ in 0..EXPLORE_SAMPLES {
+                r.record(done(ttfb_ms), 0, &CFG);
+            }
             r
         };
-        let slow = {
-            let mut r = Reputation::new(0);
-            r.record(done(500.0), 0, &CFG);
-            r
-        };
+        let (fast, slow) = (judged(5.0), judged(500.0));
         assert!(routing_cost(0, 8, &fast) < routing_cost(0, 8, &slow));
         // A busy fast worker loses to an idle slow one eventually.
         assert!(routing_cost(7, 8, &fast) > routing_cost(0, 8, &slow));
@@ -206,5 +217,27 @@ mod tests {
             proven.record(done(5.0), 0, &CFG);
         }
         assert!(routing_cost(0, 8, &Reputation::new(0)) < routing_cost(0, 8, &proven));
+    }
+
+    #[test]
+    fn a_worker_back_from_quarantine_is_probed_first_until_judged_again() {
+        let mut proven = Reputation::new(0);
+        let mut back = Reputation::new(0);
+        for _ in 0..10 {
+            proven.record(done(1.0), 0, &CFG);
+            back.record(done(1.0), 0, &CFG);
+        }
+        back.record(Outcome::BadReceipt, 0, &CFG);
+        assert!(back.quarantined(4_999));
+        back.decay(5_000, &CFG);
+        assert!(back.score < 0.3, "its score is still low: {}", back.score);
+        // Idle, it is probed before an idle proven worker; busy, it is not
+        // preferred to an idle one.
+        assert_eq!(routing_cost(0, 8, &back), 0.0);
+        assert!(routing_cost(1, 8, &back) > routing_cost(0, 8, &proven));
+        for _ in 0..EXPLORE_SAMPLES {
+            back.record(done(1.0), 5_000, &CFG);
+        }
+        assert!(routing_cost(0, 8, &back) > 0.0, "after its trial it is ranked by cost again");
     }
 }
