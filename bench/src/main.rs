@@ -1,6 +1,7 @@
 //! `make bench` (engine part): prefill and decode throughput of the Burn engine
-//! on the demo model (SmolLM2-135M-Instruct Q4_1 GGUF), batch 1 and batch 8,
-//! next to candle's quantized Llama on the same file in the same run.
+//! on the demo model (SmolLM2-135M-Instruct Q4_1 GGUF), batch 1, 8 and 32, with
+//! the weights packed (as served) and widened to f32 (the reference), next to
+//! candle's quantized Llama on the same file in the same run.
 //!
 //! Both runtimes get the same prompt ids and use every core. Prefill is timed
 //! from ids to last-position logits on the host; decode steps feed the greedy
@@ -14,15 +15,18 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::tokenizer::TextCodec;
-use cocoon_engine::{CpuBackend, default_model_path, load};
+use cocoon_engine::{CpuBackend, WeightLayout, default_model_path, load_with};
 
 const PROMPT_TOKENS: usize = 128;
 const DECODE_STEPS: usize = 32;
-const BATCHES: [usize; 2] = [1, 8];
-#[cfg(feature = "flex")]
-const BURN_LABEL: &str = "burn (flex, f32 weights)";
-#[cfg(not(feature = "flex"))]
-const BURN_LABEL: &str = "burn (ndarray, f32 weights)";
+const BATCHES: [usize; 3] = [1, 8, 32];
+
+fn burn_label(layout: WeightLayout) -> &'static str {
+    match layout {
+        WeightLayout::Packed => "burn (packed Q4_1/Q8_0)",
+        WeightLayout::Dense => "burn (f32 weights)",
+    }
+}
 
 struct Row {
     runtime: &'static str,
@@ -60,10 +64,10 @@ struct Burned {
     france: Vec<u32>,
 }
 
-fn burn(path: &Path) -> anyhow::Result<Burned> {
+fn burn(path: &Path, layout: WeightLayout) -> anyhow::Result<Burned> {
     let started = Instant::now();
-    let loaded = load::<CpuBackend>(path, None, 1024, &Default::default())?;
-    eprintln!("burn: loaded in {:.1} s", started.elapsed().as_secs_f64());
+    let loaded = load_with::<CpuBackend>(path, None, 1024, &Default::default(), layout)?;
+    eprintln!("{}: loaded in {:.1} s", burn_label(layout), started.elapsed().as_secs_f64());
     let ids = prompt(&loaded.codec)?;
     let france_ids = france(&loaded.codec)?;
     let model = &loaded.model;
@@ -74,7 +78,11 @@ fn burn(path: &Path) -> anyhow::Result<Burned> {
         answer.push(t);
         t = argmax(&rows(model.decode(&[t], &mut [&mut cache]))[0]);
     }
-    println!("{:<22} {:?}", format!("{BURN_LABEL} answer:"), loaded.codec.decode(&answer).map_err(anyhow::Error::msg)?);
+    println!(
+        "{:<22} {:?}",
+        format!("{} answer:", burn_label(layout)),
+        loaded.codec.decode(&answer).map_err(anyhow::Error::msg)?
+    );
     // Warm-up: first calls allocate and spin up the thread pool.
     let mut warm = model.new_cache();
     rows(model.prefill(&ids[..16], &mut warm, false));
@@ -90,7 +98,7 @@ fn burn(path: &Path) -> anyhow::Result<Burned> {
             next = rows(model.decode(&next, &mut refs)).iter().map(|l| argmax(l)).collect();
         }
         let decode = (batch * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64();
-        out.push(Row { runtime: BURN_LABEL, batch, prefill, decode });
+        out.push(Row { runtime: burn_label(layout), batch, prefill, decode });
     }
     Ok(Burned { ids, rows: out, codec: loaded.codec, france: france_ids })
 }
@@ -182,9 +190,14 @@ fn candle(_: &Path, _: &[u32], _: &[u32], _: &TextCodec) -> anyhow::Result<Vec<R
 fn main() -> anyhow::Result<()> {
     let path: PathBuf = default_model_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     anyhow::ensure!(path.exists(), "{} is missing: run scripts/fetch-model.sh", path.display());
-    let b = burn(&path).context("burn engine")?;
-    let theirs = candle(&path, &b.ids, &b.france, &b.codec).context("candle")?;
+    // `--packed-only`: the served layout alone, for quick iterations on the kernels.
+    let quick = std::env::args().any(|a| a == "--packed-only");
+    let reference =
+        if quick { None } else { Some(burn(&path, WeightLayout::Dense).context("burn engine, f32 weights")?) };
+    let b = burn(&path, WeightLayout::Packed).context("burn engine, packed weights")?;
+    let theirs = if quick { Vec::new() } else { candle(&path, &b.ids, &b.france, &b.codec).context("candle")? };
     let ours = b.rows;
+    let theirs: Vec<Row> = reference.into_iter().flat_map(|r| r.rows).chain(theirs).collect();
     println!(
         "\nSmolLM2-135M-Instruct Q4_1, {PROMPT_TOKENS}-token prompt, {DECODE_STEPS} decode steps, {} threads",
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -193,7 +206,7 @@ fn main() -> anyhow::Result<()> {
     for r in ours.iter().chain(&theirs) {
         println!("{:<28} {:>5} {:>14.1} {:>14.1}", r.runtime, r.batch, r.prefill, r.decode);
     }
-    println!("\nratios (burn / candle):");
+    println!("\nratios (burn packed / other):");
     for b in &theirs {
         if let Some(a) = ours.iter().find(|a| a.batch == b.batch) {
             println!(

@@ -14,12 +14,14 @@ pub mod config;
 pub mod gguf;
 pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod sampling;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 
-pub use loader::{LoadedModel, default_model_path, load, model_digest};
+pub use loader::{LoadedModel, default_model_path, load, load_with, model_digest};
+pub use model::WeightLayout;
 pub use scheduler::{BatchOptions, BurnEngine};
 
 /// The CPU backend: Flex (gemm-based, multi-threaded) unless only `ndarray` is enabled.

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::LoadError;
 use crate::config::ModelConfig;
 use crate::gguf::Gguf;
-use crate::model::Model;
+use crate::model::{Model, WeightLayout};
 use crate::tokenizer::TextCodec;
 use crate::weights::{GgufWeights, SafetensorsWeights};
 
@@ -136,6 +136,15 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     bar
 }
 
+/// Quantised weights stay packed on the CPU backend; other backends get them widened.
+pub fn default_layout<B: Backend>() -> WeightLayout {
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    if std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::CpuBackend>() {
+        return WeightLayout::Packed;
+    }
+    WeightLayout::Dense
+}
+
 /// Loads a model; refuses it when `expected_digest` is given and differs.
 /// `max_positions` bounds the context (and the rotary tables' memory).
 pub fn load<B: Backend>(
@@ -143,6 +152,17 @@ pub fn load<B: Backend>(
     expected_digest: Option<[u8; 32]>,
     max_positions: usize,
     device: &B::Device,
+) -> Result<LoadedModel<B>, LoadError> {
+    load_with(path, expected_digest, max_positions, device, default_layout::<B>())
+}
+
+/// [`load`] with the weights held as `layout` says (tests compare the two).
+pub fn load_with<B: Backend>(
+    path: &Path,
+    expected_digest: Option<[u8; 32]>,
+    max_positions: usize,
+    device: &B::Device,
+    layout: WeightLayout,
 ) -> Result<LoadedModel<B>, LoadError> {
     let files = ModelFiles::open(path)?;
     let hashing = bar(files.total_bytes(), "hashing model  {bar:40} {bytes}/{total_bytes} {bytes_per_sec}");
@@ -171,7 +191,7 @@ pub fn load<B: Backend>(
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,
             };
-            (Model::load(config, &src, device, max_positions, progress)?, codec)
+            (Model::load(config, &src, device, max_positions, layout, progress)?, codec)
         }
         ModelKind::HuggingFace => {
             let need = |n: &str| files.get(n).ok_or_else(|| LoadError::Io(format!("{}: no {n}", path.display())));
@@ -184,7 +204,7 @@ pub fn load<B: Backend>(
             let shards: Vec<&[u8]> =
                 files.files.iter().filter(|(n, _)| n.ends_with(".safetensors")).map(|(_, m)| &m[..]).collect();
             let src = SafetensorsWeights::new(&shards)?;
-            (Model::load(config, &src, device, max_positions, progress)?, codec)
+            (Model::load(config, &src, device, max_positions, layout, progress)?, codec)
         }
     };
     building.finish_and_clear();

@@ -13,22 +13,39 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::LoadError;
 use crate::config::ModelConfig;
+use crate::quant::PackedLinear;
 use crate::weights::{Weight, WeightSource};
+
+/// How the projection matrices are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Widened to the backend's float type: the reference, and what GPUs use.
+    Dense,
+    /// CPU only: quantised matrices stay in their stored blocks (`quant`);
+    /// matrices in other formats are widened as in `Dense`.
+    Packed,
+}
+
+/// A projection's weight: `[in, out]` as a backend tensor, or packed `[out, in]`.
+enum Linear<B: Backend> {
+    Dense(Tensor<B, 2>),
+    Packed(PackedLinear),
+}
 
 struct Layer<B: Backend> {
     attn_norm: Tensor<B, 1>,
     /// [hidden, (heads + 2 kv_heads) * head_dim]
-    qkv: Tensor<B, 2>,
+    qkv: Linear<B>,
     qkv_bias: Option<Tensor<B, 1>>,
     q_norm: Option<Tensor<B, 1>>,
     k_norm: Option<Tensor<B, 1>>,
     /// [heads * head_dim, hidden]
-    out: Tensor<B, 2>,
+    out: Linear<B>,
     mlp_norm: Tensor<B, 1>,
     /// [hidden, 2 * intermediate]
-    gate_up: Tensor<B, 2>,
+    gate_up: Linear<B>,
     /// [intermediate, hidden]
-    down: Tensor<B, 2>,
+    down: Linear<B>,
 }
 
 pub struct Model<B: Backend> {
@@ -38,7 +55,7 @@ pub struct Model<B: Backend> {
     layers: Vec<Layer<B>>,
     norm: Tensor<B, 1>,
     /// [hidden, vocab]
-    lm_head: Tensor<B, 2>,
+    lm_head: Linear<B>,
     /// [positions, head_dim / 2]
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
@@ -107,11 +124,31 @@ fn stacked_transposed(parts: &[Weight]) -> (Vec<f32>, [usize; 2]) {
 /// to [batch·t, in] first, because a 3-D input becomes one product per batch row,
 /// each reading the whole weight (batched decoding would then cost batch × the
 /// memory traffic of one sequence).
-fn project<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>, b: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
+fn project<B: Backend>(x: Tensor<B, 3>, w: &Linear<B>, b: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
     let [batch, t, d] = x.dims();
-    let out = linear(x.reshape([batch * t, d]), w.clone(), b.cloned());
+    let out = apply(x.reshape([batch * t, d]), w, b);
     let n = out.dims()[1];
     out.reshape([batch, t, n])
+}
+
+/// `x @ w (+ b)` for [rows, in] activations.
+fn apply<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>, b: Option<&Tensor<B, 1>>) -> Tensor<B, 2> {
+    match w {
+        Linear::Dense(w) => linear(x, w.clone(), b.cloned()),
+        Linear::Packed(p) => {
+            let [rows, _] = x.dims();
+            let device = x.device();
+            // The packed kernels run on the host: on a CPU backend this read is
+            // a copy of the activations, small next to the weights.
+            let data: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("activations converted to f32");
+            let y = p.forward(&data, rows);
+            let out = Tensor::<B, 2>::from_data(TensorData::new(y, [rows, p.out_features()]), &device);
+            match b {
+                Some(b) => out + b.clone().unsqueeze(),
+                None => out,
+            }
+        }
+    }
 }
 
 fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f32) -> Tensor<B, D> {
@@ -130,12 +167,44 @@ fn rotate<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> 
     Tensor::cat(vec![r1, r2], 3)
 }
 
+/// Matrices `(name, [out, in])` stacked along the output: packed when the
+/// layout asks for it and every part is stored in a packed format, else dense.
+fn stacked<B: Backend>(
+    src: &dyn WeightSource,
+    parts: &[(&str, [usize; 2])],
+    layout: WeightLayout,
+    device: &B::Device,
+) -> Result<Linear<B>, LoadError> {
+    if layout == WeightLayout::Packed {
+        let mut packed = Vec::with_capacity(parts.len());
+        for (name, shape) in parts {
+            match src.get_packed(name)? {
+                Some(m) if m.shape() == *shape => packed.push(m),
+                Some(m) => {
+                    return Err(LoadError::Format(format!(
+                        "tensor {name} has shape {:?}; expected {shape:?}",
+                        m.shape()
+                    )));
+                }
+                None => break,
+            }
+        }
+        if packed.len() == parts.len() {
+            return Ok(Linear::Packed(PackedLinear::new(packed)?));
+        }
+    }
+    let weights = parts.iter().map(|(name, shape)| take(src, name, shape)).collect::<Result<Vec<_>, _>>()?;
+    let (data, shape) = stacked_transposed(&weights);
+    Ok(Linear::Dense(Tensor::from_data(TensorData::new(data, shape), device)))
+}
+
 impl<B: Backend> Model<B> {
     pub fn load(
         config: ModelConfig,
         src: &dyn WeightSource,
         device: &B::Device,
         max_positions: usize,
+        layout: WeightLayout,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Self, LoadError> {
         let c = &config;
@@ -146,22 +215,23 @@ impl<B: Backend> Model<B> {
             let n = w.data.len();
             Tensor::<B, 1>::from_data(TensorData::new(w.data, [n]), device)
         };
+        let linear = |parts: &[(&str, [usize; 2])]| stacked::<B>(src, parts, layout, device);
         let embed_w = take(src, "model.embed_tokens.weight", &[c.vocab_size, d])?;
         let lm_head = if c.tie_word_embeddings {
-            tensor2(stacked_transposed(std::slice::from_ref(&embed_w)))
+            linear(&[("model.embed_tokens.weight", [c.vocab_size, d])])?
         } else {
-            tensor2(stacked_transposed(&[take(src, "lm_head.weight", &[c.vocab_size, d])?]))
+            linear(&[("lm_head.weight", [c.vocab_size, d])])?
         };
         let embed = tensor2((embed_w.data, [c.vocab_size, d]));
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             progress(i, c.num_layers);
             let p = |n: &str| format!("model.layers.{i}.{n}");
-            let qkv = stacked_transposed(&[
-                take(src, &p("self_attn.q_proj.weight"), &[h * hd, d])?,
-                take(src, &p("self_attn.k_proj.weight"), &[kv * hd, d])?,
-                take(src, &p("self_attn.v_proj.weight"), &[kv * hd, d])?,
-            ]);
+            let qkv = linear(&[
+                (&p("self_attn.q_proj.weight"), [h * hd, d]),
+                (&p("self_attn.k_proj.weight"), [kv * hd, d]),
+                (&p("self_attn.v_proj.weight"), [kv * hd, d]),
+            ])?;
             let qkv_bias = if c.attention_bias {
                 let mut b = take(src, &p("self_attn.q_proj.bias"), &[h * hd])?.data;
                 b.extend(take(src, &p("self_attn.k_proj.bias"), &[kv * hd])?.data);
@@ -180,17 +250,14 @@ impl<B: Backend> Model<B> {
             };
             layers.push(Layer {
                 attn_norm: tensor1(take(src, &p("input_layernorm.weight"), &[d])?),
-                qkv: tensor2(qkv),
+                qkv,
                 qkv_bias,
                 q_norm,
                 k_norm,
-                out: tensor2(stacked_transposed(&[take(src, &p("self_attn.o_proj.weight"), &[d, h * hd])?])),
+                out: linear(&[(&p("self_attn.o_proj.weight"), [d, h * hd])])?,
                 mlp_norm: tensor1(take(src, &p("post_attention_layernorm.weight"), &[d])?),
-                gate_up: tensor2(stacked_transposed(&[
-                    take(src, &p("mlp.gate_proj.weight"), &[ff, d])?,
-                    take(src, &p("mlp.up_proj.weight"), &[ff, d])?,
-                ])),
-                down: tensor2(stacked_transposed(&[take(src, &p("mlp.down_proj.weight"), &[d, ff])?])),
+                gate_up: linear(&[(&p("mlp.gate_proj.weight"), [ff, d]), (&p("mlp.up_proj.weight"), [ff, d])])?,
+                down: linear(&[(&p("mlp.down_proj.weight"), [d, ff])])?,
             });
         }
         progress(c.num_layers, c.num_layers);
@@ -282,7 +349,7 @@ impl<B: Backend> Model<B> {
         let x = if all_logits { x } else { x.narrow(1, t - 1, 1) };
         let rows = x.dims()[1];
         let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([rows, c.hidden_size]);
-        x.matmul(self.lm_head.clone())
+        apply(x, &self.lm_head, None)
     }
 
     /// One decoding step for several sequences at once: `tokens[i]` follows what
@@ -315,6 +382,6 @@ impl<B: Backend> Model<B> {
         for cache in caches.iter_mut() {
             cache.len += 1;
         }
-        rms_norm(x, &self.norm, c.rms_norm_eps).reshape([b, c.hidden_size]).matmul(self.lm_head.clone())
+        apply(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([b, c.hidden_size]), &self.lm_head, None)
     }
 }

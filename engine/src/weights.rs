@@ -5,6 +5,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::LoadError;
 use crate::config::Architecture;
 use crate::gguf::{Gguf, TensorType, dequantize};
+use crate::quant::{PackedMatrix, QuantKind};
 
 /// A weight in PyTorch layout: shape slowest dimension first, row-major data.
 pub struct Weight {
@@ -15,6 +16,12 @@ pub struct Weight {
 pub trait WeightSource {
     /// The tensor under its Hugging Face name, or `None` when the file has no such tensor.
     fn get(&self, name: &str) -> Result<Option<Weight>, LoadError>;
+
+    /// The matrix in its stored block format, or `None` when it is not stored
+    /// in a format `quant` multiplies (or the file has no such tensor).
+    fn get_packed(&self, _name: &str) -> Result<Option<PackedMatrix>, LoadError> {
+        Ok(None)
+    }
 }
 
 /// Tensors of a GGUF file, renamed and (for Llama) un-permuted to Hugging Face layout.
@@ -59,15 +66,12 @@ fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{short}"))
 }
 
-impl WeightSource for GgufWeights<'_> {
-    fn get(&self, name: &str) -> Result<Option<Weight>, LoadError> {
-        let Some(gname) = gguf_name(name) else { return Ok(None) };
-        let Some(info) = self.gguf.tensors.get(&gname) else { return Ok(None) };
-        let data = dequantize(info.kind, &self.file[info.offset..info.offset + info.len]);
-        let shape = info.shape();
-        // llama.cpp's converter interleaves the rotary halves of q and k for Llama
-        // (GPT-J style); the decoder here uses Hugging Face's split halves.
-        let heads = if self.architecture != Architecture::Llama {
+impl GgufWeights<'_> {
+    /// llama.cpp's converter interleaves the rotary halves of q and k for Llama
+    /// (GPT-J style); the decoder here uses Hugging Face's split halves. The
+    /// heads to un-permute over, for the tensors that need it.
+    fn rotary_heads(&self, gname: &str) -> Option<usize> {
+        if self.architecture != Architecture::Llama {
             None
         } else if gname.ends_with("attn_q.weight") || gname.ends_with("attn_q.bias") {
             Some(self.num_heads)
@@ -75,36 +79,63 @@ impl WeightSource for GgufWeights<'_> {
             Some(self.num_kv_heads)
         } else {
             None
-        };
-        let data = match heads {
-            Some(h) => unpermute_rows(&data, &shape, h)?,
+        }
+    }
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn get(&self, name: &str) -> Result<Option<Weight>, LoadError> {
+        let Some(gname) = gguf_name(name) else { return Ok(None) };
+        let Some(info) = self.gguf.tensors.get(&gname) else { return Ok(None) };
+        let data = dequantize(info.kind, &self.file[info.offset..info.offset + info.len]);
+        let shape = info.shape();
+        let data = match self.rotary_heads(&gname) {
+            Some(heads) => {
+                let cols: usize = shape[1..].iter().product();
+                let order = unpermuted_order(shape[0], heads)?;
+                let mut out = Vec::with_capacity(data.len());
+                for r in order {
+                    out.extend_from_slice(&data[r * cols..(r + 1) * cols]);
+                }
+                out
+            }
             None => data,
         };
         Ok(Some(Weight { shape, data }))
     }
+
+    fn get_packed(&self, name: &str) -> Result<Option<PackedMatrix>, LoadError> {
+        let Some(gname) = gguf_name(name) else { return Ok(None) };
+        let Some(info) = self.gguf.tensors.get(&gname) else { return Ok(None) };
+        let shape = info.shape();
+        let (Some(kind), &[rows, cols]) = (QuantKind::from_tensor_type(info.kind), &shape[..]) else {
+            return Ok(None);
+        };
+        let m = PackedMatrix::new(kind, rows, cols, self.file[info.offset..info.offset + info.len].to_vec())?;
+        Ok(Some(match self.rotary_heads(&gname) {
+            Some(heads) => m.permute_rows(&unpermuted_order(rows, heads)?),
+            None => m,
+        }))
+    }
 }
 
-/// Inverse of llama.cpp's `permute`: within each head, row `2j + s` of the file
-/// is row `s * half + j` of the Hugging Face weight.
-fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> Result<Vec<f32>, LoadError> {
-    let rows = shape[0];
-    let cols: usize = shape[1..].iter().product();
-    if !rows.is_multiple_of(2 * heads) {
+/// Inverse of llama.cpp's `permute`, as a row order: within each head, row
+/// `s * half + j` of the Hugging Face weight is row `2j + s` of the file.
+fn unpermuted_order(rows: usize, heads: usize) -> Result<Vec<usize>, LoadError> {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(LoadError::Format(format!("{rows} rows cannot be split into {heads} rotary heads")));
     }
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
+    let mut order = vec![0; rows];
     for h in 0..heads {
         for j in 0..half {
             for s in 0..2 {
-                let src = (h * head_dim + 2 * j + s) * cols;
-                let dst = (h * head_dim + s * half + j) * cols;
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
+                order[h * head_dim + s * half + j] = h * head_dim + 2 * j + s;
             }
         }
     }
-    Ok(out)
+    Ok(order)
 }
 
 /// Tensors from one or more safetensors files (a sharded checkpoint).
@@ -164,7 +195,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(unpermute_rows(&permuted, &[rows, cols], heads).unwrap(), hf);
+        let order = unpermuted_order(rows, heads).unwrap();
+        let restored: Vec<f32> = order.iter().flat_map(|&r| permuted[r * cols..(r + 1) * cols].to_vec()).collect();
+        assert_eq!(restored, hf);
     }
 
     #[test]

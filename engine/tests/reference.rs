@@ -3,7 +3,8 @@
 //! wrote `tests/data/*.json`.
 //!
 //! Logit tolerance: both sides compute in f32 from identical weights and differ
-//! only in summation order (matrix-product blocking, fused q|k|v and gate|up).
+//! only in summation order (matrix-product blocking, fused q|k|v and gate|up;
+//! the packed kernels dequantise on the fly but keep activations in f32).
 //! Measured: at most 5e-5 for SmolLM2 (30 layers, logits near 25) and 1.2e-5 for
 //! the tiny Qwen3. 1e-3 is 20 times the noise, yet 80 times smaller than the
 //! closest greedy decision in the fixtures (0.08 between the top two logits of
@@ -19,7 +20,7 @@ use cocoon_engine::model::logits_rows;
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::{
     BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role, Sampling,
-    default_model_path, load,
+    WeightLayout, default_model_path, load, load_with,
 };
 use serde::Deserialize;
 
@@ -111,12 +112,59 @@ fn tiny_qwen3_matches_transformers() {
 }
 
 #[test]
-fn smollm2_gguf_matches_transformers() {
-    let loaded = load::<CpuBackend>(&smollm2_path(), None, 2048, &Default::default()).unwrap();
-    let c = &loaded.model.config;
-    assert_eq!((c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size), (30, 576, 9, 3, 49152));
-    assert!(c.tie_word_embeddings);
-    check_against_reference(&loaded, &reference("smollm2_reference.json"));
+fn smollm2_gguf_matches_transformers_with_packed_and_with_f32_weights() {
+    for layout in [WeightLayout::Packed, WeightLayout::Dense] {
+        let loaded = load_with::<CpuBackend>(&smollm2_path(), None, 2048, &Default::default(), layout).unwrap();
+        let c = &loaded.model.config;
+        assert_eq!((c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size), (30, 576, 9, 3, 49152));
+        assert!(c.tie_word_embeddings);
+        eprintln!("{layout:?} weights:");
+        check_against_reference(&loaded, &reference("smollm2_reference.json"));
+    }
+}
+
+/// The packed kernels on the real file's tensors (Q4_1 projections, the Q8_0
+/// embedding that is also the output head) against the same tensors
+/// dequantised and multiplied in f64, for decoding- and prefill-sized inputs.
+#[test]
+fn packed_kernels_match_dequantised_products_on_the_real_tensors() {
+    use cocoon_engine::gguf::Gguf;
+    use cocoon_engine::quant::PackedLinear;
+    use cocoon_engine::weights::{GgufWeights, WeightSource};
+    let file = std::fs::read(smollm2_path()).unwrap();
+    let gguf = Gguf::parse(&file).unwrap();
+    let config = cocoon_engine::config::ModelConfig::from_gguf(&gguf).unwrap();
+    let src = GgufWeights {
+        gguf: &gguf,
+        file: &file,
+        architecture: config.architecture,
+        num_heads: config.num_heads,
+        num_kv_heads: config.num_kv_heads,
+    };
+    let names =
+        ["model.layers.3.self_attn.q_proj.weight", "model.layers.7.mlp.down_proj.weight", "model.embed_tokens.weight"];
+    for name in names {
+        let packed = src.get_packed(name).unwrap().unwrap();
+        let dense = src.get(name).unwrap().unwrap();
+        let [rows, cols] = packed.shape();
+        let linear = PackedLinear::new(vec![packed]).unwrap();
+        assert_eq!(linear.dequantize(), dense.data, "{name}: the packed rows dequantise to the loader's f32 rows");
+        for n in [1, 3, 20] {
+            // Activations of the magnitude a normalised hidden state has.
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 2.0).collect();
+            let got = linear.forward(&x, n);
+            let mut worst = 0f64;
+            for i in 0..n {
+                for r in (0..rows).step_by(rows / 64) {
+                    let want: f64 =
+                        (0..cols).map(|k| f64::from(dense.data[r * cols + k]) * f64::from(x[i * cols + k])).sum();
+                    worst = worst.max((f64::from(got[i * rows + r]) - want).abs());
+                }
+            }
+            // f32 sums of up to 1536 products: rounding stays far below 1e-3.
+            assert!(worst < 1e-3, "{name}, {n} rows: differs from the f64 product by {worst}");
+        }
+    }
 }
 
 #[test]
