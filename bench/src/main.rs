@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use burn::tensor::Tensor;
+use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
+use cocoon_engine::quant::{PackedLinear, PackedMatrix, QuantKind};
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::tokenizer::TextCodec;
 use cocoon_engine::{CpuBackend, WeightLayout, default_model_path, load_with};
@@ -187,10 +189,94 @@ fn candle(_: &Path, _: &[u32], _: &[u32], _: &TextCodec) -> anyhow::Result<Vec<R
     Ok(Vec::new())
 }
 
+/// Random blocks of `kind` with every quant bit random and small finite f16
+/// scales at the format's scale offsets (xorshift: the bench needs no rand).
+fn random_blocks(kind: QuantKind, rows: usize, cols: usize) -> anyhow::Result<PackedMatrix> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let bb = kind.block_bytes();
+    let mut data: Vec<u8> = (0..rows * cols / kind.block_elements() * bb)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let offsets: &[usize] = match kind {
+        QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q5_0 => &[0],
+        QuantKind::Q6_K => &[208],
+        _ => &[0, 2],
+    };
+    let scale = half::f16::from_f32(0.002).to_le_bytes();
+    for block in data.chunks_exact_mut(bb) {
+        for &o in offsets {
+            block[o..o + 2].copy_from_slice(&scale);
+        }
+    }
+    Ok(PackedMatrix::new(kind, rows, cols, data)?)
+}
+
+/// Matrix-vector and 8-row products of a 2048x2048 matrix in each block format,
+/// next to Burn's f32 product of the same weights widened (the dense layout).
+fn kernels() -> anyhow::Result<()> {
+    const DIM: usize = 2048;
+    const REPEAT: usize = 100;
+    let device = Default::default();
+    println!(
+        "\nPacked kernels, {DIM}x{DIM} weights, {REPEAT} products each (weights GB/s = stored bytes read per second)"
+    );
+    println!("{:<6} {:>5} {:>12} {:>12} {:>16} {:>8}", "format", "rows", "packed ms", "f32 ms", "packed GB/s", "ratio");
+    for kind in [
+        QuantKind::Q8_0,
+        QuantKind::Q4_0,
+        QuantKind::Q4_1,
+        QuantKind::Q5_0,
+        QuantKind::Q5_1,
+        QuantKind::Q4_K,
+        QuantKind::Q5_K,
+        QuantKind::Q6_K,
+    ] {
+        let linear = PackedLinear::new(vec![random_blocks(kind, DIM, DIM)?])?;
+        let dense: Tensor<CpuBackend, 2> =
+            Tensor::<CpuBackend, 2>::from_data(TensorData::new(linear.dequantize(), [DIM, DIM]), &device).transpose();
+        let dense = Tensor::<CpuBackend, 2>::from_data(dense.into_data(), &device);
+        for n in [1, 8] {
+            let x: Vec<f32> = (0..n * DIM).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+            linear.forward(&x, n);
+            let t = Instant::now();
+            for _ in 0..REPEAT {
+                std::hint::black_box(linear.forward(&x, n));
+            }
+            let packed = t.elapsed().as_secs_f64() / REPEAT as f64;
+            let xt = Tensor::<CpuBackend, 2>::from_data(TensorData::new(x.clone(), [n, DIM]), &device);
+            let t = Instant::now();
+            for _ in 0..REPEAT {
+                let y: Vec<f32> = xt.clone().matmul(dense.clone()).into_data().to_vec().expect("f32");
+                std::hint::black_box(y);
+            }
+            let f32_s = t.elapsed().as_secs_f64() / REPEAT as f64;
+            println!(
+                "{:<6} {:>5} {:>12.3} {:>12.3} {:>16.2} {:>7.2}x",
+                format!("{kind:?}"),
+                n,
+                packed * 1e3,
+                f32_s * 1e3,
+                linear.bytes() as f64 / packed / 1e9,
+                f32_s / packed
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let path: PathBuf = default_model_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     anyhow::ensure!(path.exists(), "{} is missing: run scripts/fetch-model.sh", path.display());
-    // `--packed-only`: the served layout alone, for quick iterations on the kernels.
+    // `--kernels`: the kernel table alone; `--packed-only`: the served layout
+    // alone, for quick iterations.
+    if std::env::args().any(|a| a == "--kernels") {
+        return kernels();
+    }
     let quick = std::env::args().any(|a| a == "--packed-only");
     let reference =
         if quick { None } else { Some(burn(&path, WeightLayout::Dense).context("burn engine, f32 weights")?) };
@@ -218,5 +304,5 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    kernels()
 }

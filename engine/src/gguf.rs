@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use half::f16;
 
 use crate::LoadError;
+use crate::quant::QuantKind;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 /// More metadata entries or tensors than any real model has.
@@ -72,9 +73,8 @@ pub enum TensorType {
     F32,
     F16,
     BF16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
+    /// One of the block formats `quant` reads.
+    Block(QuantKind),
 }
 
 impl TensorType {
@@ -82,13 +82,19 @@ impl TensorType {
         Ok(match id {
             0 => TensorType::F32,
             1 => TensorType::F16,
-            2 => TensorType::Q4_0,
-            3 => TensorType::Q4_1,
-            8 => TensorType::Q8_0,
+            2 => TensorType::Block(QuantKind::Q4_0),
+            3 => TensorType::Block(QuantKind::Q4_1),
+            6 => TensorType::Block(QuantKind::Q5_0),
+            7 => TensorType::Block(QuantKind::Q5_1),
+            8 => TensorType::Block(QuantKind::Q8_0),
+            12 => TensorType::Block(QuantKind::Q4_K),
+            13 => TensorType::Block(QuantKind::Q5_K),
+            14 => TensorType::Block(QuantKind::Q6_K),
             30 => TensorType::BF16,
             other => {
                 return Err(LoadError::Format(format!(
-                    "ggml tensor type {other} is not supported; expected F32, F16, BF16, Q4_0, Q4_1 or Q8_0"
+                    "ggml tensor type {other} is not supported; expected F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, \
+                     Q8_0, Q4_K, Q5_K or Q6_K"
                 )));
             }
         })
@@ -99,9 +105,7 @@ impl TensorType {
         match self {
             TensorType::F32 => (1, 4),
             TensorType::F16 | TensorType::BF16 => (1, 2),
-            TensorType::Q4_0 => (32, 18),
-            TensorType::Q4_1 => (32, 20),
-            TensorType::Q8_0 => (32, 34),
+            TensorType::Block(q) => (q.block_elements() as u64, q.block_bytes() as u64),
         }
     }
 }
@@ -262,8 +266,10 @@ impl Gguf {
         for (name, dims, kind, rel) in infos {
             let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
             let (per_block, block_bytes) = kind.block();
+            // ggml blocks never straddle rows.
+            let rows_fit = dims.first().is_none_or(|d| d.is_multiple_of(per_block));
             let len = elements
-                .filter(|e| e.is_multiple_of(per_block))
+                .filter(|e| rows_fit && e.is_multiple_of(per_block))
                 .and_then(|e| (e / per_block).checked_mul(block_bytes))
                 .ok_or_else(|| {
                     LoadError::Format(format!("tensor {name}: dimensions {dims:?} do not fit {kind:?} blocks"))
@@ -312,33 +318,11 @@ fn missing(key: &str, kind: &str) -> LoadError {
 
 /// Dequantises one tensor's bytes to f32, in ggml element order.
 pub fn dequantize(kind: TensorType, bytes: &[u8]) -> Vec<f32> {
-    let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     match kind {
         TensorType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        TensorType::F16 => bytes.chunks_exact(2).map(|b| f16_at(b, 0)).collect(),
+        TensorType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         TensorType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        TensorType::Q8_0 => {
-            let mut out = Vec::with_capacity(bytes.len() / 34 * 32);
-            for block in bytes.chunks_exact(34) {
-                let d = f16_at(block, 0);
-                out.extend(block[2..].iter().map(|&q| f32::from(q as i8) * d));
-            }
-            out
-        }
-        TensorType::Q4_0 | TensorType::Q4_1 => {
-            // Low nibbles are elements 0..16 of the block, high nibbles 16..32.
-            let (size, quants) = if kind == TensorType::Q4_0 { (18, 2) } else { (20, 4) };
-            let mut out = vec![0f32; bytes.len() / size * 32];
-            for (block, dst) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
-                let d = f16_at(block, 0);
-                let (offset, scale_q) = if kind == TensorType::Q4_0 { (-8.0 * d, d) } else { (f16_at(block, 2), d) };
-                for (j, &q) in block[quants..].iter().enumerate() {
-                    dst[j] = f32::from(q & 0x0f) * scale_q + offset;
-                    dst[j + 16] = f32::from(q >> 4) * scale_q + offset;
-                }
-            }
-            out
-        }
+        TensorType::Block(q) => crate::quant::dequantize_bytes(q, bytes),
     }
 }
 
@@ -417,18 +401,18 @@ mod tests {
         let m = f16::from_f32(-1.0).to_le_bytes();
         let mut q4_1 = [d, m].concat();
         q4_1.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
-        let x = dequantize(TensorType::Q4_1, &q4_1);
+        let x = dequantize(TensorType::Block(QuantKind::Q4_1), &q4_1);
         assert_eq!(x[0], -1.0);
         assert_eq!(x[15], 15.0 * 0.5 - 1.0);
         assert_eq!(x[16], 15.0 * 0.5 - 1.0);
         assert_eq!(x[31], -1.0);
         let mut q4_0 = d.to_vec();
         q4_0.extend((0..16u8).map(|j| j | (j << 4)));
-        let x = dequantize(TensorType::Q4_0, &q4_0);
+        let x = dequantize(TensorType::Block(QuantKind::Q4_0), &q4_0);
         assert_eq!((x[0], x[8], x[24]), (-4.0, 0.0, 0.0));
         let mut q8 = d.to_vec();
         q8.extend((0..32).map(|j| (j as i8 - 16) as u8));
-        let x = dequantize(TensorType::Q8_0, &q8);
+        let x = dequantize(TensorType::Block(QuantKind::Q8_0), &q8);
         assert_eq!((x[0], x[16], x[31]), (-8.0, 0.0, 7.5));
     }
 }

@@ -24,8 +24,11 @@ use rayon::prelude::*;
 use crate::LoadError;
 use crate::gguf::TensorType;
 
-/// Elements per quantisation block in every format here.
+/// Elements per block of the simple formats (and per sub-block of the K-quants).
 pub const BLOCK: usize = 32;
+
+/// Elements per K-quant super-block.
+pub const SUPER_BLOCK: usize = 256;
 
 /// Activation rows up to which the fused kernel is used.
 const FUSED_MAX_ROWS: usize = 16;
@@ -40,8 +43,10 @@ const TILE_ROWS: usize = 32;
 /// so that each call amortises its packing of the activations.
 const GEMM_TILE_ROWS: usize = 128;
 
-/// A GGUF block format this module multiplies without widening.
+/// A GGUF block format this module multiplies without widening (ggml's
+/// `block_*` layouts, little-endian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum QuantKind {
     /// f16 scale, 32 signed bytes.
     Q8_0,
@@ -49,14 +54,24 @@ pub enum QuantKind {
     Q4_0,
     /// f16 scale and minimum, 32 nibbles.
     Q4_1,
+    /// f16 scale, 32 high bits, 32 nibbles; an implicit -16 offset.
+    Q5_0,
+    /// f16 scale and minimum, 32 high bits, 32 nibbles.
+    Q5_1,
+    /// 256 elements: f16 scale and minimum, eight 6-bit sub-block scales and
+    /// minimums, 256 nibbles.
+    Q4_K,
+    /// As Q4_K with a fifth bit per element.
+    Q5_K,
+    /// 256 elements: 6-bit values (nibbles plus two high bits), sixteen i8
+    /// sub-block scales, f16 scale last.
+    Q6_K,
 }
 
 impl QuantKind {
     pub fn from_tensor_type(kind: TensorType) -> Option<Self> {
         match kind {
-            TensorType::Q8_0 => Some(QuantKind::Q8_0),
-            TensorType::Q4_0 => Some(QuantKind::Q4_0),
-            TensorType::Q4_1 => Some(QuantKind::Q4_1),
+            TensorType::Block(q) => Some(q),
             _ => None,
         }
     }
@@ -66,8 +81,42 @@ impl QuantKind {
             QuantKind::Q8_0 => 34,
             QuantKind::Q4_0 => 18,
             QuantKind::Q4_1 => 20,
+            QuantKind::Q5_0 => 22,
+            QuantKind::Q5_1 => 24,
+            QuantKind::Q4_K => 144,
+            QuantKind::Q5_K => 176,
+            QuantKind::Q6_K => 210,
         }
     }
+
+    pub fn block_elements(self) -> usize {
+        match self {
+            QuantKind::Q4_K | QuantKind::Q5_K | QuantKind::Q6_K => SUPER_BLOCK,
+            _ => BLOCK,
+        }
+    }
+
+    /// The formats the portable kernels multiply as they convert them.
+    fn simple(self) -> bool {
+        matches!(self, QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q4_1)
+    }
+
+    /// Formats with a kernel on this CPU that multiplies blocks as they are
+    /// converted; the others are widened a row at a time, then multiplied.
+    fn fused(self) -> bool {
+        match self {
+            QuantKind::Q4_K | QuantKind::Q5_K | QuantKind::Q6_K => simd(),
+            other => other.simple(),
+        }
+    }
+}
+
+/// Whether the AVX2 kernels run on this CPU.
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// A `[rows, cols]` matrix (PyTorch layout: one output per row) in GGUF blocks.
@@ -87,10 +136,13 @@ impl std::fmt::Debug for PackedMatrix {
 
 impl PackedMatrix {
     pub fn new(kind: QuantKind, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, LoadError> {
-        if cols == 0 || !cols.is_multiple_of(BLOCK) {
-            return Err(LoadError::Format(format!("{kind:?} rows of {cols} elements; expected a multiple of {BLOCK}")));
+        let per_block = kind.block_elements();
+        if cols == 0 || !cols.is_multiple_of(per_block) {
+            return Err(LoadError::Format(format!(
+                "{kind:?} rows of {cols} elements; expected a multiple of {per_block}"
+            )));
         }
-        let expected = rows.checked_mul(cols / BLOCK * kind.block_bytes());
+        let expected = rows.checked_mul(cols / per_block * kind.block_bytes());
         if expected != Some(data.len()) {
             return Err(LoadError::Format(format!(
                 "{kind:?} matrix {rows}x{cols} has {} bytes; expected {expected:?}",
@@ -109,7 +161,7 @@ impl PackedMatrix {
     }
 
     fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.kind.block_bytes()
+        self.cols / self.kind.block_elements() * self.kind.block_bytes()
     }
 
     fn row(&self, r: usize) -> &[u8] {
@@ -145,7 +197,19 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// A tensor's blocks widened to f32.
+pub fn dequantize_bytes(kind: QuantKind, bytes: &[u8]) -> Vec<f32> {
+    let blocks = bytes.len() / kind.block_bytes();
+    let mut out = vec![0f32; blocks * kind.block_elements()];
+    dequantize_blocks(kind, &bytes[..blocks * kind.block_bytes()], &mut out);
+    out
+}
+
 fn dequantize_blocks(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
+    if !kind.fused() {
+        dequantize_wide(kind, bytes, out);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
@@ -156,6 +220,9 @@ fn dequantize_blocks(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
 }
 
 fn dequantize_portable(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
+    if !kind.simple() {
+        return dequantize_wide(kind, bytes, out);
+    }
     for (block, dst) in bytes.chunks_exact(kind.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
         let d = f16_at(block, 0);
         match kind {
@@ -164,7 +231,8 @@ fn dequantize_portable(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
                     *o = f32::from(q as i8) * d;
                 }
             }
-            QuantKind::Q4_0 | QuantKind::Q4_1 => {
+            // Q4_0 and Q4_1: the only other fused formats (checked on entry).
+            _ => {
                 let (min, quants) =
                     if kind == QuantKind::Q4_0 { (-8.0 * d, &block[2..]) } else { (f16_at(block, 2), &block[4..]) };
                 for (j, &q) in quants.iter().enumerate() {
@@ -174,6 +242,102 @@ fn dequantize_portable(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
             }
         }
     }
+}
+
+/// ggml's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and minimum.
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    let (d, m) = if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    };
+    (f32::from(d), f32::from(m))
+}
+
+/// The formats without a fused kernel, as ggml's `dequantize_row_*` does them.
+fn dequantize_wide(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
+        unsafe { avx2::dequantize_wide(kind, bytes, out) };
+        return;
+    }
+    dequantize_wide_body(kind, bytes, out);
+}
+
+/// Written so that the compiler vectorises it: compiled once portable and
+/// once with AVX2 enabled.
+#[inline(always)]
+fn dequantize_wide_body(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
+    let per = kind.block_elements();
+    for (block, y) in bytes.chunks_exact(kind.block_bytes()).zip(out.chunks_exact_mut(per)) {
+        match kind {
+            QuantKind::Q5_0 | QuantKind::Q5_1 => {
+                let d = f16_at(block, 0);
+                let (min, rest) =
+                    if kind == QuantKind::Q5_0 { (-16.0 * d, &block[2..]) } else { (f16_at(block, 2), &block[4..]) };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                for (j, &q) in rest[4..].iter().enumerate() {
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    y[j] = (u32::from(q & 0x0f) | h0) as f32 * d + min;
+                    y[j + 16] = (u32::from(q >> 4) | h1) as f32 * d + min;
+                }
+            }
+            QuantKind::Q4_K | QuantKind::Q5_K => {
+                let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+                let scales = &block[4..16];
+                let (qh, ql) =
+                    if kind == QuantKind::Q5_K { (&block[16..48], &block[48..]) } else { (&[][..], &block[16..]) };
+                for (c, chunk) in y.chunks_exact_mut(64).enumerate() {
+                    let (s1, m1) = scale_min_k4(2 * c, scales);
+                    let (s2, m2) = scale_min_k4(2 * c + 1, scales);
+                    let (d1, m1, d2, m2) = (d * s1, dmin * m1, d * s2, dmin * m2);
+                    let q = &ql[32 * c..32 * (c + 1)];
+                    for l in 0..32 {
+                        let (mut lo, mut hi) = (q[l] & 0x0f, q[l] >> 4);
+                        if kind == QuantKind::Q5_K {
+                            lo += ((qh[l] >> (2 * c)) & 1) << 4;
+                            hi += ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                        }
+                        chunk[l] = d1 * f32::from(lo) - m1;
+                        chunk[l + 32] = d2 * f32::from(hi) - m2;
+                    }
+                }
+            }
+            QuantKind::Q6_K => {
+                let (ql, qh, sc) = (&block[..128], &block[128..192], &block[192..208]);
+                let d = f16_at(block, 208);
+                for (half, y) in y.chunks_exact_mut(128).enumerate() {
+                    let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q = |low: u8, shift: u32| f32::from(((low | (((qh[l] >> shift) & 3) << 4)) as i8) - 32);
+                        let scale = |k: usize| d * f32::from(sc[is + 2 * k] as i8);
+                        y[l] = scale(0) * q(ql[l] & 0x0f, 0);
+                        y[l + 32] = scale(1) * q(ql[l + 32] & 0x0f, 2);
+                        y[l + 64] = scale(2) * q(ql[l] >> 4, 4);
+                        y[l + 96] = scale(3) * q(ql[l + 32] >> 4, 6);
+                    }
+                }
+            }
+            QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q4_1 => dequantize_portable(kind, block, y),
+        }
+    }
+}
+
+/// `Σ w·x` over f32 rows of equal length.
+fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
+        return unsafe { avx2::dot_f32(w, x) };
+    }
+    let mut lanes = [0f32; 8];
+    for (j, (a, b)) in w.iter().zip(x).enumerate() {
+        lanes[j % 8] += a * b;
+    }
+    lanes.iter().sum()
 }
 
 /// Matrices stacked along the output (q|k|v, gate|up), each in its own format:
@@ -237,8 +401,17 @@ impl PackedLinear {
             let sums = block_sums(x);
             let blocks = self.cols / BLOCK;
             out_t.par_chunks_mut(TILE_ROWS * n).enumerate().for_each(|(tile, dst)| {
+                let mut wide = Vec::new();
                 for (k, row_out) in dst.chunks_exact_mut(n).enumerate() {
                     let (m, r) = self.locate(tile * TILE_ROWS + k);
+                    if !m.kind.fused() {
+                        wide.resize(self.cols, 0f32);
+                        m.dequantize_row(r, &mut wide);
+                        for (i, o) in row_out.iter_mut().enumerate() {
+                            *o = dot_f32(&wide, &x[i * self.cols..(i + 1) * self.cols]);
+                        }
+                        continue;
+                    }
                     let w = m.row(r);
                     for (g, out) in row_out.chunks_mut(GROUP).enumerate() {
                         let first = g * GROUP;
@@ -321,6 +494,10 @@ fn dots(kind: QuantKind, w: &[u8], x: &[f32], sums: &[f32], out: &mut [f32]) {
         }
         return;
     }
+    dots_portable(kind, w, x, sums, out);
+}
+
+fn dots_portable(kind: QuantKind, w: &[u8], x: &[f32], sums: &[f32], out: &mut [f32]) {
     let cols = x.len() / out.len();
     let blocks = cols / BLOCK;
     for (i, o) in out.iter_mut().enumerate() {
@@ -329,6 +506,11 @@ fn dots(kind: QuantKind, w: &[u8], x: &[f32], sums: &[f32], out: &mut [f32]) {
 }
 
 fn dot_portable(kind: QuantKind, w: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+    if !kind.simple() {
+        let mut wide = vec![0f32; x.len()];
+        dequantize_wide(kind, w, &mut wide);
+        return dot_f32(&wide, x);
+    }
     let mut total = 0f32;
     for ((block, xb), &s) in w.chunks_exact(kind.block_bytes()).zip(x.chunks_exact(BLOCK)).zip(sums) {
         let d = f16_at(block, 0);
@@ -341,7 +523,8 @@ fn dot_portable(kind: QuantKind, w: &[u8], x: &[f32], sums: &[f32]) -> f32 {
                 }
                 total += d * lanes.iter().sum::<f32>();
             }
-            QuantKind::Q4_0 | QuantKind::Q4_1 => {
+            // Q4_0 and Q4_1: the only other fused formats (checked on entry).
+            _ => {
                 let quants = if kind == QuantKind::Q4_0 { &block[2..] } else { &block[4..] };
                 for (j, &q) in quants.iter().enumerate() {
                     lanes[j % 8] += f32::from(q & 0x0f) * xb[j] + f32::from(q >> 4) * xb[j + 16];
@@ -389,11 +572,68 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// One block's 32 weights, scaled, as four vectors, and the offset that
-    /// multiplies the activations' block sum.
+    /// Thirty-two unsigned byte values as four vectors of f32 times `scale`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn widen(kind: QuantKind, block: &[u8]) -> ([__m256; 4], f32) {
+    fn widen_u8(v: __m256i, scale: f32) -> [__m256; 4] {
+        let s = _mm256_set1_ps(scale);
+        let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let f = |b: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)), s);
+        [f(lo), f(_mm_srli_si128(lo, 8)), f(hi), f(_mm_srli_si128(hi, 8))]
+    }
+
+    /// Group `j` (32 consecutive weights) of a K-quant super-block, scaled, as
+    /// four vectors, and the offset that multiplies the activations' group sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn widen_k(kind: QuantKind, block: &[u8], j: usize) -> ([__m256; 4], f32) {
+        assert!(block.len() == kind.block_bytes() && j < 8);
+        let nibbles = _mm256_set1_epi8(0x0f);
+        let shift = |v: __m256i, n: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32));
+        // SAFETY: every 32-byte load below starts at least 32 bytes before the
+        // end of the block (asserted above): Q4_K reads 16 + 32c (c < 4) of 144;
+        // Q5_K 16 and 48 + 32c of 176; Q6_K 64h + 32(k % 2) and 128 + 32h of 210.
+        unsafe {
+            let load = |at: usize| _mm256_loadu_si256(block.as_ptr().add(at) as *const __m256i);
+            match kind {
+                QuantKind::Q6_K => {
+                    let (half, k) = (j / 4, j % 4);
+                    let ql = load(64 * half + 32 * (k % 2));
+                    let ql = _mm256_and_si256(shift(ql, 4 * (k / 2)), nibbles);
+                    let qh = _mm256_and_si256(shift(load(128 + 32 * half), 2 * k), _mm256_set1_epi8(3));
+                    let q = _mm256_sub_epi8(_mm256_or_si256(ql, _mm256_slli_epi16(qh, 4)), _mm256_set1_epi8(32));
+                    let d = f16_scale(block, 208);
+                    let sc = |i: usize| d * f32::from(block[192 + 8 * half + i] as i8);
+                    let (s0, s1) = (_mm256_set1_ps(sc(2 * k)), _mm256_set1_ps(sc(2 * k + 1)));
+                    let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                    let f = |b: __m128i, s: __m256| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), s);
+                    ([f(lo, s0), f(_mm_srli_si128(lo, 8), s0), f(hi, s1), f(_mm_srli_si128(hi, 8), s1)], 0.0)
+                }
+                // Q4_K and Q5_K (the only other K formats).
+                _ => {
+                    let (d, dmin) = (f16_scale(block, 0), f16_scale(block, 2));
+                    let (sc, m) = super::scale_min_k4(j, &block[4..16]);
+                    let c = j / 2;
+                    let base = if kind == QuantKind::Q5_K { 48 } else { 16 };
+                    let mut q = _mm256_and_si256(shift(load(base + 32 * c), 4 * (j % 2)), nibbles);
+                    if kind == QuantKind::Q5_K {
+                        let high = _mm256_and_si256(shift(load(16), j), _mm256_set1_epi8(1));
+                        q = _mm256_or_si256(q, _mm256_slli_epi16(high, 4));
+                    }
+                    (widen_u8(q, d * sc), -dmin * m)
+                }
+            }
+        }
+    }
+
+    /// Group `j` (32 consecutive weights) of a block, scaled, as four
+    /// vectors, and the offset that multiplies the activations' group sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn widen(kind: QuantKind, block: &[u8], j: usize) -> ([__m256; 4], f32) {
+        if matches!(kind, QuantKind::Q4_K | QuantKind::Q5_K | QuantKind::Q6_K) {
+            return widen_k(kind, block, j);
+        }
         let bytes = kind.block_bytes();
         assert!(block.len() == bytes);
         let d = f16_scale(block, 0);
@@ -410,7 +650,8 @@ mod avx2 {
                     };
                     ([v(0), v(1), v(2), v(3)], 0.0)
                 }
-                QuantKind::Q4_0 | QuantKind::Q4_1 => {
+                // Q4_0 and Q4_1: the only other fused formats (checked on entry).
+                _ => {
                     let start = bytes - 16;
                     let q = _mm_loadu_si128(p.add(start) as *const __m128i);
                     let mask = _mm_set1_epi8(0x0f);
@@ -424,18 +665,58 @@ mod avx2 {
         }
     }
 
+    /// The wide formats' dequantisation, vectorised by the compiler.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequantize_wide(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
+        super::dequantize_wide_body(kind, bytes, out)
+    }
+
+    /// `Σ w·x` over f32 rows of equal length.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let (wc, xc) = (w.chunks_exact(32), x.chunks_exact(32));
+        let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();
+        for (a, b) in wc.zip(xc) {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: both chunks hold 32 floats; this loads 8 from 8k.
+                unsafe {
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(a.as_ptr().add(8 * k)),
+                        _mm256_loadu_ps(b.as_ptr().add(8 * k)),
+                        *acc,
+                    );
+                }
+            }
+        }
+        hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + tail
+    }
+
     /// Whole blocks of `kind` widened into `out` (32 floats per block).
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dequantize(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
-        for (block, dst) in bytes.chunks_exact(kind.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
-            let (wv, offset) = widen(kind, block);
-            let off = _mm256_set1_ps(offset);
-            for (k, v) in wv.iter().enumerate() {
-                // SAFETY: dst holds 32 floats; this stores 8 of them from 8k.
-                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * k), _mm256_add_ps(*v, off)) };
+        if !kind.fused() {
+            return super::dequantize_wide(kind, bytes, out);
+        }
+        let groups = kind.block_elements() / BLOCK;
+        for (block, dst) in bytes.chunks_exact(kind.block_bytes()).zip(out.chunks_exact_mut(kind.block_elements())) {
+            for (j, dst) in dst.chunks_exact_mut(BLOCK).enumerate().take(groups) {
+                let (wv, offset) = widen(kind, block, j);
+                let off = _mm256_set1_ps(offset);
+                for (k, v) in wv.iter().enumerate() {
+                    // SAFETY: dst holds 32 floats; this stores 8 of them from 8k.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * k), _mm256_add_ps(*v, off)) };
+                }
             }
         }
     }
@@ -447,25 +728,30 @@ mod avx2 {
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dots<const N: usize>(kind: QuantKind, w: &[u8], x: &[f32], sums: &[f32], out: &mut [f32]) {
+        if !kind.fused() {
+            return super::dots_portable(kind, w, x, sums, out);
+        }
         let bb = kind.block_bytes();
-        let blocks = w.len() / bb;
-        let cols = blocks * BLOCK;
-        assert!(x.len() == N * cols && sums.len() == N * blocks && out.len() == N);
+        let per_block = kind.block_elements() / BLOCK;
+        let groups = w.len() / bb * per_block;
+        let cols = groups * BLOCK;
+        assert!(x.len() == N * cols && sums.len() == N * groups && out.len() == N);
         // Independent accumulators hide the FMA latency: four for one row,
         // two per row when several rows already interleave.
         let lanes = if N == 1 { 4 } else { 2 };
         let mut acc = [[_mm256_setzero_ps(); 4]; N];
         let mut offsets = [0f32; N];
-        for (b, block) in w.chunks_exact(bb).enumerate() {
-            let (wv, offset) = widen(kind, block);
+        for g in 0..groups {
+            let block = &w[g / per_block * bb..(g / per_block + 1) * bb];
+            let (wv, offset) = widen(kind, block, g % per_block);
             for i in 0..N {
-                let xb = &x[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK];
+                let xb = &x[i * cols + g * BLOCK..i * cols + (g + 1) * BLOCK];
                 for (k, wk) in wv.iter().enumerate() {
                     // SAFETY: xb holds 32 floats; this loads 8 of them from 8k.
                     let xv = unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * k)) };
                     acc[i][k % lanes] = _mm256_fmadd_ps(*wk, xv, acc[i][k % lanes]);
                 }
-                offsets[i] += offset * sums[i * blocks + b];
+                offsets[i] += offset * sums[i * groups + g];
             }
         }
         for i in 0..N {
@@ -480,27 +766,45 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
-    /// Random blocks of `kind` with realistic scales (f16, small) and every quant value.
+    const ALL: [QuantKind; 8] = [
+        QuantKind::Q8_0,
+        QuantKind::Q4_0,
+        QuantKind::Q4_1,
+        QuantKind::Q5_0,
+        QuantKind::Q5_1,
+        QuantKind::Q4_K,
+        QuantKind::Q5_K,
+        QuantKind::Q6_K,
+    ];
+
+    /// Random blocks of `kind`: every quant bit random, the f16 scales small
+    /// and finite as in real files.
     fn random_matrix(kind: QuantKind, rows: usize, cols: usize, rng: &mut StdRng) -> PackedMatrix {
-        let blocks = rows * cols / BLOCK;
-        let mut data = Vec::with_capacity(blocks * kind.block_bytes());
-        for _ in 0..blocks {
-            data.extend(f16::from_f32(rng.random_range(0.001f32..0.05)).to_le_bytes());
-            if kind == QuantKind::Q4_1 {
-                data.extend(f16::from_f32(rng.random_range(-0.4f32..0.0)).to_le_bytes());
+        let blocks = rows * cols / kind.block_elements();
+        let bb = kind.block_bytes();
+        let mut data: Vec<u8> = (0..blocks * bb).map(|_| rng.random()).collect();
+        let (offsets, range): (&[usize], _) = match kind {
+            QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q5_0 => (&[0], 0.001f32..0.05),
+            QuantKind::Q4_1 | QuantKind::Q5_1 => (&[0, 2], 0.001..0.05),
+            QuantKind::Q4_K | QuantKind::Q5_K => (&[0, 2], 0.0005..0.003),
+            QuantKind::Q6_K => (&[208], 0.0005..0.003),
+        };
+        for block in data.chunks_exact_mut(bb) {
+            for &o in offsets {
+                block[o..o + 2].copy_from_slice(&f16::from_f32(rng.random_range(range.clone())).to_le_bytes());
             }
-            let quants = if kind == QuantKind::Q8_0 { 32 } else { 16 };
-            data.extend((0..quants).map(|_| rng.random::<u8>()));
         }
         PackedMatrix::new(kind, rows, cols, data).unwrap()
     }
 
-    fn reference(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f64> {
-        let mut out = vec![0f64; n * rows];
+    /// The product in f64, and the sum of the products' magnitudes (what
+    /// bounds f32 rounding).
+    fn reference(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<(f64, f64)> {
+        let mut out = vec![(0f64, 0f64); n * rows];
         for i in 0..n {
             for r in 0..rows {
-                out[i * rows + r] =
-                    (0..cols).map(|k| f64::from(w[r * cols + k]) * f64::from(x[i * cols + k])).sum::<f64>();
+                let terms = (0..cols).map(|k| f64::from(w[r * cols + k]) * f64::from(x[i * cols + k]));
+                out[i * rows + r] = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
             }
         }
         out
@@ -509,18 +813,21 @@ mod tests {
     #[test]
     fn every_kernel_equals_dequantise_then_multiply() {
         let mut rng = StdRng::seed_from_u64(7);
-        for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
+        for kind in ALL {
             // Rows that do not fill the last tile, and stacked parts of mixed formats.
-            let parts = vec![random_matrix(kind, 45, 96, &mut rng), random_matrix(QuantKind::Q8_0, 20, 96, &mut rng)];
+            let cols = 2 * kind.block_elements().max(64);
+            let parts =
+                vec![random_matrix(kind, 45, cols, &mut rng), random_matrix(QuantKind::Q8_0, 20, cols, &mut rng)];
             let linear = PackedLinear::new(parts).unwrap();
             let w = linear.dequantize();
             for n in [1, 2, 3, 4, 5, 8, 16, 17, 33] {
-                let x: Vec<f32> = (0..n * 96).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
                 let got = linear.forward(&x, n);
-                let want = reference(&w, 65, 96, &x, n);
-                for (g, r) in got.iter().zip(&want) {
-                    // f32 sums of 96 products of magnitude ~0.5: rounding well under 1e-4.
-                    assert!((f64::from(*g) - r).abs() < 1e-4, "{kind:?} n={n}: {g} vs {r}");
+                let want = reference(&w, 65, cols, &x, n);
+                for (g, (r, magnitude)) in got.iter().zip(&want) {
+                    // f32 accumulation: a few units of 2^-24 per term at most.
+                    let bound = 1e-6 * magnitude + 1e-6;
+                    assert!((f64::from(*g) - r).abs() < bound, "{kind:?} n={n}: {g} vs {r}");
                 }
             }
         }
@@ -529,9 +836,9 @@ mod tests {
     #[test]
     fn the_portable_and_simd_kernels_agree() {
         let mut rng = StdRng::seed_from_u64(9);
-        for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
-            let m = random_matrix(kind, 3, 256, &mut rng);
-            let x: Vec<f32> = (0..256).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        for kind in ALL {
+            let m = random_matrix(kind, 3, 512, &mut rng);
+            let x: Vec<f32> = (0..512).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let sums = block_sums(&x);
             for r in 0..3 {
                 let a = dot_portable(kind, m.row(r), &x, &sums);
@@ -545,16 +852,29 @@ mod tests {
     #[test]
     fn the_portable_and_simd_dequantisers_agree() {
         let mut rng = StdRng::seed_from_u64(11);
-        for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
-            let m = random_matrix(kind, 1, 128, &mut rng);
-            let (mut a, mut b) = (vec![0f32; 128], vec![0f32; 128]);
-            dequantize_portable(kind, m.row(0), &mut a);
+        for kind in ALL {
+            let m = random_matrix(kind, 1, 512, &mut rng);
+            let (mut a, mut b) = (vec![0f32; 512], vec![0f32; 512]);
+            // The portable code (ggml's loops for the K formats), whatever the CPU.
+            if kind.simple() {
+                dequantize_portable(kind, m.row(0), &mut a);
+            } else {
+                dequantize_wide_body(kind, m.row(0), &mut a);
+            }
             dequantize_blocks(kind, m.row(0), &mut b);
             for (x, y) in a.iter().zip(&b) {
                 // d·q + m in either order of rounding: within an ulp or two.
                 assert!((x - y).abs() <= 1e-6 * x.abs().max(1e-3), "{kind:?}: {x} vs {y}");
             }
         }
+    }
+
+    #[test]
+    fn k_quant_rows_must_hold_whole_super_blocks() {
+        let bytes = QuantKind::Q4_K.block_bytes();
+        assert!(PackedMatrix::new(QuantKind::Q4_K, 1, 256, vec![0; bytes]).is_ok());
+        assert!(PackedMatrix::new(QuantKind::Q4_K, 2, 128, vec![0; bytes]).is_err());
+        assert!(PackedMatrix::new(QuantKind::Q6_K, 1, 256, vec![0; 209]).is_err());
     }
 
     #[test]

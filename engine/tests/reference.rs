@@ -345,3 +345,48 @@ fn tiny_qwen2_with_llama3_rope_scaling_matches_transformers() {
     assert!(matches!(c.rope_scaling, cocoon_engine::config::RopeScaling::Llama3 { .. }), "{:?}", c.rope_scaling);
     check_against_reference(&loaded, &reference("qwen2_reference.json"));
 }
+
+/// Every block format this engine reads, dequantised as gguf-py (the ggml
+/// project's own Python reader) does it: `scripts/reference/make_quant_fixtures.py`
+/// wrote `tests/data/quant_reference.json`.
+#[test]
+fn block_formats_dequantise_as_gguf_py_does() {
+    use cocoon_engine::quant::{PackedLinear, PackedMatrix, QuantKind, dequantize_bytes};
+    #[derive(Deserialize)]
+    struct Cases {
+        cases: Vec<QuantCase>,
+    }
+    #[derive(Deserialize)]
+    struct QuantCase {
+        kind: String,
+        bytes: String,
+        values: Vec<f32>,
+    }
+    let cases: Cases = serde_json::from_slice(&std::fs::read(data("quant_reference.json")).unwrap()).unwrap();
+    let kinds = [
+        ("Q8_0", QuantKind::Q8_0),
+        ("Q4_0", QuantKind::Q4_0),
+        ("Q4_1", QuantKind::Q4_1),
+        ("Q5_0", QuantKind::Q5_0),
+        ("Q5_1", QuantKind::Q5_1),
+        ("Q4_K", QuantKind::Q4_K),
+        ("Q5_K", QuantKind::Q5_K),
+        ("Q6_K", QuantKind::Q6_K),
+    ];
+    assert_eq!(cases.cases.len(), kinds.len());
+    for case in &cases.cases {
+        let kind = kinds.iter().find(|(n, _)| *n == case.kind).unwrap_or_else(|| panic!("format {}", case.kind)).1;
+        let bytes = hex::decode(&case.bytes).unwrap();
+        let ours = dequantize_bytes(kind, &bytes);
+        assert_eq!(ours.len(), case.values.len(), "{kind:?}");
+        for (i, (a, b)) in ours.iter().zip(&case.values).enumerate() {
+            // Same operations in the same order: equal but for a possible
+            // fused multiply-add on one side.
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{kind:?} element {i}: {a} vs gguf-py {b}");
+        }
+        // The packed matrix made of these blocks widens to the same values.
+        let cols = case.values.len();
+        let m = PackedMatrix::new(kind, 1, cols, bytes).unwrap();
+        assert_eq!(PackedLinear::new(vec![m]).unwrap().dequantize(), ours);
+    }
+}
