@@ -26,6 +26,10 @@ use serde::Deserialize;
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
 
+/// The tiny Qwen3's logits in Q8_0 against its bf16 original: measured 0.37
+/// (`tiny_qwen3_q8_0_gguf_packed_equals_its_dequantised_reference` prints it).
+const QWEN_Q8_TOLERANCE: f32 = 0.5;
+
 #[derive(Deserialize)]
 struct Reference {
     cases: Vec<Case>,
@@ -165,6 +169,61 @@ fn packed_kernels_match_dequantised_products_on_the_real_tensors() {
             assert!(worst < 1e-3, "{name}, {n} rows: differs from the f64 product by {worst}");
         }
     }
+}
+
+/// The same Qwen3 as a GGUF file (`scripts/reference/make_qwen_gguf.py`, gguf-py's
+/// writer): llama.cpp's tensor names, the tokenizer from tokens and merges, the
+/// chat template from the metadata. Its bf16 weights are the safetensors' own,
+/// so transformers' reference holds at the same tolerance.
+#[test]
+fn tiny_qwen3_gguf_matches_transformers() {
+    let loaded = load::<CpuBackend>(&data("tiny-qwen3.bf16.gguf"), None, 256, &Default::default()).unwrap();
+    let c = &loaded.model.config;
+    assert_eq!(c.architecture, cocoon_engine::config::Architecture::Qwen3);
+    assert!(c.qk_norm && !c.tie_word_embeddings && !c.attention_bias);
+    assert_eq!((c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim), (2, 64, 4, 2, 32));
+    check_against_reference(&loaded, &reference("qwen3_reference.json"));
+}
+
+/// The Q8_0 copy runs on the packed kernels: against the same file widened to
+/// f32 (the dequantised reference) it must agree to summation order, greedy
+/// tokens included. Against transformers' bf16 reference it differs by the
+/// quantisation error of these random weights (initialised with a standard
+/// deviation of 0.5, far wider than a trained model's), bounded here.
+#[test]
+fn tiny_qwen3_q8_0_gguf_packed_equals_its_dequantised_reference() {
+    let path = data("tiny-qwen3.q8_0.gguf");
+    let packed = load_with::<CpuBackend>(&path, None, 256, &Default::default(), WeightLayout::Packed).unwrap();
+    let dense = load_with::<CpuBackend>(&path, None, 256, &Default::default(), WeightLayout::Dense).unwrap();
+    let reference = reference("qwen3_reference.json");
+    let mut quantisation = 0f32;
+    for case in &reference.cases {
+        let ids = prompt_ids(&packed, case);
+        assert_eq!(ids, case.ids);
+        let run = |loaded: &LoadedModel<CpuBackend>| {
+            let model = &loaded.model;
+            let mut cache = model.new_cache();
+            let logits = rows(model.prefill(&ids, &mut cache, true));
+            let mut next = argmax(logits.last().unwrap());
+            let mut greedy = vec![next];
+            while greedy.len() < case.greedy_ids.len() {
+                next = argmax(&rows(model.decode(&[next], &mut [&mut cache]))[0]);
+                greedy.push(next);
+            }
+            (logits, greedy)
+        };
+        let ((pl, pg), (dl, dg)) = (run(&packed), run(&dense));
+        let worst = pl.iter().flatten().zip(dl.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= LOGIT_TOLERANCE, "packed and dequantised logits differ by {worst}");
+        assert_eq!(pg, dg, "greedy continuation, packed against dequantised");
+        for top in &case.top_logits {
+            for (id, want) in top.ids.iter().zip(&top.logits) {
+                quantisation = quantisation.max((pl[top.position][*id as usize] - want).abs());
+            }
+        }
+    }
+    eprintln!("Q8_0 against transformers' bf16 logits: at most {quantisation:.4} apart");
+    assert!(quantisation < QWEN_Q8_TOLERANCE, "Q8_0 logits {quantisation} from the bf16 reference");
 }
 
 #[test]
