@@ -51,6 +51,9 @@ struct Layer<B: Backend> {
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
     device: B::Device,
+    /// Keys, values and decoding attention on the host (the packed CPU
+    /// layout): no backend operations per sequence, the cache grows in place.
+    host_attention: bool,
     embed: Tensor<B, 2>,
     layers: Vec<Layer<B>>,
     norm: Tensor<B, 1>,
@@ -61,10 +64,48 @@ pub struct Model<B: Backend> {
     sin: Tensor<B, 2>,
 }
 
-/// Keys and values of one sequence, per layer: [1, kv_heads, len, head_dim].
+/// Keys and values of one sequence, per layer: backend tensors
+/// [1, kv_heads, len, head_dim], or on the host for `host_attention`.
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    host: Vec<HostKv>,
     len: usize,
+}
+
+/// One layer's keys and values, token-major ([len, kv_heads, head_dim]):
+/// appending a token writes its rows after the others, never moving them
+/// (the vectors grow by doubling, so copies are amortised away).
+#[derive(Default)]
+struct HostKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// Reads a tensor back to the host as f32.
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().expect("tensor converted to f32")
+}
+
+/// Attention of one query head over one key/value head of a host cache:
+/// softmax(q·Kᵀ · scale) · V into `out`.
+fn attend_host(q: &[f32], kv: &HostKv, kv_heads: usize, head: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    let len = kv.k.len() / (kv_heads * hd);
+    let row = |t: usize| (t * kv_heads + head) * hd;
+    let mut scores: Vec<f32> = (0..len).map(|t| crate::quant::dot_f32(q, &kv.k[row(t)..row(t) + hd]) * scale).collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in &mut scores {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (t, p) in scores.iter().enumerate() {
+        let w = p / sum;
+        for (o, v) in out.iter_mut().zip(&kv.v[row(t)..row(t) + hd]) {
+            *o += w * v;
+        }
+    }
 }
 
 impl<B: Backend> KvCache<B> {
@@ -268,7 +309,8 @@ impl<B: Backend> Model<B> {
         let angles: Vec<f32> = (0..positions).flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f)).collect();
         let cos = tensor2((angles.iter().map(|a| a.cos()).collect(), [positions, half]));
         let sin = tensor2((angles.iter().map(|a| a.sin()).collect(), [positions, half]));
-        Ok(Model { config, device: device.clone(), embed, layers, norm, lm_head, cos, sin })
+        let host_attention = layout == WeightLayout::Packed;
+        Ok(Model { config, device: device.clone(), host_attention, embed, layers, norm, lm_head, cos, sin })
     }
 
     /// Longest sequence (prompt plus completion) the rotary tables cover.
@@ -277,7 +319,8 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn new_cache(&self) -> KvCache<B> {
-        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
+        let n = self.layers.len();
+        KvCache { layers: (0..n).map(|_| None).collect(), host: (0..n).map(|_| HostKv::default()).collect(), len: 0 }
     }
 
     fn ids_tensor(&self, ids: &[u32]) -> Tensor<B, 1, Int> {
@@ -330,7 +373,8 @@ impl<B: Backend> Model<B> {
         let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([1, t, c.hidden_size]);
         for (i, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
-            let (k, v) = cache.append(i, k, v);
+            let (k, v) =
+                if self.host_attention { self.append_host(&mut cache.host[i], k, v) } else { cache.append(i, k, v) };
             let len = k.dims()[2];
             let expand = |m: Tensor<B, 4>| {
                 m.unsqueeze_dim::<5>(2).expand([1, c.num_kv_heads, rep, len, c.head_dim]).reshape([
@@ -352,10 +396,31 @@ impl<B: Backend> Model<B> {
         apply(x, &self.lm_head, None)
     }
 
+    /// Appends a prefill's keys and values ([1, kv_heads, t, head_dim]) to a
+    /// host cache; returns the whole sequence's, as tensors for the attention.
+    fn append_host(&self, cache: &mut HostKv, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let (kv, hd) = (self.config.num_kv_heads, self.config.head_dim);
+        let prefix = cache.k.len() / (kv * hd);
+        let whole = |old: &[f32], new: Tensor<B, 4>| {
+            if prefix == 0 {
+                return new;
+            }
+            let old = Tensor::<B, 4>::from_data(TensorData::new(old.to_vec(), [1, prefix, kv, hd]), &self.device);
+            Tensor::cat(vec![old.swap_dims(1, 2), new], 2)
+        };
+        let (wk, wv) = (whole(&cache.k, k.clone()), whole(&cache.v, v.clone()));
+        cache.k.extend(host(k.swap_dims(1, 2)));
+        cache.v.extend(host(v.swap_dims(1, 2)));
+        (wk, wv)
+    }
+
     /// One decoding step for several sequences at once: `tokens[i]` follows what
     /// `caches[i]` holds. Projections and the MLP run as one batch; attention
     /// runs per sequence (their lengths differ). Returns logits [batch, vocab].
     pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
+        if self.host_attention {
+            return self.decode_host(tokens, caches);
+        }
         let c = &self.config;
         let b = tokens.len();
         let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -377,6 +442,45 @@ impl<B: Backend> Model<B> {
                 outs.push(attention(qs, ks, vs, None, None, options).reshape([1, 1, h * hd]));
             }
             let a = Tensor::cat(outs, 0);
+            x = self.mlp(layer, x + project(a, &layer.out, None));
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        apply(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([b, c.hidden_size]), &self.lm_head, None)
+    }
+
+    /// [`Model::decode`] with keys, values and attention on the host: per
+    /// layer, one read of the new q, k, v and one write of the attention
+    /// output, whatever the batch; every (sequence, head) pair in parallel.
+    fn decode_host(&self, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
+        use rayon::prelude::*;
+        let c = &self.config;
+        let b = tokens.len();
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let rep = h / kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let positions: Vec<u32> = caches.iter().map(|k| k.len as u32).collect();
+        let pos = self.ids_tensor(&positions);
+        let cos: Tensor<B, 4> = self.cos.clone().select(0, pos.clone()).reshape([b, 1, 1, hd / 2]);
+        let sin: Tensor<B, 4> = self.sin.clone().select(0, pos).reshape([b, 1, 1, hd / 2]);
+        let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([b, 1, c.hidden_size]);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
+            // With one position, [b, heads, 1, hd] is already [b][head][hd] on the host.
+            let (q, k, v) = (host(q), host(k), host(v));
+            for (s, cache) in caches.iter_mut().enumerate() {
+                let cache = &mut cache.host[li];
+                cache.k.extend_from_slice(&k[s * kv * hd..(s + 1) * kv * hd]);
+                cache.v.extend_from_slice(&v[s * kv * hd..(s + 1) * kv * hd]);
+            }
+            let layer_caches: Vec<&HostKv> = caches.iter().map(|cache| &cache.host[li]).collect();
+            let mut out = vec![0f32; b * h * hd];
+            out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+                let (s, head) = (i / h, i % h);
+                attend_host(&q[i * hd..(i + 1) * hd], layer_caches[s], kv, head / rep, scale, o);
+            });
+            let a = Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), &self.device);
             x = self.mlp(layer, x + project(a, &layer.out, None));
         }
         for cache in caches.iter_mut() {

@@ -327,7 +327,7 @@ fn dequantize_wide_body(kind: QuantKind, bytes: &[u8], out: &mut [f32]) {
 }
 
 /// `Σ w·x` over f32 rows of equal length.
-fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+pub(crate) fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).

@@ -226,9 +226,42 @@ fn tiny_qwen3_q8_0_gguf_packed_equals_its_dequantised_reference() {
     assert!(quantisation < QWEN_Q8_TOLERANCE, "Q8_0 logits {quantisation} from the bf16 reference");
 }
 
+/// Batched decoding against one sequence at a time, with backend tensors
+/// (safetensors, f32) and with the host cache and attention (packed GGUF).
 #[test]
 fn batched_decoding_equals_one_at_a_time() {
-    let loaded = load::<CpuBackend>(&data("tiny-qwen3"), None, 256, &Default::default()).unwrap();
+    for file in ["tiny-qwen3", "tiny-qwen3.q8_0.gguf"] {
+        batched_equals_solo(&load::<CpuBackend>(&data(file), None, 256, &Default::default()).unwrap());
+    }
+}
+
+/// A prompt fed in pieces (later ones attending to the cached earlier ones)
+/// gives the logits of the prompt fed at once, in both cache layouts.
+#[test]
+fn a_prompt_prefilled_in_pieces_equals_it_prefilled_at_once() {
+    for file in ["tiny-qwen3", "tiny-qwen3.q8_0.gguf"] {
+        let loaded = load::<CpuBackend>(&data(file), None, 256, &Default::default()).unwrap();
+        let model = &loaded.model;
+        let ids = &reference("qwen3_reference.json").cases[0].ids;
+        let mut whole = model.new_cache();
+        let want = rows(model.prefill(ids, &mut whole, true));
+        let mut pieces = model.new_cache();
+        let mut got = Vec::new();
+        for chunk in ids.chunks(7) {
+            got.extend(rows(model.prefill(chunk, &mut pieces, true)));
+        }
+        assert_eq!(pieces.len(), ids.len());
+        let worst = got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= LOGIT_TOLERANCE, "{file}: logits differ by {worst}");
+        // And decoding goes on from either cache alike.
+        let next = argmax(want.last().unwrap());
+        let a = rows(model.decode(&[next], &mut [&mut whole]));
+        let b = rows(model.decode(&[next], &mut [&mut pieces]));
+        assert_eq!(argmax(&a[0]), argmax(&b[0]), "{file}");
+    }
+}
+
+fn batched_equals_solo(loaded: &LoadedModel<CpuBackend>) {
     let model = &loaded.model;
     let prompts: Vec<Vec<u32>> = reference("qwen3_reference.json").cases.into_iter().map(|c| c.ids).collect();
     let solo: Vec<Vec<u32>> = prompts
