@@ -22,7 +22,8 @@ pub enum WeightLayout {
     /// Widened to the backend's float type: the reference, and what GPUs use.
     Dense,
     /// CPU only: quantised matrices stay in their stored blocks (`quant`);
-    /// matrices in other formats are widened as in `Dense`.
+    /// matrices in other formats are widened as in `Dense`. Keys, values and
+    /// decoding attention live on the host, whatever the weights' formats.
     Packed,
 }
 
@@ -181,8 +182,7 @@ fn apply<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>, b: Option<&Tensor<B, 1>>) -
             let device = x.device();
             // The packed kernels run on the host: on a CPU backend this read is
             // a copy of the activations, small next to the weights.
-            let data: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("activations converted to f32");
-            let y = p.forward(&data, rows);
+            let y = p.forward(&host(x), rows);
             let out = Tensor::<B, 2>::from_data(TensorData::new(y, [rows, p.out_features()]), &device);
             match b {
                 Some(b) => out + b.clone().unsqueeze(),

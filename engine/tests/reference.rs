@@ -226,12 +226,16 @@ fn tiny_qwen3_q8_0_gguf_packed_equals_its_dequantised_reference() {
     assert!(quantisation < QWEN_Q8_TOLERANCE, "Q8_0 logits {quantisation} from the bf16 reference");
 }
 
-/// Batched decoding against one sequence at a time, with backend tensors
-/// (safetensors, f32) and with the host cache and attention (packed GGUF).
+/// The two cache layouts: backend tensors (`Dense`, as on GPUs) and the host
+/// cache and attention (`Packed`, the CPU), each with a file of its kind.
+const CACHE_LAYOUTS: [(&str, WeightLayout); 2] =
+    [("tiny-qwen3", WeightLayout::Dense), ("tiny-qwen3.q8_0.gguf", WeightLayout::Packed)];
+
+/// Batched decoding against one sequence at a time, in both cache layouts.
 #[test]
 fn batched_decoding_equals_one_at_a_time() {
-    for file in ["tiny-qwen3", "tiny-qwen3.q8_0.gguf"] {
-        batched_equals_solo(&load::<CpuBackend>(&data(file), None, 256, &Default::default()).unwrap());
+    for (file, layout) in CACHE_LAYOUTS {
+        batched_equals_solo(&load_with::<CpuBackend>(&data(file), None, 256, &Default::default(), layout).unwrap());
     }
 }
 
@@ -239,8 +243,8 @@ fn batched_decoding_equals_one_at_a_time() {
 /// gives the logits of the prompt fed at once, in both cache layouts.
 #[test]
 fn a_prompt_prefilled_in_pieces_equals_it_prefilled_at_once() {
-    for file in ["tiny-qwen3", "tiny-qwen3.q8_0.gguf"] {
-        let loaded = load::<CpuBackend>(&data(file), None, 256, &Default::default()).unwrap();
+    for (file, layout) in CACHE_LAYOUTS {
+        let loaded = load_with::<CpuBackend>(&data(file), None, 256, &Default::default(), layout).unwrap();
         let model = &loaded.model;
         let ids = &reference("qwen3_reference.json").cases[0].ids;
         let mut whole = model.new_cache();
