@@ -202,14 +202,9 @@ fn random_blocks(kind: QuantKind, rows: usize, cols: usize) -> anyhow::Result<Pa
             state as u8
         })
         .collect();
-    let offsets: &[usize] = match kind {
-        QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q5_0 => &[0],
-        QuantKind::Q6_K => &[208],
-        _ => &[0, 2],
-    };
     let scale = half::f16::from_f32(0.002).to_le_bytes();
     for block in data.chunks_exact_mut(bb) {
-        for &o in offsets {
+        for &o in kind.scale_offsets() {
             block[o..o + 2].copy_from_slice(&scale);
         }
     }
@@ -226,16 +221,7 @@ fn kernels() -> anyhow::Result<()> {
         "\nPacked kernels, {DIM}x{DIM} weights, {REPEAT} products each (weights GB/s = stored bytes read per second)"
     );
     println!("{:<6} {:>5} {:>12} {:>12} {:>16} {:>8}", "format", "rows", "packed ms", "f32 ms", "packed GB/s", "ratio");
-    for kind in [
-        QuantKind::Q8_0,
-        QuantKind::Q4_0,
-        QuantKind::Q4_1,
-        QuantKind::Q5_0,
-        QuantKind::Q5_1,
-        QuantKind::Q4_K,
-        QuantKind::Q5_K,
-        QuantKind::Q6_K,
-    ] {
+    for kind in QuantKind::ALL {
         let linear = PackedLinear::new(vec![random_blocks(kind, DIM, DIM)?])?;
         let dense: Tensor<CpuBackend, 2> =
             Tensor::<CpuBackend, 2>::from_data(TensorData::new(linear.dequantize(), [DIM, DIM]), &device).transpose();

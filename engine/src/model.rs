@@ -208,35 +208,46 @@ fn rotate<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> 
     Tensor::cat(vec![r1, r2], 3)
 }
 
-/// Matrices `(name, [out, in])` stacked along the output: packed when the
-/// layout asks for it and every part is stored in a packed format, else dense.
+/// Matrices `(name, [out, in])` stacked along the output, packed, when the
+/// layout asks for it and every part is stored in a packed format.
+fn packed_stack(
+    src: &dyn WeightSource,
+    parts: &[(&str, [usize; 2])],
+    layout: WeightLayout,
+) -> Result<Option<PackedLinear>, LoadError> {
+    if layout != WeightLayout::Packed {
+        return Ok(None);
+    }
+    let mut packed = Vec::with_capacity(parts.len());
+    for (name, shape) in parts {
+        match src.get_packed(name)? {
+            Some(m) if m.shape() == *shape => packed.push(m),
+            Some(m) => {
+                return Err(LoadError::Format(format!("tensor {name} has shape {:?}; expected {shape:?}", m.shape())));
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(PackedLinear::new(packed)?))
+}
+
+/// [`packed_stack`] where it applies, else the parts widened and stacked.
 fn stacked<B: Backend>(
     src: &dyn WeightSource,
     parts: &[(&str, [usize; 2])],
     layout: WeightLayout,
     device: &B::Device,
 ) -> Result<Linear<B>, LoadError> {
-    if layout == WeightLayout::Packed {
-        let mut packed = Vec::with_capacity(parts.len());
-        for (name, shape) in parts {
-            match src.get_packed(name)? {
-                Some(m) if m.shape() == *shape => packed.push(m),
-                Some(m) => {
-                    return Err(LoadError::Format(format!(
-                        "tensor {name} has shape {:?}; expected {shape:?}",
-                        m.shape()
-                    )));
-                }
-                None => break,
-            }
-        }
-        if packed.len() == parts.len() {
-            return Ok(Linear::Packed(PackedLinear::new(packed)?));
-        }
+    if let Some(p) = packed_stack(src, parts, layout)? {
+        return Ok(Linear::Packed(p));
     }
     let weights = parts.iter().map(|(name, shape)| take(src, name, shape)).collect::<Result<Vec<_>, _>>()?;
-    let (data, shape) = stacked_transposed(&weights);
-    Ok(Linear::Dense(Tensor::from_data(TensorData::new(data, shape), device)))
+    Ok(Linear::Dense(dense_stack(&weights, device)))
+}
+
+fn dense_stack<B: Backend>(weights: &[Weight], device: &B::Device) -> Tensor<B, 2> {
+    let (data, shape) = stacked_transposed(weights);
+    Tensor::from_data(TensorData::new(data, shape), device)
 }
 
 impl<B: Backend> Model<B> {
@@ -259,7 +270,11 @@ impl<B: Backend> Model<B> {
         let linear = |parts: &[(&str, [usize; 2])]| stacked::<B>(src, parts, layout, device);
         let embed_w = take(src, "model.embed_tokens.weight", &[c.vocab_size, d])?;
         let lm_head = if c.tie_word_embeddings {
-            linear(&[("model.embed_tokens.weight", [c.vocab_size, d])])?
+            // Tied: the embedding just read serves when the head is not packed.
+            match packed_stack(src, &[("model.embed_tokens.weight", [c.vocab_size, d])], layout)? {
+                Some(p) => Linear::Packed(p),
+                None => Linear::Dense(dense_stack(std::slice::from_ref(&embed_w), device)),
+            }
         } else {
             linear(&[("lm_head.weight", [c.vocab_size, d])])?
         };
@@ -418,13 +433,9 @@ impl<B: Backend> Model<B> {
     /// `caches[i]` holds. Projections and the MLP run as one batch; attention
     /// runs per sequence (their lengths differ). Returns logits [batch, vocab].
     pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
-        if self.host_attention {
-            return self.decode_host(tokens, caches);
-        }
         let c = &self.config;
         let b = tokens.len();
-        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let rep = h / kv;
+        let hd = c.head_dim;
         let positions: Vec<u32> = caches.iter().map(|k| k.len as u32).collect();
         let pos = self.ids_tensor(&positions);
         let cos: Tensor<B, 4> = self.cos.clone().select(0, pos.clone()).reshape([b, 1, 1, hd / 2]);
@@ -432,16 +443,11 @@ impl<B: Backend> Model<B> {
         let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([b, 1, c.hidden_size]);
         for (li, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
-            let mut outs = Vec::with_capacity(b);
-            for (s, cache) in caches.iter_mut().enumerate() {
-                let (ks, vs) = cache.append(li, k.clone().narrow(0, s, 1), v.clone().narrow(0, s, 1));
-                // Grouped-query attention without copying keys: the query heads that
-                // share a key head become that head's rows.
-                let qs = q.clone().narrow(0, s, 1).reshape([1, kv, rep, hd]);
-                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
-                outs.push(attention(qs, ks, vs, None, None, options).reshape([1, 1, h * hd]));
-            }
-            let a = Tensor::cat(outs, 0);
+            let a = if self.host_attention {
+                self.decode_attention_host(li, q, k, v, caches)
+            } else {
+                self.decode_attention(li, q, k, v, caches)
+            };
             x = self.mlp(layer, x + project(a, &layer.out, None));
         }
         for cache in caches.iter_mut() {
@@ -450,42 +456,58 @@ impl<B: Backend> Model<B> {
         apply(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([b, c.hidden_size]), &self.lm_head, None)
     }
 
-    /// [`Model::decode`] with keys, values and attention on the host: per
-    /// layer, one read of the new q, k, v and one write of the attention
-    /// output, whatever the batch; every (sequence, head) pair in parallel.
-    fn decode_host(&self, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
+    /// One decoding step's attention in layer `li` on backend tensors:
+    /// q [b, heads, 1, hd], k and v [b, kv_heads, 1, hd]; returns [b, 1, heads·hd].
+    fn decode_attention(
+        &self,
+        li: usize,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        caches: &mut [&mut KvCache<B>],
+    ) -> Tensor<B, 3> {
+        let c = &self.config;
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let mut outs = Vec::with_capacity(caches.len());
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let (ks, vs) = cache.append(li, k.clone().narrow(0, s, 1), v.clone().narrow(0, s, 1));
+            // Grouped-query attention without copying keys: the query heads that
+            // share a key head become that head's rows.
+            let qs = q.clone().narrow(0, s, 1).reshape([1, kv, h / kv, hd]);
+            let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+            outs.push(attention(qs, ks, vs, None, None, options).reshape([1, 1, h * hd]));
+        }
+        Tensor::cat(outs, 0)
+    }
+
+    /// [`Model::decode_attention`] with keys, values and attention on the
+    /// host: one read of the new q, k, v and one write of the output, whatever
+    /// the batch; every (sequence, head) pair in parallel.
+    fn decode_attention_host(
+        &self,
+        li: usize,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        caches: &mut [&mut KvCache<B>],
+    ) -> Tensor<B, 3> {
         use rayon::prelude::*;
         let c = &self.config;
-        let b = tokens.len();
-        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let rep = h / kv;
+        let (b, h, kv, hd) = (caches.len(), c.num_heads, c.num_kv_heads, c.head_dim);
         let scale = 1.0 / (hd as f32).sqrt();
-        let positions: Vec<u32> = caches.iter().map(|k| k.len as u32).collect();
-        let pos = self.ids_tensor(&positions);
-        let cos: Tensor<B, 4> = self.cos.clone().select(0, pos.clone()).reshape([b, 1, 1, hd / 2]);
-        let sin: Tensor<B, 4> = self.sin.clone().select(0, pos).reshape([b, 1, 1, hd / 2]);
-        let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([b, 1, c.hidden_size]);
-        for (li, layer) in self.layers.iter().enumerate() {
-            let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
-            // With one position, [b, heads, 1, hd] is already [b][head][hd] on the host.
-            let (q, k, v) = (host(q), host(k), host(v));
-            for (s, cache) in caches.iter_mut().enumerate() {
-                let cache = &mut cache.host[li];
-                cache.k.extend_from_slice(&k[s * kv * hd..(s + 1) * kv * hd]);
-                cache.v.extend_from_slice(&v[s * kv * hd..(s + 1) * kv * hd]);
-            }
-            let layer_caches: Vec<&HostKv> = caches.iter().map(|cache| &cache.host[li]).collect();
-            let mut out = vec![0f32; b * h * hd];
-            out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-                let (s, head) = (i / h, i % h);
-                attend_host(&q[i * hd..(i + 1) * hd], layer_caches[s], kv, head / rep, scale, o);
-            });
-            let a = Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), &self.device);
-            x = self.mlp(layer, x + project(a, &layer.out, None));
+        // With one position, [b, heads, 1, hd] is already [b][head][hd] on the host.
+        let (q, k, v) = (host(q), host(k), host(v));
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let cache = &mut cache.host[li];
+            cache.k.extend_from_slice(&k[s * kv * hd..(s + 1) * kv * hd]);
+            cache.v.extend_from_slice(&v[s * kv * hd..(s + 1) * kv * hd]);
         }
-        for cache in caches.iter_mut() {
-            cache.len += 1;
-        }
-        apply(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([b, c.hidden_size]), &self.lm_head, None)
+        let layer_caches: Vec<&HostKv> = caches.iter().map(|cache| &cache.host[li]).collect();
+        let mut out = vec![0f32; b * h * hd];
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+            let (s, head) = (i / h, i % h);
+            attend_host(&q[i * hd..(i + 1) * hd], layer_caches[s], kv, head / (h / kv), scale, o);
+        });
+        Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), &self.device)
     }
 }

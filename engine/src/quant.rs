@@ -71,6 +71,27 @@ pub enum QuantKind {
 }
 
 impl QuantKind {
+    pub const ALL: [QuantKind; 8] = [
+        QuantKind::Q8_0,
+        QuantKind::Q4_0,
+        QuantKind::Q4_1,
+        QuantKind::Q5_0,
+        QuantKind::Q5_1,
+        QuantKind::Q4_K,
+        QuantKind::Q5_K,
+        QuantKind::Q6_K,
+    ];
+
+    /// Byte offsets of the f16 scales (scale, then minimum where there is
+    /// one) within a block.
+    pub fn scale_offsets(self) -> &'static [usize] {
+        match self {
+            QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q5_0 => &[0],
+            QuantKind::Q4_1 | QuantKind::Q5_1 | QuantKind::Q4_K | QuantKind::Q5_K => &[0, 2],
+            QuantKind::Q6_K => &[208],
+        }
+    }
+
     pub fn from_tensor_type(kind: TensorType) -> Option<Self> {
         match kind {
             TensorType::Block(q) => Some(q),
@@ -770,31 +791,15 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
-    const ALL: [QuantKind; 8] = [
-        QuantKind::Q8_0,
-        QuantKind::Q4_0,
-        QuantKind::Q4_1,
-        QuantKind::Q5_0,
-        QuantKind::Q5_1,
-        QuantKind::Q4_K,
-        QuantKind::Q5_K,
-        QuantKind::Q6_K,
-    ];
-
     /// Random blocks of `kind`: every quant bit random, the f16 scales small
     /// and finite as in real files.
     fn random_matrix(kind: QuantKind, rows: usize, cols: usize, rng: &mut StdRng) -> PackedMatrix {
         let blocks = rows * cols / kind.block_elements();
         let bb = kind.block_bytes();
         let mut data: Vec<u8> = (0..blocks * bb).map(|_| rng.random()).collect();
-        let (offsets, range): (&[usize], _) = match kind {
-            QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q5_0 => (&[0], 0.001f32..0.05),
-            QuantKind::Q4_1 | QuantKind::Q5_1 => (&[0, 2], 0.001..0.05),
-            QuantKind::Q4_K | QuantKind::Q5_K => (&[0, 2], 0.0005..0.003),
-            QuantKind::Q6_K => (&[208], 0.0005..0.003),
-        };
+        let range = if kind.block_elements() == BLOCK { 0.001f32..0.05 } else { 0.0005..0.003 };
         for block in data.chunks_exact_mut(bb) {
-            for &o in offsets {
+            for &o in kind.scale_offsets() {
                 block[o..o + 2].copy_from_slice(&f16::from_f32(rng.random_range(range.clone())).to_le_bytes());
             }
         }
@@ -817,7 +822,7 @@ mod tests {
     #[test]
     fn every_kernel_equals_dequantise_then_multiply() {
         let mut rng = StdRng::seed_from_u64(7);
-        for kind in ALL {
+        for kind in QuantKind::ALL {
             // Rows that do not fill the last tile, and stacked parts of mixed formats.
             let cols = 2 * kind.block_elements().max(64);
             let parts =
@@ -840,7 +845,7 @@ mod tests {
     #[test]
     fn the_portable_and_simd_kernels_agree() {
         let mut rng = StdRng::seed_from_u64(9);
-        for kind in ALL {
+        for kind in QuantKind::ALL {
             let m = random_matrix(kind, 3, 512, &mut rng);
             let x: Vec<f32> = (0..512).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let sums = block_sums(&x);
@@ -856,7 +861,7 @@ mod tests {
     #[test]
     fn the_portable_and_simd_dequantisers_agree() {
         let mut rng = StdRng::seed_from_u64(11);
-        for kind in ALL {
+        for kind in QuantKind::ALL {
             let m = random_matrix(kind, 1, 512, &mut rng);
             let (mut a, mut b) = (vec![0f32; 512], vec![0f32; 512]);
             // The portable code (ggml's loops for the K formats), whatever the CPU.
