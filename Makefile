@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SOCKET_DIR ?= $(CURDIR)/target/demo
 
-.PHONY: all build setup model measure-tools openai-sdk contracts-deps contracts contracts-test measure image image-reproducible image-test test lint check-cuda fmt fmt-check bench demo clean fuzz
+.PHONY: all build setup model llama-cpp measure-tools openai-sdk contracts-deps contracts contracts-test measure image image-reproducible image-test test lint check-cuda fmt fmt-check bench demo clean fuzz
 
 all: build
 
@@ -60,11 +60,19 @@ lint: setup fmt-check
 check-cuda:
 	$(CARGO) check -p cocoon-enclave --features cuda
 
+# llama.cpp's Python bindings, the engine bench's reference runtime: built
+# once from the PyPI source (about 5 minutes on 2 cores) into target/bench-venv.
+LLAMA_VENV := target/bench-venv
+llama-cpp:
+	@$(LLAMA_VENV)/bin/python -c "import llama_cpp, numpy" 2>/dev/null || { \
+		echo "building llama-cpp-python 0.3.36 into $(LLAMA_VENV) (once, about 5 minutes) ..."; \
+		python3 -m venv $(LLAMA_VENV) && $(LLAMA_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36 numpy; }
+
 # Printed tables: sealing throughput next to `openssl speed`, HPKE setup,
 # shim forwarding next to socat, the proxy next to nginx (latency, throughput,
 # 1,000 metered clients, ledger commits, time to first token), engine
-# prefill/decode next to candle.
-bench: model
+# prefill/decode next to llama.cpp and candle, and latencies under mixed load.
+bench: model llama-cpp
 	@command -v openssl >/dev/null || { echo "bench needs openssl (apt-get install openssl)"; exit 1; }
 	@command -v socat >/dev/null || { echo "bench needs socat (apt-get install socat)"; exit 1; }
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "bench needs nginx (apt-get install nginx-light)"; exit 1; }
@@ -77,7 +85,7 @@ bench: model
 	$(CARGO) bench -p cocoon-ton --bench vouchers
 	$(MAKE) contracts-deps
 	cd contracts && node scripts/gas.js
-	$(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench
+	LLAMA_CPP_PYTHON=$(abspath $(LLAMA_VENV))/bin/python $(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench
 
 # The main job on the embedded default model: enclave (simulated evidence, CPU)
 # + host shim on loopback, then a sealed, streamed chat through them.

@@ -360,6 +360,25 @@ async fn completions(State(r): State<Arc<Runner>>, req: Request) -> Response {
     complete(r, "/v1/completions", req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The prompt-cache key sent sealed to the worker: the app's own key (or
+/// none) bound to this runner's signing key. The worker reuses a prompt
+/// prefix only for requests with the same key, so this runner's requests share
+/// their cached prefixes (a system prompt is not recomputed), an app can
+/// split them further with OpenAI's `prompt_cache_key`, and no other client can
+/// name a key that reaches them: a cache shared across clients would leak
+/// through timing what they sent.
+fn prompt_cache_key(key: &SigningKey, app: Option<&Value>) -> Result<String, AppError> {
+    use sha2::{Digest, Sha256};
+    let app = match app {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) if s.len() <= 256 => s.as_str(),
+        Some(_) => return Err(AppError::invalid("prompt_cache_key: expected a string of at most 256 bytes")),
+    };
+    let secret = Sha256::new().chain_update(b"cocoon prompt cache secret\0").chain_update(key.to_bytes()).finalize();
+    let bound = Sha256::new().chain_update(secret).chain_update((app.len() as u64).to_le_bytes()).chain_update(app);
+    Ok(hex::encode(bound.finalize()))
+}
+
 fn max_cost(r: &Runner, headers: &HeaderMap) -> Result<NanoTon, AppError> {
     match headers.get(APP_MAX_COST_HEADER) {
         None => Ok(r.default_max_cost),
@@ -383,6 +402,7 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         })?
         .to_bytes();
     let mut v: Value = serde_json::from_slice(&body).map_err(|e| AppError::invalid(format!("request body: {e}")))?;
+    v["prompt_cache_key"] = json!(prompt_cache_key(&r.key, v.get("prompt_cache_key"))?);
     let model = v["model"].as_str().ok_or_else(|| AppError::invalid("`model` is required"))?.to_string();
     let streamed = v["stream"].as_bool().unwrap_or(false);
     let app_wants_usage = v["stream_options"]["include_usage"].as_bool().unwrap_or(false);
@@ -600,4 +620,25 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, router(runner)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_cache_keys_are_bound_to_the_runner_and_split_by_the_app() {
+        let alice = SigningKey::from_bytes(&[1; 32]);
+        let bob = SigningKey::from_bytes(&[2; 32]);
+        let key = |k: &SigningKey, app: Option<Value>| prompt_cache_key(k, app.as_ref()).unwrap();
+        assert_eq!(key(&alice, None), key(&alice, Some(Value::Null)));
+        assert_eq!(key(&alice, None), key(&alice, None), "stable, so a runner's requests share prefixes");
+        assert_ne!(key(&alice, None), key(&bob, None), "another client cannot reach alice's cache");
+        assert_ne!(key(&alice, Some(json!("chat-1"))), key(&bob, Some(json!("chat-1"))));
+        assert_ne!(key(&alice, Some(json!("chat-1"))), key(&alice, Some(json!("chat-2"))));
+        assert_ne!(key(&alice, Some(json!(""))), key(&alice, Some(json!("chat-1"))));
+        assert_eq!(key(&alice, None).len(), 64);
+        assert!(prompt_cache_key(&alice, Some(&json!(7))).is_err());
+        assert!(prompt_cache_key(&alice, Some(&json!("x".repeat(257)))).is_err());
+    }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use cocoon_engine::{ChatMessage, Completion, Engine, EngineError, GenerationRequest, Prompt, Sampling};
+use cocoon_engine::{ChatMessage, Completion, Engine, EngineError, GenerationRequest, PrefixKey, Prompt, Sampling};
 use cocoon_protocol::bhttp_msg::InnerRequest;
 use cocoon_protocol::price::CostCap;
 use cocoon_protocol::{NanoTon, Prices, media};
@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_TOKENS: u32 = 256;
 pub const MAX_TOKENS_CAP: u32 = 4096;
 const MAX_STOP_SEQUENCES: usize = 4;
 const MAX_MESSAGES: usize = 512;
+/// Longest `prompt_cache_key` accepted, in bytes.
+const MAX_CACHE_KEY: usize = 256;
 /// SSE events buffered between the engine and the network.
 const STREAM_BUFFER: usize = 64;
 
@@ -109,6 +111,10 @@ struct CompletionRequest {
     n: Option<u32>,
     #[allow(dead_code)]
     user: Option<String>,
+    /// OpenAI's prompt-cache key: requests with the same key may reuse each
+    /// other's prompt prefix; without one nothing is reused. It travels
+    /// sealed, so only the client that chose it can hit its cache.
+    prompt_cache_key: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -216,8 +222,16 @@ fn generation_request(prompt: Prompt, c: &CompletionRequest) -> Result<Generatio
     if max_tokens == Some(0) {
         return Err(invalid("max_tokens: expected at least 1"));
     }
+    let prefix_key = match &c.prompt_cache_key {
+        None => None,
+        Some(k) if !k.is_empty() && k.len() <= MAX_CACHE_KEY => Some(PrefixKey::from_client_key(k)),
+        Some(k) => {
+            return Err(invalid(format!("prompt_cache_key: expected 1 to {MAX_CACHE_KEY} bytes, found {}", k.len())));
+        }
+    };
     Ok(GenerationRequest {
         prompt,
+        prefix_key,
         max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).min(MAX_TOKENS_CAP),
         sampling: Sampling { temperature, top_p, top_k: c.top_k, seed: c.seed },
         stop,
@@ -236,6 +250,7 @@ fn usage_json(c: &Completion) -> serde_json::Value {
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
         "total_tokens": c.prompt_tokens + c.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": c.cached_tokens},
     })
 }
 

@@ -9,6 +9,9 @@
 //! device = "cpu"                           # or "cuda" (builds with the `cuda` feature)
 //! max_batch = 8                            # sequences decoded together
 //! max_queue = 32                           # waiting requests before "busy"
+//! kv_cache_tokens = 32768                  # optional; KV memory in positions, default context × max_batch
+//! prefill_chunk = 64                       # optional; prompt tokens per scheduler step
+//! prefix_cache_entries = 32                # optional; kept prompt prefixes (0 turns reuse off)
 //!
 //! [pricing]                                # optional: a worker without it charges nothing
 //! prompt_per_1k = 1000                     # nanoTON per 1,000 prompt tokens
@@ -37,6 +40,8 @@ const MAX_ADDRESS: usize = 128;
 const MAX_CONTEXT: usize = 1 << 20;
 const MAX_BATCH: usize = 256;
 const MAX_QUEUE: usize = 4096;
+const MAX_PREFILL_CHUNK: usize = 8192;
+const MAX_PREFIX_ENTRIES: usize = 4096;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +76,9 @@ pub struct ModelSection {
     pub device: Option<String>,
     pub max_batch: Option<usize>,
     pub max_queue: Option<usize>,
+    pub kv_cache_tokens: Option<usize>,
+    pub prefill_chunk: Option<usize>,
+    pub prefix_cache_entries: Option<usize>,
 }
 
 impl StaticConfig {
@@ -121,12 +129,25 @@ pub fn start_engine(m: &ModelSection) -> anyhow::Result<Arc<dyn Engine>> {
     if context == 0 || context > MAX_CONTEXT {
         bail!("context_length {context} is outside 1..={MAX_CONTEXT}");
     }
+    let defaults = BatchOptions::default();
     let batch = BatchOptions {
         max_batch: m.max_batch.unwrap_or(DEFAULT_BATCH),
         max_queue: m.max_queue.unwrap_or(DEFAULT_QUEUE),
+        kv_tokens: m.kv_cache_tokens,
+        prefill_chunk: m.prefill_chunk.unwrap_or(defaults.prefill_chunk),
+        max_prefixes: m.prefix_cache_entries.unwrap_or(defaults.max_prefixes),
     };
     if batch.max_batch == 0 || batch.max_batch > MAX_BATCH || batch.max_queue > MAX_QUEUE {
         bail!("max_batch must be 1..={MAX_BATCH} and max_queue 0..={MAX_QUEUE}");
+    }
+    if batch.prefill_chunk == 0 || batch.prefill_chunk > MAX_PREFILL_CHUNK {
+        bail!("prefill_chunk must be 1..={MAX_PREFILL_CHUNK}, found {}", batch.prefill_chunk);
+    }
+    if batch.max_prefixes > MAX_PREFIX_ENTRIES {
+        bail!("prefix_cache_entries must be 0..={MAX_PREFIX_ENTRIES}, found {}", batch.max_prefixes);
+    }
+    if batch.kv_tokens.is_some_and(|t| t > MAX_CONTEXT * MAX_BATCH) {
+        bail!("kv_cache_tokens must be at most {}", MAX_CONTEXT * MAX_BATCH);
     }
     let id = match &m.id {
         Some(id) => id.clone(),
@@ -139,13 +160,13 @@ pub fn start_engine(m: &ModelSection) -> anyhow::Result<Arc<dyn Engine>> {
         "cpu" => {
             let loaded =
                 cocoon_engine::load::<cocoon_engine::CpuBackend>(path, expected, context, &Default::default())?;
-            Arc::new(BurnEngine::start(loaded, id, batch))
+            Arc::new(BurnEngine::start(loaded, id, batch)?)
         }
         #[cfg(feature = "cuda")]
         "cuda" => {
             let loaded =
                 cocoon_engine::load::<cocoon_engine::CudaBackend>(path, expected, context, &Default::default())?;
-            Arc::new(BurnEngine::start(loaded, id, batch))
+            Arc::new(BurnEngine::start(loaded, id, batch)?)
         }
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!("device \"cuda\": this enclave was built without the `cuda` feature"),

@@ -12,6 +12,7 @@ pub use cocoon_protocol::price::{BudgetError, CostCap};
 
 pub mod config;
 pub mod gguf;
+pub mod kv_pool;
 pub mod loader;
 pub mod model;
 pub mod quant;
@@ -22,7 +23,7 @@ pub mod weights;
 
 pub use loader::{LoadedModel, default_model_path, load, load_with, model_digest};
 pub use model::WeightLayout;
-pub use scheduler::{BatchOptions, BurnEngine};
+pub use scheduler::{BatchOptions, BurnEngine, StartError};
 
 /// The CPU backend: Flex (gemm-based, multi-threaded) unless only `ndarray` is enabled.
 #[cfg(feature = "flex")]
@@ -95,9 +96,41 @@ pub struct GenerationRequest {
     /// The request's maximum cost at the worker's prices: generation stops
     /// (finish reason `length`) before the completion would exceed it.
     pub cost_cap: Option<CostCap>,
+    /// Lets this request reuse the keys and values of earlier requests with
+    /// the same key (see [`PrefixKey`]); `None` never reuses.
+    pub prefix_key: Option<PrefixKey>,
+}
+
+/// A client's prefix-cache key: SHA-256 of the key the client put in its
+/// sealed request, so the cache never holds the client's own string. Only
+/// requests with equal keys share cached prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PrefixKey(pub [u8; 32]);
+
+impl PrefixKey {
+    pub fn from_client_key(key: &str) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"cocoon prefix cache key\0");
+        h.update(key.as_bytes());
+        PrefixKey(h.finalize().into())
+    }
 }
 
 impl GenerationRequest {
+    /// Greedy decoding of `prompt` for at most `max_tokens`, with no stop
+    /// string, cost cap or prefix key (tests and benchmarks start from it).
+    pub fn greedy(prompt: Prompt, max_tokens: u32) -> Self {
+        GenerationRequest {
+            prompt,
+            max_tokens,
+            sampling: Sampling { temperature: 0.0, ..Sampling::default() },
+            stop: vec![],
+            cost_cap: None,
+            prefix_key: None,
+        }
+    }
+
     /// The completion tokens allowed for a prompt of `prompt_tokens`.
     pub fn allowed_tokens(&self, prompt_tokens: u32) -> Result<u32, EngineError> {
         match &self.cost_cap {
@@ -118,6 +151,8 @@ pub enum FinishReason {
 pub struct Completion {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub cached_tokens: u32,
     pub finish_reason: FinishReason,
 }
 

@@ -13,6 +13,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::LoadError;
 use crate::config::ModelConfig;
+use crate::kv_pool::{BLOCK_TOKENS, BlockTable, KvPool, blocks_for};
 use crate::quant::PackedLinear;
 use crate::weights::{Weight, WeightSource};
 
@@ -52,9 +53,12 @@ struct Layer<B: Backend> {
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
     device: B::Device,
-    /// Keys, values and decoding attention on the host (the packed CPU
-    /// layout): no backend operations per sequence, the cache grows in place.
+    /// Keys, values and decoding attention on the host, in the pool's blocks
+    /// (the packed CPU layout): no backend operations per sequence, keys and
+    /// values written in place.
     host_attention: bool,
+    /// The memory every sequence's keys and values are drawn from.
+    kv_pool: KvPool,
     embed: Tensor<B, 2>,
     layers: Vec<Layer<B>>,
     norm: Tensor<B, 1>,
@@ -65,35 +69,71 @@ pub struct Model<B: Backend> {
     sin: Tensor<B, 2>,
 }
 
-/// Keys and values of one sequence, per layer: backend tensors
-/// [1, kv_heads, len, head_dim], or on the host for `host_attention`.
+/// Keys and values of one sequence: per layer as backend tensors
+/// [1, kv_heads, len, head_dim] (dense layout), or in the blocks of its table
+/// (host layout, see [`crate::kv_pool`]). Either way the table holds the
+/// sequence's share of the pool, returned when the cache is dropped.
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    host: Vec<HostKv>,
+    table: BlockTable,
     len: usize,
 }
 
-/// One layer's keys and values, token-major ([len, kv_heads, head_dim]):
-/// appending a token writes its rows after the others, never moving them
-/// (the vectors grow by doubling, so copies are amortised away).
-#[derive(Default)]
-struct HostKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
-}
+/// Sequences of full context the default pool holds (the engine sets its own
+/// budget from the config).
+const DEFAULT_KV_SEQUENCES: usize = 8;
 
 /// Reads a tensor back to the host as f32.
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().expect("tensor converted to f32")
 }
 
-/// Attention of one query head over one key/value head of a host cache:
-/// softmax(q·Kᵀ · scale) · V into `out`.
-fn attend_host(q: &[f32], kv: &HostKv, kv_heads: usize, head: usize, scale: f32, out: &mut [f32]) {
+/// Where keys and values sit in a block: [layer][keys, values][position][kv_head][head_dim].
+#[derive(Clone, Copy)]
+struct BlockLayout {
+    /// kv_heads × head_dim: one position of one layer's keys (or values).
+    row: usize,
+}
+
+impl BlockLayout {
+    fn floats(self, layers: usize) -> usize {
+        layers * 2 * BLOCK_TOKENS * self.row
+    }
+
+    /// Offset of the keys (`values` false) or values of `position` in layer `layer`.
+    fn at(self, layer: usize, values: bool, position: usize) -> (usize, usize) {
+        let block = position / BLOCK_TOKENS;
+        let slot = (layer * 2 + usize::from(values)) * BLOCK_TOKENS + position % BLOCK_TOKENS;
+        (block, slot * self.row)
+    }
+
+    /// Writes `rows` (token-major, `row` floats each) at positions `start..`.
+    fn write(self, table: &mut BlockTable, layer: usize, values: bool, start: usize, rows: &[f32]) {
+        for (i, row) in rows.chunks_exact(self.row).enumerate() {
+            let (b, off) = self.at(layer, values, start + i);
+            table.block_mut(b)[off..off + self.row].copy_from_slice(row);
+        }
+    }
+}
+
+/// Attention of one query head over key/value head `head` of a paged cache's
+/// first `len` positions in `layer`: softmax(q·Kᵀ · scale) · V into `out`.
+fn attend_paged(
+    q: &[f32],
+    table: &BlockTable,
+    at: BlockLayout,
+    layer: usize,
+    len: usize,
+    head: usize,
+    out: &mut [f32],
+) {
     let hd = q.len();
-    let len = kv.k.len() / (kv_heads * hd);
-    let row = |t: usize| (t * kv_heads + head) * hd;
-    let mut scores: Vec<f32> = (0..len).map(|t| crate::quant::dot_f32(q, &kv.k[row(t)..row(t) + hd]) * scale).collect();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let row = |values: bool, t: usize| {
+        let (b, off) = at.at(layer, values, t);
+        &table.block(b)[off + head * hd..off + (head + 1) * hd]
+    };
+    let mut scores: Vec<f32> = (0..len).map(|t| crate::quant::dot_f32(q, row(false, t)) * scale).collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for s in &mut scores {
@@ -103,7 +143,7 @@ fn attend_host(q: &[f32], kv: &HostKv, kv_heads: usize, head: usize, scale: f32,
     out.fill(0.0);
     for (t, p) in scores.iter().enumerate() {
         let w = p / sum;
-        for (o, v) in out.iter_mut().zip(&kv.v[row(t)..row(t) + hd]) {
+        for (o, v) in out.iter_mut().zip(row(true, t)) {
             *o += w * v;
         }
     }
@@ -116,6 +156,47 @@ impl<B: Backend> KvCache<B> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The sequence's blocks and promise.
+    pub fn table(&self) -> &BlockTable {
+        &self.table
+    }
+
+    /// Promises `blocks` more blocks to this cache, if the pool has them.
+    pub fn promise(&mut self, blocks: usize) -> bool {
+        self.table.promise(blocks)
+    }
+
+    /// Returns to the pool whatever was promised beyond the blocks in use.
+    pub fn release_unused(&mut self) {
+        self.table.truncate(self.len);
+    }
+
+    /// Forgets every position from `len` on (a prefix kept for reuse); the
+    /// blocks past it go back to the pool.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for layer in &mut self.layers {
+            if let Some((k, v)) = layer.take() {
+                *layer = (len > 0).then(|| (k.narrow(2, 0, len), v.narrow(2, 0, len)));
+            }
+        }
+        self.table.truncate(len);
+        self.len = len;
+    }
+
+    /// Makes room for `more` positions; panics when the pool cannot give it,
+    /// which the scheduler prevents by promising blocks at admission.
+    fn cover(&mut self, more: usize) {
+        let tokens = self.len + more;
+        assert!(
+            self.table.cover(tokens),
+            "the KV pool has no block left for position {tokens} (budget {} blocks of {BLOCK_TOKENS})",
+            self.table.pool_total()
+        );
     }
 
     fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
@@ -325,7 +406,20 @@ impl<B: Backend> Model<B> {
         let cos = tensor2((angles.iter().map(|a| a.cos()).collect(), [positions, half]));
         let sin = tensor2((angles.iter().map(|a| a.sin()).collect(), [positions, half]));
         let host_attention = layout == WeightLayout::Packed;
-        Ok(Model { config, device: device.clone(), host_attention, embed, layers, norm, lm_head, cos, sin })
+        let mut model = Model {
+            config,
+            device: device.clone(),
+            host_attention,
+            kv_pool: KvPool::new(0, 0),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+        };
+        model.set_kv_budget(DEFAULT_KV_SEQUENCES * positions);
+        Ok(model)
     }
 
     /// Longest sequence (prompt plus completion) the rotary tables cover.
@@ -333,9 +427,35 @@ impl<B: Backend> Model<B> {
         self.cos.dims()[0]
     }
 
+    fn block_layout(&self) -> BlockLayout {
+        BlockLayout { row: self.config.num_kv_heads * self.config.head_dim }
+    }
+
+    /// Bytes of keys and values one position takes (in host memory for the
+    /// host layout, in the backend's for the dense one).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.block_layout().floats(self.layers.len()) / BLOCK_TOKENS * std::mem::size_of::<f32>()
+    }
+
+    /// Replaces the key/value pool with one of `tokens` positions (rounded up
+    /// to whole blocks). Caches drawn from the old pool keep their blocks.
+    pub fn set_kv_budget(&mut self, tokens: usize) {
+        let floats = if self.host_attention { self.block_layout().floats(self.layers.len()) } else { 0 };
+        self.kv_pool = KvPool::new(blocks_for(tokens), floats);
+    }
+
+    pub fn kv_pool(&self) -> &KvPool {
+        &self.kv_pool
+    }
+
+    /// An empty cache that takes blocks from the pool as it grows.
     pub fn new_cache(&self) -> KvCache<B> {
-        let n = self.layers.len();
-        KvCache { layers: (0..n).map(|_| None).collect(), host: (0..n).map(|_| HostKv::default()).collect(), len: 0 }
+        self.cache_with(self.kv_pool.reserve(0).expect("an empty promise always fits"))
+    }
+
+    /// An empty cache drawing on blocks already promised to `table`.
+    pub fn cache_with(&self, table: BlockTable) -> KvCache<B> {
+        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), table, len: 0 }
     }
 
     fn ids_tensor(&self, ids: &[u32]) -> Tensor<B, 1, Int> {
@@ -380,53 +500,88 @@ impl<B: Backend> Model<B> {
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache<B>, all_logits: bool) -> Tensor<B, 2> {
         let c = &self.config;
         let t = tokens.len();
-        let start = cache.len;
-        let rep = c.num_heads / c.num_kv_heads;
-        let half = c.head_dim / 2;
-        let cos: Tensor<B, 4> = self.cos.clone().narrow(0, start, t).reshape([1, 1, t, half]);
-        let sin: Tensor<B, 4> = self.sin.clone().narrow(0, start, t).reshape([1, 1, t, half]);
-        let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([1, t, c.hidden_size]);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
-            let (k, v) =
-                if self.host_attention { self.append_host(&mut cache.host[i], k, v) } else { cache.append(i, k, v) };
-            let len = k.dims()[2];
-            let expand = |m: Tensor<B, 4>| {
-                m.unsqueeze_dim::<5>(2).expand([1, c.num_kv_heads, rep, len, c.head_dim]).reshape([
-                    1,
-                    c.num_heads,
-                    len,
-                    c.head_dim,
-                ])
-            };
-            let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-            let a = attention(q, expand(k), expand(v), None, None, options);
-            let a = a.swap_dims(1, 2).reshape([1, t, c.num_heads * c.head_dim]);
-            x = self.mlp(layer, x + project(a, &layer.out, None));
-        }
-        cache.len += t;
+        let x = self.feed(tokens, cache);
         let x = if all_logits { x } else { x.narrow(1, t - 1, 1) };
         let rows = x.dims()[1];
         let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([rows, c.hidden_size]);
         apply(x, &self.lm_head, None)
     }
 
-    /// Appends a prefill's keys and values ([1, kv_heads, t, head_dim]) to a
-    /// host cache; returns the whole sequence's, as tensors for the attention.
-    fn append_host(&self, cache: &mut HostKv, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let (kv, hd) = (self.config.num_kv_heads, self.config.head_dim);
-        let prefix = cache.k.len() / (kv * hd);
-        let whole = |old: &[f32], new: Tensor<B, 4>| {
-            if prefix == 0 {
-                return new;
-            }
-            let old = Tensor::<B, 4>::from_data(TensorData::new(old.to_vec(), [1, prefix, kv, hd]), &self.device);
-            Tensor::cat(vec![old.swap_dims(1, 2), new], 2)
-        };
-        let (wk, wv) = (whole(&cache.k, k.clone()), whole(&cache.v, v.clone()));
-        cache.k.extend(host(k.swap_dims(1, 2)));
-        cache.v.extend(host(v.swap_dims(1, 2)));
-        (wk, wv)
+    /// Feeds `tokens` after what `cache` holds without computing logits: a
+    /// chunk of a prompt that is not its last.
+    pub fn extend(&self, tokens: &[u32], cache: &mut KvCache<B>) {
+        // Read back so that a lazy backend runs the chunk now, in its time slot.
+        let _ = host(self.feed(tokens, cache).narrow(1, tokens.len() - 1, 1));
+    }
+
+    /// The layers over `tokens` of one sequence: hidden states [1, t, hidden].
+    fn feed(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let c = &self.config;
+        let t = tokens.len();
+        let start = cache.len;
+        let rep = c.num_heads / c.num_kv_heads;
+        let half = c.head_dim / 2;
+        let cos: Tensor<B, 4> = self.cos.clone().narrow(0, start, t).reshape([1, 1, t, half]);
+        let sin: Tensor<B, 4> = self.sin.clone().narrow(0, start, t).reshape([1, 1, t, half]);
+        let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([1, t, c.hidden_size]);
+        cache.cover(t);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
+            let a = if self.host_attention {
+                self.prefill_attention_host(i, q, k, v, &mut cache.table, start)
+            } else {
+                let (k, v) = cache.append(i, k, v);
+                let len = k.dims()[2];
+                let expand = |m: Tensor<B, 4>| {
+                    m.unsqueeze_dim::<5>(2).expand([1, c.num_kv_heads, rep, len, c.head_dim]).reshape([
+                        1,
+                        c.num_heads,
+                        len,
+                        c.head_dim,
+                    ])
+                };
+                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+                let a = attention(q, expand(k), expand(v), None, None, options);
+                a.swap_dims(1, 2).reshape([1, t, c.num_heads * c.head_dim])
+            };
+            x = self.mlp(layer, x + project(a, &layer.out, None));
+        }
+        cache.len += t;
+        x
+    }
+
+    /// A prefill chunk's attention in layer `li` with keys and values on the
+    /// host: writes the chunk's k, v ([1, kv_heads, t, hd]) in place at
+    /// positions `start..`, then each query position attends to the blocks up
+    /// to itself, every (position, head) pair in parallel, with the very
+    /// function a decoding step uses: nothing is gathered, concatenated or
+    /// widened to all heads, and a prompt fed in chunks computes exactly what
+    /// it computes in one piece. Returns [1, t, heads·hd].
+    fn prefill_attention_host(
+        &self,
+        li: usize,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        table: &mut BlockTable,
+        start: usize,
+    ) -> Tensor<B, 3> {
+        use rayon::prelude::*;
+        let c = &self.config;
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let t = q.dims()[2];
+        let at = self.block_layout();
+        at.write(table, li, false, start, &host(k.swap_dims(1, 2)));
+        at.write(table, li, true, start, &host(v.swap_dims(1, 2)));
+        // [t][head][hd] on the host.
+        let q = host(q.swap_dims(1, 2));
+        let table = &*table;
+        let mut out = vec![0f32; t * h * hd];
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+            let (pos, head) = (i / h, i % h);
+            attend_paged(&q[i * hd..(i + 1) * hd], table, at, li, start + pos + 1, head / (h / kv), o);
+        });
+        Tensor::<B, 3>::from_data(TensorData::new(out, [1, t, h * hd]), &self.device)
     }
 
     /// One decoding step for several sequences at once: `tokens[i]` follows what
@@ -441,6 +596,9 @@ impl<B: Backend> Model<B> {
         let cos: Tensor<B, 4> = self.cos.clone().select(0, pos.clone()).reshape([b, 1, 1, hd / 2]);
         let sin: Tensor<B, 4> = self.sin.clone().select(0, pos).reshape([b, 1, 1, hd / 2]);
         let mut x: Tensor<B, 3> = self.embed.clone().select(0, self.ids_tensor(tokens)).reshape([b, 1, c.hidden_size]);
+        for cache in caches.iter_mut() {
+            cache.cover(1);
+        }
         for (li, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = self.project_qkv(layer, x.clone(), cos.clone(), sin.clone());
             let a = if self.host_attention {
@@ -494,19 +652,20 @@ impl<B: Backend> Model<B> {
         use rayon::prelude::*;
         let c = &self.config;
         let (b, h, kv, hd) = (caches.len(), c.num_heads, c.num_kv_heads, c.head_dim);
-        let scale = 1.0 / (hd as f32).sqrt();
+        let at = self.block_layout();
         // With one position, [b, heads, 1, hd] is already [b][head][hd] on the host.
         let (q, k, v) = (host(q), host(k), host(v));
         for (s, cache) in caches.iter_mut().enumerate() {
-            let cache = &mut cache.host[li];
-            cache.k.extend_from_slice(&k[s * kv * hd..(s + 1) * kv * hd]);
-            cache.v.extend_from_slice(&v[s * kv * hd..(s + 1) * kv * hd]);
+            let pos = cache.len;
+            at.write(&mut cache.table, li, false, pos, &k[s * at.row..(s + 1) * at.row]);
+            at.write(&mut cache.table, li, true, pos, &v[s * at.row..(s + 1) * at.row]);
         }
-        let layer_caches: Vec<&HostKv> = caches.iter().map(|cache| &cache.host[li]).collect();
+        let seqs: Vec<(&BlockTable, usize)> = caches.iter().map(|cache| (&cache.table, cache.len + 1)).collect();
         let mut out = vec![0f32; b * h * hd];
         out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
             let (s, head) = (i / h, i % h);
-            attend_host(&q[i * hd..(i + 1) * hd], layer_caches[s], kv, head / (h / kv), scale, o);
+            let (table, len) = seqs[s];
+            attend_paged(&q[i * hd..(i + 1) * hd], table, at, li, len, head / (h / kv), o);
         });
         Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), &self.device)
     }

@@ -19,7 +19,7 @@ use cocoon_engine::loader::LoadedModel;
 use cocoon_engine::model::logits_rows;
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::{
-    BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role, Sampling,
+    BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role,
     WeightLayout, default_model_path, load, load_with,
 };
 use serde::Deserialize;
@@ -296,13 +296,7 @@ fn batched_equals_solo(loaded: &LoadedModel<CpuBackend>) {
 }
 
 fn chat(question: &str) -> GenerationRequest {
-    GenerationRequest {
-        prompt: Prompt::Chat(vec![ChatMessage { role: Role::User, content: question.into() }]),
-        max_tokens: 32,
-        sampling: Sampling { temperature: 0.0, ..Sampling::default() },
-        stop: vec![],
-        cost_cap: None,
-    }
+    GenerationRequest::greedy(Prompt::Chat(vec![ChatMessage { role: Role::User, content: question.into() }]), 32)
 }
 
 fn run(engine: &BurnEngine, req: &GenerationRequest) -> (String, cocoon_engine::Completion) {
@@ -319,7 +313,7 @@ fn run(engine: &BurnEngine, req: &GenerationRequest) -> (String, cocoon_engine::
 #[test]
 fn engine_answers_the_capital_of_france() {
     let loaded = load::<CpuBackend>(&smollm2_path(), None, 2048, &Default::default()).unwrap();
-    let engine = BurnEngine::start(loaded, "smollm2".into(), BatchOptions::default());
+    let engine = BurnEngine::start(loaded, "smollm2".into(), BatchOptions::default()).unwrap();
     let (text, done) = run(&engine, &chat("What is the capital of France?"));
     assert_eq!(text, "The capital of France is Paris.");
     assert_eq!(done.finish_reason, FinishReason::Stop);
@@ -401,14 +395,10 @@ fn a_full_queue_answers_busy_and_a_cancelled_request_frees_its_slot() {
     use std::sync::mpsc;
 
     let loaded = load::<CpuBackend>(&smollm2_path(), None, 2048, &Default::default()).unwrap();
-    let engine = BurnEngine::start(loaded, "smollm2".into(), BatchOptions { max_batch: 1, max_queue: 1 });
-    let long = GenerationRequest {
-        prompt: Prompt::Text("Count from one to one thousand: one, two, three,".into()),
-        max_tokens: 1500,
-        sampling: Sampling { temperature: 0.0, ..Sampling::default() },
-        stop: vec![],
-        cost_cap: None,
-    };
+    let engine =
+        BurnEngine::start(loaded, "smollm2".into(), BatchOptions { max_batch: 1, max_queue: 1, ..Default::default() })
+            .unwrap();
+    let long = GenerationRequest::greedy(Prompt::Text("Count from one to one thousand: one, two, three,".into()), 1500);
     let mut short = long.clone();
     short.max_tokens = 2;
     let release = AtomicBool::new(false);

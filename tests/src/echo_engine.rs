@@ -56,6 +56,7 @@ impl Engine for EchoEngine {
                 return Ok(Completion {
                     prompt_tokens: prompt_tokens as u32,
                     completion_tokens,
+                    cached_tokens: 0,
                     finish_reason: FinishReason::Length,
                 });
             }
@@ -71,6 +72,11 @@ impl Engine for EchoEngine {
                 std::thread::sleep(self.token_delay);
             }
         }
-        Ok(Completion { prompt_tokens: prompt_tokens as u32, completion_tokens, finish_reason: FinishReason::Stop })
+        Ok(Completion {
+            prompt_tokens: prompt_tokens as u32,
+            completion_tokens,
+            cached_tokens: 0,
+            finish_reason: FinishReason::Stop,
+        })
     }
 }

@@ -88,7 +88,30 @@ async fn the_enclave_serves_the_default_model_streamed_and_whole() {
     assert_eq!(v["choices"][0]["message"]["content"], "The capital of France");
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 4);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     assert_eq!(receipt.unwrap().completion_tokens, 4);
+
+    // A prompt-cache key inside the seal: the second request with the same key
+    // reuses the first one's prompt and answers the same; another key does not.
+    let keyed = |key: &str| {
+        serde_json::json!({
+            "model": MODEL_ID, "max_tokens": 4, "temperature": 0, "prompt_cache_key": key,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let mut cached = Vec::new();
+    for key in ["alice", "alice", "bob"] {
+        let (resp, _) = worker.send(&InnerRequest::post_json("/v1/chat/completions", keyed(key))).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "The capital of France", "{v}");
+        cached.push(v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap());
+    }
+    assert_eq!(cached, [0, 36, 0], "only the same key reuses, all but the last prompt position");
+    let (resp, _) =
+        worker.send(&InnerRequest::post_json("/v1/chat/completions", keyed(&"k".repeat(257)))).await.unwrap();
+    assert_eq!(resp.status, 400, "an oversized prompt_cache_key is refused");
 
     // A field outside the allowed set: an OpenAI-style error, sealed.
     let body =
