@@ -431,12 +431,6 @@ impl<B: Backend> Model<B> {
         BlockLayout { row: self.config.num_kv_heads * self.config.head_dim }
     }
 
-    /// Bytes of keys and values one position takes (in host memory for the
-    /// host layout, in the backend's for the dense one).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        self.block_layout().floats(self.layers.len()) / BLOCK_TOKENS * std::mem::size_of::<f32>()
-    }
-
     /// Replaces the key/value pool with one of `tokens` positions (rounded up
     /// to whole blocks). Caches drawn from the old pool keep their blocks.
     pub fn set_kv_budget(&mut self, tokens: usize) {
@@ -450,11 +444,7 @@ impl<B: Backend> Model<B> {
 
     /// An empty cache that takes blocks from the pool as it grows.
     pub fn new_cache(&self) -> KvCache<B> {
-        self.cache_with(self.kv_pool.reserve(0).expect("an empty promise always fits"))
-    }
-
-    /// An empty cache drawing on blocks already promised to `table`.
-    pub fn cache_with(&self, table: BlockTable) -> KvCache<B> {
+        let table = self.kv_pool.reserve(0).expect("an empty promise always fits");
         KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), table, len: 0 }
     }
 
@@ -566,9 +556,7 @@ impl<B: Backend> Model<B> {
         table: &mut BlockTable,
         start: usize,
     ) -> Tensor<B, 3> {
-        use rayon::prelude::*;
         let c = &self.config;
-        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let t = q.dims()[2];
         let at = self.block_layout();
         at.write(table, li, false, start, &host(k.swap_dims(1, 2)));
@@ -576,12 +564,26 @@ impl<B: Backend> Model<B> {
         // [t][head][hd] on the host.
         let q = host(q.swap_dims(1, 2));
         let table = &*table;
-        let mut out = vec![0f32; t * h * hd];
+        let out = self.attend_rows(li, &q, |pos| (table, start + pos + 1));
+        Tensor::<B, 3>::from_data(TensorData::new(out, [1, t, c.num_heads * c.head_dim]), &self.device)
+    }
+
+    /// Host attention in layer `li` of query rows `q` ([rows][head][hd]): row
+    /// `r` attends to the first `len` positions of `table`, where
+    /// `(table, len) = seq(r)`; every (row, head) pair in parallel, each query
+    /// head on the key/value head its group shares. Returns [rows][head][hd].
+    fn attend_rows<'t>(&self, li: usize, q: &[f32], seq: impl Fn(usize) -> (&'t BlockTable, usize) + Sync) -> Vec<f32> {
+        use rayon::prelude::*;
+        let c = &self.config;
+        let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let at = self.block_layout();
+        let mut out = vec![0f32; q.len()];
         out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-            let (pos, head) = (i / h, i % h);
-            attend_paged(&q[i * hd..(i + 1) * hd], table, at, li, start + pos + 1, head / (h / kv), o);
+            let (row, head) = (i / h, i % h);
+            let (table, len) = seq(row);
+            attend_paged(&q[i * hd..(i + 1) * hd], table, at, li, len, head / (h / kv), o);
         });
-        Tensor::<B, 3>::from_data(TensorData::new(out, [1, t, h * hd]), &self.device)
+        out
     }
 
     /// One decoding step for several sequences at once: `tokens[i]` follows what
@@ -649,9 +651,8 @@ impl<B: Backend> Model<B> {
         v: Tensor<B, 4>,
         caches: &mut [&mut KvCache<B>],
     ) -> Tensor<B, 3> {
-        use rayon::prelude::*;
         let c = &self.config;
-        let (b, h, kv, hd) = (caches.len(), c.num_heads, c.num_kv_heads, c.head_dim);
+        let (b, h, hd) = (caches.len(), c.num_heads, c.head_dim);
         let at = self.block_layout();
         // With one position, [b, heads, 1, hd] is already [b][head][hd] on the host.
         let (q, k, v) = (host(q), host(k), host(v));
@@ -661,12 +662,7 @@ impl<B: Backend> Model<B> {
             at.write(&mut cache.table, li, true, pos, &v[s * at.row..(s + 1) * at.row]);
         }
         let seqs: Vec<(&BlockTable, usize)> = caches.iter().map(|cache| (&cache.table, cache.len + 1)).collect();
-        let mut out = vec![0f32; b * h * hd];
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-            let (s, head) = (i / h, i % h);
-            let (table, len) = seqs[s];
-            attend_paged(&q[i * hd..(i + 1) * hd], table, at, li, len, head / (h / kv), o);
-        });
+        let out = self.attend_rows(li, &q, |s| seqs[s]);
         Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), &self.device)
     }
 }
