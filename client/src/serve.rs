@@ -371,8 +371,13 @@ fn prompt_cache_key(key: &SigningKey, app: Option<&Value>) -> Result<String, App
     use sha2::{Digest, Sha256};
     let app = match app {
         None | Some(Value::Null) => "",
-        Some(Value::String(s)) if s.len() <= 256 => s.as_str(),
-        Some(_) => return Err(AppError::invalid("prompt_cache_key: expected a string of at most 256 bytes")),
+        Some(Value::String(s)) if s.len() <= limits::MAX_PROMPT_CACHE_KEY => s.as_str(),
+        Some(_) => {
+            return Err(AppError::invalid(format!(
+                "prompt_cache_key: expected a string of at most {} bytes",
+                limits::MAX_PROMPT_CACHE_KEY
+            )));
+        }
     };
     let secret = Sha256::new().chain_update(b"cocoon prompt cache secret\0").chain_update(key.to_bytes()).finalize();
     let bound = Sha256::new().chain_update(secret).chain_update((app.len() as u64).to_le_bytes()).chain_update(app);

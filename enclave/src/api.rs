@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use cocoon_engine::{ChatMessage, Completion, Engine, EngineError, GenerationRequest, PrefixKey, Prompt, Sampling};
 use cocoon_protocol::bhttp_msg::InnerRequest;
+use cocoon_protocol::limits::MAX_PROMPT_CACHE_KEY as MAX_CACHE_KEY;
 use cocoon_protocol::price::CostCap;
 use cocoon_protocol::{NanoTon, Prices, media};
 
@@ -22,8 +23,6 @@ pub const DEFAULT_MAX_TOKENS: u32 = 256;
 pub const MAX_TOKENS_CAP: u32 = 4096;
 const MAX_STOP_SEQUENCES: usize = 4;
 const MAX_MESSAGES: usize = 512;
-/// Longest `prompt_cache_key` accepted, in bytes.
-const MAX_CACHE_KEY: usize = 256;
 /// SSE events buffered between the engine and the network.
 const STREAM_BUFFER: usize = 64;
 

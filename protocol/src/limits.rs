@@ -30,3 +30,7 @@ pub const MAX_CLAIM_TEXT: usize = 256;
 pub const MAX_GPUS: usize = 16;
 /// Most certificates in one evidence document.
 pub const MAX_EVIDENCE_CERTS: usize = 16;
+
+/// Longest OpenAI `prompt_cache_key` a worker accepts, and an app may give
+/// `cocoon serve` (which sends its own 64-hex-digit key bound to it).
+pub const MAX_PROMPT_CACHE_KEY: usize = 256;
