@@ -37,6 +37,7 @@ const BATCHES: [usize; 3] = [1, 8, 32];
 
 fn burn_label(layout: WeightLayout) -> &'static str {
     match layout {
+        WeightLayout::PackedInt16 => "burn (packed, i16 dots)",
         WeightLayout::Packed => "burn (packed Q4_1/Q8_0)",
         WeightLayout::Dense => "burn (f32 weights)",
     }
@@ -321,7 +322,7 @@ const LONG_PROMPT: usize = 1024;
 /// `LONG_PROMPT`-token prompt arrives. Inter-token gaps are those of the
 /// streams while the long prompt is in flight (arrival to first token).
 fn mixed_load(path: &Path, prefill_chunk: usize) -> anyhow::Result<Latency> {
-    let loaded = load_with::<CpuBackend>(path, None, 2048, &Default::default(), WeightLayout::Packed)?;
+    let loaded = load_with::<CpuBackend>(path, None, 2048, &Default::default(), WeightLayout::PackedInt16)?;
     let text = "Confidential computing protects data in use by running computations in a hardware-based, \
                 attested trusted execution environment. ";
     let mut long_ids = loaded.codec.encode_text(&text.repeat(64)).map_err(anyhow::Error::msg)?;
@@ -394,7 +395,7 @@ fn mixed_load(path: &Path, prefill_chunk: usize) -> anyhow::Result<Latency> {
 
 /// One prompt of `n` tokens prefilled whole and in chunks of 64 (packed).
 fn long_prefill(path: &Path, n: usize) -> anyhow::Result<()> {
-    let loaded = load_with::<CpuBackend>(path, None, 4096, &Default::default(), WeightLayout::Packed)?;
+    let loaded = load_with::<CpuBackend>(path, None, 4096, &Default::default(), WeightLayout::PackedInt16)?;
     let text = "Confidential computing protects data in use. ".repeat(n);
     let mut ids = loaded.codec.encode_text(&text).map_err(anyhow::Error::msg)?;
     ids.truncate(n);
@@ -457,8 +458,10 @@ fn random_blocks(kind: QuantKind, rows: usize, cols: usize) -> anyhow::Result<Pa
     Ok(PackedMatrix::new(kind, rows, cols, data)?)
 }
 
-/// Matrix-vector and 8-row products of a 2048x2048 matrix in each block format,
-/// next to Burn's f32 product of the same weights widened (the dense layout).
+/// Matrix-vector, 4-row and 8-row products of a 2048x2048 matrix in each
+/// block format: packed with f32 activations, packed with 16-bit integer activations
+/// (Q8_0/Q4_0/Q4_1, up to the fused kernel's four rows), and Burn's f32
+/// product of the same weights widened (the dense layout).
 fn kernels() -> anyhow::Result<()> {
     const DIM: usize = 2048;
     const REPEAT: usize = 100;
@@ -466,35 +469,50 @@ fn kernels() -> anyhow::Result<()> {
     println!(
         "\nPacked kernels, {DIM}x{DIM} weights, {REPEAT} products each (weights GB/s = stored bytes read per second)"
     );
-    println!("{:<6} {:>5} {:>12} {:>12} {:>16} {:>8}", "format", "rows", "packed ms", "f32 ms", "packed GB/s", "ratio");
+    println!(
+        "{:<6} {:>5} {:>10} {:>10} {:>10} {:>12} {:>9} {:>9}",
+        "format", "rows", "packed ms", "int16 ms", "f32 ms", "packed GB/s", "f32/pack", "pack/i16"
+    );
+    let time = |f: &dyn Fn()| {
+        f();
+        let t = Instant::now();
+        for _ in 0..REPEAT {
+            f();
+        }
+        t.elapsed().as_secs_f64() / REPEAT as f64
+    };
     for kind in QuantKind::ALL {
         let linear = PackedLinear::new(vec![random_blocks(kind, DIM, DIM)?])?;
+        let int16 = linear.clone().with_int16_activations(true);
         let dense: Tensor<CpuBackend, 2> =
             Tensor::<CpuBackend, 2>::from_data(TensorData::new(linear.dequantize(), [DIM, DIM]), &device).transpose();
         let dense = Tensor::<CpuBackend, 2>::from_data(dense.into_data(), &device);
-        for n in [1, 8] {
+        for n in [1, 4, 8] {
             let x: Vec<f32> = (0..n * DIM).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-            linear.forward(&x, n);
-            let t = Instant::now();
-            for _ in 0..REPEAT {
+            let packed = time(&|| {
                 std::hint::black_box(linear.forward(&x, n));
-            }
-            let packed = t.elapsed().as_secs_f64() / REPEAT as f64;
+            });
+            let int16_s = (matches!(kind, QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q4_1) && n <= 4).then(|| {
+                time(&|| {
+                    std::hint::black_box(int16.forward(&x, n));
+                })
+            });
             let xt = Tensor::<CpuBackend, 2>::from_data(TensorData::new(x.clone(), [n, DIM]), &device);
-            let t = Instant::now();
-            for _ in 0..REPEAT {
+            let f32_s = time(&|| {
                 let y: Vec<f32> = xt.clone().matmul(dense.clone()).into_data().to_vec().expect("f32");
                 std::hint::black_box(y);
-            }
-            let f32_s = t.elapsed().as_secs_f64() / REPEAT as f64;
+            });
+            let dash = || "-".to_string();
             println!(
-                "{:<6} {:>5} {:>12.3} {:>12.3} {:>16.2} {:>7.2}x",
+                "{:<6} {:>5} {:>10.3} {:>10} {:>10.3} {:>12.2} {:>8.2}x {:>9}",
                 format!("{kind:?}"),
                 n,
                 packed * 1e3,
+                int16_s.map_or_else(dash, |t| format!("{:.3}", t * 1e3)),
                 f32_s * 1e3,
                 linear.bytes() as f64 / packed / 1e9,
-                f32_s / packed
+                f32_s / packed,
+                int16_s.map_or_else(dash, |t| format!("{:.2}x", packed / t)),
             );
         }
     }
@@ -518,8 +536,11 @@ fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--packed-only");
     let reference =
         if quick { None } else { Some(burn(&path, WeightLayout::Dense).context("burn engine, f32 weights")?) };
-    let b = burn(&path, WeightLayout::Packed).context("burn engine, packed weights")?;
-    let mut theirs: Vec<Measured> = reference.into_iter().map(|r| r.measured).collect();
+    // The served layout (16-bit integer activations) and, for comparison,
+    // the same packed weights with f32 activations.
+    let exact = if quick { None } else { Some(burn(&path, WeightLayout::Packed).context("burn engine, packed")?) };
+    let b = burn(&path, WeightLayout::PackedInt16).context("burn engine, packed weights, i16 dots")?;
+    let mut theirs: Vec<Measured> = exact.into_iter().chain(reference).map(|r| r.measured).collect();
     if !quick {
         theirs.extend(llama_cpp(&path, &b.ids, &b.france, &b.codec).context("llama.cpp")?);
         theirs.extend(candle(&path, &b.ids, &b.france, &b.codec).context("candle")?);
@@ -536,7 +557,7 @@ fn main() -> anyhow::Result<()> {
             println!("{:<28} {:>5} {:>14.1} {:>14.1} {:>10}", r.runtime, r.batch, r.prefill, r.decode, peak);
         }
     }
-    println!("\nratios (burn packed / other):");
+    println!("\nratios (burn packed, i16 dots / other):");
     for b in theirs.iter().flat_map(|m| &m.rows) {
         if let Some(a) = ours.rows.iter().find(|a| a.batch == b.batch) {
             println!(

@@ -12,6 +12,7 @@ pub use cocoon_protocol::price::{BudgetError, CostCap};
 
 pub mod config;
 pub mod gguf;
+pub mod host_ops;
 pub mod kv_pool;
 pub mod loader;
 pub mod model;

@@ -136,11 +136,12 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     bar
 }
 
-/// Quantised weights stay packed on the CPU backend; other backends get them widened.
+/// Quantised weights stay packed on the CPU backend, multiplied as integers
+/// with 16-bit activations while decoding; other backends get them widened.
 pub fn default_layout<B: Backend>() -> WeightLayout {
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     if std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::CpuBackend>() {
-        return WeightLayout::Packed;
+        return WeightLayout::PackedInt16;
     }
     WeightLayout::Dense
 }

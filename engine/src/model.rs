@@ -26,6 +26,20 @@ pub enum WeightLayout {
     /// matrices in other formats are widened as in `Dense`. Keys, values and
     /// decoding attention live on the host, whatever the weights' formats.
     Packed,
+    /// `Packed`, and the fused kernel (decoding up to four sequences) takes
+    /// the activations of the layers' Q8_0, Q4_0 and Q4_1 matrices quantised
+    /// to 16-bit integers per block of 32 for integer dot products: the
+    /// stored values are multiplied as integers instead of being converted
+    /// to f32, at a rounding of 1/65534 of each block's largest activation
+    /// (bounded in `quant`'s tests, measured on SmolLM2 in the reference
+    /// tests).
+    PackedInt16,
+}
+
+impl WeightLayout {
+    fn packed(self) -> bool {
+        self != WeightLayout::Dense
+    }
 }
 
 /// A projection's weight: `[in, out]` as a backend tensor, or packed `[out, in]`.
@@ -50,6 +64,23 @@ struct Layer<B: Backend> {
     down: Linear<B>,
 }
 
+/// Host copies of a layer's small weights, for decoding steps on the host.
+struct HostLayer {
+    attn_norm: Vec<f32>,
+    qkv_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    mlp_norm: Vec<f32>,
+}
+
+/// What a decoding step needs on the host when every projection is packed.
+struct HostWeights {
+    layers: Vec<HostLayer>,
+    /// Rotary cosines and sines, [positions][head_dim / 2].
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
     device: B::Device,
@@ -64,6 +95,9 @@ pub struct Model<B: Backend> {
     norm: Tensor<B, 1>,
     /// [hidden, vocab]
     lm_head: Linear<B>,
+    /// Set when every layer's projections are packed: decoding steps then
+    /// run on the host between the packed products (`decode_on_host`).
+    host: Option<HostWeights>,
     /// [positions, head_dim / 2]
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
@@ -296,7 +330,7 @@ fn packed_stack(
     parts: &[(&str, [usize; 2])],
     layout: WeightLayout,
 ) -> Result<Option<PackedLinear>, LoadError> {
-    if layout != WeightLayout::Packed {
+    if !layout.packed() {
         return Ok(None);
     }
     let mut packed = Vec::with_capacity(parts.len());
@@ -309,7 +343,7 @@ fn packed_stack(
             None => return Ok(None),
         }
     }
-    Ok(Some(PackedLinear::new(packed)?))
+    Ok(Some(PackedLinear::new(packed)?.with_int16_activations(layout == WeightLayout::PackedInt16)))
 }
 
 /// [`packed_stack`] where it applies, else the parts widened and stacked.
@@ -350,14 +384,18 @@ impl<B: Backend> Model<B> {
         };
         let linear = |parts: &[(&str, [usize; 2])]| stacked::<B>(src, parts, layout, device);
         let embed_w = take(src, "model.embed_tokens.weight", &[c.vocab_size, d])?;
+        // The output head keeps f32 activations: its logits decide the
+        // tokens, SmolLM2's top two 0.08 apart on the France question, and
+        // llama.cpp's 8-bit activations there already change that answer.
+        let head_layout = if layout.packed() { WeightLayout::Packed } else { layout };
         let lm_head = if c.tie_word_embeddings {
             // Tied: the embedding just read serves when the head is not packed.
-            match packed_stack(src, &[("model.embed_tokens.weight", [c.vocab_size, d])], layout)? {
+            match packed_stack(src, &[("model.embed_tokens.weight", [c.vocab_size, d])], head_layout)? {
                 Some(p) => Linear::Packed(p),
                 None => Linear::Dense(dense_stack(std::slice::from_ref(&embed_w), device)),
             }
         } else {
-            linear(&[("lm_head.weight", [c.vocab_size, d])])?
+            stacked::<B>(src, &[("lm_head.weight", [c.vocab_size, d])], head_layout, device)?
         };
         let embed = tensor2((embed_w.data, [c.vocab_size, d]));
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -405,7 +443,23 @@ impl<B: Backend> Model<B> {
         let angles: Vec<f32> = (0..positions).flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f)).collect();
         let cos = tensor2((angles.iter().map(|a| a.cos()).collect(), [positions, half]));
         let sin = tensor2((angles.iter().map(|a| a.sin()).collect(), [positions, half]));
-        let host_attention = layout == WeightLayout::Packed;
+        let host_attention = layout.packed();
+        let all_packed =
+            layers.iter().all(|l| [&l.qkv, &l.out, &l.gate_up, &l.down].iter().all(|w| matches!(w, Linear::Packed(_))));
+        let host_weights = (host_attention && all_packed).then(|| HostWeights {
+            layers: layers
+                .iter()
+                .map(|l| HostLayer {
+                    attn_norm: host(l.attn_norm.clone()),
+                    qkv_bias: l.qkv_bias.clone().map(host),
+                    q_norm: l.q_norm.clone().map(host),
+                    k_norm: l.k_norm.clone().map(host),
+                    mlp_norm: host(l.mlp_norm.clone()),
+                })
+                .collect(),
+            cos: host(cos.clone()),
+            sin: host(sin.clone()),
+        });
         let mut model = Model {
             config,
             device: device.clone(),
@@ -415,6 +469,7 @@ impl<B: Backend> Model<B> {
             layers,
             norm,
             lm_head,
+            host: host_weights,
             cos,
             sin,
         };
@@ -590,6 +645,9 @@ impl<B: Backend> Model<B> {
     /// `caches[i]` holds. Projections and the MLP run as one batch; attention
     /// runs per sequence (their lengths differ). Returns logits [batch, vocab].
     pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
+        if let Some(hw) = &self.host {
+            return self.decode_on_host(hw, tokens, caches);
+        }
         let c = &self.config;
         let b = tokens.len();
         let hd = c.head_dim;
@@ -614,6 +672,60 @@ impl<B: Backend> Model<B> {
             cache.len += 1;
         }
         apply(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([b, c.hidden_size]), &self.lm_head, None)
+    }
+
+    /// [`Model::decode`] with packed projections, on the host: the packed
+    /// products, the norms, the rotation, the attention over the blocks and
+    /// the MLP's gate work on plain rows, so a step costs its matrix
+    /// products and little else. The same formulas as the backend path.
+    fn decode_on_host(&self, hw: &HostWeights, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
+        use crate::host_ops::{add_assign, rms_norm_rows, rotate_head, silu_mul_rows};
+        let c = &self.config;
+        let (b, d, h, kv, hd) = (tokens.len(), c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
+        let (half, eps, at) = (hd / 2, c.rms_norm_eps, self.block_layout());
+        fn packed<B: Backend>(w: &Linear<B>) -> &PackedLinear {
+            match w {
+                Linear::Packed(p) => p,
+                Linear::Dense(_) => unreachable!("host decoding is only set up when every projection is packed"),
+            }
+        }
+        let mut x = host(self.embed.clone().select(0, self.ids_tensor(tokens)));
+        for cache in caches.iter_mut() {
+            cache.cover(1);
+        }
+        let width = (h + 2 * kv) * hd;
+        for (li, (layer, hl)) in self.layers.iter().zip(&hw.layers).enumerate() {
+            let mut qkv = packed::<B>(&layer.qkv).forward(&rms_norm_rows(&x, &hl.attn_norm, eps), b);
+            let mut q = vec![0f32; b * h * hd];
+            for (s, (row, cache)) in qkv.chunks_exact_mut(width).zip(caches.iter_mut()).enumerate() {
+                if let Some(bias) = &hl.qkv_bias {
+                    add_assign(row, bias);
+                }
+                let pos = cache.len;
+                let (cos, sin) = (&hw.cos[pos * half..(pos + 1) * half], &hw.sin[pos * half..(pos + 1) * half]);
+                for (i, head) in row[..(h + kv) * hd].chunks_exact_mut(hd).enumerate() {
+                    let norm = if i < h { &hl.q_norm } else { &hl.k_norm };
+                    if let Some(w) = norm {
+                        head.copy_from_slice(&rms_norm_rows(head, w, eps));
+                    }
+                    rotate_head(head, cos, sin);
+                }
+                q[s * h * hd..(s + 1) * h * hd].copy_from_slice(&row[..h * hd]);
+                at.write(&mut cache.table, li, false, pos, &row[h * hd..(h + kv) * hd]);
+                at.write(&mut cache.table, li, true, pos, &row[(h + kv) * hd..]);
+            }
+            let seqs: Vec<(&BlockTable, usize)> = caches.iter().map(|cache| (&cache.table, cache.len + 1)).collect();
+            let a = self.attend_rows(li, &q, |s| seqs[s]);
+            add_assign(&mut x, &packed::<B>(&layer.out).forward(&a, b));
+            let gu = packed::<B>(&layer.gate_up).forward(&rms_norm_rows(&x, &hl.mlp_norm, eps), b);
+            let act = silu_mul_rows(&gu, c.intermediate_size);
+            add_assign(&mut x, &packed::<B>(&layer.down).forward(&act, b));
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [b, d]), &self.device);
+        apply(rms_norm(x, &self.norm, eps), &self.lm_head, None)
     }
 
     /// One decoding step's attention in layer `li` on backend tensors:
