@@ -402,8 +402,8 @@ impl PackedLinear {
     /// integers per block of 32: integer products of the stored values
     /// instead of converting every weight to f32. (llama.cpp rounds
     /// activations to 8 bits; on SmolLM2 that moved logits by up to 3.2 and
-    /// changed its answers, while 16 bits stay within [`INT16_STEP`] of a
-    /// block's largest activation.)
+    /// changed its answers, while 16 bits round each value by at most
+    /// 1/65534 of its block's largest activation; see [`INT16_TOP`].)
     pub fn with_int16_activations(mut self, on: bool) -> Self {
         self.int16_activations = on;
         self
@@ -452,7 +452,7 @@ impl PackedLinear {
                         && m.kind.simple()
                     {
                         for (g, out) in row_out.chunks_mut(GROUP).enumerate() {
-                            dots_int16(m.kind, m.row(r), xq, g * GROUP, out);
+                            dots_int16(m.kind, m.row(r), xq, &sums, g * GROUP, out);
                         }
                         continue;
                     }
@@ -531,7 +531,7 @@ fn block_sums(x: &[f32]) -> Vec<f32> {
 
 /// The largest integer an activation is rounded to: a block's largest
 /// magnitude maps to it, so rounding moves a value by at most 1/65534 of it.
-pub const INT16_STEP: i16 = i16::MAX;
+pub const INT16_TOP: i16 = i16::MAX;
 
 /// Activation rows quantised to 16-bit integers per block of 32 (scale =
 /// max |x| / 32767, values rounded to nearest): what the integer dot products
@@ -542,8 +542,6 @@ pub struct Int16Rows {
     scale: Vec<f32>,
     /// Per block: Σ q, which Q4_0's implicit offset of -8 multiplies.
     qsum: Vec<i32>,
-    /// Per block: the exact Σ x, which Q4_1's minimum multiplies.
-    sum: Vec<f32>,
 }
 
 impl Int16Rows {
@@ -551,8 +549,8 @@ impl Int16Rows {
     /// length is inferred by the kernels from the weight row.
     pub fn quantize(x: &[f32]) -> Self {
         let n = x.len() / BLOCK;
-        let mut rows = Int16Rows { q: vec![0; n * BLOCK], scale: vec![0.0; n], qsum: vec![0; n], sum: vec![0.0; n] };
-        let top = f32::from(INT16_STEP);
+        let mut rows = Int16Rows { q: vec![0; n * BLOCK], scale: vec![0.0; n], qsum: vec![0; n] };
+        let top = f32::from(INT16_TOP);
         for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / top;
@@ -565,7 +563,6 @@ impl Int16Rows {
             }
             rows.scale[b] = d;
             rows.qsum[b] = qs;
-            rows.sum[b] = xb.iter().sum();
         }
         rows
     }
@@ -577,32 +574,34 @@ impl Int16Rows {
 
 /// One weight row of Q8_0, Q4_0 or Q4_1 against activation rows `first..`
 /// (`out.len()` of them, at most `GROUP`) of `x`, in integer arithmetic per
-/// block: `d_w · d_x · Σ q_w q_x` (+ the format's offset). The block sums fit
-/// an i32: 32 · 128 · 32767 < 2³¹.
-fn dots_int16(kind: QuantKind, w: &[u8], x: &Int16Rows, first: usize, out: &mut [f32]) {
+/// block: `d_w · d_x · Σ q_w q_x` (+ the format's offset; Q4_1's minimum
+/// multiplies the exact block sums `sums` of all rows, as in [`dots`]). The
+/// block sums fit an i32: 32 · 128 · 32767 < 2³¹.
+fn dots_int16(kind: QuantKind, w: &[u8], x: &Int16Rows, sums: &[f32], first: usize, out: &mut [f32]) {
     let blocks = w.len() / kind.block_bytes();
     assert!(kind.simple() && (first + out.len()) * blocks <= x.scale.len(), "quantised activations cover the rows");
+    assert_eq!(sums.len(), x.scale.len(), "one exact sum per quantised block");
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); the
         // kernel checks the slices' lengths itself.
         unsafe {
             match out.len() {
-                1 => avx2::dots_int16::<1>(kind, w, x, first, out),
-                2 => avx2::dots_int16::<2>(kind, w, x, first, out),
-                3 => avx2::dots_int16::<3>(kind, w, x, first, out),
-                _ => avx2::dots_int16::<4>(kind, w, x, first, out),
+                1 => avx2::dots_int16::<1>(kind, w, x, sums, first, out),
+                2 => avx2::dots_int16::<2>(kind, w, x, sums, first, out),
+                3 => avx2::dots_int16::<3>(kind, w, x, sums, first, out),
+                _ => avx2::dots_int16::<4>(kind, w, x, sums, first, out),
             }
         }
         return;
     }
     for (i, o) in out.iter_mut().enumerate() {
-        *o = dot_int16_portable(kind, w, x, (first + i) * blocks);
+        *o = dot_int16_portable(kind, w, x, sums, (first + i) * blocks);
     }
 }
 
 /// [`dots_int16`] for one activation row whose first block is `g0`.
-fn dot_int16_portable(kind: QuantKind, w: &[u8], x: &Int16Rows, g0: usize) -> f32 {
+fn dot_int16_portable(kind: QuantKind, w: &[u8], x: &Int16Rows, sums: &[f32], g0: usize) -> f32 {
     let mut total = 0f32;
     for (b, block) in w.chunks_exact(kind.block_bytes()).enumerate() {
         let g = g0 + b;
@@ -622,7 +621,7 @@ fn dot_int16_portable(kind: QuantKind, w: &[u8], x: &Int16Rows, g0: usize) -> f3
         };
         total += f16_at(block, 0) * x.scale[g] * isum as f32;
         if kind == QuantKind::Q4_1 {
-            total += f16_at(block, 2) * x.sum[g];
+            total += f16_at(block, 2) * sums[g];
         }
     }
     total
@@ -881,13 +880,14 @@ mod avx2 {
         kind: QuantKind,
         w: &[u8],
         x: &super::Int16Rows,
+        sums: &[f32],
         first: usize,
         out: &mut [f32],
     ) {
         let bb = kind.block_bytes();
         let blocks = w.len() / bb;
         assert!(kind.simple() && out.len() == N && (first + N) * blocks <= x.scale.len());
-        assert!(x.q.len() == x.scale.len() * BLOCK);
+        assert!(x.q.len() == x.scale.len() * BLOCK && sums.len() == x.scale.len());
         let mask = _mm_set1_epi8(0x0f);
         let mut acc = [_mm256_setzero_ps(); N];
         let mut offsets = [0f32; N];
@@ -923,7 +923,7 @@ mod avx2 {
                 acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(products), acc[i]);
                 match kind {
                     QuantKind::Q4_0 => offsets[i] -= 8.0 * d * x.qsum[g] as f32,
-                    QuantKind::Q4_1 => offsets[i] += min * x.sum[g],
+                    QuantKind::Q4_1 => offsets[i] += min * sums[g],
                     _ => {}
                 }
             }
@@ -1049,7 +1049,7 @@ mod tests {
             let blocks = cols / BLOCK;
             for n in 1..=FUSED_MAX_ROWS {
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-                let xq = Int16Rows::quantize(&x);
+                let (xq, sums) = (Int16Rows::quantize(&x), block_sums(&x));
                 let got = linear.forward(&x, n);
                 let exact = PackedLinear::new(vec![k.clone()]).unwrap().forward(&x, n);
                 for i in 0..n {
@@ -1081,9 +1081,9 @@ mod tests {
                 }
                 for r in 0..rows {
                     let mut simd = vec![0f32; n];
-                    dots_int16(kind, m.row(r), &xq, 0, &mut simd);
+                    dots_int16(kind, m.row(r), &xq, &sums, 0, &mut simd);
                     for (i, s) in simd.iter().enumerate() {
-                        let portable = dot_int16_portable(kind, m.row(r), &xq, i * blocks);
+                        let portable = dot_int16_portable(kind, m.row(r), &xq, &sums, i * blocks);
                         assert!((portable - s).abs() <= 1e-5 * portable.abs().max(1.0), "{kind:?}: {portable} vs {s}");
                     }
                 }
