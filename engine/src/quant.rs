@@ -871,7 +871,134 @@ mod avx2 {
         }
     }
 
+    /// Blocks whose scales are converted together: one f16 conversion and
+    /// one multiplication by the activations' scales per eight blocks.
+    const SCALE_CHUNK: usize = 8;
+
+    /// How far ahead of the block being multiplied its successors are fetched.
+    const PREFETCH_BYTES: usize = 512;
+
+    /// Lanes below `len` (≤ 8) set: a mask for the masked loads below.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn first_lanes(len: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    /// `v[..len]` (`len` ≤ 8) in a vector, the other lanes zero. A masked
+    /// load rather than a copy: a call to `memcpy` made the compiler keep
+    /// every accumulator of the caller on the stack.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lanes(v: &[f32]) -> __m256 {
+        assert!(v.len() <= SCALE_CHUNK);
+        // SAFETY: only the first v.len() lanes are read.
+        unsafe { _mm256_maskload_ps(v.as_ptr(), first_lanes(v.len())) }
+    }
+
+    /// [`lanes`] for integers, converted to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lanes_i32(v: &[i32]) -> __m256 {
+        assert!(v.len() <= SCALE_CHUNK);
+        // SAFETY: only the first v.len() lanes are read.
+        _mm256_cvtepi32_ps(unsafe { _mm256_maskload_epi32(v.as_ptr(), first_lanes(v.len())) })
+    }
+
+    /// The two f16 words at the start of each of `len` (≤ 8) blocks of
+    /// `bb` bytes from `w`, as f32: (the scales d, the words after them,
+    /// which are Q4_1's minimums). Lanes from `len` on are zero.
+    ///
+    /// The words are collected with scalar shifts into four u64 and moved to
+    /// vectors once: a per-block f16 conversion cost about as much as the
+    /// block's integer products, a vector gather took a quarter of the
+    /// kernel's time, and words stored one by one then loaded together
+    /// stall store forwarding.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C (inlined into their callers, which
+    /// enable them).
+    #[inline(always)]
+    unsafe fn block_scales(w: &[u8], bb: usize, len: usize) -> (__m256, __m256) {
+        let mut d = [0u64; 2];
+        let mut m = [0u64; 2];
+        for (j, block) in w[..len * bb].chunks_exact(bb).enumerate() {
+            let (half, shift) = (j / 4, 16 * (j % 4));
+            d[half] |= u64::from(u16::from_le_bytes([block[0], block[1]])) << shift;
+            m[half] |= u64::from(u16::from_le_bytes([block[2], block[3]])) << shift;
+        }
+        // SAFETY: the caller has F16C.
+        unsafe {
+            let dv = _mm_set_epi64x(d[1] as i64, d[0] as i64);
+            let mv = _mm_set_epi64x(m[1] as i64, m[0] as i64);
+            (_mm256_cvtph_ps(dv), _mm256_cvtph_ps(mv))
+        }
+    }
+
+    /// The 32 values of the Q8_0, Q4_0 or Q4_1 block at `p` as i16:
+    /// elements 0..16 and 16..32 (Q4's stored nibbles, without their offset).
+    ///
+    /// # Safety
+    /// `p` must point to a whole block of `kind` (`bb` bytes).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_values(kind: QuantKind, p: *const u8, bb: usize) -> (__m256i, __m256i) {
+        // SAFETY: Q8_0 reads bytes 2..34 of its 34; Q4 reads its last 16.
+        unsafe {
+            if kind == QuantKind::Q8_0 {
+                (
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(2) as *const __m128i)),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(18) as *const __m128i)),
+                )
+            } else {
+                // Byte k holds element k (low nibble) and k + 16 (high).
+                let q = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(bb - 16) as *const __m128i));
+                (_mm256_and_si256(q, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16(q, 4))
+            }
+        }
+    }
+
+    /// The weight block at `block` times the activation block at `xq` and
+    /// the blocks `row_stride` values after it (the same block of the next
+    /// `N - 1` rows), each scaled by `scales[i][j]` and added to `acc[i]`.
+    ///
+    /// # Safety
+    /// `block` must point to a whole block of `kind` (`bb` bytes) and the
+    /// `N` activation blocks must lie within one allocation.
+    #[inline(always)]
+    unsafe fn block_products<const N: usize>(
+        kind: QuantKind,
+        (block, bb): (*const u8, usize),
+        xq: *const i16,
+        row_stride: usize,
+        scales: &[[f32; SCALE_CHUNK]; N],
+        j: usize,
+        acc: &mut [__m256; N],
+    ) {
+        // SAFETY: the caller guarantees the pointers; the intrinsics' CPU
+        // features are enabled by the caller this is inlined into.
+        unsafe {
+            let (w0, w1) = block_values(kind, block, bb);
+            for i in 0..N {
+                let xp = xq.add(i * row_stride);
+                let (x0, x1) =
+                    (_mm256_loadu_si256(xp as *const __m256i), _mm256_loadu_si256(xp.add(16) as *const __m256i));
+                let products = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+                let d = _mm256_broadcast_ss(&scales[i][j]);
+                acc[i] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(products), acc[i]);
+            }
+        }
+    }
+
     /// [`super::dots_int16`] for `N` activation rows from row `first`.
+    ///
+    /// Per chunk of eight blocks, the weight scales (f16) are gathered and
+    /// converted together and multiplied by the activations' scales, and
+    /// the format's offsets are accumulated in vectors. The per-block loop
+    /// then only unpacks, multiplies as integers and adds the scaled
+    /// products, each scale broadcast from memory: converting and
+    /// broadcasting one scale per block kept the shuffle port busy for
+    /// about seven cycles a block.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
@@ -887,49 +1014,65 @@ mod avx2 {
         let bb = kind.block_bytes();
         let blocks = w.len() / bb;
         assert!(kind.simple() && out.len() == N && (first + N) * blocks <= x.scale.len());
-        assert!(x.q.len() == x.scale.len() * BLOCK && sums.len() == x.scale.len());
-        let mask = _mm_set1_epi8(0x0f);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = [0f32; N];
-        for (b, block) in w.chunks_exact(bb).enumerate() {
-            let p = block.as_ptr();
-            let dw = f16_scale(block, 0);
-            // The block's 32 values widened to i16, elements 0..16 and 16..32.
-            // SAFETY: Q8_0 reads bytes 2..34 of its 34; Q4 reads its last 16.
-            let (w0, w1) = unsafe {
-                match kind {
-                    QuantKind::Q8_0 => (
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(2) as *const __m128i)),
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(18) as *const __m128i)),
-                    ),
-                    _ => {
-                        let q = _mm_loadu_si128(p.add(bb - 16) as *const __m128i);
-                        let lo = _mm_and_si128(q, mask);
-                        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-                        (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi))
-                    }
-                }
-            };
-            let min = if kind == QuantKind::Q4_1 { f16_scale(block, 2) } else { 0.0 };
+        assert!(x.q.len() == x.scale.len() * BLOCK && sums.len() == x.scale.len() && x.qsum.len() == x.scale.len());
+        // Two accumulators per row, for even and odd blocks: consecutive
+        // blocks do not wait on each other's addition.
+        let mut even = [_mm256_setzero_ps(); N];
+        let mut odd = [_mm256_setzero_ps(); N];
+        let mut offsets = [_mm256_setzero_ps(); N];
+        let mut scales = [[0f32; SCALE_CHUNK]; N];
+        let mut b0 = 0;
+        while b0 < blocks {
+            let len = (blocks - b0).min(SCALE_CHUNK);
+            // The rows of a product lie one after another: fetch the blocks
+            // a few chunks ahead (often the next row's). With the hardware
+            // prefetcher alone the first loads of each chunk waited on
+            // memory: a SmolLM2 token took 20 ms instead of 15.
+            let ahead = w.as_ptr().wrapping_add(b0 * bb + PREFETCH_BYTES);
+            for line in 0..(SCALE_CHUNK * bb).div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+            }
+            // SAFETY: this function enables AVX2 and F16C.
+            let (dw, mw) = unsafe { block_scales(&w[b0 * bb..], bb, len) };
             for i in 0..N {
-                let g = (first + i) * blocks + b;
-                // SAFETY: block g of x lies within x.q (asserted above).
-                let (x0, x1) = unsafe {
-                    let xp = x.q.as_ptr().add(g * BLOCK);
-                    (_mm256_loadu_si256(xp as *const __m256i), _mm256_loadu_si256(xp.add(16) as *const __m256i))
-                };
-                let products = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
-                let d = dw * x.scale[g];
-                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(products), acc[i]);
+                let g = (first + i) * blocks + b0;
+                let s = _mm256_mul_ps(dw, lanes(&x.scale[g..g + len]));
+                // SAFETY: scales[i] holds 8 floats.
+                unsafe { _mm256_storeu_ps(scales[i].as_mut_ptr(), s) };
                 match kind {
-                    QuantKind::Q4_0 => offsets[i] -= 8.0 * d * x.qsum[g] as f32,
-                    QuantKind::Q4_1 => offsets[i] += min * sums[g],
+                    QuantKind::Q4_0 => offsets[i] = _mm256_fmadd_ps(s, lanes_i32(&x.qsum[g..g + len]), offsets[i]),
+                    QuantKind::Q4_1 => offsets[i] = _mm256_fmadd_ps(mw, lanes(&sums[g..g + len]), offsets[i]),
                     _ => {}
                 }
             }
+            // Block j of the chunk: its weights and the first row's activations.
+            let at = |j: usize| {
+                let g = first * blocks + b0 + j;
+                // SAFETY: j < len, so the block lies within w, and block g of
+                // x and those of the next N - 1 rows within x.q (asserted above).
+                unsafe { ((w.as_ptr().add((b0 + j) * bb), bb), x.q.as_ptr().add(g * BLOCK)) }
+            };
+            let mut j = 0;
+            while j + 1 < len {
+                let ((w0, x0), (w1, x1)) = (at(j), at(j + 1));
+                // SAFETY: as for `at`.
+                unsafe {
+                    block_products::<N>(kind, w0, x0, blocks * BLOCK, &scales, j, &mut even);
+                    block_products::<N>(kind, w1, x1, blocks * BLOCK, &scales, j + 1, &mut odd);
+                }
+                j += 2;
+            }
+            if j < len {
+                let (wj, xj) = at(j);
+                // SAFETY: as for `at`.
+                unsafe { block_products::<N>(kind, wj, xj, blocks * BLOCK, &scales, j, &mut even) };
+            }
+            b0 += len;
         }
+        // Q4_0's stored values are offset by 8: Σ d (q - 8) x = Σ d q x - 8 Σ d x.
+        let offset_sign = if kind == QuantKind::Q4_0 { -8.0 } else { 1.0 };
         for i in 0..N {
-            out[i] = hsum(acc[i]) + offsets[i];
+            out[i] = hsum(_mm256_add_ps(even[i], odd[i])) + offset_sign * hsum(offsets[i]);
         }
     }
 
@@ -1039,11 +1182,16 @@ mod tests {
     #[test]
     fn int16_activation_kernels_equal_their_reference_and_stay_within_half_a_step() {
         let mut rng = StdRng::seed_from_u64(13);
-        for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
-            let (rows, cols) = (45, 256);
+        // 8 blocks a row: one whole chunk of scales; 11: a whole chunk, then
+        // a partial one with an odd number of blocks.
+        let shapes = [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1].into_iter().flat_map(|k| [(k, 8), (k, 11)]);
+        for (kind, row_blocks) in shapes {
+            let (rows, cols) = (45, row_blocks * BLOCK);
             let m = random_matrix(kind, rows, cols, &mut rng);
-            // Mixed with a K-quant part, which keeps the f32 activations.
-            let k = random_matrix(QuantKind::Q4_K, 20, cols, &mut rng);
+            // Mixed with a part in a format that keeps the f32 activations
+            // (a K-quant where the row holds whole super-blocks).
+            let other = if cols % SUPER_BLOCK == 0 { QuantKind::Q4_K } else { QuantKind::Q5_0 };
+            let k = random_matrix(other, 20, cols, &mut rng);
             let linear = PackedLinear::new(vec![m.clone(), k.clone()]).unwrap().with_int16_activations(true);
             let w = m.dequantize();
             let blocks = cols / BLOCK;
