@@ -13,10 +13,11 @@
 //! logits by up to 3.2 and changed its answers; 16 bits moved them by 0.011.
 //!
 //! Two kernels, picked by the number of activation rows `n`:
-//! - `n <= FUSED_MAX_ROWS` (decoding one to four sequences): each weight
-//!   block is converted in registers once and multiplied with every activation row
-//!   (AVX2 + FMA when the CPU has them, checked at run time; portable code
-//!   otherwise);
+//! - `n <= FUSED_MAX_ROWS` (decoding one to four sequences), or up to
+//!   `INT16_MAX_ROWS` (eight) with 16-bit activations: each weight block is
+//!   converted in registers once and multiplied with every activation row
+//!   (AVX-512 for the 16-bit products, AVX2 + FMA otherwise, checked at run
+//!   time; portable code where neither is there);
 //! - more rows (prefill, larger batches): a tile of weight rows is dequantised
 //!   into a small f32 buffer and multiplied by `gemm`, so the conversion is paid
 //!   once per tile rather than once per activation row.
@@ -42,6 +43,14 @@ const FUSED_MAX_ROWS: usize = 4;
 
 /// Activation rows the fused kernel multiplies per weight block conversion.
 const GROUP: usize = 4;
+
+/// Activation rows up to which matrices whose every part is multiplied with
+/// 16-bit activations use the fused kernel: one weight block unpacked for
+/// eight rows costs less than widening it for `gemm` (a SmolLM2 batch-8 step
+/// 65-70 -> 48-57 ms with the AVX-512 kernel). Not beyond: with 128 rows
+/// (prefill) the fused kernel was slower than `gemm` (79 against 100 tokens/s),
+/// every weight row reading all the activations again from L2.
+const INT16_MAX_ROWS: usize = 8;
 
 /// Output rows per parallel task.
 const TILE_ROWS: usize = 32;
@@ -440,10 +449,14 @@ impl PackedLinear {
         if n == 0 {
             return out_t;
         }
-        if n <= FUSED_MAX_ROWS {
+        // Integer products of every part: fused for as many rows as the
+        // kernel's registers cover, where widening for `gemm` would cost more.
+        let all_int16 = self.int16_activations && self.parts.iter().all(|p| p.kind.simple());
+        if n <= FUSED_MAX_ROWS || (all_int16 && n <= INT16_MAX_ROWS) {
             let sums = block_sums(x);
             let blocks = self.cols / BLOCK;
             let int16 = self.int16_activations.then(|| Int16Rows::quantize(x));
+            let group = int16_group();
             out_t.par_chunks_mut(TILE_ROWS * n).enumerate().for_each(|(tile, dst)| {
                 let mut wide = Vec::new();
                 for (k, row_out) in dst.chunks_exact_mut(n).enumerate() {
@@ -451,8 +464,8 @@ impl PackedLinear {
                     if let Some(xq) = &int16
                         && m.kind.simple()
                     {
-                        for (g, out) in row_out.chunks_mut(GROUP).enumerate() {
-                            dots_int16(m.kind, m.row(r), xq, &sums, g * GROUP, out);
+                        for (g, out) in row_out.chunks_mut(group).enumerate() {
+                            dots_int16(m.kind, m.row(r), xq, &sums, g * group, out);
                         }
                         continue;
                     }
@@ -476,38 +489,44 @@ impl PackedLinear {
         } else {
             out_t.par_chunks_mut(GEMM_TILE_ROWS * n).enumerate().for_each(|(tile, dst)| {
                 let rows = dst.len() / n;
-                let mut w = vec![0f32; rows * self.cols];
-                for (k, wr) in w.chunks_exact_mut(self.cols).enumerate() {
-                    let (m, r) = self.locate(tile * GEMM_TILE_ROWS + k);
-                    m.dequantize_row(r, wr);
-                }
-                // dst[rows, n] = w[rows, cols] · xᵀ[cols, n]
-                // SAFETY: every pointer covers the extent its dimensions and
-                // strides describe: w is rows×cols row-major, x is n×cols
-                // row-major read as its transpose, dst is rows×n row-major.
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        n,
-                        self.cols,
-                        dst.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        w.as_ptr(),
-                        1,
-                        self.cols as isize,
-                        x.as_ptr(),
-                        self.cols as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                WIDE_TILE.with_borrow_mut(|wide| {
+                    // Every element is overwritten below: only growth zeroes.
+                    if wide.len() < rows * self.cols {
+                        wide.resize(rows * self.cols, 0.0);
+                    }
+                    let w = &mut wide[..rows * self.cols];
+                    for (k, wr) in w.chunks_exact_mut(self.cols).enumerate() {
+                        let (m, r) = self.locate(tile * GEMM_TILE_ROWS + k);
+                        m.dequantize_row(r, wr);
+                    }
+                    // dst[rows, n] = w[rows, cols] · xᵀ[cols, n]
+                    // SAFETY: every pointer covers the extent its dimensions and
+                    // strides describe: w is rows×cols row-major, x is n×cols
+                    // row-major read as its transpose, dst is rows×n row-major.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            n,
+                            self.cols,
+                            dst.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            false,
+                            w.as_ptr(),
+                            1,
+                            self.cols as isize,
+                            x.as_ptr(),
+                            self.cols as isize,
+                            1,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                });
             });
         }
         if n == 1 {
@@ -523,6 +542,13 @@ impl PackedLinear {
     }
 }
 
+thread_local! {
+    /// A worker's tile of weights widened for `gemm`, kept between products:
+    /// allocated and zeroed afresh for every tile, it took an eighth of a
+    /// batch-8 decoding step in `memset` alone.
+    static WIDE_TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The sum of each block of 32 activations, per row: the Q4 formats' offsets
 /// multiply it instead of every element.
 fn block_sums(x: &[f32]) -> Vec<f32> {
@@ -532,6 +558,15 @@ fn block_sums(x: &[f32]) -> Vec<f32> {
 /// The largest integer an activation is rounded to: a block's largest
 /// magnitude maps to it, so rounding moves a value by at most 1/65534 of it.
 pub const INT16_TOP: i16 = i16::MAX;
+
+/// `y` rounded to the nearest integer (ties to even) for |y| < 2²²: adding
+/// 1.5 · 2²³ leaves no bits below the units, so the addition itself rounds.
+/// `f32::round` is a call to libm on baseline x86-64, which took as long as
+/// the rest of the quantisation.
+fn round_small(y: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (y + SHIFT) - SHIFT
+}
 
 /// Activation rows quantised to 16-bit integers per block of 32 (scale =
 /// max |x| / 32767, values rounded to nearest): what the integer dot products
@@ -558,7 +593,7 @@ impl Int16Rows {
             let mut qs = 0i32;
             for (q, &v) in rows.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xb) {
                 // |v| · inv ≤ 32767 up to rounding; `as` saturates, and sends NaN to 0.
-                *q = (v * inv).round() as i16;
+                *q = round_small(v * inv) as i16;
                 qs += i32::from(*q);
             }
             rows.scale[b] = d;
@@ -582,6 +617,24 @@ fn dots_int16(kind: QuantKind, w: &[u8], x: &Int16Rows, sums: &[f32], first: usi
     assert!(kind.simple() && (first + out.len()) * blocks <= x.scale.len(), "quantised activations cover the rows");
     assert_eq!(sums.len(), x.scale.len(), "one exact sum per quantised block");
     #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU has AVX-512 F and BW, AVX2, FMA and F16C (checked
+        // just above); the kernel checks the slices' lengths itself.
+        unsafe {
+            match out.len() {
+                1 => avx512::dots_int16::<1>(kind, w, x, sums, first, out),
+                2 => avx512::dots_int16::<2>(kind, w, x, sums, first, out),
+                3 => avx512::dots_int16::<3>(kind, w, x, sums, first, out),
+                4 => avx512::dots_int16::<4>(kind, w, x, sums, first, out),
+                5 => avx512::dots_int16::<5>(kind, w, x, sums, first, out),
+                6 => avx512::dots_int16::<6>(kind, w, x, sums, first, out),
+                7 => avx512::dots_int16::<7>(kind, w, x, sums, first, out),
+                _ => avx512::dots_int16::<8>(kind, w, x, sums, first, out),
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); the
         // kernel checks the slices' lengths itself.
@@ -598,6 +651,17 @@ fn dots_int16(kind: QuantKind, w: &[u8], x: &Int16Rows, sums: &[f32], first: usi
     for (i, o) in out.iter_mut().enumerate() {
         *o = dot_int16_portable(kind, w, x, sums, (first + i) * blocks);
     }
+}
+
+/// Activation rows [`dots_int16`] takes at once on this CPU: as many as
+/// its accumulators fit in registers (two per row, for even and odd blocks:
+/// 16 of AVX2's 16 vector registers would spill, 16 of AVX-512's 32 do not).
+fn int16_group() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return 8;
+    }
+    GROUP
 }
 
 /// [`dots_int16`] for one activation row whose first block is `g0`.
@@ -715,7 +779,7 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
+    pub(super) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -873,10 +937,10 @@ mod avx2 {
 
     /// Blocks whose scales are converted together: one f16 conversion and
     /// one multiplication by the activations' scales per eight blocks.
-    const SCALE_CHUNK: usize = 8;
+    pub(super) const SCALE_CHUNK: usize = 8;
 
     /// How far ahead of the block being multiplied its successors are fetched.
-    const PREFETCH_BYTES: usize = 512;
+    pub(super) const PREFETCH_BYTES: usize = 512;
 
     /// Lanes below `len` (≤ 8) set: a mask for the masked loads below.
     #[inline]
@@ -890,7 +954,7 @@ mod avx2 {
     /// every accumulator of the caller on the stack.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn lanes(v: &[f32]) -> __m256 {
+    pub(super) fn lanes(v: &[f32]) -> __m256 {
         assert!(v.len() <= SCALE_CHUNK);
         // SAFETY: only the first v.len() lanes are read.
         unsafe { _mm256_maskload_ps(v.as_ptr(), first_lanes(v.len())) }
@@ -899,7 +963,7 @@ mod avx2 {
     /// [`lanes`] for integers, converted to f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn lanes_i32(v: &[i32]) -> __m256 {
+    pub(super) fn lanes_i32(v: &[i32]) -> __m256 {
         assert!(v.len() <= SCALE_CHUNK);
         // SAFETY: only the first v.len() lanes are read.
         _mm256_cvtepi32_ps(unsafe { _mm256_maskload_epi32(v.as_ptr(), first_lanes(v.len())) })
@@ -919,7 +983,7 @@ mod avx2 {
     /// The CPU must have AVX2 and F16C (inlined into their callers, which
     /// enable them).
     #[inline(always)]
-    unsafe fn block_scales(w: &[u8], bb: usize, len: usize) -> (__m256, __m256) {
+    pub(super) unsafe fn block_scales(w: &[u8], bb: usize, len: usize) -> (__m256, __m256) {
         let mut d = [0u64; 2];
         let mut m = [0u64; 2];
         for (j, block) in w[..len * bb].chunks_exact(bb).enumerate() {
@@ -1118,6 +1182,155 @@ mod avx2 {
     }
 }
 
+/// The 16-bit integer kernel on AVX-512: one 512-bit register holds a whole
+/// block of 32 values, so a block times an activation row is one
+/// multiply-add of pairs, one conversion and one fused multiply-add, where
+/// AVX2 needs two of the first and an addition; and its 32 registers hold
+/// the accumulators of eight rows. The scales and offsets are handled per chunk of eight blocks
+/// as in [`avx2::dots_int16`], with its helpers.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    use super::avx2::{self, PREFETCH_BYTES, SCALE_CHUNK, block_scales, lanes, lanes_i32};
+    use super::{BLOCK, QuantKind};
+
+    pub fn available() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            avx2::available() && std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
+        })
+    }
+
+    /// The 32 values of the Q8_0, Q4_0 or Q4_1 block at `p` as i16 in one
+    /// register, in element order (Q4's stored nibbles, without their offset).
+    ///
+    /// # Safety
+    /// `p` must point to a whole block of `kind` (`bb` bytes).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    unsafe fn block_values(kind: QuantKind, p: *const u8, bb: usize) -> __m512i {
+        // SAFETY: Q8_0 reads bytes 2..34 of its 34; Q4 reads its last 16.
+        unsafe {
+            if kind == QuantKind::Q8_0 {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.add(2) as *const __m256i))
+            } else {
+                // Byte k holds element k (low nibble) and k + 16 (high): the
+                // 16 bytes widened twice, the second copy shifted by 4.
+                let bytes = _mm_loadu_si128(p.add(bb - 16) as *const __m128i);
+                let both = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(bytes));
+                let shifts = _mm512_set_epi64(HIGH, HIGH, HIGH, HIGH, 0, 0, 0, 0);
+                _mm512_and_si512(_mm512_srlv_epi16(both, shifts), _mm512_set1_epi16(0x0f))
+            }
+        }
+    }
+
+    /// A shift of 4 in each of four 16-bit lanes.
+    const HIGH: i64 = 0x0004_0004_0004_0004;
+
+    /// The weight block `w` times the activation block at `xq` and the
+    /// blocks `row_stride` values after it (the same block of the next
+    /// `N - 1` rows), each scaled by `scales[i][j]` and added to `acc[i]`.
+    ///
+    /// # Safety
+    /// The `N` activation blocks must lie within one allocation; the CPU
+    /// must have AVX-512 F and BW (inlined into callers that enable them).
+    #[inline(always)]
+    unsafe fn block_products<const N: usize>(
+        w: __m512i,
+        xq: *const i16,
+        row_stride: usize,
+        scales: &[[f32; SCALE_CHUNK]; N],
+        j: usize,
+        acc: &mut [__m512; N],
+    ) {
+        // SAFETY: the caller guarantees the pointers and the CPU features.
+        unsafe {
+            for i in 0..N {
+                let x = _mm512_loadu_si512(xq.add(i * row_stride) as *const __m512i);
+                let products = _mm512_cvtepi32_ps(_mm512_madd_epi16(w, x));
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(scales[i][j]), products, acc[i]);
+            }
+        }
+    }
+
+    /// [`super::dots_int16`] for `N` activation rows from row `first`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and BW, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub unsafe fn dots_int16<const N: usize>(
+        kind: QuantKind,
+        w: &[u8],
+        x: &super::Int16Rows,
+        sums: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) {
+        let bb = kind.block_bytes();
+        let blocks = w.len() / bb;
+        assert!(kind.simple() && out.len() == N && (first + N) * blocks <= x.scale.len());
+        assert!(x.q.len() == x.scale.len() * BLOCK && sums.len() == x.scale.len() && x.qsum.len() == x.scale.len());
+        // Two accumulators per row, for even and odd blocks: with one row a
+        // block's work is shorter than the latency of its addition.
+        let mut even = [_mm512_setzero_ps(); N];
+        let mut odd = [_mm512_setzero_ps(); N];
+        let mut offsets = [_mm256_setzero_ps(); N];
+        let mut scales = [[0f32; SCALE_CHUNK]; N];
+        let mut b0 = 0;
+        while b0 < blocks {
+            let len = (blocks - b0).min(SCALE_CHUNK);
+            // As in the AVX2 kernel: the next blocks, often the next row's.
+            let ahead = w.as_ptr().wrapping_add(b0 * bb + PREFETCH_BYTES);
+            for line in 0..(SCALE_CHUNK * bb).div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+            }
+            // SAFETY: this function enables AVX2 and F16C.
+            let (dw, mw) = unsafe { block_scales(&w[b0 * bb..], bb, len) };
+            for i in 0..N {
+                let g = (first + i) * blocks + b0;
+                let s = _mm256_mul_ps(dw, lanes(&x.scale[g..g + len]));
+                // SAFETY: scales[i] holds 8 floats.
+                unsafe { _mm256_storeu_ps(scales[i].as_mut_ptr(), s) };
+                match kind {
+                    QuantKind::Q4_0 => offsets[i] = _mm256_fmadd_ps(s, lanes_i32(&x.qsum[g..g + len]), offsets[i]),
+                    QuantKind::Q4_1 => offsets[i] = _mm256_fmadd_ps(mw, lanes(&sums[g..g + len]), offsets[i]),
+                    _ => {}
+                }
+            }
+            // Block j of the chunk: its values, and the first row's activations.
+            let at = |j: usize| {
+                let g = first * blocks + b0 + j;
+                // SAFETY: j < len, so the block lies within w, and block g of
+                // x and those of the next N - 1 rows within x.q (asserted above).
+                unsafe { (block_values(kind, w.as_ptr().add((b0 + j) * bb), bb), x.q.as_ptr().add(g * BLOCK)) }
+            };
+            let mut j = 0;
+            while j + 1 < len {
+                let ((w0, x0), (w1, x1)) = (at(j), at(j + 1));
+                // SAFETY: as for `at`.
+                unsafe {
+                    block_products::<N>(w0, x0, blocks * BLOCK, &scales, j, &mut even);
+                    block_products::<N>(w1, x1, blocks * BLOCK, &scales, j + 1, &mut odd);
+                }
+                j += 2;
+            }
+            if j < len {
+                let (wj, xj) = at(j);
+                // SAFETY: as for `at`.
+                unsafe { block_products::<N>(wj, xj, blocks * BLOCK, &scales, j, &mut even) };
+            }
+            b0 += len;
+        }
+        // Q4_0's stored values are offset by 8: Σ d (q - 8) x = Σ d q x - 8 Σ d x.
+        let offset_sign = if kind == QuantKind::Q4_0 { -8.0 } else { 1.0 };
+        for i in 0..N {
+            out[i] = _mm512_reduce_add_ps(_mm512_add_ps(even[i], odd[i])) + offset_sign * avx2::hsum(offsets[i]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1192,13 +1405,17 @@ mod tests {
             // (a K-quant where the row holds whole super-blocks).
             let other = if cols % SUPER_BLOCK == 0 { QuantKind::Q4_K } else { QuantKind::Q5_0 };
             let k = random_matrix(other, 20, cols, &mut rng);
-            let linear = PackedLinear::new(vec![m.clone(), k.clone()]).unwrap().with_int16_activations(true);
+            let mixed = PackedLinear::new(vec![m.clone(), k.clone()]).unwrap().with_int16_activations(true);
+            let alone = PackedLinear::new(vec![m.clone()]).unwrap().with_int16_activations(true);
             let w = m.dequantize();
             let blocks = cols / BLOCK;
-            for n in 1..=FUSED_MAX_ROWS {
+            for n in 1..=INT16_MAX_ROWS {
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
                 let (xq, sums) = (Int16Rows::quantize(&x), block_sums(&x));
-                let got = linear.forward(&x, n);
+                // Beyond FUSED_MAX_ROWS a matrix with a part that keeps f32
+                // activations is widened for gemm as a whole.
+                let (got, other) =
+                    if n <= FUSED_MAX_ROWS { (mixed.forward(&x, n), 20) } else { (alone.forward(&x, n), 0) };
                 let exact = PackedLinear::new(vec![k.clone()]).unwrap().forward(&x, n);
                 for i in 0..n {
                     for r in 0..rows {
@@ -1218,25 +1435,77 @@ mod tests {
                                 bound += wv.abs() * f64::from(xq.scale[g]) / 2.0;
                             }
                         }
-                        let g = f64::from(got[i * (rows + 20) + r]);
+                        let g = f64::from(got[i * (rows + other) + r]);
                         assert!((g - want).abs() < 1e-5 * (1.0 + want.abs()), "{kind:?} n={n}: {g} vs {want}");
                         assert!((g - exact_sum).abs() <= bound * 1.001 + 1e-5, "{kind:?}: off the exact product");
                     }
                     // The K-quant part's rows: the f32 kernel, unchanged.
-                    for r in 0..20 {
-                        assert_eq!(got[i * (rows + 20) + rows + r], exact[i * 20 + r], "{kind:?} n={n}");
+                    for r in 0..other {
+                        assert_eq!(got[i * (rows + other) + rows + r], exact[i * 20 + r], "{kind:?} n={n}");
                     }
                 }
                 for r in 0..rows {
-                    let mut simd = vec![0f32; n];
-                    dots_int16(kind, m.row(r), &xq, &sums, 0, &mut simd);
-                    for (i, s) in simd.iter().enumerate() {
-                        let portable = dot_int16_portable(kind, m.row(r), &xq, &sums, i * blocks);
-                        assert!((portable - s).abs() <= 1e-5 * portable.abs().max(1.0), "{kind:?}: {portable} vs {s}");
+                    for (name, simd) in int16_simd_kernels(kind, m.row(r), &xq, &sums, n) {
+                        for (i, s) in simd.iter().enumerate() {
+                            let portable = dot_int16_portable(kind, m.row(r), &xq, &sums, i * blocks);
+                            // Summed in another order: f32 rounding of the terms' magnitudes.
+                            let magnitude: f32 = (0..cols).map(|j| (w[r * cols + j] * x[i * cols + j]).abs()).sum();
+                            let close = (portable - s).abs() <= 1e-6 * magnitude + 1e-6;
+                            assert!(close, "{kind:?} {name} n={n}: {portable} vs {s} (terms' magnitude {magnitude})");
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Every SIMD 16-bit kernel this CPU runs, each over `n` activation rows
+    /// in the groups it takes: (its name, its `n` results).
+    fn int16_simd_kernels(
+        kind: QuantKind,
+        w: &[u8],
+        xq: &Int16Rows,
+        sums: &[f32],
+        n: usize,
+    ) -> Vec<(&'static str, Vec<f32>)> {
+        #[allow(unused_mut)]
+        let mut kernels: Vec<(&'static str, Vec<f32>)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2::available() {
+                let mut out = vec![0f32; n];
+                for (g, o) in out.chunks_mut(GROUP).enumerate() {
+                    // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+                    unsafe {
+                        match o.len() {
+                            1 => avx2::dots_int16::<1>(kind, w, xq, sums, g * GROUP, o),
+                            2 => avx2::dots_int16::<2>(kind, w, xq, sums, g * GROUP, o),
+                            3 => avx2::dots_int16::<3>(kind, w, xq, sums, g * GROUP, o),
+                            _ => avx2::dots_int16::<4>(kind, w, xq, sums, g * GROUP, o),
+                        }
+                    }
+                }
+                kernels.push(("avx2", out));
+            }
+            if avx512::available() {
+                let mut out = vec![0f32; n];
+                dots_int16(kind, w, xq, sums, 0, &mut out);
+                kernels.push(("avx512", out));
+            }
+        }
+        kernels
+    }
+
+    #[test]
+    fn small_values_round_to_the_nearest_integer_ties_to_even() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let ties = (-40..40).map(|k| k as f32 + 0.5);
+        let edges = [0.0, -0.0, 0.49999997, -0.49999997, 32766.5, 32767.0, -32767.5, 4194303.5];
+        let random = (0..10_000).map(|_| rng.random_range(-40000f32..40000.0));
+        for y in ties.chain(edges).chain(random) {
+            assert_eq!(round_small(y), y.round_ties_even(), "{y}");
+        }
+        assert!(round_small(f32::NAN).is_nan());
     }
 
     #[test]

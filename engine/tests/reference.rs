@@ -169,6 +169,39 @@ fn smollm2_int16_activations_stay_within_tolerance_of_f32_activations() {
     assert!(compared >= 3 * close, "{compared} tokens compared, {close} too close to call");
 }
 
+/// Eight sequences decoded together with 16-bit activations (the fused
+/// kernel's eight-row groups) against each decoded alone (one-row groups):
+/// the same logits up to summation order, the same greedy tokens.
+#[test]
+fn smollm2_batch_of_eight_decodes_as_each_sequence_alone() {
+    let loaded =
+        load_with::<CpuBackend>(&smollm2_path(), None, 2048, &Default::default(), WeightLayout::PackedInt16).unwrap();
+    let model = &loaded.model;
+    let reference = reference("smollm2_reference.json");
+    let ids = prompt_ids(&loaded, &reference.cases[0]);
+    // Prompts of different lengths, so that every cache differs.
+    let prompts: Vec<&[u32]> = (0..8).map(|i| &ids[..ids.len() - i]).collect();
+    let mut together: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut alone: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut next: Vec<u32> =
+        prompts.iter().zip(&mut together).map(|(p, c)| argmax(&rows(model.prefill(p, c, false))[0])).collect();
+    for (p, c) in prompts.iter().zip(&mut alone) {
+        model.prefill(p, c, false);
+    }
+    let mut worst = 0f32;
+    for step in 0..4 {
+        let mut refs: Vec<_> = together.iter_mut().collect();
+        let batched = rows(model.decode(&next, &mut refs));
+        for (i, cache) in alone.iter_mut().enumerate() {
+            let solo = rows(model.decode(&[next[i]], &mut [cache])).pop().unwrap();
+            worst = batched[i].iter().zip(&solo).fold(worst, |w, (a, b)| w.max((a - b).abs()));
+            assert_eq!(argmax(&batched[i]), argmax(&solo), "sequence {i}, step {step}: greedy token");
+        }
+        next = batched.iter().map(|l| argmax(l)).collect();
+    }
+    assert!(worst <= LOGIT_TOLERANCE, "batched logits differ from single ones by {worst}");
+}
+
 /// The packed kernels on the real file's tensors (Q4_1 projections, the Q8_0
 /// embedding that is also the output head) against the same tensors
 /// dequantised and multiplied in f64, for decoding- and prefill-sized inputs.
