@@ -503,7 +503,7 @@ fn kernels() -> anyhow::Result<()> {
             let packed = time(&|| {
                 std::hint::black_box(linear.forward(&x, n));
             });
-            let int16_s = (matches!(kind, QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q4_1) && n <= 4).then(|| {
+            let int16_s = (matches!(kind, QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q4_1)).then(|| {
                 time(&|| {
                     std::hint::black_box(int16.forward(&x, n));
                 })
