@@ -26,7 +26,7 @@ pub enum WeightLayout {
     /// matrices in other formats are widened as in `Dense`. Keys, values and
     /// decoding attention live on the host, whatever the weights' formats.
     Packed,
-    /// `Packed`, and the fused kernel (decoding up to four sequences) takes
+    /// `Packed`, and the fused kernel (decoding up to eight sequences) takes
     /// the activations of the Q8_0, Q4_0 and Q4_1 matrices (the layers' and
     /// the output head's) quantised to 16-bit integers per block of 32 for
     /// integer dot products: the stored values are multiplied as integers
@@ -558,6 +558,10 @@ impl<B: Backend> Model<B> {
 
     /// The layers over `tokens` of one sequence: hidden states [1, t, hidden].
     fn feed(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        if let Some(hw) = &self.host {
+            // One hand-over to the thread pool, as in `decode`.
+            return rayon::scope(|_| self.feed_on_host(hw, tokens, cache));
+        }
         let c = &self.config;
         let t = tokens.len();
         let start = cache.len;
@@ -680,29 +684,65 @@ impl<B: Backend> Model<B> {
     /// the MLP's gate work on plain rows, so a step costs its matrix
     /// products and little else. The same formulas as the backend path.
     fn decode_on_host(&self, hw: &HostWeights, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
+        let (b, eps) = (tokens.len(), self.config.rms_norm_eps);
+        for cache in caches.iter_mut() {
+            cache.cover(1);
+        }
+        let rows: Vec<(usize, usize)> = caches.iter().enumerate().map(|(s, cache)| (s, cache.len)).collect();
+        let x = self.layers_on_host(hw, tokens, &rows, caches);
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [b, self.config.hidden_size]), &self.device);
+        apply(rms_norm(x, &self.norm, eps), &self.lm_head, None)
+    }
+
+    /// [`Model::feed`] on the host, as [`Model::decode_on_host`]: the prompt's
+    /// positions are the rows of each product. On backend tensors, the
+    /// elementwise operations between the products (norms, rotation, the
+    /// MLP's gate, reading q, k, v out of the fused projection) took a third
+    /// of a SmolLM2 prefill, most of it in strided copies.
+    fn feed_on_host(&self, hw: &HostWeights, tokens: &[u32], cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let (t, start) = (tokens.len(), cache.len);
+        cache.cover(t);
+        let rows: Vec<(usize, usize)> = (start..start + t).map(|pos| (0, pos)).collect();
+        let x = self.layers_on_host(hw, tokens, &rows, &mut [cache]);
+        cache.len += t;
+        Tensor::<B, 3>::from_data(TensorData::new(x, [1, t, self.config.hidden_size]), &self.device)
+    }
+
+    /// The decoder layers on the host over `tokens`, token `r` at position
+    /// `rows[r].1` of sequence `caches[rows[r].0]` (whose blocks cover it):
+    /// writes each layer's keys and values in place, attends each row to
+    /// its sequence up to itself, and returns the hidden states, one row of
+    /// `hidden_size` per token.
+    fn layers_on_host(
+        &self,
+        hw: &HostWeights,
+        tokens: &[u32],
+        rows: &[(usize, usize)],
+        caches: &mut [&mut KvCache<B>],
+    ) -> Vec<f32> {
         use crate::host_ops::{add_assign, rms_norm_rows, rotate_head, silu_mul_rows};
         let c = &self.config;
-        let (b, d, h, kv, hd) = (tokens.len(), c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
+        let (n, h, kv, hd) = (tokens.len(), c.num_heads, c.num_kv_heads, c.head_dim);
         let (half, eps, at) = (hd / 2, c.rms_norm_eps, self.block_layout());
         fn packed<B: Backend>(w: &Linear<B>) -> &PackedLinear {
             match w {
                 Linear::Packed(p) => p,
-                Linear::Dense(_) => unreachable!("host decoding is only set up when every projection is packed"),
+                Linear::Dense(_) => unreachable!("host layers are only set up when every projection is packed"),
             }
         }
+        debug_assert_eq!(rows.len(), n, "one (sequence, position) per token");
         let mut x = host(self.embed.clone().select(0, self.ids_tensor(tokens)));
-        for cache in caches.iter_mut() {
-            cache.cover(1);
-        }
         let width = (h + 2 * kv) * hd;
         for (li, (layer, hl)) in self.layers.iter().zip(&hw.layers).enumerate() {
-            let mut qkv = packed::<B>(&layer.qkv).forward(&rms_norm_rows(&x, &hl.attn_norm, eps), b);
-            let mut q = vec![0f32; b * h * hd];
-            for (s, (row, cache)) in qkv.chunks_exact_mut(width).zip(caches.iter_mut()).enumerate() {
+            let mut qkv = packed::<B>(&layer.qkv).forward(&rms_norm_rows(&x, &hl.attn_norm, eps), n);
+            let mut q = vec![0f32; n * h * hd];
+            for (r, (row, &(s, pos))) in qkv.chunks_exact_mut(width).zip(rows).enumerate() {
                 if let Some(bias) = &hl.qkv_bias {
                     add_assign(row, bias);
                 }
-                let pos = cache.len;
                 let (cos, sin) = (&hw.cos[pos * half..(pos + 1) * half], &hw.sin[pos * half..(pos + 1) * half]);
                 for (i, head) in row[..(h + kv) * hd].chunks_exact_mut(hd).enumerate() {
                     let norm = if i < h { &hl.q_norm } else { &hl.k_norm };
@@ -711,22 +751,19 @@ impl<B: Backend> Model<B> {
                     }
                     rotate_head(head, cos, sin);
                 }
-                q[s * h * hd..(s + 1) * h * hd].copy_from_slice(&row[..h * hd]);
-                at.write(&mut cache.table, li, false, pos, &row[h * hd..(h + kv) * hd]);
-                at.write(&mut cache.table, li, true, pos, &row[(h + kv) * hd..]);
+                q[r * h * hd..(r + 1) * h * hd].copy_from_slice(&row[..h * hd]);
+                let table = &mut caches[s].table;
+                at.write(table, li, false, pos, &row[h * hd..(h + kv) * hd]);
+                at.write(table, li, true, pos, &row[(h + kv) * hd..]);
             }
-            let seqs: Vec<(&BlockTable, usize)> = caches.iter().map(|cache| (&cache.table, cache.len + 1)).collect();
-            let a = self.attend_rows(li, &q, |s| seqs[s]);
-            add_assign(&mut x, &packed::<B>(&layer.out).forward(&a, b));
-            let gu = packed::<B>(&layer.gate_up).forward(&rms_norm_rows(&x, &hl.mlp_norm, eps), b);
+            let seqs: Vec<(&BlockTable, usize)> = rows.iter().map(|&(s, pos)| (&caches[s].table, pos + 1)).collect();
+            let a = self.attend_rows(li, &q, |r| seqs[r]);
+            add_assign(&mut x, &packed::<B>(&layer.out).forward(&a, n));
+            let gu = packed::<B>(&layer.gate_up).forward(&rms_norm_rows(&x, &hl.mlp_norm, eps), n);
             let act = silu_mul_rows(&gu, c.intermediate_size);
-            add_assign(&mut x, &packed::<B>(&layer.down).forward(&act, b));
+            add_assign(&mut x, &packed::<B>(&layer.down).forward(&act, n));
         }
-        for cache in caches.iter_mut() {
-            cache.len += 1;
-        }
-        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [b, d]), &self.device);
-        apply(rms_norm(x, &self.norm, eps), &self.lm_head, None)
+        x
     }
 
     /// One decoding step's attention in layer `li` on backend tensors:

@@ -47,9 +47,11 @@ const GROUP: usize = 4;
 /// Activation rows up to which matrices whose every part is multiplied with
 /// 16-bit activations use the fused kernel: one weight block unpacked for
 /// eight rows costs less than widening it for `gemm` (a SmolLM2 batch-8 step
-/// 65-70 -> 48-57 ms with the AVX-512 kernel). Not beyond: with 128 rows
-/// (prefill) the fused kernel was slower than `gemm` (79 against 100 tokens/s),
-/// every weight row reading all the activations again from L2.
+/// 65-70 -> 48-57 ms with the AVX-512 kernel; on AVX2, 8-row products of
+/// SmolLM2's MLP shapes 0.86 ms against 1.05 ms through `gemm`). Not beyond:
+/// with 128 rows (prefill) the fused kernel was slower than `gemm` (79
+/// against 100 tokens/s), every weight row reading all the activations again
+/// from L2.
 const INT16_MAX_ROWS: usize = 8;
 
 /// Output rows per parallel task.
@@ -444,91 +446,50 @@ impl PackedLinear {
     /// `x · Wᵀ` for `x` of `n` rows of `in_features`: `[n, out_features]`, row-major.
     pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "activations of {n} rows of {} elements", self.cols);
-        // Computed transposed ([out, n]) so that each task owns whole rows.
-        let mut out_t = vec![0f32; self.rows * n];
         if n == 0 {
-            return out_t;
+            return Vec::new();
         }
         // Integer products of every part: fused for as many rows as the
         // kernel's registers cover, where widening for `gemm` would cost more.
         let all_int16 = self.int16_activations && self.parts.iter().all(|p| p.kind.simple());
-        if n <= FUSED_MAX_ROWS || (all_int16 && n <= INT16_MAX_ROWS) {
-            let sums = block_sums(x);
-            let blocks = self.cols / BLOCK;
-            let int16 = self.int16_activations.then(|| Int16Rows::quantize(x));
-            let group = int16_group();
-            out_t.par_chunks_mut(TILE_ROWS * n).enumerate().for_each(|(tile, dst)| {
-                let mut wide = Vec::new();
-                for (k, row_out) in dst.chunks_exact_mut(n).enumerate() {
-                    let (m, r) = self.locate(tile * TILE_ROWS + k);
-                    if let Some(xq) = &int16
-                        && m.kind.simple()
-                    {
-                        for (g, out) in row_out.chunks_mut(group).enumerate() {
-                            dots_int16(m.kind, m.row(r), xq, &sums, g * group, out);
-                        }
-                        continue;
-                    }
-                    if !m.kind.fused() {
-                        wide.resize(self.cols, 0f32);
-                        m.dequantize_row(r, &mut wide);
-                        for (i, o) in row_out.iter_mut().enumerate() {
-                            *o = dot_f32(&wide, &x[i * self.cols..(i + 1) * self.cols]);
-                        }
-                        continue;
-                    }
-                    let w = m.row(r);
-                    for (g, out) in row_out.chunks_mut(GROUP).enumerate() {
-                        let first = g * GROUP;
-                        let rows = out.len();
-                        let xs = &x[first * self.cols..(first + rows) * self.cols];
-                        dots(m.kind, w, xs, &sums[first * blocks..(first + rows) * blocks], out);
-                    }
-                }
-            });
-        } else {
-            out_t.par_chunks_mut(GEMM_TILE_ROWS * n).enumerate().for_each(|(tile, dst)| {
-                let rows = dst.len() / n;
-                WIDE_TILE.with_borrow_mut(|wide| {
-                    // Every element is overwritten below: only growth zeroes.
-                    if wide.len() < rows * self.cols {
-                        wide.resize(rows * self.cols, 0.0);
-                    }
-                    let w = &mut wide[..rows * self.cols];
-                    for (k, wr) in w.chunks_exact_mut(self.cols).enumerate() {
-                        let (m, r) = self.locate(tile * GEMM_TILE_ROWS + k);
-                        m.dequantize_row(r, wr);
-                    }
-                    // dst[rows, n] = w[rows, cols] · xᵀ[cols, n]
-                    // SAFETY: every pointer covers the extent its dimensions and
-                    // strides describe: w is rows×cols row-major, x is n×cols
-                    // row-major read as its transpose, dst is rows×n row-major.
-                    unsafe {
-                        gemm::gemm(
-                            rows,
-                            n,
-                            self.cols,
-                            dst.as_mut_ptr(),
-                            1,
-                            n as isize,
-                            false,
-                            w.as_ptr(),
-                            1,
-                            self.cols as isize,
-                            x.as_ptr(),
-                            self.cols as isize,
-                            1,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
-                });
-            });
+        if n > FUSED_MAX_ROWS && !(all_int16 && n <= INT16_MAX_ROWS) {
+            return self.forward_gemm(x, n);
         }
+        // Computed transposed ([out, n]) so that each task owns whole rows.
+        let mut out_t = vec![0f32; self.rows * n];
+        let sums = block_sums(x);
+        let blocks = self.cols / BLOCK;
+        let int16 = self.int16_activations.then(|| Int16Rows::quantize(x));
+        let group = int16_group();
+        out_t.par_chunks_mut(TILE_ROWS * n).enumerate().for_each(|(tile, dst)| {
+            let mut wide = Vec::new();
+            for (k, row_out) in dst.chunks_exact_mut(n).enumerate() {
+                let (m, r) = self.locate(tile * TILE_ROWS + k);
+                if let Some(xq) = &int16
+                    && m.kind.simple()
+                {
+                    for (g, out) in row_out.chunks_mut(group).enumerate() {
+                        dots_int16(m.kind, m.row(r), xq, &sums, g * group, out);
+                    }
+                    continue;
+                }
+                if !m.kind.fused() {
+                    wide.resize(self.cols, 0f32);
+                    m.dequantize_row(r, &mut wide);
+                    for (i, o) in row_out.iter_mut().enumerate() {
+                        *o = dot_f32(&wide, &x[i * self.cols..(i + 1) * self.cols]);
+                    }
+                    continue;
+                }
+                let w = m.row(r);
+                for (g, out) in row_out.chunks_mut(GROUP).enumerate() {
+                    let first = g * GROUP;
+                    let rows = out.len();
+                    let xs = &x[first * self.cols..(first + rows) * self.cols];
+                    dots(m.kind, w, xs, &sums[first * blocks..(first + rows) * blocks], out);
+                }
+            }
+        });
         if n == 1 {
             return out_t;
         }
@@ -539,6 +500,77 @@ impl PackedLinear {
             }
         }
         out
+    }
+
+    /// [`PackedLinear::forward`] for many rows: tiles of weight rows widened
+    /// to f32 and multiplied by `gemm`, so the conversion is paid once per
+    /// tile rather than once per activation row.
+    fn forward_gemm(&self, x: &[f32], n: usize) -> Vec<f32> {
+        // Written in place into the [n, out] result: a transposition
+        // afterwards, one scattered store per element, took a tenth of
+        // a prefill.
+        let mut out = vec![0f32; n * self.rows];
+        let dst = SharedOut(out.as_mut_ptr());
+        (0..self.rows.div_ceil(GEMM_TILE_ROWS)).into_par_iter().for_each(|tile| {
+            let first = tile * GEMM_TILE_ROWS;
+            let rows = GEMM_TILE_ROWS.min(self.rows - first);
+            WIDE_TILE.with_borrow_mut(|wide| {
+                // Every element is overwritten below: only growth zeroes.
+                if wide.len() < rows * self.cols {
+                    wide.resize(rows * self.cols, 0.0);
+                }
+                let w = &mut wide[..rows * self.cols];
+                for (k, wr) in w.chunks_exact_mut(self.cols).enumerate() {
+                    let (m, r) = self.locate(first + k);
+                    m.dequantize_row(r, wr);
+                }
+                // outᵀ[first.., ..n] = w[rows, cols] · xᵀ[cols, n]
+                // SAFETY: w is rows×cols row-major and x is n×cols
+                // row-major read as its transpose; the destination is
+                // columns first..first + rows of the n×self.rows
+                // row-major `out`, which no other tile writes.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        n,
+                        self.cols,
+                        dst.at(first),
+                        self.rows as isize,
+                        1,
+                        false,
+                        w.as_ptr(),
+                        1,
+                        self.cols as isize,
+                        x.as_ptr(),
+                        self.cols as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        });
+        out
+    }
+}
+
+/// The result of a product shared by the tasks that write its disjoint
+/// columns.
+struct SharedOut(*mut f32);
+
+// SAFETY: the tasks holding it write disjoint elements, and the owner reads
+// only after every task has finished.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// A method, so that closures capture the wrapper, not its raw pointer.
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
     }
 }
 
@@ -643,7 +675,11 @@ fn dots_int16(kind: QuantKind, w: &[u8], x: &Int16Rows, sums: &[f32], first: usi
                 1 => avx2::dots_int16::<1>(kind, w, x, sums, first, out),
                 2 => avx2::dots_int16::<2>(kind, w, x, sums, first, out),
                 3 => avx2::dots_int16::<3>(kind, w, x, sums, first, out),
-                _ => avx2::dots_int16::<4>(kind, w, x, sums, first, out),
+                4 => avx2::dots_int16::<4>(kind, w, x, sums, first, out),
+                5 => avx2::dots_int16::<5>(kind, w, x, sums, first, out),
+                6 => avx2::dots_int16::<6>(kind, w, x, sums, first, out),
+                7 => avx2::dots_int16::<7>(kind, w, x, sums, first, out),
+                _ => avx2::dots_int16::<8>(kind, w, x, sums, first, out),
             }
         }
         return;
@@ -654,11 +690,12 @@ fn dots_int16(kind: QuantKind, w: &[u8], x: &Int16Rows, sums: &[f32], first: usi
 }
 
 /// Activation rows [`dots_int16`] takes at once on this CPU: as many as
-/// its accumulators fit in registers (two per row, for even and odd blocks:
-/// 16 of AVX2's 16 vector registers would spill, 16 of AVX-512's 32 do not).
+/// its accumulators fit in registers beside a weight block (AVX-512: two
+/// per row, for even and odd blocks, 16 of its 32 registers; AVX2: one per
+/// row, 8 of 16).
 fn int16_group() -> usize {
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
+    if avx512::available() || avx2::available() {
         return 8;
     }
     GROUP
@@ -1079,10 +1116,14 @@ mod avx2 {
         let blocks = w.len() / bb;
         assert!(kind.simple() && out.len() == N && (first + N) * blocks <= x.scale.len());
         assert!(x.q.len() == x.scale.len() * BLOCK && sums.len() == x.scale.len() && x.qsum.len() == x.scale.len());
-        // Two accumulators per row, for even and odd blocks: consecutive
-        // blocks do not wait on each other's addition.
-        let mut even = [_mm256_setzero_ps(); N];
-        let mut odd = [_mm256_setzero_ps(); N];
+        // One accumulator per row, so that eight rows fit AVX2's sixteen
+        // registers beside a block's weights (two accumulators per row, for
+        // even and odd blocks, spilled at eight rows and made a product 25%
+        // slower). One row alone then waits on its additions, but a row is
+        // read from memory more slowly still: no difference measured.
+        // Every row count sums in the same order, so a sequence gets the
+        // same logits whatever it is batched with.
+        let mut acc = [_mm256_setzero_ps(); N];
         let mut offsets = [_mm256_setzero_ps(); N];
         let mut scales = [[0f32; SCALE_CHUNK]; N];
         let mut b0 = 0;
@@ -1116,27 +1157,17 @@ mod avx2 {
                 // x and those of the next N - 1 rows within x.q (asserted above).
                 unsafe { ((w.as_ptr().add((b0 + j) * bb), bb), x.q.as_ptr().add(g * BLOCK)) }
             };
-            let mut j = 0;
-            while j + 1 < len {
-                let ((w0, x0), (w1, x1)) = (at(j), at(j + 1));
-                // SAFETY: as for `at`.
-                unsafe {
-                    block_products::<N>(kind, w0, x0, blocks * BLOCK, &scales, j, &mut even);
-                    block_products::<N>(kind, w1, x1, blocks * BLOCK, &scales, j + 1, &mut odd);
-                }
-                j += 2;
-            }
-            if j < len {
+            for j in 0..len {
                 let (wj, xj) = at(j);
                 // SAFETY: as for `at`.
-                unsafe { block_products::<N>(kind, wj, xj, blocks * BLOCK, &scales, j, &mut even) };
+                unsafe { block_products::<N>(kind, wj, xj, blocks * BLOCK, &scales, j, &mut acc) };
             }
             b0 += len;
         }
         // Q4_0's stored values are offset by 8: Σ d (q - 8) x = Σ d q x - 8 Σ d x.
         let offset_sign = if kind == QuantKind::Q4_0 { -8.0 } else { 1.0 };
         for i in 0..N {
-            out[i] = hsum(_mm256_add_ps(even[i], odd[i])) + offset_sign * hsum(offsets[i]);
+            out[i] = hsum(acc[i]) + offset_sign * hsum(offsets[i]);
         }
     }
 
@@ -1445,8 +1476,25 @@ mod tests {
                     }
                 }
                 for r in 0..rows {
-                    for (name, simd) in int16_simd_kernels(kind, m.row(r), &xq, &sums, n) {
+                    let alone: Vec<Vec<f32>> = (0..n)
+                        .map(|i| {
+                            let g = i * blocks..(i + 1) * blocks;
+                            let xi = Int16Rows {
+                                q: xq.q[g.start * BLOCK..g.end * BLOCK].to_vec(),
+                                scale: xq.scale[g.clone()].to_vec(),
+                                qsum: xq.qsum[g.clone()].to_vec(),
+                            };
+                            int16_simd_kernels(kind, m.row(r), &xi, &sums[g], 1)
+                                .into_iter()
+                                .map(|(_, o)| o[0])
+                                .collect()
+                        })
+                        .collect();
+                    for (k, (name, simd)) in int16_simd_kernels(kind, m.row(r), &xq, &sums, n).into_iter().enumerate() {
                         for (i, s) in simd.iter().enumerate() {
+                            // The same summation order whatever the rows around:
+                            // a sequence's logits do not depend on its batch.
+                            assert_eq!(s.to_bits(), alone[i][k].to_bits(), "{kind:?} {name} n={n}: row {i} alone");
                             let portable = dot_int16_portable(kind, m.row(r), &xq, &sums, i * blocks);
                             // Summed in another order: f32 rounding of the terms' magnitudes.
                             let magnitude: f32 = (0..cols).map(|j| (w[r * cols + j] * x[i * cols + j]).abs()).sum();
@@ -1474,14 +1522,18 @@ mod tests {
         {
             if avx2::available() {
                 let mut out = vec![0f32; n];
-                for (g, o) in out.chunks_mut(GROUP).enumerate() {
+                for (g, o) in out.chunks_mut(8).enumerate() {
                     // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
                     unsafe {
                         match o.len() {
-                            1 => avx2::dots_int16::<1>(kind, w, xq, sums, g * GROUP, o),
-                            2 => avx2::dots_int16::<2>(kind, w, xq, sums, g * GROUP, o),
-                            3 => avx2::dots_int16::<3>(kind, w, xq, sums, g * GROUP, o),
-                            _ => avx2::dots_int16::<4>(kind, w, xq, sums, g * GROUP, o),
+                            1 => avx2::dots_int16::<1>(kind, w, xq, sums, g * 8, o),
+                            2 => avx2::dots_int16::<2>(kind, w, xq, sums, g * 8, o),
+                            3 => avx2::dots_int16::<3>(kind, w, xq, sums, g * 8, o),
+                            4 => avx2::dots_int16::<4>(kind, w, xq, sums, g * 8, o),
+                            5 => avx2::dots_int16::<5>(kind, w, xq, sums, g * 8, o),
+                            6 => avx2::dots_int16::<6>(kind, w, xq, sums, g * 8, o),
+                            7 => avx2::dots_int16::<7>(kind, w, xq, sums, g * 8, o),
+                            _ => avx2::dots_int16::<8>(kind, w, xq, sums, g * 8, o),
                         }
                     }
                 }
