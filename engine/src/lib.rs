@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cocoon_protocol::price::{BudgetError, CostCap};
 
+pub mod attention;
 pub mod config;
 pub mod gguf;
 pub mod host_ops;

@@ -12,6 +12,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::LoadError;
+use crate::attention::{self, POSITIONS};
 use crate::config::ModelConfig;
 use crate::kv_pool::{BLOCK_TOKENS, BlockTable, KvPool, blocks_for};
 use crate::quant::PackedLinear;
@@ -151,36 +152,63 @@ impl BlockLayout {
     }
 }
 
-/// Attention of one query head over key/value head `head` of a paged cache's
-/// first `len` positions in `layer`: softmax(q·Kᵀ · scale) · V into `out`.
+/// Attention of query heads `q` (`heads` rows of `hd`, all sharing key/value
+/// head `head`) over the first `len` positions of the paged cache `table` in `layer`:
+/// softmax(q·Kᵀ · scale) · V into `out` (the same shape as `q`).
+///
+/// The heads of a group take each block of keys from memory once (read per
+/// head, the cache was read once per query head, three times for SmolLM2);
+/// the value rows, fetched for the first head, are still in cache for the
+/// others. Each head's arithmetic is the same whatever the group, so a
+/// row's result does not depend on how the heads are split into tasks.
 fn attend_paged(
     q: &[f32],
-    table: &BlockTable,
+    heads: usize,
+    (table, len): (&BlockTable, usize),
     at: BlockLayout,
     layer: usize,
-    len: usize,
     head: usize,
     out: &mut [f32],
 ) {
-    let hd = q.len();
+    if len == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let hd = q.len() / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let row = |values: bool, t: usize| {
         let (b, off) = at.at(layer, values, t);
         &table.block(b)[off + head * hd..off + (head + 1) * hd]
     };
-    let mut scores: Vec<f32> = (0..len).map(|t| crate::quant::dot_f32(q, row(false, t)) * scale).collect();
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in &mut scores {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    out.fill(0.0);
-    for (t, p) in scores.iter().enumerate() {
-        let w = p / sum;
-        for (o, v) in out.iter_mut().zip(row(true, t)) {
-            *o += w * v;
+    let keys: Vec<&[f32]> = (0..len).map(|t| row(false, t)).collect();
+    let values: Vec<&[f32]> = (0..len).map(|t| row(true, t)).collect();
+    // Past the last position, blocks of POSITIONS keys are padded with a
+    // row of zeros, so every score is computed alike.
+    let zeros = vec![0f32; hd];
+    // scores[j * len + t]: query head j against position t.
+    let mut scores = vec![0f32; heads * len];
+    let mut eight = [0f32; POSITIONS];
+    for t0 in (0..len).step_by(POSITIONS) {
+        let block: [&[f32]; POSITIONS] = std::array::from_fn(|p| keys.get(t0 + p).copied().unwrap_or(&zeros));
+        let n = POSITIONS.min(len - t0);
+        for (j, qj) in q.chunks_exact(hd).enumerate() {
+            attention::scores(qj, &block, &mut eight);
+            for (s, e) in scores[j * len + t0..j * len + t0 + n].iter_mut().zip(&eight) {
+                *s = e * scale;
+            }
         }
+    }
+    for (s, oj) in scores.chunks_exact_mut(len).zip(out.chunks_exact_mut(hd)) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for p in s.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        for p in s.iter_mut() {
+            *p /= sum;
+        }
+        attention::weighted_sum(s, &values, oj);
     }
 }
 
@@ -626,18 +654,25 @@ impl<B: Backend> Model<B> {
 
     /// Host attention in layer `li` of query rows `q` ([rows][head][hd]): row
     /// `r` attends to the first `len` positions of `table`, where
-    /// `(table, len) = seq(r)`; every (row, head) pair in parallel, each query
-    /// head on the key/value head its group shares. Returns [rows][head][hd].
+    /// `(table, len) = seq(r)`; rows and key/value heads in parallel, each
+    /// task the query heads that share a key/value head, unless that leaves
+    /// threads idle (one sequence on many cores): then a task per query head.
+    /// Returns [rows][head][hd].
     fn attend_rows<'t>(&self, li: usize, q: &[f32], seq: impl Fn(usize) -> (&'t BlockTable, usize) + Sync) -> Vec<f32> {
         use rayon::prelude::*;
         let c = &self.config;
         let (h, kv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let per_kv = h / kv;
+        let rows = q.len() / (h * hd);
+        let heads = if rows * kv >= rayon::current_num_threads() { per_kv } else { 1 };
         let at = self.block_layout();
         let mut out = vec![0f32; q.len()];
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-            let (row, head) = (i / h, i % h);
-            let (table, len) = seq(row);
-            attend_paged(&q[i * hd..(i + 1) * hd], table, at, li, len, head / (h / kv), o);
+        // Task i: query heads (i % (h / heads)) · heads.. of row i / (h / heads).
+        let tasks_per_row = h / heads;
+        out.par_chunks_mut(heads * hd).enumerate().for_each(|(i, o)| {
+            let (row, first) = (i / tasks_per_row, (i % tasks_per_row) * heads);
+            let span = (row * h + first) * hd..(row * h + first + heads) * hd;
+            attend_paged(&q[span], heads, seq(row), at, li, first / per_kv, o);
         });
         out
     }
@@ -814,5 +849,57 @@ impl<B: Backend> Model<B> {
         let seqs: Vec<(&BlockTable, usize)> = caches.iter().map(|cache| (&cache.table, cache.len + 1)).collect();
         let out = self.attend_rows(li, &q, |s| seqs[s]);
         Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), &self.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Three query heads per key/value head over a cache spanning several
+    /// blocks, in layer 1 of 2: grouped, each head gives the very bits it
+    /// gives alone, and both agree with softmax(q·Kᵀ/√d)·V computed directly.
+    #[test]
+    fn grouped_heads_attend_as_each_head_alone() {
+        let (layers, kv, per_kv, hd, len) = (2, 2, 3, 16, 2 * BLOCK_TOKENS + 5);
+        let at = BlockLayout { row: kv * hd };
+        let pool = KvPool::new(blocks_for(len), at.floats(layers));
+        let mut table = pool.reserve(blocks_for(len)).expect("the pool holds the sequence");
+        assert!(table.cover(len));
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+        let (keys, values) = (random(len * kv * hd), random(len * kv * hd));
+        for layer in 0..layers {
+            at.write(&mut table, layer, false, 0, &keys);
+            at.write(&mut table, layer, true, 0, &values);
+        }
+        let q = random(per_kv * hd);
+        for head in 0..kv {
+            let mut grouped = vec![0f32; per_kv * hd];
+            attend_paged(&q, per_kv, (&table, len), at, 1, head, &mut grouped);
+            for j in 0..per_kv {
+                let qj = &q[j * hd..(j + 1) * hd];
+                let mut alone = vec![0f32; hd];
+                attend_paged(qj, 1, (&table, len), at, 1, head, &mut alone);
+                assert_eq!(alone, grouped[j * hd..(j + 1) * hd], "head {j} of group {head}");
+                let at_pos = |m: &[f32], t: usize| m[(t * kv + head) * hd..(t * kv + head + 1) * hd].to_vec();
+                let scores: Vec<f64> = (0..len)
+                    .map(|t| {
+                        let k = at_pos(&keys, t);
+                        qj.iter().zip(&k).map(|(a, b)| f64::from(a * b)).sum::<f64>() / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for (d, &got) in alone.iter().enumerate() {
+                    let expected: f64 = (0..len).map(|t| weights[t] / total * f64::from(at_pos(&values, t)[d])).sum();
+                    assert!((f64::from(got) - expected).abs() < 1e-5, "dim {d}: {got} vs {expected}");
+                }
+            }
+        }
     }
 }
