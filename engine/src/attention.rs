@@ -17,7 +17,7 @@ pub const POSITIONS: usize = 8;
 pub fn scores(q: &[f32], keys: &[&[f32]; POSITIONS], out: &mut [f32; POSITIONS]) {
     assert!(keys.iter().all(|k| k.len() == q.len()), "key rows of {} values", q.len());
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if crate::quant::simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above); the lengths are asserted.
         return unsafe { avx2::scores(q, keys, out) };
     }
@@ -35,7 +35,7 @@ pub fn weighted_sum(weights: &[f32], rows: &[&[f32]], out: &mut [f32]) {
     assert_eq!(weights.len(), rows.len(), "one weight per row");
     assert!(rows.iter().all(|r| r.len() == out.len()), "rows of {} values", out.len());
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if crate::quant::simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above); the lengths are asserted.
         return unsafe { avx2::weighted_sum(weights, rows, out) };
     }
@@ -56,11 +56,6 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::POSITIONS;
-
-    pub fn available() -> bool {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
-    }
 
     /// [`super::scores`].
     ///

@@ -150,8 +150,8 @@ impl QuantKind {
     }
 }
 
-/// Whether the AVX2 kernels run on this CPU.
-fn simd() -> bool {
+/// Whether the AVX2 kernels (AVX2, FMA and F16C) run on this CPU.
+pub(crate) fn simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     return avx2::available();
     #[cfg(not(target_arch = "x86_64"))]
