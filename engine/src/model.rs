@@ -199,15 +199,7 @@ fn attend_paged(
         }
     }
     for (s, oj) in scores.chunks_exact_mut(len).zip(out.chunks_exact_mut(hd)) {
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for p in s.iter_mut() {
-            *p = (*p - max).exp();
-            sum += *p;
-        }
-        for p in s.iter_mut() {
-            *p /= sum;
-        }
+        attention::softmax(s);
         attention::weighted_sum(s, &values, oj);
     }
 }

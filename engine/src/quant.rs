@@ -54,6 +54,9 @@ const GROUP: usize = 4;
 /// from L2.
 const INT16_MAX_ROWS: usize = 8;
 
+/// The most activation rows the fused kernels take in one product.
+const FUSED_ROWS_LIMIT: usize = if FUSED_MAX_ROWS > INT16_MAX_ROWS { FUSED_MAX_ROWS } else { INT16_MAX_ROWS };
+
 /// Output rows per parallel task.
 const TILE_ROWS: usize = 32;
 
@@ -455,50 +458,59 @@ impl PackedLinear {
         if n > FUSED_MAX_ROWS && !(all_int16 && n <= INT16_MAX_ROWS) {
             return self.forward_gemm(x, n);
         }
-        // Computed transposed ([out, n]) so that each task owns whole rows.
-        let mut out_t = vec![0f32; self.rows * n];
+        // Each task owns whole weight rows and writes their n results
+        // straight into the [n, out] result, as `forward_gemm` does.
+        let mut out = vec![0f32; n * self.rows];
+        let dst = SharedOut(out.as_mut_ptr());
         let sums = block_sums(x);
         let blocks = self.cols / BLOCK;
         let int16 = self.int16_activations.then(|| Int16Rows::quantize(x));
         let group = int16_group();
-        out_t.par_chunks_mut(TILE_ROWS * n).enumerate().for_each(|(tile, dst)| {
+        (0..self.rows.div_ceil(TILE_ROWS)).into_par_iter().for_each(|tile| {
+            let tile_rows = tile * TILE_ROWS..self.rows.min((tile + 1) * TILE_ROWS);
+            // Results per weight row, stored to the [n, out] result at the
+            // end in runs along each activation row: one weight row's n
+            // stores to n rows of the result, and the search for its part,
+            // took a tenth of a batch-8 step beside the kernels.
+            let mut results = [[0f32; FUSED_ROWS_LIMIT]; TILE_ROWS];
             let mut wide = Vec::new();
-            for (k, row_out) in dst.chunks_exact_mut(n).enumerate() {
-                let (m, r) = self.locate(tile * TILE_ROWS + k);
-                if let Some(xq) = &int16
-                    && m.kind.simple()
-                {
-                    for (g, out) in row_out.chunks_mut(group).enumerate() {
-                        dots_int16(m.kind, m.row(r), xq, &sums, g * group, out);
+            for (m, &start) in self.parts.iter().zip(&self.starts) {
+                let (lo, hi) = (tile_rows.start.max(start), tile_rows.end.min(start + m.rows));
+                let row_bytes = m.row_bytes();
+                for row in lo..hi {
+                    let w = &m.data[(row - start) * row_bytes..(row - start + 1) * row_bytes];
+                    let row_out = &mut results[row - tile_rows.start][..n];
+                    if let Some(xq) = &int16
+                        && m.kind.simple()
+                    {
+                        for (g, out) in row_out.chunks_mut(group).enumerate() {
+                            dots_int16(m.kind, w, xq, &sums, g * group, out);
+                        }
+                    } else if !m.kind.fused() {
+                        wide.resize(self.cols, 0f32);
+                        m.dequantize_row(row - start, &mut wide);
+                        for (i, o) in row_out.iter_mut().enumerate() {
+                            *o = dot_f32(&wide, &x[i * self.cols..(i + 1) * self.cols]);
+                        }
+                    } else {
+                        for (g, out) in row_out.chunks_mut(GROUP).enumerate() {
+                            let first = g * GROUP;
+                            let rows = out.len();
+                            let xs = &x[first * self.cols..(first + rows) * self.cols];
+                            dots(m.kind, w, xs, &sums[first * blocks..(first + rows) * blocks], out);
+                        }
                     }
-                    continue;
                 }
-                if !m.kind.fused() {
-                    wide.resize(self.cols, 0f32);
-                    m.dequantize_row(r, &mut wide);
-                    for (i, o) in row_out.iter_mut().enumerate() {
-                        *o = dot_f32(&wide, &x[i * self.cols..(i + 1) * self.cols]);
-                    }
-                    continue;
-                }
-                let w = m.row(r);
-                for (g, out) in row_out.chunks_mut(GROUP).enumerate() {
-                    let first = g * GROUP;
-                    let rows = out.len();
-                    let xs = &x[first * self.cols..(first + rows) * self.cols];
-                    dots(m.kind, w, xs, &sums[first * blocks..(first + rows) * blocks], out);
+            }
+            for i in 0..n {
+                for (k, res) in results[..tile_rows.len()].iter().enumerate() {
+                    // SAFETY: element (i, tile_rows.start + k) of the
+                    // n×self.rows result, within it; no other task owns
+                    // these weight rows.
+                    unsafe { *dst.at(i * self.rows + tile_rows.start + k) = res[i] };
                 }
             }
         });
-        if n == 1 {
-            return out_t;
-        }
-        let mut out = vec![0f32; n * self.rows];
-        for (r, col) in out_t.chunks_exact(n).enumerate() {
-            for (i, &v) in col.iter().enumerate() {
-                out[i * self.rows + r] = v;
-            }
-        }
         out
     }
 
@@ -1091,15 +1103,75 @@ mod avx2 {
         }
     }
 
-    /// [`super::dots_int16`] for `N` activation rows from row `first`.
+    /// The two f16 words at the start of each of eight whole blocks of `bb`
+    /// bytes from `p`, as f32: (the scales d, the words after them). The
+    /// same values as [`block_scales`] for a full chunk, from eight 32-bit
+    /// loads and one pack: the scalar shifts there took a fifth of a
+    /// product of SmolLM2's 576-wide rows.
     ///
-    /// Per chunk of eight blocks, the weight scales (f16) are gathered and
-    /// converted together and multiplied by the activations' scales, and
-    /// the format's offsets are accumulated in vectors. The per-block loop
-    /// then only unpacks, multiplies as integers and adds the scaled
-    /// products, each scale broadcast from memory: converting and
-    /// broadcasting one scale per block kept the shuffle port busy for
-    /// about seven cycles a block.
+    /// # Safety
+    /// `p` must point to eight whole blocks of `bb` (≥ 4) bytes; the CPU
+    /// must have AVX2 and F16C (inlined into callers that enable them).
+    #[inline(always)]
+    unsafe fn chunk_scales(p: *const u8, bb: usize) -> (__m256, __m256) {
+        // SAFETY: every block holds at least four bytes; the caller has the
+        // CPU features.
+        unsafe {
+            let word = |j: usize| std::ptr::read_unaligned(p.add(j * bb) as *const i32);
+            let words = _mm256_setr_epi32(word(0), word(1), word(2), word(3), word(4), word(5), word(6), word(7));
+            let d = _mm256_and_si256(words, _mm256_set1_epi32(0xffff));
+            let m = _mm256_srli_epi32::<16>(words);
+            // [d0..d3 m0..m3 | d4..d7 m4..m7] → [d0..d7 | m0..m7]
+            let both = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(d, m));
+            (_mm256_cvtph_ps(_mm256_castsi256_si128(both)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(both)))
+        }
+    }
+
+    /// Lane `i` holds the sum of the lanes of `acc[i]` (zero from `N` on),
+    /// always added in the order ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)),
+    /// so that a row's result does not depend on how many rows share the
+    /// call. Three rounds of pairwise additions for eight rows at once, where
+    /// a reduction per row took as long as a few blocks of products.
+    #[inline(always)]
+    unsafe fn row_totals<const N: usize>(acc: &[__m256; N]) -> __m256 {
+        // SAFETY: the caller has AVX.
+        unsafe {
+            let a = |i: usize| if i < N { acc[i] } else { _mm256_setzero_ps() };
+            let pairs = |i: usize| _mm256_hadd_ps(a(i), a(i + 1));
+            let low = _mm256_hadd_ps(pairs(0), pairs(2));
+            let high = _mm256_hadd_ps(pairs(4), pairs(6));
+            // low: rows 0..4, lanes 0..4 then 4..8 of each; high: rows 4..8.
+            _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(low, high), _mm256_permute2f128_ps::<0x31>(low, high))
+        }
+    }
+
+    /// `v[g..g + len]` in a vector, the lanes from `len` on zero.
+    ///
+    /// # Safety
+    /// `g + len` must not exceed `v.len()` (unchecked for a full chunk).
+    #[inline(always)]
+    unsafe fn chunk_f32(v: &[f32], g: usize, len: usize) -> __m256 {
+        // SAFETY: the caller guarantees the range and the CPU features.
+        unsafe { if len == SCALE_CHUNK { _mm256_loadu_ps(v.as_ptr().add(g)) } else { lanes(&v[g..g + len]) } }
+    }
+
+    /// [`chunk_f32`] for integers, converted to f32.
+    ///
+    /// # Safety
+    /// As for [`chunk_f32`].
+    #[inline(always)]
+    unsafe fn chunk_i32(v: &[i32], g: usize, len: usize) -> __m256 {
+        // SAFETY: the caller guarantees the range and the CPU features.
+        unsafe {
+            if len == SCALE_CHUNK {
+                _mm256_cvtepi32_ps(_mm256_loadu_si256(v.as_ptr().add(g) as *const __m256i))
+            } else {
+                lanes_i32(&v[g..g + len])
+            }
+        }
+    }
+
+    /// [`super::dots_int16`] for `N` activation rows from row `first`.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
@@ -1112,9 +1184,48 @@ mod avx2 {
         first: usize,
         out: &mut [f32],
     ) {
+        // One copy of the kernel per format, so that its branches on the
+        // format are settled at compile time.
+        // SAFETY: the caller's guarantees are this function's.
+        unsafe {
+            match kind {
+                QuantKind::Q8_0 => int16_rows::<N, Q8_0>(w, x, sums, first, out),
+                QuantKind::Q4_0 => int16_rows::<N, Q4_0>(w, x, sums, first, out),
+                QuantKind::Q4_1 => int16_rows::<N, Q4_1>(w, x, sums, first, out),
+                _ => panic!("the 16-bit kernel takes Q8_0, Q4_0 and Q4_1 blocks, not {kind:?}"),
+            }
+        }
+    }
+
+    const Q8_0: u8 = 0;
+    const Q4_0: u8 = 1;
+    const Q4_1: u8 = 2;
+    const FORMATS: [QuantKind; 3] = [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1];
+
+    /// [`dots_int16`] for the format `FORMATS[F]`.
+    ///
+    /// Per chunk of eight blocks, the weight scales (f16) are gathered and
+    /// converted together and multiplied by the activations' scales, and
+    /// the format's offsets are added to the accumulators as vectors. The
+    /// per-block loop then only unpacks, multiplies as integers and adds the
+    /// scaled products, each scale broadcast from memory: converting and
+    /// broadcasting one scale per block kept the shuffle port busy for
+    /// about seven cycles a block.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn int16_rows<const N: usize, const F: u8>(
+        w: &[u8],
+        x: &super::Int16Rows,
+        sums: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) {
+        let kind = FORMATS[usize::from(F)];
         let bb = kind.block_bytes();
         let blocks = w.len() / bb;
-        assert!(kind.simple() && out.len() == N && (first + N) * blocks <= x.scale.len());
+        assert!(out.len() == N && (first + N) * blocks <= x.scale.len());
         assert!(x.q.len() == x.scale.len() * BLOCK && sums.len() == x.scale.len() && x.qsum.len() == x.scale.len());
         // One accumulator per row, so that eight rows fit AVX2's sixteen
         // registers beside a block's weights (two accumulators per row, for
@@ -1124,7 +1235,6 @@ mod avx2 {
         // Every row count sums in the same order, so a sequence gets the
         // same logits whatever it is batched with.
         let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = [_mm256_setzero_ps(); N];
         let mut scales = [[0f32; SCALE_CHUNK]; N];
         let mut b0 = 0;
         while b0 < blocks {
@@ -1137,38 +1247,69 @@ mod avx2 {
             for line in 0..(SCALE_CHUNK * bb).div_ceil(64) {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
             }
-            // SAFETY: this function enables AVX2 and F16C.
-            let (dw, mw) = unsafe { block_scales(&w[b0 * bb..], bb, len) };
+            // SAFETY: the chunk's len blocks lie within w; this function
+            // enables AVX2 and F16C.
+            let (dw, mw) = unsafe {
+                if len == SCALE_CHUNK {
+                    chunk_scales(w.as_ptr().add(b0 * bb), bb)
+                } else {
+                    block_scales(&w[b0 * bb..], bb, len)
+                }
+            };
             for i in 0..N {
                 let g = (first + i) * blocks + b0;
-                let s = _mm256_mul_ps(dw, lanes(&x.scale[g..g + len]));
-                // SAFETY: scales[i] holds 8 floats.
-                unsafe { _mm256_storeu_ps(scales[i].as_mut_ptr(), s) };
-                match kind {
-                    QuantKind::Q4_0 => offsets[i] = _mm256_fmadd_ps(s, lanes_i32(&x.qsum[g..g + len]), offsets[i]),
-                    QuantKind::Q4_1 => offsets[i] = _mm256_fmadd_ps(mw, lanes(&sums[g..g + len]), offsets[i]),
-                    _ => {}
+                // SAFETY: g + len ≤ (first + N) * blocks ≤ x.scale.len(),
+                // the length of sums and x.qsum too (asserted above).
+                unsafe {
+                    let s = _mm256_mul_ps(dw, chunk_f32(&x.scale, g, len));
+                    _mm256_storeu_ps(scales[i].as_mut_ptr(), s);
+                    // Q4_0's stored values are offset by 8: Σ d (q - 8) x =
+                    // Σ d q x - 8 Σ d x; Q4_1 adds its minimum times Σ x.
+                    if F == Q4_0 {
+                        let s8 = _mm256_mul_ps(s, _mm256_set1_ps(-8.0));
+                        acc[i] = _mm256_fmadd_ps(s8, chunk_i32(&x.qsum, g, len), acc[i]);
+                    } else if F == Q4_1 {
+                        acc[i] = _mm256_fmadd_ps(mw, chunk_f32(sums, g, len), acc[i]);
+                    }
                 }
             }
-            // Block j of the chunk: its weights and the first row's activations.
-            let at = |j: usize| {
-                let g = first * blocks + b0 + j;
-                // SAFETY: j < len, so the block lies within w, and block g of
-                // x and those of the next N - 1 rows within x.q (asserted above).
-                unsafe { ((w.as_ptr().add((b0 + j) * bb), bb), x.q.as_ptr().add(g * BLOCK)) }
-            };
-            for j in 0..len {
-                let (wj, xj) = at(j);
-                // SAFETY: as for `at`.
-                unsafe { block_products::<N>(kind, wj, xj, blocks * BLOCK, &scales, j, &mut acc) };
+            // SAFETY: block b0 + j (j < len) lies within w, and block g of x
+            // and those of the next N - 1 rows within x.q (asserted above).
+            unsafe {
+                let wp = w.as_ptr().add(b0 * bb);
+                let xq = x.q.as_ptr().add((first * blocks + b0) * BLOCK);
+                if len == SCALE_CHUNK {
+                    for j in 0..SCALE_CHUNK {
+                        block_products::<N>(
+                            kind,
+                            (wp.add(j * bb), bb),
+                            xq.add(j * BLOCK),
+                            blocks * BLOCK,
+                            &scales,
+                            j,
+                            &mut acc,
+                        );
+                    }
+                } else {
+                    for j in 0..len {
+                        block_products::<N>(
+                            kind,
+                            (wp.add(j * bb), bb),
+                            xq.add(j * BLOCK),
+                            blocks * BLOCK,
+                            &scales,
+                            j,
+                            &mut acc,
+                        );
+                    }
+                }
             }
             b0 += len;
         }
-        // Q4_0's stored values are offset by 8: Σ d (q - 8) x = Σ d q x - 8 Σ d x.
-        let offset_sign = if kind == QuantKind::Q4_0 { -8.0 } else { 1.0 };
-        for i in 0..N {
-            out[i] = hsum(acc[i]) + offset_sign * hsum(offsets[i]);
-        }
+        let mut totals = [0f32; SCALE_CHUNK];
+        // SAFETY: this function enables AVX; totals holds eight floats.
+        unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), row_totals(&acc)) };
+        out.copy_from_slice(&totals[..N]);
     }
 
     /// One weight row `w` against `N` activation rows stored one after another
