@@ -651,6 +651,25 @@ impl Int16Rows {
     }
 }
 
+/// `kernel::<N>(args)` with `N` the row count `n` (1 to 8; more is taken as
+/// 8): the 16-bit kernels take their row count as a constant, so that their
+/// accumulators are registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_rows {
+    ($n:expr, $($kernel:ident)::+ ($($arg:expr),* $(,)?)) => {
+        match $n {
+            1 => $($kernel)::+::<1>($($arg),*),
+            2 => $($kernel)::+::<2>($($arg),*),
+            3 => $($kernel)::+::<3>($($arg),*),
+            4 => $($kernel)::+::<4>($($arg),*),
+            5 => $($kernel)::+::<5>($($arg),*),
+            6 => $($kernel)::+::<6>($($arg),*),
+            7 => $($kernel)::+::<7>($($arg),*),
+            _ => $($kernel)::+::<8>($($arg),*),
+        }
+    };
+}
+
 /// One weight row of Q8_0, Q4_0 or Q4_1 against activation rows `first..`
 /// (`out.len()` of them, at most `GROUP`) of `x`, in integer arithmetic per
 /// block: `d_w · d_x · Σ q_w q_x` (+ the format's offset; Q4_1's minimum
@@ -664,36 +683,14 @@ fn dots_int16(kind: QuantKind, w: &[u8], x: &Int16Rows, sums: &[f32], first: usi
     if avx512::available() {
         // SAFETY: the CPU has AVX-512 F and BW, AVX2, FMA and F16C (checked
         // just above); the kernel checks the slices' lengths itself.
-        unsafe {
-            match out.len() {
-                1 => avx512::dots_int16::<1>(kind, w, x, sums, first, out),
-                2 => avx512::dots_int16::<2>(kind, w, x, sums, first, out),
-                3 => avx512::dots_int16::<3>(kind, w, x, sums, first, out),
-                4 => avx512::dots_int16::<4>(kind, w, x, sums, first, out),
-                5 => avx512::dots_int16::<5>(kind, w, x, sums, first, out),
-                6 => avx512::dots_int16::<6>(kind, w, x, sums, first, out),
-                7 => avx512::dots_int16::<7>(kind, w, x, sums, first, out),
-                _ => avx512::dots_int16::<8>(kind, w, x, sums, first, out),
-            }
-        }
+        unsafe { with_rows!(out.len(), avx512::dots_int16(kind, w, x, sums, first, out)) }
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); the
         // kernel checks the slices' lengths itself.
-        unsafe {
-            match out.len() {
-                1 => avx2::dots_int16::<1>(kind, w, x, sums, first, out),
-                2 => avx2::dots_int16::<2>(kind, w, x, sums, first, out),
-                3 => avx2::dots_int16::<3>(kind, w, x, sums, first, out),
-                4 => avx2::dots_int16::<4>(kind, w, x, sums, first, out),
-                5 => avx2::dots_int16::<5>(kind, w, x, sums, first, out),
-                6 => avx2::dots_int16::<6>(kind, w, x, sums, first, out),
-                7 => avx2::dots_int16::<7>(kind, w, x, sums, first, out),
-                _ => avx2::dots_int16::<8>(kind, w, x, sums, first, out),
-            }
-        }
+        unsafe { with_rows!(out.len(), avx2::dots_int16(kind, w, x, sums, first, out)) }
         return;
     }
     for (i, o) in out.iter_mut().enumerate() {
@@ -1234,6 +1231,9 @@ mod avx2 {
         first: usize,
         out: &mut [f32],
     ) {
+        // Eight rows at most: their accumulators fill half the registers, and
+        // `row_totals` reduces eight.
+        const { assert!(N >= 1 && N <= SCALE_CHUNK) };
         let kind = FORMATS[usize::from(F)];
         let bb = kind.block_bytes();
         let blocks = w.len() / bb;
@@ -1677,18 +1677,7 @@ mod tests {
                 let mut out = vec![0f32; n];
                 for (g, o) in out.chunks_mut(8).enumerate() {
                     // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
-                    unsafe {
-                        match o.len() {
-                            1 => avx2::dots_int16::<1>(kind, w, xq, sums, g * 8, o),
-                            2 => avx2::dots_int16::<2>(kind, w, xq, sums, g * 8, o),
-                            3 => avx2::dots_int16::<3>(kind, w, xq, sums, g * 8, o),
-                            4 => avx2::dots_int16::<4>(kind, w, xq, sums, g * 8, o),
-                            5 => avx2::dots_int16::<5>(kind, w, xq, sums, g * 8, o),
-                            6 => avx2::dots_int16::<6>(kind, w, xq, sums, g * 8, o),
-                            7 => avx2::dots_int16::<7>(kind, w, xq, sums, g * 8, o),
-                            _ => avx2::dots_int16::<8>(kind, w, xq, sums, g * 8, o),
-                        }
-                    }
+                    unsafe { with_rows!(o.len(), avx2::dots_int16(kind, w, xq, sums, g * 8, o)) }
                 }
                 kernels.push(("avx2", out));
             }
