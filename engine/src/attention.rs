@@ -102,16 +102,8 @@ mod avx2 {
             }
         }
         // Lane p of the result: the sum of acc[p]'s lanes.
-        let h01 = _mm256_hadd_ps(acc[0], acc[1]);
-        let h23 = _mm256_hadd_ps(acc[2], acc[3]);
-        let h45 = _mm256_hadd_ps(acc[4], acc[5]);
-        let h67 = _mm256_hadd_ps(acc[6], acc[7]);
-        let h0123 = _mm256_hadd_ps(h01, h23);
-        let h4567 = _mm256_hadd_ps(h45, h67);
-        let low = _mm256_permute2f128_ps::<0x20>(h0123, h4567);
-        let high = _mm256_permute2f128_ps::<0x31>(h0123, h4567);
         // SAFETY: out holds 8 floats.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(low, high)) };
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), host_ops::avx2::lane_sums(acc)) };
         for (o, k) in out.iter_mut().zip(keys) {
             *o += q[whole..].iter().zip(&k[whole..]).map(|(a, b)| a * b).sum::<f32>();
         }
@@ -148,15 +140,6 @@ mod avx2 {
         }
     }
 
-    /// The sum of the eight lanes of `v`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
     /// [`super::softmax`].
     ///
     /// # Safety
@@ -183,7 +166,7 @@ mod avx2 {
                 sum = _mm256_add_ps(sum, e);
             }
         }
-        let mut total = hsum(sum);
+        let mut total = host_ops::avx2::hsum(sum);
         if whole < s.len() {
             // The last scores padded with the maximum, whose lanes are dropped.
             let mut tail = [max; 8];

@@ -62,9 +62,34 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Vector helpers of the elementwise work, shared with the attention and
+/// matrix kernels.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
+
+    /// The sum of the eight lanes of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Lane `i` holds the sum of the lanes of `v[i]`, added in the order
+    /// ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)): three rounds of pairwise
+    /// additions for eight vectors at once, where reducing each on its own
+    /// took as long as a few of the products that filled them.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn lane_sums(v: [__m256; 8]) -> __m256 {
+        let pairs = |i: usize| _mm256_hadd_ps(v[i], v[i + 1]);
+        let low = _mm256_hadd_ps(pairs(0), pairs(2));
+        let high = _mm256_hadd_ps(pairs(4), pairs(6));
+        // low: vectors 0..4, lanes 0..4 then 4..8 of each; high: vectors 4..8.
+        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(low, high), _mm256_permute2f128_ps::<0x31>(low, high))
+    }
 
     /// e^x for eight values of x: Cephes' `expf`, e^x = 2^n · e^r with
     /// n = round(x / ln 2) and |r| ≤ ln 2 / 2 from a degree-6 polynomial,

@@ -806,6 +806,7 @@ mod avx2 {
     use std::sync::OnceLock;
 
     use super::{BLOCK, QuantKind};
+    use crate::host_ops::avx2::{hsum, lane_sums};
 
     pub fn available() -> bool {
         static HAS: OnceLock<bool> = OnceLock::new();
@@ -821,15 +822,6 @@ mod avx2 {
     fn f16_scale(block: &[u8], i: usize) -> f32 {
         let bits = u16::from_le_bytes([block[i], block[i + 1]]);
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
 
     /// Thirty-two unsigned byte values as four vectors of f32 times `scale`.
@@ -1136,24 +1128,6 @@ mod avx2 {
         }
     }
 
-    /// Lane `i` holds the sum of the lanes of `acc[i]` (zero from `N` on),
-    /// always added in the order ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)),
-    /// so that a row's result does not depend on how many rows share the
-    /// call. Three rounds of pairwise additions for eight rows at once, where
-    /// a reduction per row took as long as a few blocks of products.
-    #[inline(always)]
-    unsafe fn row_totals<const N: usize>(acc: &[__m256; N]) -> __m256 {
-        // SAFETY: the caller has AVX.
-        unsafe {
-            let a = |i: usize| if i < N { acc[i] } else { _mm256_setzero_ps() };
-            let pairs = |i: usize| _mm256_hadd_ps(a(i), a(i + 1));
-            let low = _mm256_hadd_ps(pairs(0), pairs(2));
-            let high = _mm256_hadd_ps(pairs(4), pairs(6));
-            // low: rows 0..4, lanes 0..4 then 4..8 of each; high: rows 4..8.
-            _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(low, high), _mm256_permute2f128_ps::<0x31>(low, high))
-        }
-    }
-
     /// `v[g..g + len]` in a vector, the lanes from `len` on zero.
     ///
     /// # Safety
@@ -1232,7 +1206,7 @@ mod avx2 {
         out: &mut [f32],
     ) {
         // Eight rows at most: their accumulators fill half the registers, and
-        // `row_totals` reduces eight.
+        // `lane_sums` reduces eight.
         const { assert!(N >= 1 && N <= SCALE_CHUNK) };
         let kind = FORMATS[usize::from(F)];
         let bb = kind.block_bytes();
@@ -1290,37 +1264,32 @@ mod avx2 {
             unsafe {
                 let wp = w.as_ptr().add(b0 * bb);
                 let xq = x.q.as_ptr().add((first * blocks + b0) * BLOCK);
+                let mut block = |j: usize| {
+                    block_products::<N>(
+                        kind,
+                        (wp.add(j * bb), bb),
+                        xq.add(j * BLOCK),
+                        blocks * BLOCK,
+                        &scales,
+                        j,
+                        &mut acc,
+                    )
+                };
+                // A full chunk's loop has a constant count, for the compiler.
                 if len == SCALE_CHUNK {
-                    for j in 0..SCALE_CHUNK {
-                        block_products::<N>(
-                            kind,
-                            (wp.add(j * bb), bb),
-                            xq.add(j * BLOCK),
-                            blocks * BLOCK,
-                            &scales,
-                            j,
-                            &mut acc,
-                        );
-                    }
+                    (0..SCALE_CHUNK).for_each(&mut block);
                 } else {
-                    for j in 0..len {
-                        block_products::<N>(
-                            kind,
-                            (wp.add(j * bb), bb),
-                            xq.add(j * BLOCK),
-                            blocks * BLOCK,
-                            &scales,
-                            j,
-                            &mut acc,
-                        );
-                    }
+                    (0..len).for_each(block);
                 }
             }
             b0 += len;
         }
+        // Rows from N on are zero: every row count sums in the same order, so
+        // a row's result does not depend on how many rows share the call.
+        let rows = std::array::from_fn(|i| if i < N { acc[i] } else { _mm256_setzero_ps() });
         let mut totals = [0f32; SCALE_CHUNK];
-        // SAFETY: this function enables AVX; totals holds eight floats.
-        unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), row_totals(&acc)) };
+        // SAFETY: totals holds eight floats.
+        unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), lane_sums(rows)) };
         out.copy_from_slice(&totals[..N]);
     }
 
@@ -1379,6 +1348,7 @@ mod avx512 {
 
     use super::avx2::{self, PREFETCH_BYTES, SCALE_CHUNK, block_scales, lanes, lanes_i32};
     use super::{BLOCK, QuantKind};
+    use crate::host_ops::avx2::hsum;
 
     pub fn available() -> bool {
         static HAS: OnceLock<bool> = OnceLock::new();
@@ -1510,7 +1480,7 @@ mod avx512 {
         // Q4_0's stored values are offset by 8: Σ d (q - 8) x = Σ d q x - 8 Σ d x.
         let offset_sign = if kind == QuantKind::Q4_0 { -8.0 } else { 1.0 };
         for i in 0..N {
-            out[i] = _mm512_reduce_add_ps(_mm512_add_ps(even[i], odd[i])) + offset_sign * avx2::hsum(offsets[i]);
+            out[i] = _mm512_reduce_add_ps(_mm512_add_ps(even[i], odd[i])) + offset_sign * hsum(offsets[i]);
         }
     }
 }
