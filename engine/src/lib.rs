@@ -23,7 +23,8 @@ pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 
-pub use loader::{LoadedModel, default_model_path, load, load_with, model_digest};
+pub use burn::tensor::FloatDType;
+pub use loader::{LoadedModel, default_model_path, load, load_with, load_with_dtype, model_digest};
 pub use model::WeightLayout;
 pub use scheduler::{BatchOptions, BurnEngine, StartError};
 
@@ -33,9 +34,12 @@ pub type CpuBackend = burn::backend::Flex;
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
 pub type CpuBackend = burn::backend::NdArray<f32>;
 
-/// NVIDIA GPUs through CUDA (the driver library is loaded at run time).
+/// NVIDIA GPUs through CUDA (the driver library is loaded at run time), with
+/// bf16 as the float type: weights, activations and keys/values take half
+/// the memory and bandwidth of f32, as the checkpoints of the models GPU
+/// owners serve are stored; norms are computed in f32 (`model::rms_norm`).
 #[cfg(feature = "cuda")]
-pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+pub type CudaBackend = burn::backend::Cuda<burn::tensor::bf16, i32>;
 
 /// Why a model could not be loaded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

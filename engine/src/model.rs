@@ -9,7 +9,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 
 use crate::LoadError;
 use crate::attention::{self, POSITIONS};
@@ -21,7 +21,10 @@ use crate::weights::{Weight, WeightSource};
 /// How the projection matrices are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightLayout {
-    /// Widened to the backend's float type: the reference, and what GPUs use.
+    /// Held as backend tensors of the model's float type (the device's unless
+    /// [`crate::load_with_dtype`] names one): the reference in f32 on the
+    /// CPU; bf16 or f16 on CUDA (`CudaBackend`), converted on the
+    /// host as each tensor is loaded, so never widened to f32 on the GPU.
     Dense,
     /// CPU only: quantised matrices stay in their stored blocks (`quant`);
     /// matrices in other formats are widened as in `Dense`. Keys, values and
@@ -86,6 +89,8 @@ struct HostWeights {
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
     device: B::Device,
+    /// The float type of its tensors (see [`Model::float_dtypes`]).
+    dtype: DType,
     /// Keys, values and decoding attention on the host, in the pool's blocks
     /// (the packed CPU layout): no backend operations per sequence, keys and
     /// values written in place.
@@ -267,7 +272,7 @@ impl<B: Backend> KvCache<B> {
 /// Logits [rows, vocab] read back to the host, one vector per row.
 pub fn logits_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, String> {
     let [rows, vocab] = logits.dims();
-    let flat: Vec<f32> = logits.into_data().to_vec().map_err(|e| format!("reading logits: {e:?}"))?;
+    let flat: Vec<f32> = logits.into_data().convert::<f32>().to_vec().map_err(|e| format!("reading logits: {e:?}"))?;
     Ok((0..rows).map(|r| flat[r * vocab..(r + 1) * vocab].to_vec()).collect())
 }
 
@@ -315,11 +320,12 @@ fn apply<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>, b: Option<&Tensor<B, 1>>) -
         Linear::Dense(w) => linear(x, w.clone(), b.cloned()),
         Linear::Packed(p) => {
             let [rows, _] = x.dims();
+            let x_dtype = x.dtype();
             let device = x.device();
             // The packed kernels run on the host: on a CPU backend this read is
             // a copy of the activations, small next to the weights.
             let y = p.forward(&host(x), rows);
-            let out = Tensor::<B, 2>::from_data(TensorData::new(y, [rows, p.out_features()]), &device);
+            let out = Tensor::<B, 2>::from_data(TensorData::new(y, [rows, p.out_features()]), (&device, x_dtype));
             match b {
                 Some(b) => out + b.clone().unsqueeze(),
                 None => out,
@@ -328,10 +334,15 @@ fn apply<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>, b: Option<&Tensor<B, 1>>) -
     }
 }
 
+/// Normalised in f32 whatever the float type, then scaled in it, as Hugging
+/// Face's RMSNorm does: a mean of thousands of squares summed in bf16 would
+/// keep three significant digits of the norm.
 fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f32) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let x = x.cast(FloatDType::F32);
     let inv = x.clone().powi_scalar(2).mean_dim(D - 1).add_scalar(eps).sqrt().recip();
     let w: Tensor<B, D> = weight.clone().unsqueeze();
-    x * inv * w
+    (x * inv).cast(dtype) * w
 }
 
 /// Rotary embedding in Hugging Face's layout: the two halves of each head are the pairs.
@@ -372,19 +383,23 @@ fn stacked<B: Backend>(
     src: &dyn WeightSource,
     parts: &[(&str, [usize; 2])],
     layout: WeightLayout,
-    device: &B::Device,
+    place: Place<B>,
 ) -> Result<Linear<B>, LoadError> {
     if let Some(p) = packed_stack(src, parts, layout)? {
         return Ok(Linear::Packed(p));
     }
     let weights = parts.iter().map(|(name, shape)| take(src, name, shape)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Linear::Dense(dense_stack(&weights, device)))
+    Ok(Linear::Dense(dense_stack(&weights, place)))
 }
 
-fn dense_stack<B: Backend>(weights: &[Weight], device: &B::Device) -> Tensor<B, 2> {
+fn dense_stack<B: Backend>(weights: &[Weight], place: Place<B>) -> Tensor<B, 2> {
     let (data, shape) = stacked_transposed(weights);
-    Tensor::from_data(TensorData::new(data, shape), device)
+    Tensor::from_data(TensorData::new(data, shape), place)
 }
+
+/// Where a model's float tensors are created, and as which type: converted
+/// from f32 on the host as each is created.
+type Place<'a, B> = (&'a burn::tensor::Device<B>, DType);
 
 impl<B: Backend> Model<B> {
     pub fn load(
@@ -393,23 +408,26 @@ impl<B: Backend> Model<B> {
         device: &B::Device,
         max_positions: usize,
         layout: WeightLayout,
+        dtype: FloatDType,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Self, LoadError> {
         let c = &config;
+        let dtype = DType::from(dtype);
+        let place: Place<B> = (device, dtype);
         let (h, kv, hd, d, ff) = (c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size);
         let tensor2 =
-            |(data, shape): (Vec<f32>, [usize; 2])| Tensor::<B, 2>::from_data(TensorData::new(data, shape), device);
+            |(data, shape): (Vec<f32>, [usize; 2])| Tensor::<B, 2>::from_data(TensorData::new(data, shape), place);
         let tensor1 = |w: Weight| {
             let n = w.data.len();
-            Tensor::<B, 1>::from_data(TensorData::new(w.data, [n]), device)
+            Tensor::<B, 1>::from_data(TensorData::new(w.data, [n]), place)
         };
-        let linear = |parts: &[(&str, [usize; 2])]| stacked::<B>(src, parts, layout, device);
+        let linear = |parts: &[(&str, [usize; 2])]| stacked::<B>(src, parts, layout, place);
         let embed_w = take(src, "model.embed_tokens.weight", &[c.vocab_size, d])?;
         let lm_head = if c.tie_word_embeddings {
             // Tied: the embedding just read serves when the head is not packed.
             match packed_stack(src, &[("model.embed_tokens.weight", [c.vocab_size, d])], layout)? {
                 Some(p) => Linear::Packed(p),
-                None => Linear::Dense(dense_stack(std::slice::from_ref(&embed_w), device)),
+                None => Linear::Dense(dense_stack(std::slice::from_ref(&embed_w), place)),
             }
         } else {
             linear(&[("lm_head.weight", [c.vocab_size, d])])?
@@ -480,6 +498,7 @@ impl<B: Backend> Model<B> {
         let mut model = Model {
             config,
             device: device.clone(),
+            dtype,
             host_attention,
             kv_pool: KvPool::new(0, 0),
             embed,
@@ -492,6 +511,28 @@ impl<B: Backend> Model<B> {
         };
         model.set_kv_budget(DEFAULT_KV_SEQUENCES * positions);
         Ok(model)
+    }
+
+    /// The float types the weights held as backend tensors take (packed
+    /// matrices aside), each once: `[F32]` on the CPU, `[BF16]` on CUDA.
+    pub fn float_dtypes(&self) -> Vec<DType> {
+        let mut tensors: Vec<DType> = vec![self.embed.dtype(), self.norm.dtype()];
+        for layer in &self.layers {
+            tensors.extend([layer.attn_norm.dtype(), layer.mlp_norm.dtype()]);
+            tensors.extend([&layer.qkv_bias, &layer.q_norm, &layer.k_norm].into_iter().flatten().map(|t| t.dtype()));
+            for w in [&layer.qkv, &layer.out, &layer.gate_up, &layer.down, &self.lm_head] {
+                if let Linear::Dense(t) = w {
+                    tensors.push(t.dtype());
+                }
+            }
+        }
+        let mut distinct = Vec::new();
+        for d in tensors {
+            if !distinct.contains(&d) {
+                distinct.push(d);
+            }
+        }
+        distinct
     }
 
     /// Longest sequence (prompt plus completion) the rotary tables cover.
@@ -641,7 +682,7 @@ impl<B: Backend> Model<B> {
         let q = host(q.swap_dims(1, 2));
         let table = &*table;
         let out = self.attend_rows(li, &q, |pos| (table, start + pos + 1));
-        Tensor::<B, 3>::from_data(TensorData::new(out, [1, t, c.num_heads * c.head_dim]), &self.device)
+        Tensor::<B, 3>::from_data(TensorData::new(out, [1, t, c.num_heads * c.head_dim]), (&self.device, self.dtype))
     }
 
     /// Host attention in layer `li` of query rows `q` ([rows][head][hd]): row
@@ -720,7 +761,7 @@ impl<B: Backend> Model<B> {
         for cache in caches.iter_mut() {
             cache.len += 1;
         }
-        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [b, self.config.hidden_size]), &self.device);
+        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [b, self.config.hidden_size]), (&self.device, self.dtype));
         apply(rms_norm(x, &self.norm, eps), &self.lm_head, None)
     }
 
@@ -735,7 +776,7 @@ impl<B: Backend> Model<B> {
         let rows: Vec<(usize, usize)> = (start..start + t).map(|pos| (0, pos)).collect();
         let x = self.layers_on_host(hw, tokens, &rows, &mut [cache]);
         cache.len += t;
-        Tensor::<B, 3>::from_data(TensorData::new(x, [1, t, self.config.hidden_size]), &self.device)
+        Tensor::<B, 3>::from_data(TensorData::new(x, [1, t, self.config.hidden_size]), (&self.device, self.dtype))
     }
 
     /// The decoder layers on the host over `tokens`, token `r` at position
@@ -840,7 +881,7 @@ impl<B: Backend> Model<B> {
         }
         let seqs: Vec<(&BlockTable, usize)> = caches.iter().map(|cache| (&cache.table, cache.len + 1)).collect();
         let out = self.attend_rows(li, &q, |s| seqs[s]);
-        Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), &self.device)
+        Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), (&self.device, self.dtype))
     }
 }
 

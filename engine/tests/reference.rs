@@ -10,8 +10,9 @@
 //! closest greedy decision in the fixtures (0.08 between the top two logits of
 //! the France answer); the greedy tokens are also compared exactly.
 
+mod common;
+
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -20,8 +21,9 @@ use cocoon_engine::model::logits_rows;
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::{
     BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role,
-    WeightLayout, default_model_path, load, load_with,
+    WeightLayout, load, load_with,
 };
+use common::{Reference, data, prompt_ids, reference, smollm2_path};
 use serde::Deserialize;
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
@@ -35,54 +37,8 @@ const QWEN_Q8_TOLERANCE: f32 = 0.5;
 /// llama.cpp uses, measured 3.2 and changed the France answer).
 const INT16_LOGIT_TOLERANCE: f32 = 0.03;
 
-#[derive(Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    chat: Option<Vec<ChatMessage>>,
-    rendered: Option<String>,
-    text: Option<String>,
-    ids: Vec<u32>,
-    top_logits: Vec<Top>,
-    greedy_ids: Vec<u32>,
-}
-
-#[derive(Deserialize)]
-struct Top {
-    position: usize,
-    ids: Vec<u32>,
-    logits: Vec<f32>,
-}
-
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
-
-fn reference(name: &str) -> Reference {
-    serde_json::from_slice(&std::fs::read(data(name)).unwrap()).unwrap()
-}
-
-fn smollm2_path() -> PathBuf {
-    let path = default_model_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    assert!(path.exists(), "{} is missing: run scripts/fetch-model.sh (make test does)", path.display());
-    path
-}
-
 fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
     logits_rows(t).unwrap()
-}
-
-fn prompt_ids(loaded: &LoadedModel<CpuBackend>, case: &Case) -> Vec<u32> {
-    if let Some(chat) = &case.chat {
-        let rendered = loaded.codec.render_chat(chat).unwrap();
-        assert_eq!(&rendered, case.rendered.as_ref().unwrap(), "chat template rendering");
-        loaded.codec.encode_chat(&rendered).unwrap()
-    } else {
-        loaded.codec.encode_text(case.text.as_ref().unwrap()).unwrap()
-    }
 }
 
 /// Tokenization, logits at the recorded positions, and the greedy continuation

@@ -1,0 +1,56 @@
+//! What the reference tests share: transformers' outputs recorded by
+//! `scripts/reference/make_fixtures.py` in `tests/data/*.json`, and the files.
+
+use std::path::{Path, PathBuf};
+
+use cocoon_engine::loader::LoadedModel;
+use cocoon_engine::{ChatMessage, CpuBackend, default_model_path};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct Reference {
+    pub cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+pub struct Case {
+    pub chat: Option<Vec<ChatMessage>>,
+    pub rendered: Option<String>,
+    pub text: Option<String>,
+    pub ids: Vec<u32>,
+    pub top_logits: Vec<Top>,
+    pub greedy_ids: Vec<u32>,
+}
+
+/// The largest logits at a prompt position, and their token ids.
+#[derive(Deserialize)]
+pub struct Top {
+    pub position: usize,
+    pub ids: Vec<u32>,
+    pub logits: Vec<f32>,
+}
+
+pub fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+pub fn reference(name: &str) -> Reference {
+    serde_json::from_slice(&std::fs::read(data(name)).unwrap()).unwrap()
+}
+
+pub fn smollm2_path() -> PathBuf {
+    let path = default_model_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    assert!(path.exists(), "{} is missing: run scripts/fetch-model.sh (make test does)", path.display());
+    path
+}
+
+/// The case's prompt through the model's tokenizer (and chat template).
+pub fn prompt_ids(loaded: &LoadedModel<CpuBackend>, case: &Case) -> Vec<u32> {
+    if let Some(chat) = &case.chat {
+        let rendered = loaded.codec.render_chat(chat).unwrap();
+        assert_eq!(&rendered, case.rendered.as_ref().unwrap(), "chat template rendering");
+        loaded.codec.encode_chat(&rendered).unwrap()
+    } else {
+        loaded.codec.encode_text(case.text.as_ref().unwrap()).unwrap()
+    }
+}
