@@ -111,9 +111,10 @@ pub struct Model<B: Backend> {
 }
 
 /// Keys and values of one sequence: per layer as backend tensors
-/// [1, kv_heads, len, head_dim] (dense layout), or in the blocks of its table
-/// (host layout, see [`crate::kv_pool`]). Either way the table holds the
-/// sequence's share of the pool, returned when the cache is dropped.
+/// [1, kv_heads, capacity, head_dim] whose first `len` positions are written
+/// (dense layout), or in the blocks of its table (host layout, see
+/// [`crate::kv_pool`]). Either way the table holds the sequence's share of
+/// the pool, returned when the cache is dropped.
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     table: BlockTable,
@@ -231,6 +232,7 @@ impl<B: Backend> KvCache<B> {
     /// Returns to the pool whatever was promised beyond the blocks in use.
     pub fn release_unused(&mut self) {
         self.table.truncate(self.len);
+        self.fit_backend_tensors();
     }
 
     /// Forgets every position from `len` on (a prefix kept for reuse); the
@@ -239,13 +241,27 @@ impl<B: Backend> KvCache<B> {
         if len >= self.len {
             return;
         }
-        for layer in &mut self.layers {
-            if let Some((k, v)) = layer.take() {
-                *layer = (len > 0).then(|| (k.narrow(2, 0, len), v.narrow(2, 0, len)));
-            }
-        }
         self.table.truncate(len);
         self.len = len;
+        self.fit_backend_tensors();
+    }
+
+    /// Shrinks the backend tensors (dense layout) to the blocks the table
+    /// still holds, so that device memory follows the pool's account: one
+    /// copy of what is kept, when a sequence ends or is cut to a prefix.
+    fn fit_backend_tensors(&mut self) {
+        let capacity = blocks_for(self.len) * BLOCK_TOKENS;
+        for layer in &mut self.layers {
+            if let Some((k, v)) = layer.take()
+                && capacity > 0
+            {
+                *layer = Some(if k.dims()[2] > capacity {
+                    (resized(k, self.len, capacity), resized(v, self.len, capacity))
+                } else {
+                    (k, v)
+                });
+            }
+        }
     }
 
     /// Makes room for `more` positions; panics when the pool cannot give it,
@@ -259,14 +275,48 @@ impl<B: Backend> KvCache<B> {
         );
     }
 
+    /// Writes `k`, `v` ([1, kv_heads, t, head_dim]) of layer `layer` at
+    /// positions `len..len + t` in place; returns views of positions
+    /// `..len + t`. The tensors are allocated for every position the table
+    /// has been promised (the scheduler promises a request's prompt and
+    /// `max_tokens` at admission), so a sequence allocates once per layer and
+    /// never copies its past; past the promise they double. (Concatenating
+    /// at every step copied the whole past each token.) A backend writes in
+    /// place when the cache holds the only handle, as it does between steps.
     fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let merged = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        let [_, kv, t, hd] = k.dims();
+        let (start, end) = (self.len, self.len + t);
+        let (ck, cv) = match self.layers[layer].take() {
+            Some((ck, cv)) if ck.dims()[2] >= end => (ck, cv),
+            old => {
+                let held = old.as_ref().map_or(0, |(ck, _)| ck.dims()[2]);
+                let capacity = (self.table.promised() * BLOCK_TOKENS).max(end).max(2 * held);
+                match old {
+                    Some((ck, cv)) => (resized(ck, start, capacity), resized(cv, start, capacity)),
+                    None => {
+                        let zeros = || Tensor::zeros([1, kv, capacity, hd], (&k.device(), k.dtype()));
+                        (zeros(), zeros())
+                    }
+                }
+            }
         };
-        self.layers[layer] = Some(merged.clone());
-        merged
+        let at = [0..1, 0..kv, start..end, 0..hd];
+        let (ck, cv) = (ck.slice_assign(at.clone(), k), cv.slice_assign(at, v));
+        let views = (ck.clone().narrow(2, 0, end), cv.clone().narrow(2, 0, end));
+        self.layers[layer] = Some((ck, cv));
+        views
     }
+}
+
+/// A copy of the first `keep` positions of `t` ([1, kv_heads, _, head_dim])
+/// in a tensor of `capacity` positions.
+fn resized<B: Backend>(t: Tensor<B, 4>, keep: usize, capacity: usize) -> Tensor<B, 4> {
+    let [_, kv, _, hd] = t.dims();
+    let fresh = Tensor::zeros([1, kv, capacity, hd], (&t.device(), t.dtype()));
+    if keep == 0 {
+        return fresh;
+    }
+    fresh.slice_assign([0..1, 0..kv, 0..keep, 0..hd], t.narrow(2, 0, keep))
 }
 
 /// Logits [rows, vocab] read back to the host, one vector per row.

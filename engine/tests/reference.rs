@@ -262,6 +262,37 @@ fn tiny_qwen3_q8_0_gguf_packed_equals_its_dequantised_reference() {
 const CACHE_LAYOUTS: [(&str, WeightLayout); 2] =
     [("tiny-qwen3", WeightLayout::Dense), ("tiny-qwen3.q8_0.gguf", WeightLayout::Packed)];
 
+/// A cache cut back to a prefix (what prefix reuse keeps of a finished
+/// sequence) and fed a different rest gives the logits of the prefix and that
+/// rest fed at once, in both cache layouts: nothing of the cut positions
+/// remains, and the blocks past the prefix are back in the pool.
+#[test]
+fn a_cache_cut_to_a_prefix_continues_as_if_fed_only_the_prefix() {
+    use cocoon_engine::kv_pool::blocks_for;
+    for (file, layout) in CACHE_LAYOUTS {
+        let loaded = load_with::<CpuBackend>(&data(file), None, 256, &Default::default(), layout).unwrap();
+        let model = &loaded.model;
+        let ids = &reference("qwen3_reference.json").cases[0].ids;
+        let (prefix, rest) = ids.split_at(20);
+        let mut fresh = model.new_cache();
+        let want = rows(model.prefill(ids, &mut fresh, true));
+        // First the prefix with another ending, longer than the real one.
+        let mut cut = model.new_cache();
+        let other: Vec<u32> = prefix.iter().chain(ids.iter().rev()).copied().collect();
+        model.prefill(&other, &mut cut, false);
+        cut.truncate(prefix.len());
+        assert_eq!((cut.len(), cut.table().held()), (prefix.len(), blocks_for(prefix.len())), "{file}");
+        let got = rows(model.prefill(rest, &mut cut, true));
+        let worst = got.iter().flatten().zip(want[prefix.len()..].iter().flatten()).map(|(a, b)| (a - b).abs());
+        let worst = worst.fold(0f32, f32::max);
+        assert!(worst <= LOGIT_TOLERANCE, "{file}: logits differ by {worst}");
+        let next = argmax(want.last().unwrap());
+        let a = rows(model.decode(&[next], &mut [&mut fresh]));
+        let b = rows(model.decode(&[next], &mut [&mut cut]));
+        assert_eq!(argmax(&a[0]), argmax(&b[0]), "{file}");
+    }
+}
+
 /// Batched decoding against one sequence at a time, in both cache layouts.
 #[test]
 fn batched_decoding_equals_one_at_a_time() {
