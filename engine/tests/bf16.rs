@@ -1,6 +1,8 @@
 //! The dense layout with bf16 as the float type: what `CudaBackend` runs on a
-//! GPU, run here on the CPU backend (which computes bf16 tensors too), so that
-//! the bf16 path is tested on every machine and not only where a GPU is.
+//! GPU, run on the CPU backend (which computes bf16 tensors too), so that the
+//! bf16 path is tested on every machine and not only where a GPU is; with
+//! `--features cuda` the same tests run on the GPU
+//! (`cargo test --release -p cocoon-engine --features cuda --test bf16`).
 //! A test binary of its own: the float type is the device's default, set once
 //! per process before any tensor exists.
 //!
@@ -33,28 +35,33 @@ use burn::tensor::{DType, FloatDType, IntDType, set_default_dtypes};
 use cocoon_engine::loader::LoadedModel;
 use cocoon_engine::model::logits_rows;
 use cocoon_engine::sampling::argmax;
-use cocoon_engine::{CpuBackend, WeightLayout, load_with, load_with_dtype};
+use cocoon_engine::{WeightLayout, load_with, load_with_dtype};
 use common::{data, prompt_ids, smollm2_path};
+
+/// The backend under test: the CPU's, or with the `cuda` feature a GPU's.
+#[cfg(not(feature = "cuda"))]
+type Under = cocoon_engine::CpuBackend;
+#[cfg(feature = "cuda")]
+type Under = cocoon_engine::CudaBackend;
 
 const QWEN_BF16_TOLERANCE: f32 = 0.4;
 const SMOLLM2_BF16_TOLERANCE: f32 = 2.5;
 const QWEN_F16_TOLERANCE: f32 = 0.08;
 const SMOLLM2_F16_TOLERANCE: f32 = 0.15;
 
-/// The model in the dense layout on the CPU device whose float type is
+/// The model in the dense layout on the device, whose float type is set to
 /// bf16, its float tensors of type `dtype`.
-fn load(path: &std::path::Path, dtype: FloatDType) -> LoadedModel<CpuBackend> {
+fn load(path: &std::path::Path, dtype: FloatDType) -> LoadedModel<Under> {
     static SET: Once = Once::new();
     let device = Default::default();
     SET.call_once(|| {
         // Reading the settings would fix them: the backend's own integer type.
-        set_default_dtypes::<CpuBackend>(&device, FloatDType::BF16, IntDType::I32)
-            .expect("bf16 as the CPU's float type");
+        set_default_dtypes::<Under>(&device, FloatDType::BF16, IntDType::I32).expect("bf16 as the device's float type");
     });
     let loaded = if dtype == FloatDType::BF16 {
-        load_with::<CpuBackend>(path, None, 256, &device, WeightLayout::Dense)
+        load_with::<Under>(path, None, 256, &device, WeightLayout::Dense)
     } else {
-        load_with_dtype::<CpuBackend>(path, None, 256, &device, WeightLayout::Dense, dtype)
+        load_with_dtype::<Under>(path, None, 256, &device, WeightLayout::Dense, dtype)
     };
     let loaded = loaded.unwrap();
     assert_eq!(loaded.model.float_dtypes(), [DType::from(dtype)], "every weight tensor in {dtype:?}");

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::backend::Backend;
 use cocoon_engine::loader::LoadedModel;
-use cocoon_engine::{ChatMessage, CpuBackend, default_model_path};
+use cocoon_engine::{ChatMessage, default_model_path};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -45,7 +46,7 @@ pub fn smollm2_path() -> PathBuf {
 }
 
 /// The case's prompt through the model's tokenizer (and chat template).
-pub fn prompt_ids(loaded: &LoadedModel<CpuBackend>, case: &Case) -> Vec<u32> {
+pub fn prompt_ids<B: Backend>(loaded: &LoadedModel<B>, case: &Case) -> Vec<u32> {
     if let Some(chat) = &case.chat {
         let rendered = loaded.codec.render_chat(chat).unwrap();
         assert_eq!(&rendered, case.rendered.as_ref().unwrap(), "chat template rendering");
