@@ -140,11 +140,16 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 /// Quantised weights stay packed on the CPU backend, multiplied as integers
 /// with 16-bit activations while decoding; other backends get them widened.
 pub fn default_layout<B: Backend>() -> WeightLayout {
+    if is_cpu_backend::<B>() { WeightLayout::PackedInt16 } else { WeightLayout::Dense }
+}
+
+/// Whether `B` is this build's CPU backend.
+pub(crate) fn is_cpu_backend<B: Backend>() -> bool {
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     if std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::CpuBackend>() {
-        return WeightLayout::PackedInt16;
+        return true;
     }
-    WeightLayout::Dense
+    false
 }
 
 /// Loads a model; refuses it when `expected_digest` is given and differs.

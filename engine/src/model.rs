@@ -91,6 +91,8 @@ pub struct Model<B: Backend> {
     device: B::Device,
     /// The float type of its tensors (see [`Model::float_dtypes`]).
     dtype: DType,
+    /// How new caches keep keys and values in the dense layout.
+    dense_cache: DenseCache,
     /// Keys, values and decoding attention on the host, in the pool's blocks
     /// (the packed CPU layout): no backend operations per sequence, keys and
     /// values written in place.
@@ -111,14 +113,31 @@ pub struct Model<B: Backend> {
 }
 
 /// Keys and values of one sequence: per layer as backend tensors
-/// [1, kv_heads, capacity, head_dim] whose first `len` positions are written
-/// (dense layout), or in the blocks of its table (host layout, see
-/// [`crate::kv_pool`]). Either way the table holds the sequence's share of
-/// the pool, returned when the cache is dropped.
+/// [1, kv_heads, _, head_dim] (dense layout; see [`DenseCache`]), or in the
+/// blocks of its table (host layout, see [`crate::kv_pool`]). Either way the
+/// table holds the sequence's share of the pool, returned when the cache is
+/// dropped.
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     table: BlockTable,
     len: usize,
+    dense: DenseCache,
+}
+
+/// How the dense layout keeps a sequence's keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseCache {
+    /// Tensors of exactly `len` positions, concatenated with each step's:
+    /// attention reads whole tensors, but the past is copied every token.
+    /// For backends that copy a strided view element by element (Flex, the
+    /// CPU reference: 43 ms a step at 1,024 positions on SmolLM2, against
+    /// 55 ms in place).
+    Concatenated,
+    /// Tensors allocated for every promised position and written in place;
+    /// attention reads views of the written positions. For backends whose
+    /// attention reads strided tensors as they are (CubeCL's flash kernel
+    /// takes strided bindings), so nothing of the past is copied.
+    InPlace,
 }
 
 /// Sequences of full context the default pool holds (the engine sets its own
@@ -246,11 +265,21 @@ impl<B: Backend> KvCache<B> {
         self.fit_backend_tensors();
     }
 
-    /// Shrinks the backend tensors (dense layout) to the blocks the table
-    /// still holds, so that device memory follows the pool's account: one
-    /// copy of what is kept, when a sequence ends or is cut to a prefix.
+    /// Shrinks the backend tensors (dense layout) to the positions kept:
+    /// in place, to the blocks the table still holds, so that device memory
+    /// follows the pool's account (one copy of what is kept, when a sequence
+    /// ends or is cut to a prefix); concatenated, to views of `len` positions.
     fn fit_backend_tensors(&mut self) {
-        let capacity = blocks_for(self.len) * BLOCK_TOKENS;
+        let len = self.len;
+        if self.dense == DenseCache::Concatenated {
+            for layer in &mut self.layers {
+                if let Some((k, v)) = layer.take() {
+                    *layer = (len > 0).then(|| (k.narrow(2, 0, len), v.narrow(2, 0, len)));
+                }
+            }
+            return;
+        }
+        let capacity = blocks_for(len) * BLOCK_TOKENS;
         for layer in &mut self.layers {
             if let Some((k, v)) = layer.take()
                 && capacity > 0
@@ -275,15 +304,25 @@ impl<B: Backend> KvCache<B> {
         );
     }
 
-    /// Writes `k`, `v` ([1, kv_heads, t, head_dim]) of layer `layer` at
-    /// positions `len..len + t` in place; returns views of positions
-    /// `..len + t`. The tensors are allocated for every position the table
-    /// has been promised (the scheduler promises a request's prompt and
-    /// `max_tokens` at admission), so a sequence allocates once per layer and
-    /// never copies its past; past the promise they double. (Concatenating
-    /// at every step copied the whole past each token.) A backend writes in
-    /// place when the cache holds the only handle, as it does between steps.
+    /// Adds `k`, `v` ([1, kv_heads, t, head_dim]) of layer `layer` at
+    /// positions `len..len + t`; returns keys and values of positions
+    /// `..len + t`.
+    ///
+    /// In place, the tensors are allocated for every position the table has
+    /// been promised (the scheduler promises a request's prompt and
+    /// `max_tokens` at admission), so a sequence allocates once per layer
+    /// and never copies its past; past the promise they double. A backend
+    /// writes in place when the cache holds the only handle, as it does
+    /// between steps (CubeCL's `slice_assign` checks `can_mut`).
     fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        if self.dense == DenseCache::Concatenated {
+            let merged = match self.layers[layer].take() {
+                None => (k, v),
+                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            };
+            self.layers[layer] = Some(merged.clone());
+            return merged;
+        }
         let [_, kv, t, hd] = k.dims();
         let (start, end) = (self.len, self.len + t);
         let (ck, cv) = match self.layers[layer].take() {
@@ -549,6 +588,11 @@ impl<B: Backend> Model<B> {
             config,
             device: device.clone(),
             dtype,
+            dense_cache: if crate::loader::is_cpu_backend::<B>() {
+                DenseCache::Concatenated
+            } else {
+                DenseCache::InPlace
+            },
             host_attention,
             kv_pool: KvPool::new(0, 0),
             embed,
@@ -601,6 +645,12 @@ impl<B: Backend> Model<B> {
         self.kv_pool = KvPool::new(blocks_for(tokens), floats);
     }
 
+    /// Sets how caches made from now on keep keys and values in the dense
+    /// layout (chosen at load by the backend; tests run both on the CPU).
+    pub fn set_dense_cache(&mut self, dense: DenseCache) {
+        self.dense_cache = dense;
+    }
+
     pub fn kv_pool(&self) -> &KvPool {
         &self.kv_pool
     }
@@ -608,7 +658,7 @@ impl<B: Backend> Model<B> {
     /// An empty cache that takes blocks from the pool as it grows.
     pub fn new_cache(&self) -> KvCache<B> {
         let table = self.kv_pool.reserve(0).expect("an empty promise always fits");
-        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), table, len: 0 }
+        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), table, len: 0, dense: self.dense_cache }
     }
 
     fn ids_tensor(&self, ids: &[u32]) -> Tensor<B, 1, Int> {

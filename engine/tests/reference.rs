@@ -17,7 +17,7 @@ use std::ops::ControlFlow;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use cocoon_engine::loader::LoadedModel;
-use cocoon_engine::model::logits_rows;
+use cocoon_engine::model::{DenseCache, logits_rows};
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::{
     BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role,
@@ -257,20 +257,28 @@ fn tiny_qwen3_q8_0_gguf_packed_equals_its_dequantised_reference() {
     assert!(quantisation < QWEN_Q8_TOLERANCE, "Q8_0 logits {quantisation} from the bf16 reference");
 }
 
-/// The two cache layouts: backend tensors (`Dense`, as on GPUs) and the host
-/// cache and attention (`Packed`, the CPU), each with a file of its kind.
-const CACHE_LAYOUTS: [(&str, WeightLayout); 2] =
-    [("tiny-qwen3", WeightLayout::Dense), ("tiny-qwen3.q8_0.gguf", WeightLayout::Packed)];
+/// The cache layouts, each with a file of its kind: backend tensors (`Dense`,
+/// as on GPUs), concatenated (the CPU's choice) and written in place (a
+/// GPU's), and the host cache and attention (`Packed`, the CPU).
+fn cache_layouts() -> Vec<(&'static str, LoadedModel<CpuBackend>)> {
+    let load = |file, layout| load_with::<CpuBackend>(&data(file), None, 256, &Default::default(), layout).unwrap();
+    let mut in_place = load("tiny-qwen3", WeightLayout::Dense);
+    in_place.model.set_dense_cache(DenseCache::InPlace);
+    vec![
+        ("dense, concatenated", load("tiny-qwen3", WeightLayout::Dense)),
+        ("dense, in place", in_place),
+        ("host blocks", load("tiny-qwen3.q8_0.gguf", WeightLayout::Packed)),
+    ]
+}
 
 /// A cache cut back to a prefix (what prefix reuse keeps of a finished
 /// sequence) and fed a different rest gives the logits of the prefix and that
-/// rest fed at once, in both cache layouts: nothing of the cut positions
+/// rest fed at once, in every cache layout: nothing of the cut positions
 /// remains, and the blocks past the prefix are back in the pool.
 #[test]
 fn a_cache_cut_to_a_prefix_continues_as_if_fed_only_the_prefix() {
     use cocoon_engine::kv_pool::blocks_for;
-    for (file, layout) in CACHE_LAYOUTS {
-        let loaded = load_with::<CpuBackend>(&data(file), None, 256, &Default::default(), layout).unwrap();
+    for (file, loaded) in cache_layouts() {
         let model = &loaded.model;
         let ids = &reference("qwen3_reference.json").cases[0].ids;
         let (prefix, rest) = ids.split_at(20);
@@ -293,20 +301,19 @@ fn a_cache_cut_to_a_prefix_continues_as_if_fed_only_the_prefix() {
     }
 }
 
-/// Batched decoding against one sequence at a time, in both cache layouts.
+/// Batched decoding against one sequence at a time, in every cache layout.
 #[test]
 fn batched_decoding_equals_one_at_a_time() {
-    for (file, layout) in CACHE_LAYOUTS {
-        batched_equals_solo(&load_with::<CpuBackend>(&data(file), None, 256, &Default::default(), layout).unwrap());
+    for (_, loaded) in cache_layouts() {
+        batched_equals_solo(&loaded);
     }
 }
 
 /// A prompt fed in pieces (later ones attending to the cached earlier ones)
-/// gives the logits of the prompt fed at once, in both cache layouts.
+/// gives the logits of the prompt fed at once, in every cache layout.
 #[test]
 fn a_prompt_prefilled_in_pieces_equals_it_prefilled_at_once() {
-    for (file, layout) in CACHE_LAYOUTS {
-        let loaded = load_with::<CpuBackend>(&data(file), None, 256, &Default::default(), layout).unwrap();
+    for (file, loaded) in cache_layouts() {
         let model = &loaded.model;
         let ids = &reference("qwen3_reference.json").cases[0].ids;
         let mut whole = model.new_cache();
