@@ -11,7 +11,8 @@
 //! is rounded far beyond the f32 summation order that `reference.rs` bounds at
 //! 1e-3. Measured here (largest logit difference at the recorded positions;
 //! greedy tokens equal to the reference's, teacher-forced, of 96), next to
-//! transformers 5 itself in the same type (`torch_dtype`) on the same files:
+//! transformers 5.25 (torch 2.15) itself in the same type on the same files
+//! (`scripts/reference/half_precision.py`):
 //!
 //! | model, type        | ours           | transformers   |
 //! |--------------------|----------------|----------------|
