@@ -194,7 +194,7 @@ pub fn start_engine(m: &ModelSection) -> anyhow::Result<Arc<dyn Engine>> {
                 context,
                 &Default::default(),
                 layout,
-                dtype.unwrap_or(FloatDType::BF16),
+                dtype.context("device cuda without a float type")?,
             )?;
             Arc::new(BurnEngine::start(loaded, id, batch)?)
         }

@@ -285,7 +285,7 @@ impl<B: Backend> KvCache<B> {
                 && capacity > 0
             {
                 *layer = Some(if k.dims()[2] > capacity {
-                    (resized(k, self.len, capacity), resized(v, self.len, capacity))
+                    (resized(k, len, capacity), resized(v, len, capacity))
                 } else {
                     (k, v)
                 });
@@ -332,10 +332,8 @@ impl<B: Backend> KvCache<B> {
                 let capacity = (self.table.promised() * BLOCK_TOKENS).max(end).max(2 * held);
                 match old {
                     Some((ck, cv)) => (resized(ck, start, capacity), resized(cv, start, capacity)),
-                    None => {
-                        let zeros = || Tensor::zeros([1, kv, capacity, hd], (&k.device(), k.dtype()));
-                        (zeros(), zeros())
-                    }
+                    // Zeros shaped and typed as the new keys and values.
+                    None => (resized(k.clone(), 0, capacity), resized(v.clone(), 0, capacity)),
                 }
             }
         };
@@ -645,6 +643,11 @@ impl<B: Backend> Model<B> {
         self.kv_pool = KvPool::new(blocks_for(tokens), floats);
     }
 
+    /// Where the model's float tensors are created, and as which type.
+    fn place(&self) -> Place<'_, B> {
+        (&self.device, self.dtype)
+    }
+
     /// Sets how caches made from now on keep keys and values in the dense
     /// layout (chosen at load by the backend; tests run both on the CPU).
     pub fn set_dense_cache(&mut self, dense: DenseCache) {
@@ -782,7 +785,7 @@ impl<B: Backend> Model<B> {
         let q = host(q.swap_dims(1, 2));
         let table = &*table;
         let out = self.attend_rows(li, &q, |pos| (table, start + pos + 1));
-        Tensor::<B, 3>::from_data(TensorData::new(out, [1, t, c.num_heads * c.head_dim]), (&self.device, self.dtype))
+        Tensor::<B, 3>::from_data(TensorData::new(out, [1, t, c.num_heads * c.head_dim]), self.place())
     }
 
     /// Host attention in layer `li` of query rows `q` ([rows][head][hd]): row
@@ -861,7 +864,7 @@ impl<B: Backend> Model<B> {
         for cache in caches.iter_mut() {
             cache.len += 1;
         }
-        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [b, self.config.hidden_size]), (&self.device, self.dtype));
+        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [b, self.config.hidden_size]), self.place());
         apply(rms_norm(x, &self.norm, eps), &self.lm_head, None)
     }
 
@@ -876,7 +879,7 @@ impl<B: Backend> Model<B> {
         let rows: Vec<(usize, usize)> = (start..start + t).map(|pos| (0, pos)).collect();
         let x = self.layers_on_host(hw, tokens, &rows, &mut [cache]);
         cache.len += t;
-        Tensor::<B, 3>::from_data(TensorData::new(x, [1, t, self.config.hidden_size]), (&self.device, self.dtype))
+        Tensor::<B, 3>::from_data(TensorData::new(x, [1, t, self.config.hidden_size]), self.place())
     }
 
     /// The decoder layers on the host over `tokens`, token `r` at position
@@ -981,7 +984,7 @@ impl<B: Backend> Model<B> {
         }
         let seqs: Vec<(&BlockTable, usize)> = caches.iter().map(|cache| (&cache.table, cache.len + 1)).collect();
         let out = self.attend_rows(li, &q, |s| seqs[s]);
-        Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), (&self.device, self.dtype))
+        Tensor::<B, 3>::from_data(TensorData::new(out, [b, 1, h * hd]), self.place())
     }
 }
 

@@ -37,7 +37,7 @@ use cocoon_engine::loader::LoadedModel;
 use cocoon_engine::model::logits_rows;
 use cocoon_engine::sampling::argmax;
 use cocoon_engine::{WeightLayout, load_with, load_with_dtype};
-use common::{data, prompt_ids, smollm2_path};
+use common::{data, prompt_ids, smollm2_path, top_logits_difference, top_two_gap};
 
 /// The backend under test: the CPU's, or with the `cuda` feature a GPU's.
 #[cfg(not(feature = "cuda"))]
@@ -81,18 +81,12 @@ fn check(path: &std::path::Path, dtype: FloatDType, reference: &str, tolerance: 
         assert_eq!(ids, case.ids);
         let mut cache = model.new_cache();
         let logits = logits_rows(model.prefill(&ids, &mut cache, true)).unwrap();
-        for top in &case.top_logits {
-            for (id, want) in top.ids.iter().zip(&top.logits) {
-                worst = worst.max((logits[top.position][*id as usize] - want).abs());
-            }
-        }
+        worst = worst.max(top_logits_difference(&logits, case));
         let mut row = logits.last().unwrap().clone();
         for (step, &want) in case.greedy_ids.iter().enumerate() {
             let ours = argmax(&row);
             same += usize::from(ours == want);
-            let second =
-                row.iter().enumerate().filter(|&(i, _)| i != ours as usize).fold(f32::MIN, |m, (_, &v)| m.max(v));
-            if row[ours as usize] - second > 2.0 * tolerance {
+            if top_two_gap(&row) > 2.0 * tolerance {
                 assert_eq!(ours, want, "step {step}: greedy token in {dtype:?}");
                 compared += 1;
             } else {

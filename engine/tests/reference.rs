@@ -23,7 +23,7 @@ use cocoon_engine::{
     BatchOptions, BurnEngine, ChatMessage, CpuBackend, Engine, FinishReason, GenerationRequest, Prompt, Role,
     WeightLayout, load, load_with,
 };
-use common::{Reference, data, prompt_ids, reference, smollm2_path};
+use common::{Reference, data, prompt_ids, reference, smollm2_path, top_logits_difference, top_two_gap};
 use serde::Deserialize;
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
@@ -107,10 +107,7 @@ fn smollm2_int16_activations_stay_within_tolerance_of_f32_activations() {
         let mut le = rows(exact.model.prefill(&ids, &mut ce, false)).pop().unwrap();
         for (step, &next) in case.greedy_ids.iter().enumerate() {
             worst = li.iter().zip(&le).fold(worst, |w, (a, b)| w.max((a - b).abs()));
-            let top = argmax(&le);
-            let second =
-                le.iter().enumerate().filter(|&(i, _)| i != top as usize).fold(f32::MIN, |m, (_, &v)| m.max(v));
-            if le[top as usize] - second > 2.0 * INT16_LOGIT_TOLERANCE {
+            if top_two_gap(&le) > 2.0 * INT16_LOGIT_TOLERANCE {
                 assert_eq!(argmax(&li), argmax(&le), "step {step}: greedy token with 16-bit activations");
                 compared += 1;
             } else {
@@ -247,11 +244,7 @@ fn tiny_qwen3_q8_0_gguf_packed_equals_its_dequantised_reference() {
         let worst = pl.iter().flatten().zip(dl.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= LOGIT_TOLERANCE, "packed and dequantised logits differ by {worst}");
         assert_eq!(pg, dg, "greedy continuation, packed against dequantised");
-        for top in &case.top_logits {
-            for (id, want) in top.ids.iter().zip(&top.logits) {
-                quantisation = quantisation.max((pl[top.position][*id as usize] - want).abs());
-            }
-        }
+        quantisation = quantisation.max(top_logits_difference(&pl, case));
     }
     eprintln!("Q8_0 against transformers' bf16 logits: at most {quantisation:.4} apart");
     assert!(quantisation < QWEN_Q8_TOLERANCE, "Q8_0 logits {quantisation} from the bf16 reference");

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use cocoon_engine::loader::LoadedModel;
+use cocoon_engine::sampling::argmax;
 use cocoon_engine::{ChatMessage, default_model_path};
 use serde::Deserialize;
 
@@ -54,4 +55,24 @@ pub fn prompt_ids<B: Backend>(loaded: &LoadedModel<B>, case: &Case) -> Vec<u32> 
     } else {
         loaded.codec.encode_text(case.text.as_ref().unwrap()).unwrap()
     }
+}
+
+/// The largest difference between `logits` ([position][vocab]) and the
+/// case's recorded top logits.
+pub fn top_logits_difference(logits: &[Vec<f32>], case: &Case) -> f32 {
+    let mut worst = 0f32;
+    for top in &case.top_logits {
+        for (id, want) in top.ids.iter().zip(&top.logits) {
+            worst = worst.max((logits[top.position][*id as usize] - want).abs());
+        }
+    }
+    worst
+}
+
+/// How far the largest logit of `row` stands above the next largest: a
+/// greedy choice that errors below half of it cannot change.
+pub fn top_two_gap(row: &[f32]) -> f32 {
+    let top = argmax(row) as usize;
+    let second = row.iter().enumerate().filter(|&(i, _)| i != top).fold(f32::MIN, |m, (_, &v)| m.max(v));
+    row[top] - second
 }
