@@ -104,6 +104,7 @@ fn placeholder() -> Receipt {
         model_digest: None,
         prompt_tokens: 0,
         completion_tokens: 0,
+        cost_cap: None,
         issued_at: 0,
     }
 }

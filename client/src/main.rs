@@ -186,7 +186,9 @@ enum Command {
         #[arg(long, env = "COCOON_CLIENT_KEY")]
         key: Option<PathBuf>,
         /// The most one request may cost, commission included, unless the app
-        /// sends x-cocoon-max-cost (nanoTON).
+        /// sends x-cocoon-max-cost (nanoTON). Each request signs for (and the
+        /// proxy reserves) only what it can cost at the routed worker's attested
+        /// prices, its prompt plus `max_tokens`, when that is less.
         #[arg(long, default_value_t = NanoTon(100_000_000))]
         max_cost: NanoTon,
         /// Pay the proxy through this payment channel (a file from `cocoon channel
@@ -457,7 +459,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("verifying the proxy {p}"))?;
                     match &channel {
-                        Some(c) => runner.with_channel(c)?,
+                        Some(c) => {
+                            let runner = runner.with_channel(c)?;
+                            runner.register_channel().await.with_context(|| format!("showing {p} the channel"))?;
+                            runner
+                        }
                         None => runner,
                     }
                 }

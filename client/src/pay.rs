@@ -72,6 +72,21 @@ impl ChannelPayer {
         *self.paid.lock().await
     }
 
+    /// Shows the proxy the channel and the newest voucher (0 before the first
+    /// answer), so that it reads the channel's deposit on chain: the proxy
+    /// extends credit only against a deposit it has seen.
+    pub async fn register(&self, key: &SigningKey, http: &HttpClient, proxy: &str) -> Result<(), ClientError> {
+        let total = *self.paid.lock().await;
+        let voucher = (Voucher { channel: self.channel.clone(), total })
+            .sign(key)
+            .map_err(|e| ClientError::Protocol(format!("signing a voucher: {e}")))?;
+        let body = json!({ "channel": self.descriptor, "voucher": voucher }).to_string();
+        post(http, proxy, body)
+            .await
+            .map(|_| ())
+            .map_err(|e| ClientError::Protocol(format!("the proxy did not take the channel: {e}")))
+    }
+
     /// Adds `charge` to the total, records it, and sends the proxy the voucher.
     pub async fn pay(&self, charge: NanoTon, key: &SigningKey, http: &HttpClient, proxy: &str) {
         if charge.0 == 0 {

@@ -126,6 +126,14 @@ impl Runner {
         Ok(self)
     }
 
+    /// Shows the proxy this runner's channel (see [`crate::pay::ChannelPayer::register`]).
+    pub async fn register_channel(&self) -> Result<(), ClientError> {
+        match (&self.payer, &self.upstream) {
+            (Some(payer), Upstream::Proxy { url, .. }) => payer.register(&self.key, &self.http, url).await,
+            _ => Ok(()),
+        }
+    }
+
     /// After a verified charge: the voucher for it, when paying through a channel.
     async fn pay(&self, charge: NanoTon) {
         if let (Some(payer), Upstream::Proxy { url, .. }) = (&self.payer, &self.upstream) {
@@ -205,8 +213,7 @@ impl Runner {
     }
 
     /// Routes, seals and sends; replaces a worker that fails before answering.
-    async fn open_stream(&self, model: &str, inner: &InnerRequest, max_cost: NanoTon) -> Result<Sent, AppError> {
-        let budget = self.commission().worker_budget(max_cost);
+    async fn open_stream(&self, model: &str, inner: &InnerRequest, demand: &Demand) -> Result<Sent, AppError> {
         let mut exclude: Vec<String> = Vec::new();
         let mut last = None;
         let busy_until = tokio::time::Instant::now() + BUSY_WAIT;
@@ -231,6 +238,11 @@ impl Runner {
                 },
             };
             attempts += 1;
+            // What this request can cost at this worker's attested prices: the
+            // most the runner signs for, and so what the proxy reserves.
+            let prices = worker.verified().claims.prices.unwrap_or_default();
+            let max_cost = demand.max_cost(&prices, self.commission());
+            let budget = self.commission().worker_budget(max_cost);
             let mut sealed = inner.clone();
             sealed.headers.push((media::MAX_WORKER_COST_HEADER.into(), budget.0.to_string()));
             let via_proxy = matches!(self.upstream, Upstream::Proxy { .. });
@@ -244,7 +256,7 @@ impl Runner {
                 })
                 .await;
             match result {
-                Ok(stream) => return Ok(Sent { stream, worker }),
+                Ok(stream) => return Ok(Sent { stream, worker, max_cost }),
                 Err(ClientError::Retryable { worker: id, message, next_worker }) => {
                     warn!(worker = %id, "failing over: {message}");
                     // A worker that restarted with new keys is named again: re-seal to it.
@@ -267,6 +279,46 @@ impl Runner {
 struct Sent {
     stream: ResponseStream,
     worker: Worker,
+    /// The maximum cost signed for this request.
+    max_cost: NanoTon,
+}
+
+/// What one request may use, known before a worker is chosen.
+struct Demand {
+    /// The app's ceiling for one request (its header, or the runner's default).
+    ceiling: NanoTon,
+    /// An upper bound on the prompt's tokens.
+    prompt_tokens: u32,
+    /// The completion tokens the worker will grant at most.
+    max_tokens: u32,
+}
+
+/// Prompt tokens per byte of the request body, at most, plus room for the
+/// chat template. Byte-level tokenizers give every ordinary token at least one
+/// byte of text, and a message's JSON framing (`{"role":"user","content":""}`,
+/// 29 bytes) is longer than the special tokens its template adds; the slack
+/// covers a template's default system prompt.
+const PROMPT_TOKEN_SLACK: u32 = 64;
+
+impl Demand {
+    fn of(ceiling: NanoTon, body: &Value, body_len: usize) -> Result<Demand, AppError> {
+        let asked = body.get("max_completion_tokens").or_else(|| body.get("max_tokens"));
+        let max_tokens = match asked {
+            None | Some(Value::Null) => limits::DEFAULT_MAX_TOKENS,
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| AppError::invalid("max_tokens: expected a whole number of at least 1"))?
+                .min(limits::MAX_TOKENS_CAP as u64) as u32,
+        };
+        let prompt_tokens = u32::try_from(body_len).unwrap_or(u32::MAX).saturating_add(PROMPT_TOKEN_SLACK);
+        Ok(Demand { ceiling, prompt_tokens, max_tokens })
+    }
+
+    /// The most the request can cost at `prices`, commission included, within the ceiling.
+    fn max_cost(&self, prices: &Prices, commission: Commission) -> NanoTon {
+        commission.charge(prices.cost(self.prompt_tokens, self.max_tokens)).min(self.ceiling)
+    }
 }
 
 /// An error answered to the app, OpenAI-style.
@@ -415,8 +467,10 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         // The runner needs the usage to check the receipt; the app sees it only if it asked.
         v["stream_options"] = json!({"include_usage": true});
     }
-    let inner = InnerRequest::post_json(path, serde_json::to_vec(&v).expect("JSON encodes"));
-    let Sent { mut stream, worker } = r.open_stream(&model, &inner, max_cost).await?;
+    let encoded = serde_json::to_vec(&v).expect("JSON encodes");
+    let demand = Demand::of(max_cost, &v, encoded.len())?;
+    let inner = InnerRequest::post_json(path, encoded);
+    let Sent { mut stream, worker, max_cost } = r.open_stream(&model, &inner, &demand).await?;
 
     // The inner status comes first; an error inside the seal is passed on as it is.
     let (status, content_type) = match stream.next_event().await.map_err(AppError::from_client)? {
@@ -429,6 +483,7 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
     let billing = Billing {
         worker_prices: worker.verified().claims.prices.unwrap_or_default(),
         commission: r.commission(),
+        max_cost,
         via_proxy: matches!(r.upstream, Upstream::Proxy { .. }),
     };
     let worker_id = match worker.route() {
@@ -496,6 +551,8 @@ impl Cost {
 struct Billing {
     worker_prices: Prices,
     commission: Commission,
+    /// What the runner signed for this request: the charge never exceeds it.
+    max_cost: NanoTon,
     via_proxy: bool,
 }
 
@@ -522,9 +579,9 @@ impl Billing {
                 receipt.prompt_tokens, receipt.completion_tokens
             )));
         }
-        let worker_cost = self.worker_prices.cost(receipt.prompt_tokens, receipt.completion_tokens);
-        let commission = self.commission.on(worker_cost);
-        let charge = worker_cost.saturating_add(commission);
+        let cost = self.worker_prices.cost(receipt.prompt_tokens, receipt.completion_tokens);
+        let bill = self.commission.bill(cost, if self.via_proxy { self.max_cost } else { NanoTon(u64::MAX) });
+        let (worker_cost, commission, charge) = (bill.worker_cost, bill.commission, bill.charge);
         if self.via_proxy {
             let charged = stream.trailer(media::CHARGE_HEADER).and_then(|v| v.parse::<u64>().ok());
             if charged != Some(charge.0) {

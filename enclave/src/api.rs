@@ -17,10 +17,7 @@ use cocoon_protocol::limits::MAX_PROMPT_CACHE_KEY as MAX_CACHE_KEY;
 use cocoon_protocol::price::CostCap;
 use cocoon_protocol::{NanoTon, Prices, media};
 
-/// Completion tokens granted when a request does not say.
-pub const DEFAULT_MAX_TOKENS: u32 = 256;
-/// Completion tokens granted at most, whatever a request asks.
-pub const MAX_TOKENS_CAP: u32 = 4096;
+pub use cocoon_protocol::limits::{DEFAULT_MAX_TOKENS, MAX_TOKENS_CAP};
 const MAX_STOP_SEQUENCES: usize = 4;
 const MAX_MESSAGES: usize = 512;
 /// SSE events buffered between the engine and the network.
@@ -132,11 +129,16 @@ impl Kind {
     }
 }
 
-/// Routes one inner request.
-pub async fn handle(engine: Option<Arc<dyn Engine>>, prices: Option<Prices>, req: InnerRequest) -> ApiReply {
-    let cost_cap = match cost_cap(prices, &req) {
-        Ok(c) => c,
-        Err(reply) => return reply,
+/// Routes one inner request; `cap` is the applied cost cap ([`applied_cap`]).
+pub async fn handle(
+    engine: Option<Arc<dyn Engine>>,
+    prices: Option<Prices>,
+    req: InnerRequest,
+    cap: Option<NanoTon>,
+) -> ApiReply {
+    let cost_cap = match (prices, cap) {
+        (Some(prices), Some(max_cost)) => Some(CostCap { prices, max_cost }),
+        _ => None,
     };
     let path = req.path.split('?').next().unwrap_or_default();
     let kind = match (req.method.as_str(), path) {
@@ -178,13 +180,21 @@ pub async fn handle(engine: Option<Arc<dyn Engine>>, prices: Option<Prices>, req
     complete(engine, kind, prompt, r, cost_cap).await
 }
 
-/// The sealed maximum cost, at this worker's prices (none when it charges nothing).
-fn cost_cap(prices: Option<Prices>, req: &InnerRequest) -> Result<Option<CostCap>, ApiReply> {
-    let Some(value) = req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(media::MAX_WORKER_COST_HEADER)) else {
-        return Ok(None);
+/// The cost cap the enclave applies: the smaller of the sealed one (the
+/// client's own limit, which the proxy cannot raise) and the outer one (the
+/// proxy's share of what the client signed, which the client cannot raise).
+/// The receipt states it, so whoever exceeded a cap can be told apart.
+pub fn applied_cap(req: &InnerRequest, outer: Option<NanoTon>) -> Result<Option<NanoTon>, ApiReply> {
+    let sealed = match req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(media::MAX_WORKER_COST_HEADER)) {
+        None => None,
+        Some((_, v)) => {
+            Some(v.parse::<NanoTon>().map_err(|e| invalid(format!("{}: {e}", media::MAX_WORKER_COST_HEADER)))?)
+        }
     };
-    let max_cost: NanoTon = value.1.parse().map_err(|e| invalid(format!("{}: {e}", media::MAX_WORKER_COST_HEADER)))?;
-    Ok(prices.map(|prices| CostCap { prices, max_cost }))
+    Ok(match (sealed, outer) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 fn models(engine: Option<&dyn Engine>) -> ApiReply {

@@ -24,7 +24,7 @@ use cocoon_engine::Completion;
 use cocoon_protocol::bhttp_msg::{InnerRequest, InnerResponse, StreamingResponseEncoder};
 use cocoon_protocol::media::media_is;
 use cocoon_protocol::ohttp::{ChunkedResponseSealer, encapsulated_key};
-use cocoon_protocol::{Receipt, limits, media};
+use cocoon_protocol::{NanoTon, Receipt, limits, media};
 
 use crate::api::{self, ApiReply, ReplyBody};
 use crate::fresh_evidence::FreshEvidenceError;
@@ -140,6 +140,19 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
             format!("expected {} or {}, found {content_type:?}\n", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
         );
     };
+    // The proxy's cap travels in clear: it can only lower what the sealed one allows.
+    let outer_cap = match req.headers().get(media::WORKER_CAP_HEADER) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.parse::<NanoTon>().ok()) {
+            Some(cap) => Some(cap),
+            None => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("header {}: expected a whole number of nanoTON\n", media::WORKER_CAP_HEADER),
+                );
+            }
+        },
+    };
     let body = Limited::new(req.into_body(), limits::MAX_SEALED_REQUEST).collect();
     let sealed = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
         Ok(Ok(b)) => b.to_bytes(),
@@ -169,8 +182,8 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
             Ok(r) => r,
             Err(e) => return replay_refused(&state, e),
         };
-        let reply = inner_reply(&state, inner).await;
-        chunked_response(state, sealer, reply, request_hash)
+        let (reply, cap) = inner_reply(&state, inner, outer_cap).await;
+        chunked_response(state, sealer, reply, Billed { request_hash, cap })
     } else {
         let (inner, sealer) = match state.gateway.open_request(&sealed) {
             Ok(v) => v,
@@ -180,7 +193,7 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
             Ok(r) => r,
             Err(e) => return replay_refused(&state, e),
         };
-        let reply = inner_reply(&state, inner).await;
+        let (reply, cap) = inner_reply(&state, inner, outer_cap).await;
         let (status, content_type, body, completion) = collect(reply).await;
         let response = InnerResponse { status, headers: vec![("content-type".into(), content_type.into())], body };
         let sealed_response = match sealer.seal(&response.encode()) {
@@ -189,7 +202,7 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
         };
         let mut resp = full(StatusCode::OK, media::OHTTP_RESPONSE, sealed_response);
         if let Some(c) = completion {
-            let receipt = receipt_value(&state, &request_hash, &c);
+            let receipt = receipt_value(&state, &Billed { request_hash, cap }, &c);
             resp.headers_mut().insert(media::RECEIPT_HEADER, receipt);
         }
         resp
@@ -228,11 +241,26 @@ fn replay_refused(state: &EnclaveState, e: ReplayError) -> Response<Body> {
     r
 }
 
-async fn inner_reply(state: &EnclaveState, inner: Result<InnerRequest, String>) -> ApiReply {
-    match inner {
-        Ok(req) => api::handle(state.engine.clone(), state.claims.prices, req).await,
-        Err(e) => ApiReply::error(400, "invalid_request_error", "bad_message", e),
+/// The reply and the cost cap it was generated under.
+async fn inner_reply(
+    state: &EnclaveState,
+    inner: Result<InnerRequest, String>,
+    outer_cap: Option<NanoTon>,
+) -> (ApiReply, Option<NanoTon>) {
+    let req = match inner {
+        Ok(req) => req,
+        Err(e) => return (ApiReply::error(400, "invalid_request_error", "bad_message", e), outer_cap),
+    };
+    match api::applied_cap(&req, outer_cap) {
+        Ok(cap) => (api::handle(state.engine.clone(), state.claims.prices, req, cap).await, cap),
+        Err(reply) => (reply, outer_cap),
     }
+}
+
+/// What a receipt names besides the tokens: the request and the cap applied to it.
+struct Billed {
+    request_hash: [u8; 32],
+    cap: Option<NanoTon>,
 }
 
 /// Collects a reply into one body (for non-chunked OHTTP).
@@ -249,13 +277,14 @@ async fn collect(reply: ApiReply) -> (u16, &'static str, Vec<u8>, Option<Complet
     }
 }
 
-fn receipt_value(state: &EnclaveState, request_hash: &[u8; 32], c: &Completion) -> HeaderValue {
+fn receipt_value(state: &EnclaveState, billed: &Billed, c: &Completion) -> HeaderValue {
     let receipt = Receipt {
-        request_hash: ByteBuf::from(request_hash.to_vec()),
+        request_hash: ByteBuf::from(billed.request_hash.to_vec()),
         model_id: state.claims.model.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
         model_digest: state.claims.model.as_ref().map(|m| m.digest.clone()),
         prompt_tokens: c.prompt_tokens,
         completion_tokens: c.completion_tokens,
+        cost_cap: billed.cap,
         issued_at: unix_now(),
     };
     let b64 = base64::engine::general_purpose::STANDARD.encode(state.receipts.sign(&receipt));
@@ -268,7 +297,7 @@ fn chunked_response(
     state: Arc<EnclaveState>,
     mut sealer: ChunkedResponseSealer,
     reply: ApiReply,
-    request_hash: [u8; 32],
+    billed: Billed,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Frame<Bytes>>(16);
     tokio::spawn(async move {
@@ -300,7 +329,7 @@ fn chunked_response(
         }
         if let Some(c) = completion {
             let mut trailers = HeaderMap::new();
-            trailers.insert(media::RECEIPT_HEADER, receipt_value(&state, &request_hash, &c));
+            trailers.insert(media::RECEIPT_HEADER, receipt_value(&state, &billed, &c));
             let _ = tx.send(Frame::trailers(trailers)).await;
         }
     });

@@ -248,8 +248,10 @@ async fn ohttp(State(shim): State<Arc<Shim>>, req: Request) -> Response {
 }
 
 async fn ohttp_inner(shim: &Arc<Shim>, req: Request, guard: &mut Option<RequestGuard>) -> Response {
-    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
-    let ct = content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+    // The request headers the enclave reads: the media type and the proxy's cost cap.
+    let passed: Vec<(&'static str, HeaderValue)> =
+        REQUEST_HEADERS.iter().filter_map(|name| req.headers().get(*name).map(|v| (*name, v.clone()))).collect();
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !media_is(ct, media::OHTTP_REQUEST) && !media_is(ct, media::OHTTP_CHUNKED_REQUEST) {
         shim.metrics.reject("media_type");
         return text(
@@ -299,7 +301,7 @@ async fn ohttp_inner(shim: &Arc<Shim>, req: Request, guard: &mut Option<RequestG
     shim.metrics.bytes_to_enclave.inc_by(received.bytes.len() as u64);
     let body = Body::new(Full::new(received.bytes.clone()));
     // The body's share of the upload budget is held until the enclave has answered its head.
-    let answer = forward(shim, permit, Method::POST, "/ohttp".into(), content_type, body).await;
+    let answer = forward(shim, permit, Method::POST, "/ohttp".into(), passed, body).await;
     drop(received);
     answer
 }
@@ -308,7 +310,7 @@ async fn ohttp_inner(shim: &Arc<Shim>, req: Request, guard: &mut Option<RequestG
 /// the busy answer when none is free.
 async fn with_control_slot(shim: &Arc<Shim>, path: String) -> Response {
     match shim.control_in_flight.clone().try_acquire_owned() {
-        Ok(permit) => forward(shim, permit, Method::GET, path, None, Body::empty()).await,
+        Ok(permit) => forward(shim, permit, Method::GET, path, Vec::new(), Body::empty()).await,
         Err(_) => {
             shim.metrics.reject("control_in_flight_full");
             text(StatusCode::SERVICE_UNAVAILABLE, "too many evidence and health requests in flight; retry later\n")
@@ -365,6 +367,9 @@ async fn metrics(State(shim): State<Arc<Shim>>) -> Response {
         .into_response()
 }
 
+/// Headers of a sealed request that the enclave reads.
+const REQUEST_HEADERS: [&str; 2] = ["content-type", media::WORKER_CAP_HEADER];
+
 /// Headers of the enclave's response that the client needs.
 const PASSED_HEADERS: [&str; 5] = ["content-type", "trailer", media::RECEIPT_HEADER, "cache-control", "date"];
 
@@ -376,7 +381,7 @@ async fn forward(
     permit: OwnedSemaphorePermit,
     method: Method,
     path: String,
-    content_type: Option<HeaderValue>,
+    headers: Vec<(&'static str, HeaderValue)>,
     body: Body,
 ) -> Response {
     let io = match shim.upstream.connect(shim.limits.connect_timeout).await {
@@ -406,8 +411,8 @@ async fn forward(
         .header(header::HOST, "enclave")
         // Streamed answers carry their receipt in a trailer.
         .header(header::TE, "trailers");
-    if let Some(ct) = content_type {
-        builder = builder.header(header::CONTENT_TYPE, ct);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
     }
     let req = builder.body(body).expect("valid request parts");
     let forwarding = shim.metrics.forwarding.clone();

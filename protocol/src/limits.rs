@@ -34,3 +34,9 @@ pub const MAX_EVIDENCE_CERTS: usize = 16;
 /// Longest OpenAI `prompt_cache_key` a worker accepts, and an app may give
 /// `cocoon serve` (which sends its own 64-hex-digit key bound to it).
 pub const MAX_PROMPT_CACHE_KEY: usize = 256;
+
+/// Completion tokens a worker grants when a request does not say (`max_tokens`
+/// absent). The client runner reserves for this many when the app gives none.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Completion tokens a worker grants at most, whatever a request asks.
+pub const MAX_TOKENS_CAP: u32 = 4096;

@@ -12,6 +12,13 @@ pub const RECEIPT_HEADER: &str = "cocoon-receipt";
 /// Inner (sealed) request header: the most the answer may cost at the worker's
 /// prices, in nanoTON. The enclave stops generating before it is exceeded.
 pub const MAX_WORKER_COST_HEADER: &str = "cocoon-max-worker-cost";
+/// Outer request header the proxy adds when it forwards a sealed request: the
+/// most the answer may cost at the worker's prices (nanoTON), the worker's
+/// share of what the client signed to pay. The enclave applies the smaller of
+/// this and the sealed [`MAX_WORKER_COST_HEADER`], and its receipt states the
+/// cap it applied, so an overrun is attributable: the proxy can only lower
+/// what a client asked for, and a client cannot raise what the proxy reserved.
+pub const WORKER_CAP_HEADER: &str = "cocoon-worker-cap";
 /// Trailer (or header) the proxy adds: what the client was charged, in nanoTON.
 pub const CHARGE_HEADER: &str = "cocoon-charge";
 /// Response header the proxy adds to a failover answer: the next worker to try.

@@ -138,18 +138,49 @@ impl Commission {
     }
 
     /// The largest worker cost whose charge stays within `max_charge`: what the
-    /// client runner tells the enclave, sealed, so that generation stops there.
+    /// proxy tells the enclave (and the client runner seals) so that
+    /// generation stops there.
+    ///
+    /// Closed form: `w = floor(max × 10⁶ / (10⁶ + ppm))` satisfies
+    /// `w + w × ppm / 10⁶ ≤ max`, so its charge (with the commission rounded
+    /// down) fits; rounding down the commission can leave room for at most a
+    /// few more nanoTON, which the bounded loop takes. All in `u128`, so that
+    /// nothing saturates near `u64::MAX` (a saturating charge made the old
+    /// search run about 10¹⁸ times there).
     pub fn worker_budget(&self, max_charge: NanoTon) -> NanoTon {
-        let mut w = to_u64(max_charge.0 as u128 * PPM as u128 / (PPM + self.ppm as u64) as u128);
-        // Rounding down the commission can leave room for a little more.
-        while w < u64::MAX && self.charge(NanoTon(w + 1)) <= max_charge {
+        let (max, ppm, whole) = (max_charge.0 as u128, self.ppm as u128, PPM as u128);
+        let charge = |w: u128| w + w * ppm / whole;
+        let mut w = max * whole / (whole + ppm);
+        // w + 1 overshoots once its exact charge passes max: at most three steps.
+        while charge(w + 1) <= max {
             w += 1;
         }
-        while w > 0 && self.charge(NanoTon(w)) > max_charge {
-            w -= 1;
-        }
-        NanoTon(w)
+        NanoTon(to_u64(w))
     }
+
+    /// What a client who signed `max_charge` pays for an answer whose tokens
+    /// cost `worker_cost` at the worker's prices: the worker's share is capped
+    /// at [`Commission::worker_budget`], so the charge never exceeds what the
+    /// client signed, whoever let the answer run long.
+    pub fn bill(&self, worker_cost: NanoTon, max_charge: NanoTon) -> Bill {
+        let budget = self.worker_budget(max_charge);
+        let over_budget = worker_cost > budget;
+        let worker_cost = worker_cost.min(budget);
+        let commission = self.on(worker_cost);
+        Bill { worker_cost, commission, charge: worker_cost.saturating_add(commission), over_budget }
+    }
+}
+
+/// One answer's charge, as the proxy records it and the client runner checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bill {
+    /// The worker's share: its prices applied to the receipt, at most the budget.
+    pub worker_cost: NanoTon,
+    pub commission: NanoTon,
+    /// `worker_cost + commission`, never above the client's signed maximum.
+    pub charge: NanoTon,
+    /// The tokens cost more than the budget: the worker's share was cut to it.
+    pub over_budget: bool,
 }
 
 /// A proxy's price terms (`GET /v1/terms`): the exact bytes its evidence binds
@@ -217,5 +248,36 @@ mod tests {
                 assert!(c.charge(NanoTon(w.0 + 1)) > NanoTon(max), "ppm {ppm} max {max}: budget {w:?} too small");
             }
         }
+    }
+
+    #[test]
+    fn worker_budget_is_closed_form_near_the_top_of_the_range() {
+        // The old search stepped one nanoTON at a time while a saturating charge stayed
+        // within the maximum: about 10^18 steps here. Each of these must return at once.
+        for ppm in [0, 1, 100_000, 999_999, PPM] {
+            let c = Commission::from_ppm(ppm).unwrap();
+            for max in [u64::MAX, u64::MAX - 1, u64::MAX / 2, 1 << 63] {
+                let w = c.worker_budget(NanoTon(max));
+                let exact = |w: u128| w + w * ppm as u128 / PPM as u128;
+                assert!(exact(w.0 as u128) <= max as u128, "ppm {ppm} max {max}: {w:?} overcharges");
+                assert!(exact(w.0 as u128 + 1) > max as u128, "ppm {ppm} max {max}: {w:?} is not the largest");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bill_never_exceeds_the_signed_maximum() {
+        let c = Commission::from_ppm(125_000).unwrap();
+        let b = c.bill(NanoTon(800), NanoTon(10_000));
+        assert_eq!(
+            (b.worker_cost, b.commission, b.charge, b.over_budget),
+            (NanoTon(800), NanoTon(100), NanoTon(900), false)
+        );
+        let b = c.bill(NanoTon(1_000_000), NanoTon(9_000));
+        assert_eq!(
+            (b.worker_cost, b.commission, b.charge, b.over_budget),
+            (NanoTon(8_000), NanoTon(1_000), NanoTon(9_000), true)
+        );
+        assert_eq!(c.bill(NanoTon(5), NanoTon(0)).charge, NanoTon(0));
     }
 }

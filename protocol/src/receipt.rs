@@ -21,6 +21,10 @@ pub struct Receipt {
     pub model_digest: Option<ByteBuf>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// The most the answer was allowed to cost at the worker's prices: the
+    /// smaller of the sealed cap (the client's) and the outer cap (the
+    /// proxy's), as the enclave applied it; `None` when neither was given.
+    pub cost_cap: Option<crate::NanoTon>,
     /// Unix time in seconds.
     pub issued_at: u64,
 }
@@ -115,6 +119,7 @@ mod tests {
             model_digest: None,
             prompt_tokens: 5,
             completion_tokens: 7,
+            cost_cap: Some(crate::NanoTon(90)),
             issued_at: 1,
         }
     }

@@ -31,6 +31,7 @@ use crate::ledger::{ChargeRecord, LedgerError};
 use crate::registry::{Attested, WorkerEntry, now_ms};
 use crate::reputation::Outcome;
 use crate::server::{App, api_error, failover, retry_same};
+use cocoon_runtime::LockExt;
 
 /// Why a receipt was not charged.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +42,6 @@ pub enum MeterError {
     Receipt(#[from] cocoon_protocol::receipt::ReceiptError),
     #[error("receipt names model digest {found}, the worker attested {expected}")]
     ModelDigest { expected: String, found: String },
-    #[error("receipt costs {cost}, above the client's maximum of {budget} at the worker's prices")]
-    OverBudget { cost: NanoTon, budget: NanoTon },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
@@ -54,6 +53,50 @@ impl MeterError {
     }
 }
 
+/// The worker's answer cost more than the cap it was given: proof of its own
+/// fault (the receipt is signed by its attested key and states the cap it applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overrun {
+    pub cost: NanoTon,
+    /// The proxy's cap (the worker's share of the client's signed maximum).
+    pub given: NanoTon,
+    /// The cap the enclave says it applied (`None`: none reached it).
+    pub applied: Option<NanoTon>,
+}
+
+impl std::fmt::Display for Overrun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.applied {
+            Some(a) if a <= self.given => {
+                write!(
+                    f,
+                    "the answer cost {} at the worker's prices, above the cap of {a} its enclave applied",
+                    self.cost
+                )
+            }
+            Some(a) => write!(
+                f,
+                "the answer cost {}, above the proxy's cap of {}; the enclave applied {a}, so the worker's host raised it",
+                self.cost, self.given
+            ),
+            None => write!(
+                f,
+                "the answer cost {}, above the proxy's cap of {}; no cap reached the enclave, so the worker's host removed it",
+                self.cost, self.given
+            ),
+        }
+    }
+}
+
+/// Who overran what, from a verified receipt: `None` when the answer's cost is
+/// within both the cap the proxy gave and the cap the enclave applied. A
+/// client that left out or raised its sealed cap cannot cause an overrun: the
+/// enclave applies the smaller of the two caps.
+pub fn overrun(cost: NanoTon, given: NanoTon, applied: Option<NanoTon>) -> Option<Overrun> {
+    let limit = applied.map_or(given, |a| a.min(given));
+    (cost > limit).then_some(Overrun { cost, given, applied })
+}
+
 /// A client's reservation of its maximum cost; released when dropped.
 pub struct Reservation {
     app: Arc<App>,
@@ -63,7 +106,7 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut r = self.app.reservations.lock().expect("reservations lock");
+        let mut r = self.app.reservations.locked();
         if let Some(v) = r.get_mut(&self.key) {
             *v = v.saturating_sub(self.amount);
             if *v == 0 {
@@ -152,9 +195,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     }
     // A request hash is forwarded once: a relay replaying captured bytes gets
     // no generation and no charge.
-    if !app.replays.lock().expect("replay lock").insert(request_hash, now_ms())
-        || app.ledger.is_charged(&request_hash).unwrap_or(true)
-    {
+    if !app.replays.locked().insert(request_hash, now_ms()) || app.ledger.is_charged(&request_hash).unwrap_or(true) {
         return refuse(
             "replayed_request",
             StatusCode::CONFLICT,
@@ -192,6 +233,9 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         // The canonical spelling: the client's may differ in case or carry parameters.
         .header(header::CONTENT_TYPE, if chunked { media::OHTTP_CHUNKED_REQUEST } else { media::OHTTP_REQUEST })
         .header(header::TE, "trailers")
+        // The worker's share of what the client signed: the enclave stops there,
+        // whatever the sealed request says, so every answer is paid for.
+        .header(media::WORKER_CAP_HEADER, app.commission.worker_budget(auth.max_cost).0)
         .body(Full::new(sealed))
         .expect("valid request parts");
     let sent = tokio::time::timeout(secs(app.limits.first_byte_timeout_s), app.http.send(upstream)).await;
@@ -278,6 +322,12 @@ struct Metering {
 
 impl Metering {
     /// Verifies the receipt and commits its charge; returns the client's charge.
+    ///
+    /// The charge is the receipt's tokens at the worker's attested prices,
+    /// capped at the worker's share of the client's signed maximum, plus the
+    /// commission: never more than the client signed. An answer that ran past
+    /// the cap the worker was given is still charged up to that cap (the
+    /// client received it), and the worker is quarantined for the overrun.
     async fn charge(&self, receipt_b64: &[u8]) -> Result<NanoTon, MeterError> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(receipt_b64).map_err(|_| MeterError::Encoding)?;
         let receipt = Receipt::verify(&bytes, &self.attested.receipt_key)?;
@@ -290,12 +340,8 @@ impl Metering {
             });
         }
         let cost = self.attested.prices.cost(receipt.prompt_tokens, receipt.completion_tokens);
-        let budget = self.app.commission.worker_budget(self.auth.max_cost);
-        if cost > budget {
-            return Err(MeterError::OverBudget { cost, budget });
-        }
-        let commission = self.app.commission.on(cost);
-        let charge = cost.saturating_add(commission);
+        let given = self.app.commission.worker_budget(self.auth.max_cost);
+        let bill = self.app.commission.bill(cost, self.auth.max_cost);
         self.app
             .ledger
             .charge(ChargeRecord {
@@ -307,25 +353,32 @@ impl Metering {
                 model_id: self.attested.model_id.clone(),
                 prompt_tokens: receipt.prompt_tokens,
                 completion_tokens: receipt.completion_tokens,
-                worker_cost: cost,
-                commission,
-                charge,
+                worker_cost: bill.worker_cost,
+                commission: bill.commission,
+                charge: bill.charge,
                 receipt: bytes,
                 created_at: now_ms() / 1000,
             })
             .await?;
         self.app.metrics.charges.inc();
-        self.app.metrics.charged_nanoton.inc_by(charge.0);
-        self.app.metrics.commission_nanoton.inc_by(commission.0);
-        self.app.registry.record(
-            &self.worker,
-            Outcome::Completed {
-                ttfb_ms: self.ttfb_ms,
-                tokens: receipt.completion_tokens,
-                seconds: self.started.elapsed().as_secs_f64(),
-            },
-        );
-        Ok(charge)
+        self.app.metrics.charged_nanoton.inc_by(bill.charge.0);
+        self.app.metrics.commission_nanoton.inc_by(bill.commission.0);
+        match overrun(cost, given, receipt.cost_cap) {
+            Some(o) => {
+                warn!(worker = %self.worker.id, "worker quarantined: {o}");
+                self.app.metrics.refuse("worker_overrun");
+                self.app.registry.record(&self.worker, Outcome::BadReceipt);
+            }
+            None => self.app.registry.record(
+                &self.worker,
+                Outcome::Completed {
+                    ttfb_ms: self.ttfb_ms,
+                    tokens: receipt.completion_tokens,
+                    seconds: self.started.elapsed().as_secs_f64(),
+                },
+            ),
+        }
+        Ok(bill.charge)
     }
 
     fn receipt_failed(&self, e: &MeterError) {
@@ -462,5 +515,25 @@ async fn metered_trailers(m: &Metering, trailers: HeaderMap) -> Option<HeaderMap
             m.receipt_failed(&e);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_answer_past_the_cap_its_worker_was_given_is_an_overrun() {
+        let n = NanoTon;
+        // Within both caps, or a client's sealed cap below the proxy's: nobody's fault.
+        assert_eq!(overrun(n(90), n(100), Some(n(100))), None);
+        assert_eq!(overrun(n(50), n(100), Some(n(50))), None);
+        assert_eq!(overrun(n(100), n(100), None), None, "no cap arrived, but nothing ran past the proxy's");
+        // Past the cap the enclave applied: its own fault.
+        let o = overrun(n(60), n(100), Some(n(50))).unwrap();
+        assert!(o.to_string().contains("its enclave applied"), "{o}");
+        // Past the proxy's cap because the host raised or removed it on the way.
+        assert!(overrun(n(150), n(100), Some(n(200))).unwrap().to_string().contains("raised it"));
+        assert!(overrun(n(101), n(100), None).unwrap().to_string().contains("removed it"));
     }
 }

@@ -7,6 +7,7 @@
 //! a crash. A request hash is charged at most once because it is the primary
 //! key of `charges`, not because of a prior look-up.
 
+use cocoon_runtime::LockExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc as std_mpsc;
@@ -234,7 +235,7 @@ impl Ledger {
     pub async fn charge(&self, record: ChargeRecord) -> Result<(), LedgerError> {
         let (done, rx) = oneshot::channel();
         {
-            let w = self.writer.lock().expect("ledger lock");
+            let w = self.writer.locked();
             w.as_ref().ok_or(LedgerError::Closed)?.send(Job { record, done }).map_err(|_| LedgerError::Closed)?;
         }
         rx.await.map_err(|_| LedgerError::Closed)?
@@ -242,14 +243,14 @@ impl Ledger {
 
     /// Stops the writer after the charges already queued are committed.
     pub fn close(&self) {
-        self.writer.lock().expect("ledger lock").take();
-        if let Some(t) = self.thread.lock().expect("ledger lock").take() {
+        self.writer.locked().take();
+        if let Some(t) = self.thread.locked().take() {
             let _ = t.join();
         }
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, LedgerError> {
-        let conn = self.reader.lock().expect("ledger lock");
+        let conn = self.reader.locked();
         f(&conn).map_err(|e| sql(&self.path, e))
     }
 
@@ -261,6 +262,21 @@ impl Ledger {
             .optional()
         })?;
         Ok(row.map(|(d, c)| Account { deposited: nano(d), charged: nano(c) }).unwrap_or_default())
+    }
+
+    /// What the account's open channels hold on chain beyond their newest
+    /// vouchers (as last seen): the most credit the proxy may extend to it.
+    /// Channels that are closing count nothing, since the payer takes the rest back.
+    pub fn collateral(&self, client_key: &[u8; 32]) -> Result<NanoTon, LedgerError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(MAX(deposit_seen - voucher_total, 0)), 0) FROM client_channels
+                 WHERE client_key = ?1 AND closing_since = 0",
+                [client_key.as_slice()],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(nano)
     }
 
     pub fn is_charged(&self, request_hash: &[u8; 32]) -> Result<bool, LedgerError> {
@@ -277,7 +293,7 @@ impl Ledger {
             return Err(LedgerError::Amount(0));
         }
         let v = amount(value)?;
-        let mut conn = self.reader.lock().expect("ledger lock");
+        let mut conn = self.reader.locked();
         let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
         tx.execute(
             "INSERT INTO deposits (client_key, amount, reference, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -416,7 +432,7 @@ impl Ledger {
     ) -> Result<NanoTon, LedgerError> {
         let (t, seen) = (amount(total)?, amount(deposit_seen)?);
         let now = unix_now() as i64;
-        let mut conn = self.reader.lock().expect("ledger lock");
+        let mut conn = self.reader.locked();
         let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
         let run = |tx: &rusqlite::Transaction| -> rusqlite::Result<i64> {
             tx.execute(
@@ -493,7 +509,7 @@ impl Ledger {
         moved: i64,
     ) -> Result<(), LedgerError> {
         let now = unix_now() as i64;
-        let mut conn = self.reader.lock().expect("ledger lock");
+        let mut conn = self.reader.locked();
         let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
         tx.execute(update, params![channel, total, now]).map_err(|e| sql(&self.path, e))?;
         if moved > 0 {
@@ -506,8 +522,32 @@ impl Ledger {
         tx.commit().map_err(|e| sql(&self.path, e))
     }
 
-    /// What each payout address has earned, over every charge.
+    /// What each payout address has earned and is owed: the worker costs of
+    /// the charges its clients have paid for. A client's charges are paid in
+    /// the order they were made, by everything credited to its account
+    /// (operator deposits and vouchers, both money the proxy holds or can
+    /// claim); a charge the account's credits do not yet cover pays its
+    /// worker nothing until they do. So the proxy never pays a worker out of
+    /// credit nobody backs, and a worker colluding with clients that never
+    /// pay earns nothing from them.
     pub fn earnings_by_payout(&self) -> Result<Vec<(String, NanoTon)>, LedgerError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "WITH running AS (
+                     SELECT ch.payout_address, ch.worker_cost, a.deposited,
+                            SUM(ch.charge) OVER (PARTITION BY ch.client_key ORDER BY ch.rowid) AS paid_through
+                     FROM charges ch JOIN accounts a ON a.client_key = ch.client_key)
+                 SELECT payout_address, SUM(worker_cost) FROM running
+                 WHERE payout_address IS NOT NULL AND paid_through <= deposited
+                 GROUP BY payout_address ORDER BY payout_address",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, nano(r.get(1)?))))?;
+            rows.collect()
+        })
+    }
+
+    /// What each payout address has earned over every charge, paid for or not.
+    pub fn earnings_by_payout_charged(&self) -> Result<Vec<(String, NanoTon)>, LedgerError> {
         self.read(|c| {
             let mut st = c.prepare(
                 "SELECT payout_address, SUM(worker_cost) FROM charges WHERE payout_address IS NOT NULL
@@ -575,7 +615,7 @@ impl Ledger {
     }
 
     pub fn save_reputation(&self, records: &[(String, String)]) -> Result<(), LedgerError> {
-        let mut conn = self.reader.lock().expect("ledger lock");
+        let mut conn = self.reader.locked();
         let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
         for (url, json) in records {
             tx.execute(
@@ -780,6 +820,38 @@ mod tests {
         assert_eq!(a, Account { deposited: NanoTon(1_000_000), charged: NanoTon(22_000) });
         assert_eq!(ledger.worker_credits().unwrap()[0].requests, 200);
         assert!(matches!(ledger.deposit(&[9; 32], NanoTon(u64::MAX), None), Err(LedgerError::Amount(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_earn_only_what_their_clients_paid_for_in_order() {
+        let dir = std::env::temp_dir().join(format!("cocoon-ledger-paid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ledger = Ledger::open(&dir.join("ledger.sqlite")).unwrap();
+        let charge = |hash: u8, client: u8, payout: &str, cost: u64| ChargeRecord {
+            client_key: [client; 32],
+            payout_address: Some(payout.into()),
+            ..record(hash, cost)
+        };
+        // Client 1 paid 330 (three charges of 110); client 2 paid nothing.
+        ledger.deposit(&[1; 32], NanoTon(330), None).unwrap();
+        for (h, payout) in [(1, "A"), (2, "B"), (3, "A"), (4, "A")] {
+            ledger.charge(charge(h, 1, payout, 100)).await.unwrap();
+        }
+        for h in 10..30 {
+            ledger.charge(charge(h, 2, "B", 100)).await.unwrap();
+        }
+        let earned = ledger.earnings_by_payout().unwrap();
+        assert_eq!(earned, vec![("A".into(), NanoTon(200)), ("B".into(), NanoTon(100))], "only covered charges pay");
+        assert_eq!(
+            ledger.earnings_by_payout_charged().unwrap(),
+            vec![("A".into(), NanoTon(300)), ("B".into(), NanoTon(2100))]
+        );
+        // Client 2 pays for 10 charges: B earns those, and earlier earnings never shrink.
+        ledger.deposit(&[2; 32], NanoTon(1100), None).unwrap();
+        let earned = ledger.earnings_by_payout().unwrap();
+        assert_eq!(earned, vec![("A".into(), NanoTon(200)), ("B".into(), NanoTon(1100))]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -147,10 +147,13 @@ impl Payments {
         }
         let (mut seen, claimed, newest) =
             known.as_ref().map_or((0, 0, 0), |c| (c.deposit_seen.0, c.claimed.0, c.voucher_total.0));
-        if voucher.total <= newest {
+        if known.is_some() && voucher.total <= newest {
             return Ok(Accepted { credited: 0, voucher_total: newest });
         }
-        if voucher.total > seen {
+        // A channel seen for the first time (a runner registers its channel with
+        // the voucher it holds, 0 at first) is read on chain: its deposit is the
+        // collateral that secures the account's credit.
+        if known.is_none() || voucher.total > seen {
             let state = actions::channel_state(&self.chain, &params)
                 .await
                 .map_err(chain_err)?
@@ -186,7 +189,7 @@ impl Payments {
                 }
             });
         }
-        Ok(Accepted { credited: credited.0, voucher_total: voucher.total })
+        Ok(Accepted { credited: credited.0, voucher_total: voucher.total.max(newest) })
     }
 
     /// Claims the newest voucher of a client's channel; returns what it paid.

@@ -26,6 +26,7 @@ use cocoon_protocol::{Platform, Prices};
 use crate::config::{ProxyConfig, secs};
 use crate::ledger::Ledger;
 use crate::reputation::{Outcome, Reputation, ReputationConfig, routing_cost};
+use cocoon_runtime::{LockExt, RwLockExt};
 
 /// Longest worker URL accepted.
 const MAX_URL: usize = 512;
@@ -122,15 +123,15 @@ pub struct WorkerEntry {
 
 impl WorkerEntry {
     pub fn attested(&self) -> Arc<Attested> {
-        self.attested.read().expect("worker lock").clone()
+        self.attested.read_locked().clone()
     }
 
     pub fn health(&self) -> Health {
-        *self.health.lock().expect("worker lock")
+        *self.health.locked()
     }
 
     pub fn reputation(&self, now_ms: u64, cfg: &ReputationConfig) -> Reputation {
-        let mut r = self.reputation.lock().expect("worker lock");
+        let mut r = self.reputation.locked();
         r.decay(now_ms, cfg);
         r.clone()
     }
@@ -203,20 +204,20 @@ impl Registry {
         check_worker_url(url)?;
         let url = url.trim_end_matches('/').to_string();
         let id = worker_id(&url);
-        if !self.workers.read().expect("registry lock").contains_key(&id)
-            && self.workers.read().expect("registry lock").len() >= self.config.limits.max_workers
+        if !self.workers.read_locked().contains_key(&id)
+            && self.workers.read_locked().len() >= self.config.limits.max_workers
         {
             return Err(AdmissionError::Full { limit: self.config.limits.max_workers });
         }
         let attested = Arc::new(self.attest(&url).await?);
-        let mut workers = self.workers.write().expect("registry lock");
+        let mut workers = self.workers.write_locked();
         if let Some(existing) = workers.get(&id) {
             let before = existing.attested().claims_digest;
             if before != attested.claims_digest {
                 info!(worker = %id, url = %url, "worker re-attested with new keys");
             }
-            *existing.attested.write().expect("worker lock") = attested;
-            *existing.health.lock().expect("worker lock") = Health::Up;
+            *existing.attested.write_locked() = attested;
+            *existing.health.locked() = Health::Up;
             return Ok(existing.clone());
         }
         if workers.len() >= self.config.limits.max_workers {
@@ -240,23 +241,23 @@ impl Registry {
         });
         workers.insert(id, entry.clone());
         drop(workers);
-        self.wanted.lock().expect("registry lock").insert(url);
+        self.wanted.locked().insert(url);
         Ok(entry)
     }
 
     pub fn evict(&self, id: &str, reason: &str) {
-        if let Some(w) = self.workers.write().expect("registry lock").remove(id) {
+        if let Some(w) = self.workers.write_locked().remove(id) {
             warn!(worker = %id, url = %w.url, "worker evicted: {reason}");
             self.persist_one(&w);
         }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<WorkerEntry>> {
-        self.workers.read().expect("registry lock").get(id).cloned()
+        self.workers.read_locked().get(id).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<WorkerEntry>> {
-        self.workers.read().expect("registry lock").values().cloned().collect()
+        self.workers.read_locked().values().cloned().collect()
     }
 
     /// The best eligible worker for `model`, skipping `exclude`.
@@ -300,12 +301,12 @@ impl Registry {
     }
 
     pub fn record(&self, w: &WorkerEntry, outcome: Outcome) {
-        w.reputation.lock().expect("worker lock").record(outcome, now_ms(), &self.config.reputation);
+        w.reputation.locked().record(outcome, now_ms(), &self.config.reputation);
     }
 
     /// The worker failed before its first byte: out of routing until a probe succeeds.
     pub fn mark_down(&self, w: &WorkerEntry) {
-        let mut h = w.health.lock().expect("worker lock");
+        let mut h = w.health.locked();
         let failures = match *h {
             Health::Down { failures, .. } => failures + 1,
             _ => 1,
@@ -317,7 +318,7 @@ impl Registry {
 
     /// The worker could not open a request sealed to its attested keys: re-attest it now.
     pub fn mark_stale(&self, w: &WorkerEntry) {
-        *w.health.lock().expect("worker lock") = Health::Stale;
+        *w.health.locked() = Health::Stale;
         self.wake.notify_one();
     }
 
@@ -338,7 +339,7 @@ impl Registry {
             let mut due: Vec<String> = Vec::new();
             let admitted: BTreeMap<String, Arc<WorkerEntry>> =
                 self.all().into_iter().map(|w| (w.url.clone(), w)).collect();
-            for url in self.wanted.lock().expect("registry lock").iter() {
+            for url in self.wanted.locked().iter() {
                 match admitted.get(url) {
                     None => {
                         if full {
@@ -384,7 +385,7 @@ impl Registry {
     }
 
     fn persist_one(&self, w: &WorkerEntry) {
-        let rep = w.reputation.lock().expect("worker lock").clone();
+        let rep = w.reputation.locked().clone();
         if let Ok(json) = serde_json::to_string(&rep)
             && let Err(e) = self.ledger.save_reputation(&[(w.url.clone(), json)])
         {
@@ -398,7 +399,7 @@ impl Registry {
             .all()
             .iter()
             .filter_map(|w| {
-                let rep = w.reputation.lock().expect("worker lock").clone();
+                let rep = w.reputation.locked().clone();
                 serde_json::to_string(&rep).ok().map(|j| (w.url.clone(), j))
             })
             .collect();

@@ -41,6 +41,7 @@ use crate::identity::Identity;
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels, WorkerLabels};
 use crate::registry::{AdmissionError, Registry, WorkerEntry, now_ms};
+use cocoon_runtime::LockExt;
 
 /// Largest JSON body of the small endpoints (`/v1/route`, `/v1/workers`).
 const MAX_SMALL_BODY: usize = 16 << 10;
@@ -99,16 +100,23 @@ impl App {
         self.metrics.requests.get_or_create(&RequestLabels { endpoint, status: r.status().as_u16() }).inc();
     }
 
-    /// Reserves the request's maximum cost against the account's balance plus
-    /// the credit limit, counting what its requests in flight may still cost.
+    /// Reserves the request's maximum cost against money the proxy can
+    /// collect: the account's balance (operator deposits and vouchers, less
+    /// charges) plus credit of at most `credit_limit` and never more than the
+    /// account's open channels hold on chain beyond their vouchers, less what
+    /// its requests in flight may still cost. A key with no deposit and no
+    /// channel gets no credit at all.
     pub fn reserve(self: &Arc<Self>, auth: &ClientAuthorization) -> Result<Reservation, ReserveError> {
-        let mut reserved = self.reservations.lock().expect("reservations lock");
-        let account = self.ledger.account(&auth.client_key).map_err(|e| {
+        let ledger_down = |e: crate::ledger::LedgerError| {
             warn!("reading an account: {e}");
             ReserveError::LedgerUnavailable
-        })?;
+        };
+        let account = self.ledger.account(&auth.client_key).map_err(ledger_down)?;
+        let collateral = self.ledger.collateral(&auth.client_key).map_err(ledger_down)?;
+        let credit = self.credit_limit.min(collateral);
+        let mut reserved = self.reservations.locked();
         let pending = reserved.get(&auth.client_key).copied().unwrap_or(0);
-        let available = account.balance() + self.credit_limit.0 as i128 - pending as i128;
+        let available = account.balance() + credit.0 as i128 - pending as i128;
         if (auth.max_cost.0 as i128) > available {
             self.metrics.refuse("insufficient_funds");
             return Err(ReserveError::InsufficientFunds {
@@ -116,7 +124,7 @@ impl App {
                 account: hex::encode(auth.client_key),
                 available: available.max(0),
                 balance: account.balance(),
-                credit_limit: self.credit_limit,
+                credit,
                 pending,
             });
         }
@@ -131,15 +139,15 @@ pub enum ReserveError {
     LedgerUnavailable,
     #[error(
         "the request may cost up to {max_cost} but the account {account} has {available} nanoTON available \
-         (balance {balance} + credit limit {} - {pending} reserved by requests in flight); \
-         deposit more or state a lower maximum cost", credit_limit.0
+         (balance {balance} + credit {} secured by its open channels - {pending} reserved by requests in flight); \
+         deposit more, open or top up a payment channel, or state a lower maximum cost", credit.0
     )]
     InsufficientFunds {
         max_cost: NanoTon,
         account: String,
         available: i128,
         balance: i128,
-        credit_limit: NanoTon,
+        credit: NanoTon,
         pending: u64,
     },
 }
@@ -234,7 +242,7 @@ pub fn retry_same(app: &App, worker: &WorkerEntry, why: &str) -> Response {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/workers", get(list_workers).post(join))
         .route("/v1/route", post(route))
         .route("/v1/ohttp", post(forward::ohttp))
@@ -244,7 +252,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/attestation", get(attestation))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(app)
+        .with_state(app);
+    with_safety(routes)
+}
+
+/// The layers every route gets: a handler's panic becomes that request's 500.
+fn with_safety(routes: Router) -> Router {
+    routes.layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// A handler panicked: a 500 for that request alone (the locks it held are
+/// taken over by the next request, see `cocoon_runtime::sync`).
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the proxy failed on this request".into(), true)
 }
 
 async fn small_json<T: for<'de> Deserialize<'de>>(req: Request) -> Result<T, Response> {
@@ -333,7 +354,7 @@ async fn join(State(app): State<Arc<App>>, req: Request) -> Response {
 async fn join_inner(app: &Arc<App>, req: Request) -> Response {
     {
         let minute = now_ms() / 60_000;
-        let mut j = app.joins.lock().expect("join lock");
+        let mut j = app.joins.locked();
         if j.0 != minute {
             *j = (minute, 0);
         }
@@ -562,6 +583,65 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_app(dir: &std::path::Path) -> Arc<App> {
+        let ledger = Arc::new(Ledger::open(&dir.join("ledger.sqlite")).unwrap());
+        let config = crate::config::ProxyConfig::default();
+        let registry = Registry::new(
+            config.clone(),
+            cocoon_attestation::Policy::insecure_simulated(),
+            Default::default(),
+            ledger.clone(),
+        );
+        let producer = Arc::new(cocoon_attestation::simulated::SimulatedProducer::new());
+        let commission = Commission::from_ppm(100_000).unwrap();
+        let identity =
+            Identity::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]), commission, NanoTon(0), producer).unwrap();
+        App::new(registry, ledger, identity, commission, NanoTon(0), Limits::default(), None)
+    }
+
+    /// Hole 8: a panic inside a handler poisoned the reservations and replay
+    /// locks, and every later request then panicked on `lock().expect(..)`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_panic_fails_that_request_alone() {
+        use tower::ServiceExt as _;
+        let dir = std::env::temp_dir().join(format!("cocoon-proxy-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let app = test_app(&dir);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+        app.ledger.deposit(&key.verifying_key().to_bytes(), NanoTon(1_000_000), None).unwrap();
+        // A handler that panics while it holds both locks (what any bug on that path would do).
+        let poisoner = {
+            let app = app.clone();
+            move || async move {
+                let held = (app.reservations.lock(), app.replays.lock());
+                if held.0.is_ok() {
+                    panic!("a bug while holding the locks");
+                }
+                StatusCode::OK
+            }
+        };
+        let routes = with_safety(Router::new().route("/panic", get(poisoner)));
+        let resp = routes.oneshot(http::Request::get("/panic").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "the panic is that request's 500");
+        assert!(app.reservations.is_poisoned() && app.replays.is_poisoned());
+        // A hundred normal requests after it: each reserves, remembers its hash, and is answered.
+        let r = router(app.clone());
+        for i in 0..100u32 {
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&i.to_le_bytes());
+            let auth = ClientAuthorization::sign(&key, &hash, NanoTon(1_000));
+            let reservation = app.reserve(&auth).unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert!(app.replays.locked().insert(hash, now_ms()));
+            drop(reservation);
+            let resp = r.clone().oneshot(http::Request::get("/healthz").body(axum::body::Body::empty()).unwrap());
+            assert_eq!(resp.await.unwrap().status(), StatusCode::OK, "request {i}");
+        }
+        assert!(app.reservations.locked().is_empty(), "every reservation was released");
+        app.ledger.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn replay_window_refuses_repeats_and_stays_bounded() {

@@ -5,9 +5,11 @@
 
 pub mod drain;
 pub mod memory;
+pub mod sync;
 
 pub use drain::{Drain, DrainGuard};
 pub use memory::MemoryTrimmer;
+pub use sync::{LockExt, RwLockExt};
 
 /// The next accepted connection, or `None` once `shutdown` has resolved. A
 /// failed accept (out of file descriptors, say) is logged and retried after

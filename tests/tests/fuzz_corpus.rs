@@ -81,7 +81,7 @@ fn inner_api_inputs() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     replay("inner_api", |data| {
         for req in fuzz_bodies::inner_requests(data) {
-            let reply = rt.block_on(cocoon_enclave::api::handle(None, Some(fuzz_bodies::PRICES), req));
+            let reply = rt.block_on(cocoon_enclave::api::handle(None, Some(fuzz_bodies::PRICES), req, None));
             assert!((400..600).contains(&reply.status), "no model is loaded, yet the API answered {}", reply.status);
         }
     });
@@ -180,6 +180,7 @@ fn write_seeds() {
         model_digest: Some(serde_bytes::ByteBuf::from(vec![2; 32])),
         prompt_tokens: 10,
         completion_tokens: 20,
+        cost_cap: Some(cocoon_protocol::NanoTon(1_000)),
         issued_at: 1_800_000_000,
     };
     write("receipt", "key_and_receipt", &[signer.public_key().as_slice(), &signer.sign(&receipt)].concat());

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 pub use cocoon_tests::wait::{free_port, wait_for_port, wait_until};
 
+pub mod net;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -238,4 +240,42 @@ pub fn key_file(dir: &Path, name: &str, seed: u8) -> PathBuf {
     std::fs::write(&path, hex::encode([seed; 32])).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
+}
+
+/// A TCP relay in front of `target` that replaces `from` with `to` (same
+/// length) in what clients send: a dishonest host rewriting request headers.
+pub async fn rewriting_relay(target: &str, from: &'static [u8], to: &'static [u8]) -> String {
+    assert_eq!(from.len(), to.len(), "a rewrite keeps lengths, so bodies stay framed");
+    let target = target.trim_start_matches("http://").to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&target).await else { continue };
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    let _ = cw.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut at = 0;
+                    while let Some(i) = find(&buf[at..n], from) {
+                        buf[at + i..at + i + to.len()].copy_from_slice(to);
+                        at += i + to.len();
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = sw.shutdown().await;
+            });
+        }
+    });
+    url
 }
