@@ -61,9 +61,10 @@ pub enum ChannelCommand {
         /// TON to deposit (e.g. 10 or 2.5); the 0.01 TON top-up fee is added.
         #[arg(long, value_parser = parse_ton)]
         amount: u64,
-        /// Distinguishes channels to the same payee; never reuse one.
-        #[arg(long, default_value_t = 1)]
-        channel_id: u64,
+        /// Distinguishes channels to the same payee; never reuse one. Default: a
+        /// random one, so that a channel opened again is a new address.
+        #[arg(long)]
+        channel_id: Option<u64>,
         /// Seconds the payee has to claim after you ask to close.
         #[arg(long, default_value_t = 86_400)]
         dispute_window: u32,
@@ -190,6 +191,11 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
     match cmd {
         ChannelCommand::Open { wallet: w, chain: c, payee, amount, channel_id, dispute_window, out } => {
             let w = wallet(&w)?;
+            let channel_id = channel_id.unwrap_or_else(|| {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).expect("the operating system's random source failed");
+                u64::from_le_bytes(b)
+            });
             let params = ChannelParams {
                 payer: w.address().clone(),
                 payee: parse_address(&payee)?,
@@ -210,6 +216,10 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
                 ton(amount)
             );
             let state = actions::top_up(&chain(&c)?, &w, &params, amount).await?;
+            // Funded: its vouchers bind the network and this instance, which the file now records.
+            let file = ChannelDescriptor::bound(&params, state.binding())?;
+            crate::durable::write(&out, &serde_json::to_vec_pretty(&file)?)
+                .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", serde_json::to_string_pretty(&state)?);
         }
         ChannelCommand::TopUp { channel, amount, wallet: w, chain: c } => {
@@ -225,12 +235,13 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
             }
         }
         ChannelCommand::Voucher { channel, total, wallet: w } => {
-            let (params, _) = load_channel(&channel)?;
+            let (params, descriptor) = load_channel(&channel)?;
             let w = wallet(&w)?;
             if w.signing_key().verifying_key().to_bytes() != params.payer_key {
                 bail!("this key is not the channel's payer key {}", hex::encode(params.payer_key));
             }
-            let signed = Voucher { channel: params.address()?, total }.sign(w.signing_key())?;
+            let binding = descriptor.binding()?;
+            let signed = Voucher { channel: params.address()?, binding, total }.sign(w.signing_key())?;
             println!("{}", serde_json::to_string_pretty(&signed)?);
         }
         ChannelCommand::Claim { channel, voucher, wallet: w, chain: c } => {

@@ -222,8 +222,17 @@ enum Command {
         #[arg(long)]
         claim: bool,
         /// nanoTON below which a claim is not worth its fee (about 0.006 TON).
+        /// A channel whose close was requested is claimed in full regardless.
         #[arg(long, default_value_t = 100_000_000)]
         min_claim: u64,
+        /// Refuse vouchers on channels that leave less than this many seconds
+        /// to claim after a close request.
+        #[arg(long, default_value_t = cocoon_client::payouts::DEFAULT_MIN_DISPUTE_WINDOW)]
+        min_dispute_window: u32,
+        /// Keep running: fetch, check and claim every SECONDS (a close request
+        /// is answered with a claim within one interval).
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
         #[command(flatten)]
         wallet: cocoon_client::channel_cli::WalletArgs,
         #[command(flatten)]
@@ -436,14 +445,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Wallet(cmd) => cocoon_client::channel_cli::run_wallet(cmd).await?,
         Command::Channel(cmd) => cocoon_client::channel_cli::run_channel(cmd).await?,
         Command::Registry(cmd) => cocoon_client::registry_cli::run(cmd).await?,
-        Command::Payouts { proxy, dir, claim, min_claim, wallet, chain } => {
+        Command::Payouts { proxy, dir, claim, min_claim, min_dispute_window, watch, wallet, chain } => {
             let w = cocoon_client::channel_cli::wallet(&wallet)?;
             let dir = match dir {
                 Some(d) => d,
                 None => cocoon_client::payouts::default_dir()?,
             };
             let chain = cocoon_client::channel_cli::chain(&chain)?;
-            cocoon_client::payouts::run(&proxy, &w, &dir, &chain, claim, min_claim).await?;
+            let opts = cocoon_client::payouts::Options { claim, min_claim, min_window: min_dispute_window };
+            match watch {
+                None => cocoon_client::payouts::run(&proxy, &w, &dir, &chain, &opts).await?,
+                Some(s) => {
+                    let every = std::time::Duration::from_secs(s.max(1));
+                    cocoon_client::payouts::watch(&proxy, &w, &dir, &chain, &opts, every).await?
+                }
+            }
         }
         Command::Key { key } => {
             let k = load_key(key)?;

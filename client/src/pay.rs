@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use cocoon_protocol::NanoTon;
-use cocoon_ton::channel::{ChannelDescriptor, ChannelParams};
+use cocoon_ton::channel::{ChannelBinding, ChannelDescriptor, ChannelParams};
 use cocoon_ton::{TonAddress, Voucher};
 
 use crate::ClientError;
@@ -29,6 +29,8 @@ pub struct ChannelPayer {
     params: ChannelParams,
     descriptor: ChannelDescriptor,
     channel: TonAddress,
+    /// The network and channel instance every voucher names.
+    binding: ChannelBinding,
     state_path: PathBuf,
     paid: Mutex<u64>,
 }
@@ -61,7 +63,8 @@ impl ChannelPayer {
             Err(e) => return Err(bad(format!("{}: {e}", state_path.display()))),
         };
         let channel = params.address().map_err(|e| bad(e.to_string()))?;
-        Ok(ChannelPayer { params, descriptor, channel, state_path, paid: Mutex::new(paid) })
+        let binding = descriptor.binding().map_err(|e| bad(e.to_string()))?;
+        Ok(ChannelPayer { params, descriptor, channel, binding, state_path, paid: Mutex::new(paid) })
     }
 
     pub fn params(&self) -> &ChannelParams {
@@ -77,7 +80,7 @@ impl ChannelPayer {
     /// extends credit only against a deposit it has seen.
     pub async fn register(&self, key: &SigningKey, http: &HttpClient, proxy: &str) -> Result<(), ClientError> {
         let total = *self.paid.lock().await;
-        let voucher = (Voucher { channel: self.channel.clone(), total })
+        let voucher = (Voucher { channel: self.channel.clone(), binding: self.binding, total })
             .sign(key)
             .map_err(|e| ClientError::Protocol(format!("signing a voucher: {e}")))?;
         let body = json!({ "channel": self.descriptor, "voucher": voucher }).to_string();
@@ -101,7 +104,7 @@ impl ChannelPayer {
                 return;
             }
             *paid = total;
-            match (Voucher { channel: self.channel.clone(), total }).sign(key) {
+            match (Voucher { channel: self.channel.clone(), binding: self.binding, total }).sign(key) {
                 Ok(v) => v,
                 Err(e) => {
                     warn!("signing a voucher: {e}");

@@ -8,6 +8,14 @@
 //! synced before anything else happens, and claims it on chain when asked.
 //! The stored vouchers are the worker's money: no rollback of the proxy's
 //! database takes them back, and they are claimable without the proxy.
+//!
+//! A voucher is only as good as the time left to claim it: once the payer
+//! (the proxy) asks to close, the worker has the channel's dispute window to
+//! claim, after which the rest returns to the payer. So a voucher on a
+//! channel whose window is shorter than `--min-dispute-window` is refused
+//! before it is stored, and every pass claims at once, whatever `--min-claim`
+//! says, everything vouched on a channel whose close was requested.
+//! `--watch` makes the passes continuous, well within the window.
 
 use std::path::{Path, PathBuf};
 
@@ -26,12 +34,25 @@ pub struct HeldVoucher {
     pub voucher: SignedVoucher,
 }
 
-/// Checks that `held` pays `me` and is signed by the channel's payer (and, when
-/// known, that the payer is the proxy's account key).
-pub fn check(held: &HeldVoucher, me: &TonAddress, proxy_key: Option<&[u8; 32]>) -> anyhow::Result<()> {
+/// The shortest dispute window a payee accepts by default: time enough to
+/// notice a close request and get a claim on chain, with retries.
+pub const DEFAULT_MIN_DISPUTE_WINDOW: u32 = 3600;
+
+/// Checks that `held` pays `me`, on a funded channel whose dispute window is
+/// at least `min_window` seconds, and is signed by the channel's payer (and,
+/// when known, that the payer is the proxy's account key).
+pub fn check(held: &HeldVoucher, me: &TonAddress, proxy_key: Option<&[u8; 32]>, min_window: u32) -> anyhow::Result<()> {
     let params = held.channel.params()?;
     if &params.payee != me {
         bail!("the voucher's channel pays {}, not this wallet {}", params.payee, me);
+    }
+    if params.dispute_window < min_window {
+        bail!(
+            "channel {} gives {} s to claim after a close request; this payee needs at least {min_window} s \
+             (--min-dispute-window): the payer could close and take the vouched money back before a claim lands",
+            held.channel.address,
+            params.dispute_window
+        );
     }
     if let Some(k) = proxy_key
         && &params.payer_key != k
@@ -42,7 +63,7 @@ pub fn check(held: &HeldVoucher, me: &TonAddress, proxy_key: Option<&[u8; 32]>) 
             hex::encode(k)
         );
     }
-    held.voucher.verify(&params.address()?, &params.payer_key)?;
+    held.voucher.verify(&params.address()?, &held.channel.binding()?, &params.payer_key)?;
     Ok(())
 }
 
@@ -93,7 +114,7 @@ pub fn held(dir: &Path) -> anyhow::Result<Vec<HeldVoucher>> {
 }
 
 /// Fetches the proxy's newest voucher for `wallet`'s address, checks it and stores it.
-pub async fn fetch(proxy: &str, wallet: &Wallet, dir: &Path) -> anyhow::Result<Option<HeldVoucher>> {
+pub async fn fetch(proxy: &str, wallet: &Wallet, dir: &Path, min_window: u32) -> anyhow::Result<Option<HeldVoucher>> {
     let http = HttpClient::default();
     let base = proxy.trim_end_matches('/');
     let terms_url = format!("{base}/v1/terms").parse().context("proxy URL")?;
@@ -118,7 +139,7 @@ pub async fn fetch(proxy: &str, wallet: &Wallet, dir: &Path) -> anyhow::Result<O
         );
     }
     let held: HeldVoucher = serde_json::from_slice(&body).context("the proxy's voucher")?;
-    check(&held, wallet.address(), Some(&proxy_key))?;
+    check(&held, wallet.address(), Some(&proxy_key), min_window)?;
     store(dir, &held)?;
     Ok(Some(held))
 }
@@ -128,38 +149,175 @@ pub fn default_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/cocoon/payouts"))
 }
 
-/// Lists what is held and, with `claim`, claims every voucher that pays more than `min_claim`.
+/// What a pass fetches, checks and claims.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Claim every voucher that pays more than `min_claim`.
+    pub claim: bool,
+    pub min_claim: u64,
+    /// Shortest dispute window accepted (seconds).
+    pub min_window: u32,
+}
+
+/// One voucher's standing after a pass.
+struct Row {
+    channel: String,
+    total: u64,
+    claimed: u64,
+    claimable: u64,
+    /// Claimed in this pass.
+    paid: Option<u64>,
+    /// Why it could not be read or claimed.
+    problem: Option<String>,
+}
+
+/// Fetches from every proxy, then claims what is due: everything vouched on a
+/// channel whose payer asked to close (whatever `min_claim` says), and, with
+/// `claim`, what pays more than `min_claim`. A failure on one channel does not
+/// stop the others.
+async fn pass(
+    proxies: &[String],
+    wallet: &Wallet,
+    dir: &Path,
+    chain: &cocoon_ton::toncenter::Toncenter,
+    opts: &Options,
+    quiet: bool,
+) -> anyhow::Result<Vec<Row>> {
+    for p in proxies {
+        match fetch(p, wallet, dir, opts.min_window).await {
+            Ok(Some(h)) if !quiet => eprintln!(
+                "{p}: voucher for {} TON in all on channel {}",
+                crate::channel_cli::ton(h.voucher.total),
+                h.channel.address
+            ),
+            Ok(Some(_)) => {}
+            Ok(None) if !quiet => eprintln!("{p}: nothing earned yet"),
+            Ok(None) => {}
+            Err(e) => eprintln!("{p}: {e:#}"),
+        }
+    }
+    let mut rows = Vec::new();
+    for h in held(dir)? {
+        let mut row = Row {
+            channel: h.channel.address.clone(),
+            total: h.voucher.total,
+            claimed: 0,
+            claimable: 0,
+            paid: None,
+            problem: None,
+        };
+        if let Err(e) = settle_one(&h, wallet, chain, opts, &mut row).await {
+            row.problem = Some(format!("{e:#}"));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn settle_one(
+    h: &HeldVoucher,
+    wallet: &Wallet,
+    chain: &cocoon_ton::toncenter::Toncenter,
+    opts: &Options,
+    row: &mut Row,
+) -> anyhow::Result<()> {
+    check(h, wallet.address(), None, opts.min_window)?;
+    let params = h.channel.params()?;
+    let Some(state) = actions::channel_state(chain, &params).await? else {
+        bail!("channel {} is not on chain (was it deleted?): its vouchers cannot be claimed", h.channel.address);
+    };
+    if state.binding() != h.channel.binding()? {
+        bail!(
+            "channel {} on chain is network {} instance {}, the voucher names network {} instance {}: not claimable here",
+            h.channel.address,
+            state.global_id,
+            state.instance,
+            h.voucher.global_id,
+            h.voucher.instance
+        );
+    }
+    row.claimed = state.claimed;
+    row.claimable = state.claimable(h.voucher.total).unwrap_or(0);
+    let closing = state.closing_since != 0 && !state.closed;
+    if row.claimable > 0 && (closing || (opts.claim && row.claimable > opts.min_claim)) {
+        if closing {
+            eprintln!(
+                "channel {}: the payer asked to close at {}; claiming {} TON now (the window ends at {})",
+                h.channel.address,
+                state.closing_since,
+                crate::channel_cli::ton(row.claimable),
+                u64::from(state.closing_since) + u64::from(state.dispute_window)
+            );
+        }
+        let paid = actions::claim(chain, wallet, &params, &h.voucher).await?;
+        row.paid = Some(paid);
+        row.claimed += paid;
+        row.claimable = 0;
+    }
+    Ok(())
+}
+
+/// Lists what is held and claims what is due (see [`Options`]), once.
 pub async fn run(
     proxies: &[String],
     wallet: &Wallet,
     dir: &Path,
     chain: &cocoon_ton::toncenter::Toncenter,
-    claim: bool,
-    min_claim: u64,
+    opts: &Options,
 ) -> anyhow::Result<()> {
-    for p in proxies {
-        match fetch(p, wallet, dir).await? {
-            Some(h) => eprintln!(
-                "{p}: voucher for {} TON in all on channel {}",
-                crate::channel_cli::ton(h.voucher.total),
-                h.channel.address
-            ),
-            None => eprintln!("{p}: nothing earned yet"),
+    let rows = pass(proxies, wallet, dir, chain, opts, false).await?;
+    println!("{:<68} {:>16} {:>16} {:>16}", "channel", "voucher, TON", "claimed, TON", "claimable, TON");
+    let t = crate::channel_cli::ton;
+    let mut problems = 0;
+    for r in &rows {
+        println!("{:<68} {:>16} {:>16} {:>16}", r.channel, t(r.total), t(r.claimed), t(r.claimable));
+        if let Some(paid) = r.paid {
+            println!("claimed {} TON on {}", t(paid), r.channel);
+        }
+        if let Some(p) = &r.problem {
+            eprintln!("{}: {p}", r.channel);
+            problems += 1;
         }
     }
-    println!("{:<68} {:>16} {:>16} {:>16}", "channel", "voucher, TON", "claimed, TON", "claimable, TON");
-    for h in held(dir)? {
-        check(&h, wallet.address(), None)?;
-        let params = h.channel.params()?;
-        let state = actions::channel_state(chain, &params).await?;
-        let claimed = state.as_ref().map_or(0, |s| s.claimed);
-        let claimable = state.as_ref().and_then(|s| s.claimable(h.voucher.total).ok()).unwrap_or(0);
-        let t = crate::channel_cli::ton;
-        println!("{:<68} {:>16} {:>16} {:>16}", h.channel.address, t(h.voucher.total), t(claimed), t(claimable));
-        if claim && claimable > min_claim {
-            let paid = actions::claim(chain, wallet, &params, &h.voucher).await?;
-            println!("claimed {} TON on {}", t(paid), h.channel.address);
-        }
+    if problems > 0 {
+        bail!("{problems} of {} channels could not be read or claimed (see above)", rows.len());
     }
     Ok(())
+}
+
+/// [`run`] every `every`, forever: new vouchers are fetched and stored as they
+/// are earned, and a close request is answered with a claim within one
+/// interval. Failures are reported and retried at the next pass.
+pub async fn watch(
+    proxies: &[String],
+    wallet: &Wallet,
+    dir: &Path,
+    chain: &cocoon_ton::toncenter::Toncenter,
+    opts: &Options,
+    every: std::time::Duration,
+) -> anyhow::Result<()> {
+    if every.as_secs() * 4 > u64::from(opts.min_window) {
+        bail!(
+            "--watch every {} s is too slow for a dispute window of {} s: pass at least four times per window",
+            every.as_secs(),
+            opts.min_window
+        );
+    }
+    eprintln!("watching every {} s (claims on a close request at once)", every.as_secs());
+    loop {
+        match pass(proxies, wallet, dir, chain, opts, true).await {
+            Ok(rows) => {
+                for r in rows {
+                    if let Some(paid) = r.paid {
+                        println!("claimed {} TON on {}", crate::channel_cli::ton(paid), r.channel);
+                    }
+                    if let Some(p) = r.problem {
+                        eprintln!("{}: {p}", r.channel);
+                    }
+                }
+            }
+            Err(e) => eprintln!("watching: {e:#}"),
+        }
+        tokio::time::sleep(every).await;
+    }
 }

@@ -2,25 +2,33 @@
 // behind the subset of the toncenter v2 HTTP API the Rust client uses, so the
 // same client code talks to this and to a real endpoint.
 //
-//   node chain/server.js [--port N]     prints {"url": "http://127.0.0.1:N"} once listening
+//   node chain/server.js [--port N] [--global-id ID]
+//       prints {"url": "http://127.0.0.1:N"} once listening; --global-id sets
+//       the network's global id (config param 19; the emulator's default is
+//       mainnet's, -239; testnet's is -3), so tests can run two networks.
 //
 // toncenter v2 subset: POST /api/v2/sendBoc {boc}, POST /api/v2/runGetMethod
 // {address, method, stack}, GET /api/v2/getAddressInformation?address=,
 // GET /api/v2/getWalletInformation?address=. Local-only (no toncenter
 // equivalent): POST /local/airdrop {address, amount} funds an address from a
 // faucet, POST /local/advance {seconds} moves the chain's clock, POST
-// /local/fees sums every fee the chain has charged since start.
+// /local/fees sums every fee the chain has charged since start, POST
+// /local/delete {address} deletes an account (as storage fees do).
 'use strict';
 const http = require('node:http');
-const { Blockchain } = require('@ton/sandbox');
+const { Blockchain, createEmptyShardAccount, updateConfig } = require('@ton/sandbox');
 const { Address, Cell, beginCell, toNano, loadMessage } = require('@ton/core');
 const { stackToToncenter } = require('../lib/toncenter');
 
 const MAX_BODY = 1 << 20;
 
 function parseArgs() {
-    const i = process.argv.indexOf('--port');
-    return { port: i > 0 ? Number(process.argv[i + 1]) : 0 };
+    const arg = (name) => {
+        const i = process.argv.indexOf(name);
+        return i > 0 ? process.argv[i + 1] : undefined;
+    };
+    const globalId = arg('--global-id');
+    return { port: Number(arg('--port') ?? 0), globalId: globalId === undefined ? undefined : Number(globalId) };
 }
 
 class ApiError extends Error {
@@ -51,7 +59,11 @@ function stackFromToncenter(stack) {
 }
 
 async function main() {
+    const args = parseArgs();
     const chain = await Blockchain.create();
+    if (args.globalId !== undefined) {
+        chain.setConfig(updateConfig(chain.config, { kind: 'ConfigParam__19', global_id: args.globalId }));
+    }
     let offset = 0;
     const clock = () => Math.floor(Date.now() / 1000) + offset;
     const faucet = await chain.treasury('local faucet', { balance: toNano('1000000000') });
@@ -144,6 +156,15 @@ async function main() {
             return { now: clock() };
         },
         'POST /local/fees': async () => ({ fees: fees.toString() }),
+        // What storage fees do to an account left empty: it is deleted, and the
+        // same state init can deploy there again. Its balance counts as fees.
+        'POST /local/delete': async (body) => {
+            const address = parseAddress(body.address);
+            const gone = (await chain.getContract(address)).balance;
+            fees += gone;
+            await chain.setShardAccount(address, createEmptyShardAccount(address));
+            return { deleted: gone.toString() };
+        },
     };
 
     let queue = Promise.resolve();

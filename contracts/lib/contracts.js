@@ -7,7 +7,7 @@ const path = require('path');
 const { Address, Cell, Dictionary, beginCell, contractAddress, SendMode } = require('@ton/core');
 
 const OP = {
-    voucher: 0x636f7631,
+    voucher: 0x636f7632,
     topUp: 0x746f7075,
     claim: 0x636c6169,
     requestClose: 0x636c6f73,
@@ -35,6 +35,8 @@ const ERR = {
     tooEarly: 409,
     closed: 410,
     topUpTooSmall: 411,
+    wrongNetwork: 412,
+    wrongInstance: 413,
     notOwner: 501,
     unknownOp: 0xffff,
 };
@@ -56,11 +58,19 @@ function channelData({ payer, payee, payerKey, channelId, disputeWindow }) {
         .storeUint(channelId, 64)
         .storeUint(disputeWindow, 32)
         .endCell();
-    return beginCell().storeRef(config).storeCoins(0).storeCoins(0).storeUint(0, 32).storeBit(false).endCell();
+    return beginCell().storeRef(config).storeCoins(0).storeCoins(0).storeUint(0, 32).storeBit(false).storeUint(0, 64).endCell();
 }
 
-function voucherCell(channel, total) {
-    return beginCell().storeUint(OP.voucher, 32).storeAddress(channel).storeCoins(total).endCell();
+// A voucher binds the channel's address, the network (global id) and the
+// channel's instance (the logical time of its first top-up).
+function voucherCell(channel, { globalId, instance }, total) {
+    return beginCell()
+        .storeUint(OP.voucher, 32)
+        .storeAddress(channel)
+        .storeInt(globalId, 32)
+        .storeUint(instance, 64)
+        .storeCoins(total)
+        .endCell();
 }
 
 function claimBody(queryId, signature, voucher) {
@@ -120,6 +130,8 @@ class PaymentChannel {
             closingSince: stack.readNumber(),
             closed: stack.readBoolean(),
             balance: stack.readBigNumber(),
+            instance: stack.readBigNumber(),
+            globalId: stack.readNumber(),
         };
     }
 }

@@ -19,9 +19,9 @@ async function measureGas() {
     const f = await channelFixture({ deposit: toNano('10'), disputeWindow: 3600 });
     row('channel: deploy with first top-up', f.deployed, f.channel.address);
     row('channel: top-up', await f.channel.sendTopUp(f.payer.getSender(), toNano('1')), f.channel.address);
-    let v = signVoucher(f.keys.secretKey, f.channel.address, toNano('1'));
+    let v = signVoucher(f.keys.secretKey, f.channel.address, toNano('1'), f.binding);
     row('channel: claim (first)', await f.channel.sendClaim(f.payee.getSender(), toNano('0.05'), v), f.channel.address);
-    v = signVoucher(f.keys.secretKey, f.channel.address, toNano('2'));
+    v = signVoucher(f.keys.secretKey, f.channel.address, toNano('2'), f.binding);
     row('channel: claim', await f.channel.sendClaim(f.payee.getSender(), toNano('0.05'), v), f.channel.address);
     f.chain.now = T0 + 10;
     row('channel: request close', await f.channel.sendRequestClose(f.payer.getSender(), toNano('0.05')), f.channel.address);

@@ -14,14 +14,16 @@ function keyPair(label) {
     return keyPairFromSeed(seed);
 }
 
-function signVoucher(secretKey, channel, total) {
-    const voucher = voucherCell(channel, total);
+// `binding`: the channel's network and instance ({ globalId, instance }), as
+// its get-method reports them once it is funded.
+function signVoucher(secretKey, channel, total, binding) {
+    const voucher = voucherCell(channel, binding, total);
     return { voucher, signature: sign(voucher.hash(), secretKey) };
 }
 
 // A chain with a payer, a payee and one deployed channel holding `deposit`.
-async function channelFixture({ deposit = toNano('10'), disputeWindow = 3600, channelId = 1n } = {}) {
-    const chain = await Blockchain.create();
+async function channelFixture({ deposit = toNano('10'), disputeWindow = 3600, channelId = 1n, chain: given } = {}) {
+    const chain = given ?? (await Blockchain.create());
     chain.now = T0;
     const payer = await chain.treasury('payer');
     const payee = await chain.treasury('payee');
@@ -30,7 +32,8 @@ async function channelFixture({ deposit = toNano('10'), disputeWindow = 3600, ch
     const params = { payer: payer.address, payee: payee.address, payerKey: keys.publicKey, channelId, disputeWindow };
     const channel = chain.openContract(PaymentChannel.create(params));
     const deployed = await channel.sendTopUp(payer.getSender(), deposit);
-    return { chain, payer, payee, stranger, keys, params, channel, deployed };
+    const { globalId, instance } = await channel.getState();
+    return { chain, payer, payee, stranger, keys, params, channel, deployed, binding: { globalId, instance } };
 }
 
 // The transaction a message caused on `address`, or a failure naming what was there.

@@ -8,8 +8,8 @@ const { T0, keyPair, signVoucher, channelFixture, txOn, exitCode, paidTo } = req
 
 const GAS = toNano('0.05');
 
-async function claim(f, total, { from = f.payee, keys = f.keys, channel = f.channel.address } = {}) {
-    const v = signVoucher(keys.secretKey, channel, total);
+async function claim(f, total, { from = f.payee, keys = f.keys, channel = f.channel.address, binding = f.binding } = {}) {
+    const v = signVoucher(keys.secretKey, channel, total, binding);
     return f.channel.sendClaim(from.getSender(), GAS, v);
 }
 
@@ -39,9 +39,13 @@ describe('payment channel', () => {
         assert.equal(s.disputeWindow, 3600);
         assert.equal(s.closingSince, 0);
         assert.equal(s.closed, false);
+        // The sandbox runs mainnet's configuration: global id -239.
+        assert.equal(s.globalId, -239);
+        assert.ok(s.instance > 0n, 'the first top-up fixes the instance');
 
         await f.channel.sendTopUp(f.stranger.getSender(), toNano('2'));
         assert.equal((await f.channel.getState()).deposited, toNano('12') - 2n * TOPUP_FEE);
+        assert.equal((await f.channel.getState()).instance, s.instance, 'later top-ups keep it');
         await assertSolvent(f);
     });
 
@@ -73,7 +77,7 @@ describe('payment channel', () => {
 
     it('refuses a replayed or lower voucher', async () => {
         const f = await channelFixture();
-        const v = signVoucher(f.keys.secretKey, f.channel.address, toNano('3'));
+        const v = signVoucher(f.keys.secretKey, f.channel.address, toNano('3'), f.binding);
         await f.channel.sendClaim(f.payee.getSender(), GAS, v);
         refusedWith(await f.channel.sendClaim(f.payee.getSender(), GAS, v), f.channel.address, ERR.staleVoucher);
         refusedWith(await claim(f, toNano('2')), f.channel.address, ERR.staleVoucher);
@@ -85,8 +89,8 @@ describe('payment channel', () => {
         const f = await channelFixture();
         refusedWith(await claim(f, toNano('1'), { keys: keyPair('not the payer') }), f.channel.address, ERR.badSignature);
         // A valid signature over another total is no signature for this one.
-        const good = signVoucher(f.keys.secretKey, f.channel.address, toNano('1'));
-        const forged = { voucher: voucherCell(f.channel.address, toNano('5')), signature: good.signature };
+        const good = signVoucher(f.keys.secretKey, f.channel.address, toNano('1'), f.binding);
+        const forged = { voucher: voucherCell(f.channel.address, f.binding, toNano('5')), signature: good.signature };
         refusedWith(await f.channel.sendClaim(f.payee.getSender(), GAS, forged), f.channel.address, ERR.badSignature);
         assert.equal((await assertSolvent(f)).claimed, 0n);
     });
@@ -95,6 +99,44 @@ describe('payment channel', () => {
         const f = await channelFixture();
         const other = PaymentChannel.create({ ...f.params, channelId: 2n });
         refusedWith(await claim(f, toNano('1'), { channel: other.address }), f.channel.address, ERR.wrongChannel);
+    });
+
+    it('refuses a voucher signed for another network', async () => {
+        const f = await channelFixture();
+        // Testnet's global id: the same addresses exist there, so a voucher must say where it pays.
+        refusedWith(await claim(f, toNano('1'), { binding: { ...f.binding, globalId: -3 } }), f.channel.address, ERR.wrongNetwork);
+        assert.equal((await assertSolvent(f)).claimed, 0n);
+        // The same voucher on a chain whose global id is -3 is refused there too, and one made for it pays.
+        const { Blockchain } = require('@ton/sandbox');
+        const { loadConfig, updateConfig } = require('@ton/sandbox');
+        const testnet = await channelFixture({ chain: await Blockchain.create() });
+        testnet.chain.setConfig(updateConfig(testnet.chain.config, { kind: 'ConfigParam__19', global_id: -3 }));
+        assert.equal(loadConfig(testnet.chain.config)[19].global_id, -3);
+        const mainnetVoucher = signVoucher(testnet.keys.secretKey, testnet.channel.address, toNano('1'), testnet.binding);
+        refusedWith(await testnet.channel.sendClaim(testnet.payee.getSender(), GAS, mainnetVoucher), testnet.channel.address, ERR.wrongNetwork);
+        assert.equal((await testnet.channel.getState()).globalId, -3);
+        const r = await claim(testnet, toNano('1'), { binding: { ...testnet.binding, globalId: -3 } });
+        assert.equal(exitCode(txOn(r, testnet.channel.address)), 0);
+    });
+
+    it('refuses a voucher of an earlier instance of a channel deployed again at the same address', async () => {
+        const f = await channelFixture({ deposit: toNano('2') });
+        const old = signVoucher(f.keys.secretKey, f.channel.address, toNano('1'), f.binding);
+        assert.equal(exitCode(txOn(await f.channel.sendClaim(f.payee.getSender(), GAS, old), f.channel.address)), 0);
+        // The account is deleted (here: its state removed, as storage fees do to an empty account)
+        // and the same state init deployed again: claimed starts from 0.
+        f.chain.now = T0 + 100;
+        await f.chain.setShardAccount(f.channel.address, require('@ton/sandbox').createShardAccount({
+            address: f.channel.address, code: f.channel.init.code, data: f.channel.init.data, balance: 0n, workchain: 0,
+        }));
+        await f.channel.sendTopUp(f.payer.getSender(), toNano('2'));
+        const again = await f.channel.getState();
+        assert.equal(again.claimed, 0n);
+        assert.notEqual(again.instance, f.binding.instance, 'a new instance');
+        refusedWith(await f.channel.sendClaim(f.payee.getSender(), GAS, old), f.channel.address, ERR.wrongInstance);
+        assert.equal((await assertSolvent(f)).claimed, 0n);
+        const fresh = await claim(f, toNano('1'), { binding: { globalId: again.globalId, instance: again.instance } });
+        assert.equal(exitCode(txOn(fresh, f.channel.address)), 0);
     });
 
     it('refuses a claim above the deposit, and pays it once the deposit grows', async () => {
@@ -194,7 +236,7 @@ describe('payment channel', () => {
     it('cannot be drained by claims carrying too little value for their gas', async () => {
         const f = await channelFixture();
         const before = await f.channel.getState();
-        const v = signVoucher(f.keys.secretKey, f.channel.address, toNano('1'));
+        const v = signVoucher(f.keys.secretKey, f.channel.address, toNano('1'), f.binding);
         const r = await f.channel.sendBody(f.payee.getSender(), 1000n, claimBody(0n, v.signature, v.voucher));
         assert.notEqual(exitCode(txOn(r, f.channel.address)), 0);
         const after = await assertSolvent(f);

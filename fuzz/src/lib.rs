@@ -147,15 +147,17 @@ pub fn ton(data: &[u8]) {
             && let Ok(state) = ChannelState::from_stack(&stack)
         {
             let _ = state.claimable(u64::MAX / 2);
+            let _ = state.binding();
         }
         if let Ok(v) = serde_json::from_value::<SignedVoucher>(value.clone())
             && let Ok(voucher) = v.voucher()
         {
-            let _ = v.verify(&voucher.channel, &[7; 32]);
+            let _ = v.verify(&voucher.channel, &voucher.binding, &[7; 32]);
             let _ = v.claim_body(1);
         }
         if let Ok(d) = serde_json::from_value::<ChannelDescriptor>(value) {
             let _ = d.params();
+            let _ = d.binding();
         }
     }
 }

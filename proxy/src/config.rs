@@ -81,6 +81,34 @@ pub struct TonConfig {
     pub min_dispute_window_s: u32,
 }
 
+/// Shortest close window of the channels to workers: what their `cocoon
+/// payouts` accepts by default, so that a worker has time to notice a close
+/// request and claim.
+pub const MIN_WORKER_DISPUTE_WINDOW_S: u32 = cocoon_client::payouts::DEFAULT_MIN_DISPUTE_WINDOW;
+/// Shortest close window accepted on a client's channel: four passes of the
+/// watcher (at least 10 s apart) before the client can take the rest back.
+pub const MIN_CLIENT_DISPUTE_WINDOW_S: u32 = 40;
+
+impl TonConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.worker_dispute_window_s < MIN_WORKER_DISPUTE_WINDOW_S {
+            anyhow::bail!(
+                "ton.worker_dispute_window_s must be at least {MIN_WORKER_DISPUTE_WINDOW_S}, found {}: workers refuse \
+                 channels that leave them less time to claim after this proxy asks to close",
+                self.worker_dispute_window_s
+            );
+        }
+        if self.min_dispute_window_s < MIN_CLIENT_DISPUTE_WINDOW_S {
+            anyhow::bail!(
+                "ton.min_dispute_window_s must be at least {MIN_CLIENT_DISPUTE_WINDOW_S}, found {}: the proxy must \
+                 have time to claim a client's channel after the client asks to close",
+                self.min_dispute_window_s
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for TonConfig {
     fn default() -> Self {
         TonConfig {
@@ -200,6 +228,9 @@ impl ProxyConfig {
         }
         for w in &self.workers {
             crate::registry::check_worker_url(w).map_err(|e| anyhow::anyhow!("workers: {e}"))?;
+        }
+        if let Some(ton) = &self.ton {
+            ton.validate()?;
         }
         Ok(commission)
     }

@@ -590,6 +590,18 @@ impl Ledger {
         })
     }
 
+    /// Records the descriptor of a channel to a worker once it is funded (with
+    /// the network and instance its vouchers name).
+    pub fn bind_worker_channel(&self, payee: &str, descriptor: &str) -> Result<(), LedgerError> {
+        self.read(|c| {
+            c.execute(
+                "UPDATE worker_channels SET descriptor = ?2, updated_at = ?3 WHERE payee = ?1",
+                params![payee, descriptor, unix_now() as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Records a channel to a worker funded on chain (`deposited` in all, `added` now).
     pub fn record_worker_funding(&self, payee: &str, deposited: NanoTon, added: NanoTon) -> Result<(), LedgerError> {
         self.record_settlement(

@@ -139,21 +139,24 @@ impl Payments {
             )));
         }
         let address = params.address().map_err(|e| invalid(&e))?;
-        let voucher = body.voucher.verify(&address, &params.payer_key).map_err(|e| invalid(&e))?;
         let key = address.to_hex();
         let known = self.ledger.client_channel(&key)?;
         if known.as_ref().is_some_and(|c| c.closing_since != 0) {
             return Err(PaymentError::Closing);
         }
+        // The network and instance a voucher must name: as recorded when the
+        // channel was first seen on chain, or read from the chain now.
+        let recorded = match &known {
+            Some(c) => Some(stored_channel(&c.descriptor)?.0.binding().map_err(|e| invalid(&e))?),
+            None => None,
+        };
         let (mut seen, claimed, newest) =
             known.as_ref().map_or((0, 0, 0), |c| (c.deposit_seen.0, c.claimed.0, c.voucher_total.0));
-        if known.is_some() && voucher.total <= newest {
-            return Ok(Accepted { credited: 0, voucher_total: newest });
-        }
+        let mut binding = recorded;
         // A channel seen for the first time (a runner registers its channel with
         // the voucher it holds, 0 at first) is read on chain: its deposit is the
         // collateral that secures the account's credit.
-        if known.is_none() || voucher.total > seen {
+        if known.is_none() || body.voucher.total > seen {
             let state = actions::channel_state(&self.chain, &params)
                 .await
                 .map_err(chain_err)?
@@ -164,13 +167,26 @@ impl Payments {
                 }
                 return Err(PaymentError::Closing);
             }
-            seen = state.deposited;
-            if voucher.total > seen {
-                return Err(PaymentError::NotCovered(format!(
-                    "the voucher's total {} exceeds the channel's deposit {} on chain; top the channel up",
-                    voucher.total, seen
+            if body.channel.binding != Some(state.binding()) {
+                return Err(PaymentError::Invalid(format!(
+                    "the channel file names network and instance {:?}; on chain the channel is network {} instance {} \
+                     (a channel deployed again, or on another network)",
+                    body.channel.binding, state.global_id, state.instance
                 )));
             }
+            binding = Some(state.binding());
+            seen = state.deposited;
+        }
+        let binding = binding.expect("recorded or read above");
+        let voucher = body.voucher.verify(&address, &binding, &params.payer_key).map_err(|e| invalid(&e))?;
+        if known.is_some() && voucher.total <= newest {
+            return Ok(Accepted { credited: 0, voucher_total: newest });
+        }
+        if voucher.total > seen {
+            return Err(PaymentError::NotCovered(format!(
+                "the voucher's total {} exceeds the channel's deposit {} on chain; top the channel up",
+                voucher.total, seen
+            )));
         }
         let descriptor = serde_json::to_string(&body.channel).expect("JSON encodes");
         let credited = self.ledger.credit_voucher(
@@ -199,8 +215,15 @@ impl Payments {
             return Err(PaymentError::Invalid(format!("no channel {address} in the ledger")));
         };
         let Some(signature) = ch.signature.clone() else { return Ok(0) };
-        let (_, params) = stored_channel(&ch.descriptor)?;
-        let voucher = SignedVoucher { channel: address.to_owned(), total: ch.voucher_total.0, signature };
+        let (descriptor, params) = stored_channel(&ch.descriptor)?;
+        let binding = descriptor.binding().map_err(chain_err)?;
+        let voucher = SignedVoucher {
+            channel: address.to_owned(),
+            global_id: binding.global_id,
+            instance: binding.instance,
+            total: ch.voucher_total.0,
+            signature,
+        };
         let state = actions::channel_state(&self.chain, &params)
             .await
             .map_err(chain_err)?
@@ -300,18 +323,25 @@ impl Payments {
             self.ledger.create_worker_channel(&key, &serde_json::to_string(&d).expect("JSON encodes"))?;
         }
         let ch = self.ledger.worker_channel(&key)?.expect("created above");
-        let (descriptor, params) = stored_channel(&ch.descriptor)?;
+        let (mut descriptor, params) = stored_channel(&ch.descriptor)?;
         let on_chain = actions::channel_state(&self.chain, &params).await.map_err(chain_err)?;
         let deposited = on_chain.as_ref().map_or(0, |s| s.deposited);
-        if deposited < earned {
+        let state = if deposited < earned {
             let add = earned - deposited + self.config.worker_deposit.0;
             let state = actions::top_up(&self.chain, &self.wallet, &params, add).await.map_err(chain_err)?;
             self.ledger.record_worker_funding(&key, NanoTon(state.deposited), NanoTon(add))?;
             info!(payee = %key, deposited = state.deposited, "funded the channel to a worker");
+            state
         } else {
             self.ledger.record_worker_funding(&key, NanoTon(deposited), NanoTon(0))?;
+            on_chain.expect("deposited covers earnings, so it is deployed")
+        };
+        // Funded: its vouchers name the network and this instance, recorded once.
+        if descriptor.binding != Some(state.binding()) {
+            descriptor = ChannelDescriptor::bound(&params, state.binding()).map_err(chain_err)?;
+            self.ledger.bind_worker_channel(&key, &serde_json::to_string(&descriptor).expect("JSON encodes"))?;
         }
-        let signed = Voucher { channel: params.address().map_err(chain_err)?, total: earned }
+        let signed = Voucher { channel: params.address().map_err(chain_err)?, binding: state.binding(), total: earned }
             .sign(&self.key)
             .map_err(chain_err)?;
         self.ledger.record_worker_voucher(&key, NanoTon(earned), &signed.signature)?;

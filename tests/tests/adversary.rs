@@ -343,7 +343,8 @@ async fn a_worker_colluding_with_fresh_keys_cannot_drain_the_proxy() {
     let client = SigningKey::from_bytes(&[31; 32]);
     let params: cocoon_ton::channel::ChannelDescriptor = serde_json::from_value(descriptor.clone()).unwrap();
     let channel = params.params().unwrap().address().unwrap();
-    let voucher = |total: u64| cocoon_ton::Voucher { channel: channel.clone(), total }.sign(&client).unwrap();
+    let binding = params.binding().unwrap();
+    let voucher = |total: u64| cocoon_ton::Voucher { channel: channel.clone(), binding, total }.sign(&client).unwrap();
     let (status, body) = post_voucher(&proxy, &json!({"channel": descriptor, "voucher": voucher(0)})).await;
     assert_eq!(status, 200, "{body}");
     let mut charged = 0u64;
@@ -454,4 +455,303 @@ async fn a_host_that_strips_the_proxys_cap_gets_its_worker_quarantined_and_the_c
     let (runner, _) = funded_runner(&dir, &proxy, 1, 10, 1_000_000_000).await;
     let (served, workers) = honest_burst(&runner, 0, 10).await;
     assert_eq!((served, workers.into_iter().collect::<Vec<_>>()), (10, vec![registry_id(&honest.url)]));
+}
+
+/// `cocoon` with the chain at `api`.
+fn cocoon_cmd(api: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(workspace_bin("cocoon"));
+    c.args(args).env("COCOON_TON_API", api);
+    c
+}
+
+/// Sends `voucher`'s claim from `payee` straight to the contract, skipping
+/// every check the tools make first: what the contract itself does with it.
+async fn raw_claim(
+    chain: &cocoon_ton::toncenter::Toncenter,
+    payee: &cocoon_ton::wallet::Wallet,
+    channel: &cocoon_ton::TonAddress,
+    voucher: &cocoon_ton::SignedVoucher,
+) {
+    let message = cocoon_ton::wallet::Outgoing {
+        dest: channel.clone(),
+        value: cocoon_ton::actions::GAS_VALUE,
+        bounce: true,
+        body: voucher.claim_body(0).unwrap(),
+        state_init: None,
+    };
+    payee.send(chain, vec![message]).await.unwrap();
+}
+
+/// Hole 4: a voucher named only its channel's address. v4R2 addresses are the
+/// same on testnet and mainnet, and an account deleted and deployed again
+/// starts from nothing claimed, so a voucher paid once could be paid again
+/// elsewhere. Now it names the network's global id and the channel's
+/// instance: refused by the tools and by the contract on any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_pays_on_one_network_and_one_channel_instance_only() {
+    let mainnet = start_local_chain();
+    let testnet = start_local_chain_with(&["--global-id", "-3"]);
+    let dir = temp_dir("adv-replay");
+    let (payer_key, payer_wallet) = wallet_key(&dir, "payer.key", 41);
+    let (payee_key, payee_wallet) = wallet_key(&dir, "payee.key", 42);
+    let payee = cocoon_ton::wallet::Wallet::from_seed(&[42; 32]).unwrap();
+    let mut channels = Vec::new();
+    for (name, chain) in [("mainnet", &mainnet), ("testnet", &testnet)] {
+        let api = chain.1.clone();
+        let ton = cocoon_ton::toncenter::Toncenter::new(&api, None).unwrap();
+        for w in [&payer_wallet, &payee_wallet] {
+            ton.local("airdrop", json!({ "address": w.to_hex(), "amount": (5 * TON).to_string() })).await.unwrap();
+        }
+        // The same payer, payee and channel id: the same address on both networks.
+        let file = dir.join(format!("{name}.json"));
+        run_ok(
+            cocoon_cmd(&api, &["channel", "open", "--payee", &payee_wallet.to_hex(), "--amount", "2"])
+                .args(["--channel-id", "7", "--dispute-window", "3600", "--key"])
+                .arg(&payer_key)
+                .arg("--out")
+                .arg(&file),
+        );
+        let d: cocoon_ton::channel::ChannelDescriptor = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        channels.push((api, ton, file, d));
+    }
+    let (m, t) = (&channels[0], &channels[1]);
+    assert_eq!(m.3.address, t.3.address, "one address on both networks");
+    assert_eq!(
+        (m.3.binding.unwrap().global_id, t.3.binding.unwrap().global_id),
+        (-239, -3),
+        "each file records its network"
+    );
+
+    // A voucher for 1 TON on mainnet, claimed there.
+    let voucher_file = dir.join("voucher.json");
+    let voucher = run_ok(
+        cocoon_cmd(&m.0, &["channel", "voucher"])
+            .arg(&m.2)
+            .args(["--total", &TON.to_string(), "--key"])
+            .arg(&payer_key),
+    );
+    std::fs::write(&voucher_file, &voucher).unwrap();
+    run_ok(cocoon_cmd(&m.0, &["channel", "claim"]).arg(&m.2).arg(&voucher_file).arg("--key").arg(&payee_key));
+    let signed: cocoon_ton::SignedVoucher = serde_json::from_str(&voucher).unwrap();
+    let channel = m.3.params().unwrap().address().unwrap();
+
+    // On testnet: the tool refuses to send it, and the contract refuses it when sent anyway.
+    let out = cocoon_cmd(&t.0, &["channel", "claim"])
+        .arg(&t.2)
+        .arg(&voucher_file)
+        .arg("--key")
+        .arg(&payee_key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("network -3"), "{}", String::from_utf8_lossy(&out.stderr));
+    raw_claim(&t.1, &payee, &channel, &signed).await;
+    let state = cocoon_ton::actions::channel_state(&t.1, &t.3.params().unwrap()).await.unwrap().unwrap();
+    assert_eq!(state.claimed, 0, "testnet's channel paid nothing for mainnet's voucher");
+
+    // On mainnet, the channel is deleted (as storage fees do) and deployed again at its address.
+    let ton = &m.1;
+    let params = m.3.params().unwrap();
+    run_ok(cocoon_cmd(&m.0, &["channel", "close"]).arg(&m.2).arg("--key").arg(&payer_key));
+    ton.local("advance", json!({ "seconds": 3600 })).await.unwrap();
+    run_ok(cocoon_cmd(&m.0, &["channel", "finalize"]).arg(&m.2).arg("--key").arg(&payer_key));
+    ton.local("delete", json!({ "address": channel.to_hex() })).await.unwrap();
+    assert!(cocoon_ton::actions::channel_state(ton, &params).await.unwrap().is_none());
+    let again = dir.join("again.json");
+    run_ok(
+        cocoon_cmd(&m.0, &["channel", "open", "--payee", &payee_wallet.to_hex(), "--amount", "2"])
+            .args(["--channel-id", "7", "--dispute-window", "3600", "--key"])
+            .arg(&payer_key)
+            .arg("--out")
+            .arg(&again),
+    );
+    let redeployed = cocoon_ton::actions::channel_state(ton, &params).await.unwrap().unwrap();
+    assert_eq!((redeployed.claimed, redeployed.closed), (0, false));
+    assert_ne!(redeployed.instance, m.3.binding.unwrap().instance, "a new instance");
+    let out = cocoon_cmd(&m.0, &["channel", "claim"])
+        .arg(&again)
+        .arg(&voucher_file)
+        .arg("--key")
+        .arg(&payee_key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("instance"), "{}", String::from_utf8_lossy(&out.stderr));
+    raw_claim(ton, &payee, &channel, &signed).await;
+    let state = cocoon_ton::actions::channel_state(ton, &params).await.unwrap().unwrap();
+    assert_eq!(state.claimed, 0, "the redeployed channel paid nothing for the old voucher");
+    // A voucher for the new instance pays as usual.
+    let fresh = run_ok(
+        cocoon_cmd(&m.0, &["channel", "voucher"]).arg(&again).args(["--total", "1000", "--key"]).arg(&payer_key),
+    );
+    std::fs::write(&voucher_file, &fresh).unwrap();
+    run_ok(cocoon_cmd(&m.0, &["channel", "claim"]).arg(&again).arg(&voucher_file).arg("--key").arg(&payee_key));
+}
+
+/// Hole 3: the proxy took any close window for its channels to workers, 0
+/// included; `cocoon payouts` never looked at it, never watched for a close,
+/// and left vouchers under `--min-claim` unclaimed. A window-0 channel let the
+/// payer close and finalize in one second, before the worker could claim.
+/// Now the proxy refuses such a config, payees refuse such channels, and
+/// `cocoon payouts --watch` claims everything vouched once a close is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_claims_everything_vouched_as_soon_as_its_channel_is_closing() {
+    let local = start_local_chain();
+    let api = local.1.clone();
+    let chain = cocoon_ton::toncenter::Toncenter::new(&api, None).unwrap();
+    let dir = temp_dir("adv-close");
+    let (client_key_file, client_wallet) = wallet_key(&dir, "client.key", 51);
+    let (proxy_key, proxy_wallet) = wallet_key(&dir, "proxy.key", 52);
+    let (worker_key, worker_wallet) = wallet_key(&dir, "worker.key", 53);
+    for (w, amount) in [(&client_wallet, 5 * TON), (&proxy_wallet, 20 * TON), (&worker_wallet, TON)] {
+        chain.local("airdrop", json!({ "address": w.to_hex(), "amount": amount.to_string() })).await.unwrap();
+    }
+    let (_enclave, _host, worker_url) = paid_worker(&dir, "worker", &worker_wallet);
+
+    // A proxy that would give its workers no time to claim does not start.
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let port = free_port();
+    std::fs::write(
+        bad.join("proxy.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nledger = \"{}\"\naccount_key = \"{}\"\nworkers = [\"{worker_url}\"]\n\
+             insecure_simulated = true\nplatform = \"simulated\"\n\n[ton]\napi = \"{api}\"\nworker_dispute_window_s = 0\n",
+            bad.join("ledger.sqlite").display(),
+            proxy_key.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(workspace_bin("cocoon-proxy"))
+        .args(["serve", "--config"])
+        .arg(bad.join("proxy.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("worker_dispute_window_s"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A worker refuses a voucher on a channel with a window shorter than it needs.
+    let short = dir.join("short.json");
+    run_ok(
+        cocoon_cmd(
+            &api,
+            &["channel", "open", "--payee", &worker_wallet.to_hex(), "--amount", "1", "--dispute-window", "0"],
+        )
+        .arg("--key")
+        .arg(&proxy_key)
+        .arg("--out")
+        .arg(&short),
+    );
+    let descriptor: Value = serde_json::from_slice(&std::fs::read(&short).unwrap()).unwrap();
+    let voucher: Value = serde_json::from_str(&run_ok(
+        cocoon_cmd(&api, &["channel", "voucher"]).arg(&short).args(["--total", "1000", "--key"]).arg(&proxy_key),
+    ))
+    .unwrap();
+    let held = dir.join("held");
+    std::fs::create_dir_all(&held).unwrap();
+    std::fs::write(held.join("short.json"), json!({"channel": descriptor, "voucher": voucher}).to_string()).unwrap();
+    let out = cocoon_cmd(&api, &["payouts", "--claim", "--min-claim", "0", "--key"])
+        .arg(&worker_key)
+        .arg("--dir")
+        .arg(&held)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--min-dispute-window"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = cocoon_ton::actions::channel_state(
+        &chain,
+        &serde_json::from_value::<cocoon_ton::channel::ChannelDescriptor>(descriptor).unwrap().params().unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(state.claimed, 0);
+
+    // The real proxy (window 3600 s) pays the worker for a client's paid answers.
+    let (_proxy, proxy) = ton_proxy(&dir, &proxy_key, &api, &[&worker_url], "");
+    wait_admitted(&proxy, 1).await;
+    let channel_file = dir.join("channel.json");
+    run_ok(
+        cocoon_cmd(
+            &api,
+            &["channel", "open", "--payee", &proxy_wallet.to_hex(), "--amount", "1", "--dispute-window", "3600"],
+        )
+        .arg("--key")
+        .arg(&client_key_file)
+        .arg("--out")
+        .arg(&channel_file),
+    );
+    let serve_port = free_port();
+    let _serve = Proc {
+        child: cocoon_cmd(&api, &["serve", "--proxy", &proxy, "--insecure-simulated"])
+            .args(["--listen", &format!("127.0.0.1:{serve_port}")])
+            .arg("--key")
+            .arg(&client_key_file)
+            .arg("--channel")
+            .arg(&channel_file)
+            .env("COCOON_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    wait_for_port(serve_port, "cocoon serve");
+    let runner = format!("http://127.0.0.1:{serve_port}");
+    let (served, _) = honest_burst(&runner, 0, 6).await;
+    assert_eq!(served, 6);
+    // The worker watches; its --min-claim is far above what it earned, so nothing is claimed yet.
+    let payouts = dir.join("payouts");
+    let watcher = Proc {
+        child: cocoon_cmd(
+            &api,
+            &["payouts", "--proxy", &proxy, "--claim", "--min-claim", "1000000000000", "--watch", "1"],
+        )
+        .arg("--key")
+        .arg(&worker_key)
+        .arg("--dir")
+        .arg(&payouts)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let held = loop {
+        if let Some(h) = cocoon_client::payouts::held(&payouts).unwrap().into_iter().next() {
+            break h;
+        }
+        assert!(std::time::Instant::now() < deadline, "the watcher fetched no voucher");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let worker_channel = held.channel.params().unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(cocoon_ton::actions::channel_state(&chain, &worker_channel).await.unwrap().unwrap().claimed, 0);
+
+    // The proxy's operator asks to close the worker's channel: the watcher claims at once.
+    let worker_channel_file = dir.join("worker-channel.json");
+    std::fs::write(&worker_channel_file, serde_json::to_vec(&held.channel).unwrap()).unwrap();
+    run_ok(cocoon_cmd(&api, &["channel", "close"]).arg(&worker_channel_file).arg("--key").arg(&proxy_key));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = cocoon_ton::actions::channel_state(&chain, &worker_channel).await.unwrap().unwrap();
+        if s.claimed == held.voucher.total {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the watcher did not claim a closing channel: {s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(watcher);
+    let l = assert_ledger_adds_up(&dir);
+    assert_eq!(
+        held.voucher.total,
+        l["totals"]["worker_earnings"].as_u64().unwrap(),
+        "every answer paid for was vouched"
+    );
 }

@@ -105,12 +105,13 @@ fn write_ton_seeds() {
         channel_id: 3,
         dispute_window: 3600,
     };
-    let signed = Voucher { channel: params.address().unwrap(), total: 123_456 }.sign(&key).unwrap();
+    let binding = cocoon_ton::channel::ChannelBinding { global_id: -239, instance: 7_000_000 };
+    let signed = Voucher { channel: params.address().unwrap(), binding, total: 123_456 }.sign(&key).unwrap();
     std::fs::write(dir.join("claim.boc"), to_boc(&signed.claim_body(9).unwrap()).unwrap()).unwrap();
     let entry = ProxyEntry { wallet: addr(4), commission_ppm: 100_000, endpoint: "https://proxy.example:8090".into() };
     std::fs::write(dir.join("proxy_entry.boc"), to_boc(&entry.to_cell().unwrap()).unwrap()).unwrap();
     std::fs::write(dir.join("voucher.json"), serde_json::to_vec(&signed).unwrap()).unwrap();
-    let descriptor = ChannelDescriptor::from_params(&params).unwrap();
+    let descriptor = ChannelDescriptor::bound(&params, binding).unwrap();
     std::fs::write(dir.join("channel.json"), serde_json::to_vec(&descriptor).unwrap()).unwrap();
     // get_channel_state as toncenter renders it (addresses as slices).
     let slice = |a: &TonAddress| {
@@ -131,6 +132,8 @@ fn write_ton_seeds() {
         num(0),
         num(0),
         num(5_009_000_000u64),
+        num(7_000_000),
+        ["num", "-0xef"],
     ]);
     std::fs::write(dir.join("channel_state.json"), stack.to_string()).unwrap();
     // Registry lists as get_images / get_proxies return them: dictionaries of references.

@@ -247,7 +247,7 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
     };
     let channel_address = client_channel.params().unwrap().address().unwrap();
     let voucher = |seed: u8, total: u64| {
-        cocoon_ton::Voucher { channel: channel_address.clone(), total }
+        cocoon_ton::Voucher { channel: channel_address.clone(), binding: client_channel.binding().unwrap(), total }
             .sign(&SigningKey::from_bytes(&[seed; 32]))
             .unwrap()
     };

@@ -51,6 +51,8 @@ async fn a_channel_lives_and_closes_on_the_local_chain_to_the_nanoton() {
     assert!(actions::channel_state(&chain, &params).await.unwrap().is_none());
     let state = actions::top_up(&chain, &payer, &params, 10 * TON).await.unwrap();
     assert_eq!(state.deposited, 10 * TON);
+    let binding = state.binding();
+    assert_ne!(binding.instance, 0, "funding fixes the instance");
     let mut costs = vec![("open: deploy + first top-up (wallet v4 deploys too)", fees(&chain).await - fees0)];
     let f = fees(&chain).await;
     let state = actions::top_up(&chain, &payer, &params, 2 * TON).await.unwrap();
@@ -58,8 +60,8 @@ async fn a_channel_lives_and_closes_on_the_local_chain_to_the_nanoton() {
     costs.push(("top-up", fees(&chain).await - f));
 
     // Cumulative vouchers; the payee claims the newest.
-    let v1 = Voucher { channel: channel.clone(), total: TON }.sign(payer.signing_key()).unwrap();
-    let v2 = Voucher { channel: channel.clone(), total: 5 * TON / 2 }.sign(payer.signing_key()).unwrap();
+    let v1 = Voucher { channel: channel.clone(), binding, total: TON }.sign(payer.signing_key()).unwrap();
+    let v2 = Voucher { channel: channel.clone(), binding, total: 5 * TON / 2 }.sign(payer.signing_key()).unwrap();
     let f = fees(&chain).await;
     assert_eq!(actions::claim(&chain, &payee, &params, &v2).await.unwrap(), 5 * TON / 2);
     costs.push(("claim (payee's wallet v4 deploys too)", fees(&chain).await - f));
@@ -68,13 +70,14 @@ async fn a_channel_lives_and_closes_on_the_local_chain_to_the_nanoton() {
     let before = (balance(&chain, &payee).await, fees(&chain).await);
     let stale = actions::claim(&chain, &payee, &params, &v1).await.unwrap_err();
     assert!(stale.to_string().contains("not newer than the last claim"), "{stale}");
-    let forged =
-        Voucher { channel: channel.clone(), total: 3 * TON }.sign(&SigningKey::from_bytes(&[9u8; 32])).unwrap();
+    let forged = Voucher { channel: channel.clone(), binding, total: 3 * TON }
+        .sign(&SigningKey::from_bytes(&[9u8; 32]))
+        .unwrap();
     assert!(matches!(
         actions::claim(&chain, &payee, &params, &forged).await,
         Err(ChainError::Ton(TonError::BadSignature))
     ));
-    let above = Voucher { channel: channel.clone(), total: 13 * TON }.sign(payer.signing_key()).unwrap();
+    let above = Voucher { channel: channel.clone(), binding, total: 13 * TON }.sign(payer.signing_key()).unwrap();
     let err = actions::claim(&chain, &payee, &params, &above).await.unwrap_err();
     assert!(err.to_string().contains("exceeds the channel's deposit"), "{err}");
     assert_eq!((balance(&chain, &payee).await, fees(&chain).await), before, "a refused claim sent nothing");
@@ -89,7 +92,7 @@ async fn a_channel_lives_and_closes_on_the_local_chain_to_the_nanoton() {
     costs.push(("request close", fees(&chain).await - f));
     let early = actions::finalize(&chain, &payer, &params, u64::from(state.closing_since)).await.unwrap_err();
     assert!(early.to_string().contains("dispute window has not passed"), "{early}");
-    let v3 = Voucher { channel: channel.clone(), total: 3 * TON }.sign(payer.signing_key()).unwrap();
+    let v3 = Voucher { channel: channel.clone(), binding, total: 3 * TON }.sign(payer.signing_key()).unwrap();
     let f = fees(&chain).await;
     assert_eq!(actions::claim(&chain, &payee, &params, &v3).await.unwrap(), TON / 2);
     costs.push(("claim", fees(&chain).await - f));

@@ -28,15 +28,17 @@ fn main() {
         dispute_window: 86_400,
     };
     let channel = params.address().unwrap();
+    let binding = cocoon_ton::channel::ChannelBinding { global_id: -239, instance: 1 };
     let n = 20_000;
 
     let sign = per_second(n, |i| {
-        black_box(Voucher { channel: channel.clone(), total: u64::from(i) + 1 }.sign(&key).unwrap());
+        black_box(Voucher { channel: channel.clone(), binding, total: u64::from(i) + 1 }.sign(&key).unwrap());
     });
-    let signed: Vec<_> =
-        (0..n).map(|i| Voucher { channel: channel.clone(), total: u64::from(i) + 1 }.sign(&key).unwrap()).collect();
+    let signed: Vec<_> = (0..n)
+        .map(|i| Voucher { channel: channel.clone(), binding, total: u64::from(i) + 1 }.sign(&key).unwrap())
+        .collect();
     let verify = per_second(n, |i| {
-        black_box(signed[i as usize].verify(&channel, &params.payer_key).unwrap());
+        black_box(signed[i as usize].verify(&channel, &binding, &params.payer_key).unwrap());
     });
     let msg = [9u8; 32];
     let raw_sign = per_second(n, |_| {

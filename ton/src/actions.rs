@@ -84,10 +84,11 @@ pub async fn claim(
     if payee.address() != &params.payee {
         return Err(refuse("payee wallet", params.payee.to_hex(), payee.address().to_hex()));
     }
-    let v = voucher.verify(&params.address()?, &params.payer_key)?;
     let state = channel_state(chain, params)
         .await?
         .ok_or_else(|| refuse("channel", "a deployed channel".into(), "no contract at its address".into()))?;
+    // A voucher for another network or an earlier instance of this account pays nothing: not sent.
+    let v = voucher.verify(&params.address()?, &state.binding(), &params.payer_key)?;
     let amount = state.claimable(v.total).map_err(|why| {
         refuse(
             "voucher",

@@ -138,7 +138,13 @@ mod tests {
         let huge = [0xb5, 0xee, 0x9c, 0x72, 0x04, 0x01, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 0];
         assert!(check(&huge).unwrap_err().to_string().contains("cannot fit"));
         // A valid BOC passes; one byte more or less does not.
-        let cell = crate::Voucher { channel: tonlib_core::TonAddress::NULL, total: 1 }.to_cell().unwrap();
+        let cell = crate::Voucher {
+            channel: tonlib_core::TonAddress::NULL,
+            binding: crate::channel::ChannelBinding { global_id: -239, instance: 1 },
+            total: 1,
+        }
+        .to_cell()
+        .unwrap();
         let boc = crate::to_boc(&cell).unwrap();
         check(&boc).unwrap();
         assert!(check(&[boc.as_slice(), &[0]].concat()).unwrap_err().to_string().contains("after the last cell"));

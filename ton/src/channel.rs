@@ -44,7 +44,8 @@ impl ChannelParams {
             .store_coins(&zero)?
             .store_coins(&zero)?
             .store_u32(32, 0)?
-            .store_bit(false)?;
+            .store_bit(false)?
+            .store_u64(64, 0)?;
         Ok(data.build()?)
     }
 
@@ -59,9 +60,23 @@ impl ChannelParams {
     }
 }
 
+/// Where a channel's vouchers are good: the network (its global id, config
+/// param 19: mainnet -239, testnet -3) and the channel's instance (the logical
+/// time of the transaction that first funded the account). TON addresses are
+/// the same on every network, and an account deleted and deployed again at
+/// the same address starts from nothing claimed; a voucher that names both
+/// pays on one network and one instance only. Read from the chain once the
+/// channel is funded ([`ChannelState::binding`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelBinding {
+    pub global_id: i32,
+    pub instance: u64,
+}
+
 /// A channel's parameters as they travel in files and API bodies (JSON): a
 /// channel file, a voucher's companion, a proxy's answer to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChannelDescriptor {
     /// The channel's address (raw `0:<hex>`), checked against the parameters.
     pub address: String,
@@ -71,9 +86,12 @@ pub struct ChannelDescriptor {
     pub payer_key: String,
     pub channel_id: u64,
     pub dispute_window: u32,
+    /// The network and instance its vouchers bind; `None` until it is funded.
+    pub binding: Option<ChannelBinding>,
 }
 
 impl ChannelDescriptor {
+    /// A descriptor of a channel not funded yet (no binding).
     pub fn from_params(p: &ChannelParams) -> Result<ChannelDescriptor, TonError> {
         Ok(ChannelDescriptor {
             address: p.address()?.to_hex(),
@@ -82,6 +100,21 @@ impl ChannelDescriptor {
             payer_key: hex::encode(p.payer_key),
             channel_id: p.channel_id,
             dispute_window: p.dispute_window,
+            binding: None,
+        })
+    }
+
+    /// A descriptor of a funded channel, whose vouchers bind `binding`.
+    pub fn bound(p: &ChannelParams, binding: ChannelBinding) -> Result<ChannelDescriptor, TonError> {
+        Ok(ChannelDescriptor { binding: Some(binding), ..ChannelDescriptor::from_params(p)? })
+    }
+
+    /// The binding, refused when the channel was never funded.
+    pub fn binding(&self) -> Result<ChannelBinding, TonError> {
+        self.binding.ok_or_else(|| TonError::Unexpected {
+            what: "channel binding",
+            expected: "the network id and instance of a funded channel".into(),
+            found: format!("none for {} (fund it first)", self.address),
         })
     }
 
@@ -123,17 +156,23 @@ pub fn parse_address(what: &'static str, text: &str) -> Result<TonAddress, TonEr
     })
 }
 
-/// "The payer owes the payee `total` nanoTON on `channel`, in all."
+/// "The payer owes the payee `total` nanoTON on `channel`, in all", on the
+/// network and channel instance of `binding`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Voucher {
     pub channel: TonAddress,
+    pub binding: ChannelBinding,
     pub total: u64,
 }
 
 impl Voucher {
     pub fn to_cell(&self) -> Result<Cell, TonError> {
         let mut b = CellBuilder::new();
-        b.store_u32(32, op::VOUCHER)?.store_address(&self.channel)?.store_coins(&BigUint::from(self.total))?;
+        b.store_u32(32, op::VOUCHER)?
+            .store_address(&self.channel)?
+            .store_i32(32, self.binding.global_id)?
+            .store_u64(64, self.binding.instance)?
+            .store_coins(&BigUint::from(self.total))?;
         Ok(b.build()?)
     }
 
@@ -142,17 +181,36 @@ impl Voucher {
         Ok(crate::hash32(&self.to_cell()?.cell_hash()))
     }
 
+    /// Signs the voucher. A binding of instance 0 names no funded channel: refused.
     pub fn sign(&self, key: &SigningKey) -> Result<SignedVoucher, TonError> {
+        if self.binding.instance == 0 {
+            return Err(TonError::Unexpected {
+                what: "voucher instance",
+                expected: "the instance of a funded channel".into(),
+                found: "0 (the channel was never funded)".into(),
+            });
+        }
         let signature = key.sign(&self.hash()?).to_bytes();
-        Ok(SignedVoucher { channel: self.channel.to_hex(), total: self.total, signature: hex::encode(signature) })
+        Ok(SignedVoucher {
+            channel: self.channel.to_hex(),
+            global_id: self.binding.global_id,
+            instance: self.binding.instance,
+            total: self.total,
+            signature: hex::encode(signature),
+        })
     }
 }
 
 /// A voucher with the payer's signature, as it travels between parties (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SignedVoucher {
     /// The channel's raw address (`0:<hex>`).
     pub channel: String,
+    /// The network's global id the voucher pays on.
+    pub global_id: i32,
+    /// The channel instance the voucher pays on.
+    pub instance: u64,
     /// nanoTON owed in all.
     pub total: u64,
     /// Ed25519 over the voucher cell's hash, hex.
@@ -166,7 +224,8 @@ impl SignedVoucher {
             expected: "a raw address like 0:<64 hex digits>".into(),
             found: format!("{:?} ({e})", self.channel),
         })?;
-        Ok(Voucher { channel, total: self.total })
+        let binding = ChannelBinding { global_id: self.global_id, instance: self.instance };
+        Ok(Voucher { channel, binding, total: self.total })
     }
 
     fn signature_bytes(&self) -> Result<[u8; 64], TonError> {
@@ -178,11 +237,27 @@ impl SignedVoucher {
         })
     }
 
-    /// Checks that this voucher is for `channel` and signed by `payer_key`.
-    pub fn verify(&self, channel: &TonAddress, payer_key: &[u8; 32]) -> Result<Voucher, TonError> {
+    /// Checks that this voucher is for `channel` on the network and instance
+    /// of `binding`, and signed by `payer_key`.
+    pub fn verify(
+        &self,
+        channel: &TonAddress,
+        binding: &ChannelBinding,
+        payer_key: &[u8; 32],
+    ) -> Result<Voucher, TonError> {
         let voucher = self.voucher()?;
         if &voucher.channel != channel {
             return Err(TonError::WrongChannel { expected: channel.to_hex(), found: voucher.channel.to_hex() });
+        }
+        if &voucher.binding != binding {
+            return Err(TonError::Unexpected {
+                what: "voucher binding",
+                expected: format!("network {} and channel instance {}", binding.global_id, binding.instance),
+                found: format!(
+                    "network {} and channel instance {}",
+                    voucher.binding.global_id, voucher.binding.instance
+                ),
+            });
         }
         let key = VerifyingKey::from_bytes(payer_key).map_err(|_| TonError::BadSignature)?;
         let signature = Signature::from_bytes(&self.signature_bytes()?);
@@ -239,6 +314,10 @@ pub struct ChannelState {
     pub closing_since: u32,
     pub closed: bool,
     pub balance: u64,
+    /// The logical time of the first top-up; 0 before it.
+    pub instance: u64,
+    /// The network's global id, as the contract reads it.
+    pub global_id: i32,
 }
 
 fn ser_addr<S: serde::Serializer>(a: &TonAddress, s: S) -> Result<S::Ok, S::Error> {
@@ -247,10 +326,10 @@ fn ser_addr<S: serde::Serializer>(a: &TonAddress, s: S) -> Result<S::Ok, S::Erro
 
 impl ChannelState {
     pub fn from_stack(stack: &[StackEntry]) -> Result<ChannelState, TonError> {
-        if stack.len() != 10 {
+        if stack.len() != 12 {
             return Err(TonError::Unexpected {
                 what: "get_channel_state",
-                expected: "10 stack entries".into(),
+                expected: "12 stack entries".into(),
                 found: format!("{}", stack.len()),
             });
         }
@@ -279,6 +358,8 @@ impl ChannelState {
             closing_since: small(7, "closingSince", u32::MAX.into())? as u32,
             closed: stack[8].boolean("closed")?,
             balance: coins_to_u64(&stack[9].uint("balance")?)?,
+            instance: small(10, "instance", u64::MAX)?,
+            global_id: stack[11].int32("globalId")?,
         };
         if state.claimed > state.deposited {
             return Err(TonError::Unexpected {
@@ -288,6 +369,11 @@ impl ChannelState {
             });
         }
         Ok(state)
+    }
+
+    /// The network and instance vouchers on this channel must name.
+    pub fn binding(&self) -> ChannelBinding {
+        ChannelBinding { global_id: self.global_id, instance: self.instance }
     }
 
     /// What a voucher for `total` would pay the payee now, or why it would be refused.
@@ -343,7 +429,9 @@ pub fn voucher_from_claim_body(body: &ArcCell) -> Result<(Voucher, [u8; 64]), To
         });
     }
     let channel = v.load_address()?;
+    let global_id = v.load_i32(32)?;
+    let instance = v.load_u64(64)?;
     let total = coins_to_u64(&v.load_coins()?)?;
     v.ensure_empty()?;
-    Ok((Voucher { channel, total }, signature))
+    Ok((Voucher { channel, binding: ChannelBinding { global_id, instance }, total }, signature))
 }

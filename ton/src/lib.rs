@@ -26,7 +26,7 @@ pub use tonlib_core::cell::{ArcCell, BagOfCells, Cell, CellBuilder};
 
 /// Opcodes, as the Tolk sources declare them (`struct (0x...) Name`).
 pub mod op {
-    pub const VOUCHER: u32 = 0x636f7631;
+    pub const VOUCHER: u32 = 0x636f7632;
     pub const TOP_UP: u32 = 0x746f7075;
     pub const CLAIM: u32 = 0x636c6169;
     pub const REQUEST_CLOSE: u32 = 0x636c6f73;
@@ -162,6 +162,8 @@ mod tests {
             num(0),
             StackEntry::Num(0.into()),
             num(deposited - claimed.min(deposited)),
+            num(77),
+            StackEntry::Num((-239).into()),
         ]
     }
 
@@ -170,6 +172,7 @@ mod tests {
         let good = ChannelState::from_stack(&stack(10, 3)).unwrap();
         good.check_params(&params()).unwrap();
         assert_eq!(good.claimable(5), Ok(2));
+        assert_eq!(good.binding(), BINDING);
         // Claimed more than deposited: an API answer that lies.
         let err = ChannelState::from_stack(&stack(3, 10)).unwrap_err();
         assert!(err.to_string().contains("claimed at most deposited"), "{err}");
@@ -184,6 +187,9 @@ mod tests {
         let mut negative = stack(10, 3);
         negative[5] = StackEntry::Num((-1).into());
         assert!(ChannelState::from_stack(&negative).is_err());
+        let mut network = stack(10, 3);
+        network[11] = StackEntry::Num(num_bigint::BigInt::from(i64::from(i32::MAX) + 1));
+        assert!(ChannelState::from_stack(&network).unwrap_err().to_string().contains("globalId"));
         let mut huge = stack(10, 3);
         huge[5] = StackEntry::Num(num_bigint::BigInt::from(u64::MAX) * 4);
         assert!(ChannelState::from_stack(&huge).is_err());
@@ -213,7 +219,7 @@ mod tests {
 
     #[test]
     fn malformed_bocs_are_refused_with_a_reason() {
-        let cell = Voucher { channel: addr(1), total: 5 }.to_cell().unwrap();
+        let cell = Voucher { channel: addr(1), binding: BINDING, total: 5 }.to_cell().unwrap();
         let boc = to_boc(&cell).unwrap();
         assert_eq!(parse_boc(&boc, 4096).unwrap().cell_hash(), cell.cell_hash());
         for cut in 0..boc.len() {
@@ -226,23 +232,39 @@ mod tests {
         assert!(parse_boc(&flipped, 4096).is_err(), "CRC mismatch");
     }
 
+    const BINDING: crate::channel::ChannelBinding = crate::channel::ChannelBinding { global_id: -239, instance: 77 };
+
     #[test]
-    fn a_claim_body_reads_back_and_a_voucher_is_bound_to_its_channel() {
+    fn a_claim_body_reads_back_and_a_voucher_is_bound_to_its_channel_network_and_instance() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
         let channel = params().address().unwrap();
-        let signed = Voucher { channel: channel.clone(), total: 42 }.sign(&key).unwrap();
+        let signed = Voucher { channel: channel.clone(), binding: BINDING, total: 42 }.sign(&key).unwrap();
         let body = std::sync::Arc::new(signed.claim_body(7).unwrap());
         let (v, sig) = voucher_from_claim_body(&body).unwrap();
-        assert_eq!(v, Voucher { channel: channel.clone(), total: 42 });
+        assert_eq!(v, Voucher { channel: channel.clone(), binding: BINDING, total: 42 });
         assert_eq!(hex::encode(sig), signed.signature);
         let pk = key.verifying_key().to_bytes();
-        assert!(signed.verify(&channel, &pk).is_ok());
-        assert!(matches!(signed.verify(&addr(9), &pk), Err(crate::TonError::WrongChannel { .. })));
-        assert!(matches!(signed.verify(&channel, &[4; 32]), Err(crate::TonError::BadSignature)));
+        assert!(signed.verify(&channel, &BINDING, &pk).is_ok());
+        assert!(matches!(signed.verify(&addr(9), &BINDING, &pk), Err(crate::TonError::WrongChannel { .. })));
+        assert!(matches!(signed.verify(&channel, &BINDING, &[4; 32]), Err(crate::TonError::BadSignature)));
+        // The same voucher on testnet, or on the channel deployed again: refused before any signature check.
+        let testnet = crate::channel::ChannelBinding { global_id: -3, ..BINDING };
+        let redeployed = crate::channel::ChannelBinding { instance: 78, ..BINDING };
+        for other in [testnet, redeployed] {
+            let e = signed.verify(&channel, &other, &pk).unwrap_err();
+            assert!(e.to_string().contains("channel instance"), "{e}");
+        }
+        // Claiming it there would not verify either: the binding is signed.
+        let mut moved = signed.clone();
+        moved.global_id = -3;
+        assert!(matches!(moved.verify(&channel, &testnet, &pk), Err(crate::TonError::BadSignature)));
         let mut tampered = signed.clone();
         tampered.total = 43;
-        assert!(matches!(tampered.verify(&channel, &pk), Err(crate::TonError::BadSignature)));
+        assert!(matches!(tampered.verify(&channel, &BINDING, &pk), Err(crate::TonError::BadSignature)));
         tampered.signature = "zz".into();
-        assert!(tampered.verify(&channel, &pk).is_err());
+        assert!(tampered.verify(&channel, &BINDING, &pk).is_err());
+        // A channel never funded has no instance to sign for.
+        let unfunded = crate::channel::ChannelBinding { instance: 0, ..BINDING };
+        assert!(Voucher { channel, binding: unfunded, total: 1 }.sign(&key).is_err());
     }
 }

@@ -27,6 +27,18 @@ impl StackEntry {
         }
     }
 
+    /// A signed integer that fits 32 bits (a global id).
+    pub fn int32(&self, what: &'static str) -> Result<i32, TonError> {
+        match self {
+            StackEntry::Num(n) => i32::try_from(n.clone()).map_err(|_| TonError::Unexpected {
+                what,
+                expected: "a 32-bit signed integer".into(),
+                found: n.to_string(),
+            }),
+            other => Err(other.mismatch(what, "an integer")),
+        }
+    }
+
     pub fn boolean(&self, what: &'static str) -> Result<bool, TonError> {
         match self {
             StackEntry::Num(n) if n == &0.into() => Ok(false),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use base64::Engine;
-use cocoon_ton::channel::{self, ChannelParams, ChannelState};
+use cocoon_ton::channel::{self, ChannelBinding, ChannelParams, ChannelState};
 use cocoon_ton::registry::{self, ProxyEntry};
 use cocoon_ton::stack::{StackEntry, from_toncenter};
 use cocoon_ton::{Cell, TonAddress, Voucher, to_boc};
@@ -30,6 +30,10 @@ fn contracts_dir() -> PathBuf {
 }
 
 fn run_node(input: &Value) -> Value {
+    run_node_with(input, &[])
+}
+
+fn run_node_with(input: &Value, args: &[&str]) -> Value {
     let dir = contracts_dir();
     assert!(
         dir.join("node_modules/@ton/sandbox").is_dir(),
@@ -40,6 +44,7 @@ fn run_node(input: &Value) -> Value {
     let out = Command::new("node")
         .arg("scripts/cross_stack.js")
         .arg(&file)
+        .args(args)
         .current_dir(&dir)
         .output()
         .expect("node runs (install Node.js: scripts/setup.sh)");
@@ -59,15 +64,33 @@ fn rust_cells_match_ton_core_and_the_contracts_accept_them() {
         dispute_window: 86_400,
     };
     let channel = params.address().unwrap();
+    let channel_input = json!({
+        "params": {
+            "payer": params.payer.to_hex(),
+            "payee": params.payee.to_hex(),
+            "payerKey": hex::encode(params.payer_key),
+            "channelId": params.channel_id.to_string(),
+            "disputeWindow": params.dispute_window,
+        },
+        "stateInit": b64(&params.state_init().unwrap()),
+        "topUp": b64(&channel::top_up_body(0).unwrap()),
+    });
+    // The instance exists once the channel is deployed: the emulator tells it first.
+    let probed = run_node_with(&json!({ "channel": channel_input }), &["--probe"]);
+    let binding = ChannelBinding {
+        global_id: probed["globalId"].as_i64().unwrap() as i32,
+        instance: probed["instance"].as_str().unwrap().parse().unwrap(),
+    };
+    assert_eq!(binding.global_id, -239, "the emulator runs mainnet's configuration");
     let totals = [TON, TON * 5 / 2, 3 * TON + 1];
     let vouchers: Vec<Value> = totals
         .iter()
         .enumerate()
         .map(|(i, &total)| {
-            let voucher = Voucher { channel: channel.clone(), total };
+            let voucher = Voucher { channel: channel.clone(), binding, total };
             let signed = voucher.sign(&payer_key).unwrap();
             // What the payee checks before accepting a voucher.
-            assert_eq!(signed.verify(&channel, &params.payer_key).unwrap(), voucher);
+            assert_eq!(signed.verify(&channel, &binding, &params.payer_key).unwrap(), voucher);
             json!({
                 "total": total.to_string(),
                 "queryId": i.to_string(),
@@ -77,8 +100,15 @@ fn rust_cells_match_ton_core_and_the_contracts_accept_them() {
             })
         })
         .collect();
-    let forged =
-        Voucher { channel: channel.clone(), total: 4 * TON }.sign(&SigningKey::from_bytes(&[8u8; 32])).unwrap();
+    let forged = Voucher { channel: channel.clone(), binding, total: 4 * TON }
+        .sign(&SigningKey::from_bytes(&[8u8; 32]))
+        .unwrap();
+    // Good signatures, for testnet's copy of this channel and for an earlier instance of it.
+    let elsewhere = |binding: ChannelBinding| {
+        Voucher { channel: channel.clone(), binding, total: 4 * TON }.sign(&payer_key).unwrap().claim_body(10).unwrap()
+    };
+    let other_network = elsewhere(ChannelBinding { global_id: -3, ..binding });
+    let other_instance = elsewhere(ChannelBinding { instance: binding.instance - 1, ..binding });
 
     let document = br#"{"tdx":{"mrtd":"00"},"note":"a reference-values document longer than one cell, so that it snakes over several cells of 127 bytes each"}"#;
     let owner = addr(0x33);
@@ -102,8 +132,11 @@ fn rust_cells_match_ton_core_and_the_contracts_accept_them() {
             "topUp": b64(&channel::top_up_body(0).unwrap()),
             "requestClose": b64(&channel::request_close_body(0).unwrap()),
             "finalize": b64(&channel::finalize_body(0).unwrap()),
+            "binding": { "globalId": binding.global_id, "instance": binding.instance.to_string() },
             "vouchers": vouchers,
             "forgedClaim": b64(&forged.claim_body(9).unwrap()),
+            "otherNetworkClaim": b64(&other_network),
+            "otherInstanceClaim": b64(&other_instance),
         },
         "registry": {
             "owner": owner.to_hex(),
@@ -131,7 +164,7 @@ fn rust_cells_match_ton_core_and_the_contracts_accept_them() {
     for (v, &total) in out["js"]["vouchers"].as_array().unwrap().iter().zip(&totals) {
         let bytes = base64::engine::general_purpose::STANDARD.decode(v["voucher"].as_str().unwrap()).unwrap();
         let cell = cocoon_ton::parse_boc(&bytes, 4096).unwrap();
-        let ours = Voucher { channel: channel.clone(), total }.to_cell().unwrap();
+        let ours = Voucher { channel: channel.clone(), binding, total }.to_cell().unwrap();
         assert_eq!(cell.cell_hash(), ours.cell_hash());
     }
 
@@ -152,6 +185,8 @@ fn rust_cells_match_ton_core_and_the_contracts_accept_them() {
     }
     expect("replayed claim", 405);
     expect("claim signed by another key", 404);
+    expect("claim for another network", 412);
+    expect("claim for an earlier instance", 413);
     expect("registry deploy + add image", 0);
     expect("registry add model", 0);
     expect("registry add proxy", 0);
@@ -163,6 +198,7 @@ fn rust_cells_match_ton_core_and_the_contracts_accept_them() {
     assert_eq!(state.deposited, 10 * TON - cocoon_ton::TOPUP_FEE);
     assert_eq!(state.claimed, *totals.last().unwrap());
     assert!(!state.closed);
+    assert_eq!(state.binding(), binding);
     assert_eq!(state.claimable(state.claimed), Err("the voucher is not newer than the last claim"));
     assert_eq!(state.claimable(state.deposited + 1), Err("the voucher exceeds the channel's deposit"));
 

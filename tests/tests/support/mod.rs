@@ -214,6 +214,11 @@ impl Drop for LocalChain {
 }
 
 pub fn start_local_chain() -> LocalChain {
+    start_local_chain_with(&[])
+}
+
+/// [`start_local_chain`] with the chain server's options (`--global-id -3`: testnet's id).
+pub fn start_local_chain_with(args: &[&str]) -> LocalChain {
     use std::io::BufRead;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts");
     assert!(
@@ -222,6 +227,7 @@ pub fn start_local_chain() -> LocalChain {
     );
     let mut child = Command::new("node")
         .args(["chain/server.js", "--port", "0"])
+        .args(args)
         .current_dir(&dir)
         .stdout(Stdio::piped())
         .spawn()
