@@ -1,9 +1,14 @@
 //! Finding, hashing and loading a model from a GGUF file or a Hugging Face directory.
 //!
 //! The model digest is computed over exactly the bytes the weights and tokenizer
-//! are then read from (the same memory maps), before anything is parsed, so a
-//! model that does not match the expected digest is refused before its contents
-//! are trusted.
+//! are then parsed from: each file is read once into the enclave's own memory
+//! and hashed as it is read, before anything is parsed, so a model that does
+//! not match the expected digest is refused before its contents are trusted.
+//! The files live on storage the host controls, so nothing is read from them
+//! twice: a memory map would let the host change pages (or serve other bytes
+//! when an evicted page is read again) between the hash and the parse. The
+//! cost is that the file's bytes and the loaded weights are both in memory
+//! while the model loads; the file's copy is freed once it is loaded.
 //!
 //! Digest definition (what verifiers recompute):
 //! - a GGUF file: SHA-256 of the file (the same as `sha256sum model.gguf`);
@@ -19,7 +24,6 @@ use std::path::{Path, PathBuf};
 use burn::tensor::FloatDType;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
-use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
 use crate::LoadError;
@@ -34,10 +38,11 @@ const MAX_JSON: u64 = 64 << 20;
 /// Largest number of safetensors shards.
 const MAX_SHARDS: usize = 1024;
 
-/// A model file or directory, memory-mapped, in digest order.
+/// A model file or directory, read into memory in digest order, and its digest.
 pub struct ModelFiles {
     pub kind: ModelKind,
-    files: Vec<(String, Mmap)>,
+    files: Vec<(String, Vec<u8>)>,
+    digest: [u8; 32],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,21 +55,56 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
     move |e| LoadError::Io(format!("{}: {e}", path.display()))
 }
 
-fn map(path: &Path) -> Result<Mmap, LoadError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    // SAFETY: the map is read-only and private to this process. Model files are
-    // not modified while a worker runs; if one were, the digest check would no
-    // longer describe what is served, which is why the digest is computed over
-    // the mapped bytes that are then parsed, not over a separate read.
-    unsafe { Mmap::map(&file) }.map_err(io_err(path))
+/// Reads the `len` bytes of `path` into memory, hashing them into `h` as they
+/// arrive; refused when the file does not hold exactly `len` bytes by the end
+/// (it changed while being read).
+fn read_hashing(path: &Path, len: u64, h: &mut Sha256, progress: &ProgressBar) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let size = usize::try_from(len).map_err(|_| LoadError::Io(format!("{}: {len} bytes", path.display())))?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(size).map_err(|_| {
+        LoadError::Io(format!("{}: not enough memory to hold its {len} bytes while it is verified", path.display()))
+    })?;
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut chunk = vec![0u8; 8 << 20];
+    loop {
+        let want = (size - bytes.len()).min(chunk.len()).max(1);
+        let n = file.read(&mut chunk[..want]).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        if bytes.len() + n > size {
+            return Err(LoadError::Io(format!("{} grew while it was read (expected {len} bytes)", path.display())));
+        }
+        h.update(&chunk[..n]);
+        bytes.extend_from_slice(&chunk[..n]);
+        progress.inc(n as u64);
+    }
+    if bytes.len() != size {
+        return Err(LoadError::Io(format!(
+            "{} shrank while it was read: {} of the expected {len} bytes",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 impl ModelFiles {
+    /// Reads and hashes the model (see the module documentation).
     pub fn open(path: &Path) -> Result<Self, LoadError> {
+        Self::read(path, &ProgressBar::hidden())
+    }
+
+    /// [`ModelFiles::open`], showing progress on `progress` (its length is set here).
+    pub fn read(path: &Path, progress: &ProgressBar) -> Result<Self, LoadError> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        let mut h = Sha256::new();
         if meta.is_file() {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            return Ok(ModelFiles { kind: ModelKind::Gguf, files: vec![(name, map(path)?)] });
+            progress.set_length(meta.len());
+            let bytes = read_hashing(path, meta.len(), &mut h, progress)?;
+            return Ok(ModelFiles { kind: ModelKind::Gguf, files: vec![(name, bytes)], digest: h.finalize().into() });
         }
         let mut names = vec!["config.json".to_string()];
         if path.join("generation_config.json").is_file() {
@@ -84,16 +124,25 @@ impl ModelFiles {
             return Err(LoadError::Io(format!("{} safetensors shards; the limit is {MAX_SHARDS}", shards.len())));
         }
         shards.sort();
-        let mut files = Vec::new();
+        let mut sizes = Vec::new();
         for name in names.iter().chain(&shards) {
             let p = path.join(name);
-            let m = map(&p)?;
-            if name.ends_with(".json") && m.len() as u64 > MAX_JSON {
-                return Err(LoadError::Io(format!("{} is {} bytes; the limit is {MAX_JSON}", p.display(), m.len())));
+            let len = std::fs::metadata(&p).map_err(io_err(&p))?.len();
+            if name.ends_with(".json") && len > MAX_JSON {
+                return Err(LoadError::Io(format!("{} is {len} bytes; the limit is {MAX_JSON}", p.display())));
             }
-            files.push((name.clone(), m));
+            sizes.push((name.clone(), p, len));
         }
-        Ok(ModelFiles { kind: ModelKind::HuggingFace, files })
+        progress.set_length(sizes.iter().map(|(_, _, len)| len).sum());
+        let mut files = Vec::new();
+        for (name, p, len) in sizes {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(len.to_be_bytes());
+            let bytes = read_hashing(&p, len, &mut h, progress)?;
+            files.push((name, bytes));
+        }
+        Ok(ModelFiles { kind: ModelKind::HuggingFace, files, digest: h.finalize().into() })
     }
 
     fn get(&self, name: &str) -> Option<&[u8]> {
@@ -104,21 +153,9 @@ impl ModelFiles {
         self.files.iter().map(|(_, m)| m.len() as u64).sum()
     }
 
-    /// The model digest (see the module documentation), with progress.
-    pub fn digest(&self, progress: &ProgressBar) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for (name, bytes) in &self.files {
-            if self.kind == ModelKind::HuggingFace {
-                h.update(name.as_bytes());
-                h.update([0]);
-                h.update((bytes.len() as u64).to_be_bytes());
-            }
-            for chunk in bytes.chunks(8 << 20) {
-                h.update(chunk);
-                progress.inc(chunk.len() as u64);
-            }
-        }
-        h.finalize().into()
+    /// The model digest (see the module documentation) of the bytes held.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 }
 
@@ -190,9 +227,9 @@ pub fn load_with_dtype<B: Backend>(
     if !B::supports_dtype(device, dtype.into()) {
         return Err(LoadError::Config(format!("the {} device does not compute {dtype:?} tensors", B::name(device))));
     }
-    let files = ModelFiles::open(path)?;
-    let hashing = bar(files.total_bytes(), "hashing model  {bar:40} {bytes}/{total_bytes} {bytes_per_sec}");
-    let digest = files.digest(&hashing);
+    let hashing = bar(0, "reading model  {bar:40} {bytes}/{total_bytes} {bytes_per_sec}");
+    let files = ModelFiles::read(path, &hashing)?;
+    let digest = files.digest();
     hashing.finish_and_clear();
     if let Some(expected) = expected_digest
         && expected != digest
@@ -246,8 +283,7 @@ pub fn load_with_dtype<B: Backend>(
 
 /// The digest of a model without loading it (for writing configs).
 pub fn model_digest(path: &Path) -> Result<[u8; 32], LoadError> {
-    let files = ModelFiles::open(path)?;
-    Ok(files.digest(&ProgressBar::hidden()))
+    Ok(ModelFiles::open(path)?.digest())
 }
 
 /// Where `make model` puts the embedded default model, relative to the
@@ -261,4 +297,36 @@ pub const DEFAULT_MODEL_FILE: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.g
 /// checkout's path (an unused function's unwind table still did).
 pub fn default_model_path(repo_root: &Path) -> PathBuf {
     std::env::var_os("COCOON_MODEL").map(PathBuf::from).unwrap_or_else(|| repo_root.join(DEFAULT_MODEL_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hole 6: the digest was computed over a memory map of storage the host
+    /// controls, and the weights were parsed from the same map in a second
+    /// pass; the host could change the bytes in between. The bytes parsed
+    /// must be exactly the bytes hashed, whatever happens to the file.
+    #[test]
+    fn the_bytes_parsed_are_the_bytes_hashed_whatever_the_host_does_to_the_file() {
+        use std::io::{Seek, Write};
+        let dir = std::env::temp_dir().join(format!("cocoon-loader-toctou-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.gguf");
+        let original: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &original).unwrap();
+        let files = ModelFiles::open(&path).unwrap();
+        let digest = files.digest();
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&original)));
+        // The host rewrites the file in place between the hash and the parse.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&vec![0x5a; original.len()]).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        assert!(files.files[0].1[..] == original[..], "the bytes to parse changed after they were hashed");
+        assert_eq!(<[u8; 32]>::from(Sha256::digest(&files.files[0].1)), digest);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

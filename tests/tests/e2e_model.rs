@@ -24,9 +24,12 @@ fn default_model_path() -> std::path::PathBuf {
 }
 
 fn serve(tag: &str, config: &str) -> Served {
-    let model = default_model_path();
+    serve_model(&default_model_path(), &temp_dir(tag), config)
+}
+
+/// The enclave serving the model file at `model` (named in `config` as MODEL_PATH) behind a shim.
+fn serve_model(model: &std::path::Path, dir: &std::path::Path, config: &str) -> Served {
     assert!(model.exists(), "{} is missing: run scripts/fetch-model.sh (make test does)", model.display());
-    let dir = temp_dir(tag);
     let sock = dir.join("enclave.sock");
     let config_path = dir.join("worker.toml");
     std::fs::write(&config_path, config.replace("MODEL_PATH", &model.display().to_string())).unwrap();
@@ -156,4 +159,43 @@ fn the_enclave_refuses_a_model_whose_digest_differs() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the config expects sha256:0000") && stderr.contains(&real_digest()), "{stderr}");
+}
+
+/// Hole 6: the host can rewrite the model on its storage at any time. The
+/// enclave computes with the bytes it read and hashed once: a rewrite after
+/// it started changes no answer, and the next start refuses the new bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_rewritten_by_the_host_changes_no_answer_and_is_refused_at_the_next_start() {
+    use std::io::{Seek, Write};
+    let dir = temp_dir("model-rewrite");
+    let model = dir.join("model.gguf");
+    std::fs::copy(default_model_path(), &model).unwrap();
+    let digest = real_digest();
+    let served = serve_model(&model, &dir, &config(&digest));
+    let worker = Worker::attest(&served.url, &Policy::insecure_simulated(), true).await.unwrap();
+    let opts = ChatOptions { model: MODEL_ID.into(), temperature: Some(0.0), ..Default::default() };
+    let before = worker.chat("What is the capital of France?", &opts, |_| {}).await.unwrap().text;
+    assert_eq!(before, "The capital of France is Paris.");
+
+    // The host overwrites the second half of the file (the weights) in place.
+    let len = std::fs::metadata(&model).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&model).unwrap();
+    f.seek(std::io::SeekFrom::Start(len / 2)).unwrap();
+    f.write_all(&vec![0x77; (len - len / 2) as usize]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let after = worker.chat("What is the capital of France?", &opts, |_| {}).await.unwrap().text;
+    assert_eq!(after, before, "the answer came from the bytes that were hashed");
+    drop(served);
+
+    // Started again on the rewritten file: refused before it serves anything.
+    let out = Command::new(workspace_bin("cocoon-enclave"))
+        .args(["--listen", &format!("unix:{}", dir.join("again.sock").display()), "--platform", "simulated"])
+        .arg("--insecure-simulated")
+        .arg("--config")
+        .arg(dir.join("worker.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("the config expects {digest}")));
 }
