@@ -5,7 +5,9 @@
 #   -> cocoon serve (local OpenAI API) <- the official openai Python SDK
 # paid on a local emulated TON chain (@ton/sandbox behind the toncenter API):
 # the client pays through a payment channel, the proxy settles on chain and
-# pays the worker, which claims. Then the ledger and the chain.
+# pays the worker, which claims. The network's registry on that chain lists
+# the model and the proxy: the proxy admits only listed models, the client
+# uses only a listed proxy. Then the ledger and the chain.
 # COCOON_DEMO_QUESTION changes the question.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,12 +45,22 @@ node contracts/chain/server.js --port $((base + 30)) > "$dir/chain.json" &
 pids+=($!)
 wait_port $((base + 30))
 export COCOON_TON_API="http://127.0.0.1:$((base + 30))/api/v2"
-for k in client proxy worker1 worker2; do "$bin/cocoon" key --key "$dir/$k.key" > /dev/null; done
+for k in client proxy worker1 worker2 operator; do "$bin/cocoon" key --key "$dir/$k.key" > /dev/null; done
 airdrop() { curl -s -X POST "http://127.0.0.1:$((base + 30))/local/airdrop" -d "{\"address\":\"$1\",\"amount\":\"$2\"}" > /dev/null; }
 airdrop "$(wallet "$dir/client.key")" 20000000000
 airdrop "$(wallet "$dir/proxy.key")" 20000000000
 for w in 1 2; do airdrop "$(wallet "$dir/worker$w.key")" 1000000000; done
-echo "chain: $COCOON_TON_API; wallets funded: client 20 TON, proxy 20 TON, each worker 1 TON"
+airdrop "$(wallet "$dir/operator.key")" 1000000000
+echo "chain: $COCOON_TON_API; wallets funded: client 20 TON, proxy 20 TON, each worker 1 TON, the registry's owner 1 TON"
+
+echo
+echo "== the network's registry: the model and the proxy it allows =="
+"$bin/cocoon" registry add-model "$digest" --key "$dir/operator.key" > /dev/null
+"$bin/cocoon" registry add-proxy --account "$("$bin/cocoon" key --key "$dir/proxy.key")" --commission-ppm 100000 \
+    --endpoint "http://127.0.0.1:$((base + 10))" --key "$dir/operator.key" > /dev/null
+registry="$("$bin/cocoon" registry show --owner "$(wallet "$dir/operator.key")" --json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["registry"])')"
+echo "registry $registry: model $digest, proxy http://127.0.0.1:$((base + 10)) at 10 %"
 
 echo
 echo "== two workers: SIMULATED evidence (no TEE here; it proves nothing) =="
@@ -79,7 +91,7 @@ TOML
 done
 
 echo
-echo "== cocoon-proxy: admits the workers by attestation, 10 % commission, paid on TON =="
+echo "== cocoon-proxy: admits the workers by attestation and the registry, 10 % commission, paid on TON =="
 cat > "$dir/proxy.toml" <<TOML
 listen = "127.0.0.1:$((base + 10))"
 ledger = "$dir/ledger.sqlite"
@@ -93,6 +105,7 @@ platform = "simulated"
 [ton]
 api = "$COCOON_TON_API"
 worker_deposit = 1000000000
+registry = "$registry"
 TOML
 COCOON_LOG=warn "$bin/cocoon-proxy" serve --config "$dir/proxy.toml" &
 pids+=($!)
@@ -112,7 +125,7 @@ echo "== the client: a payment channel to the proxy's wallet, cocoon serve payin
     --out "$dir/channel.json" > /dev/null
 echo "channel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["address"])' "$dir/channel.json"): 5 TON deposited"
 "$bin/cocoon" serve --proxy "http://127.0.0.1:$((base + 10))" --listen "127.0.0.1:$((base + 20))" \
-    --key "$dir/client.key" --channel "$dir/channel.json" --insecure-simulated 2>/dev/null &
+    --key "$dir/client.key" --channel "$dir/channel.json" --registry "$registry" --insecure-simulated 2>/dev/null &
 pids+=($!)
 wait_port $((base + 20))
 

@@ -5,6 +5,7 @@
 //! Nothing is sent to a worker before its evidence passed the policy: the
 //! only way to get a [`Worker`] is [`Worker::attest`].
 
+pub mod allowlist;
 pub mod channel_cli;
 pub mod chat;
 pub mod durable;

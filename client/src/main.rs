@@ -52,6 +52,34 @@ struct VerifierArgs {
     gpu_revocation: Vec<PathBuf>,
 }
 
+/// The network's registry, whose lists a client applies on top of its own policy.
+#[derive(Debug, clap::Args)]
+struct RegistryArgs {
+    /// Use only proxies, worker images and models this registry contract lists
+    /// (its address, as `cocoon registry show` prints it).
+    #[arg(long, value_name = "ADDR")]
+    registry: Option<String>,
+    /// How often the registry is read again (seconds); a removal takes effect then.
+    #[arg(long, default_value_t = 60, requires = "registry")]
+    registry_refresh: u64,
+    #[command(flatten)]
+    chain: cocoon_client::channel_cli::ChainArgs,
+}
+
+impl RegistryArgs {
+    /// The registry, read once (an error when it cannot be), when one is given.
+    async fn watch(&self) -> anyhow::Result<Option<std::sync::Arc<cocoon_client::allowlist::Watched>>> {
+        let Some(address) = &self.registry else { return Ok(None) };
+        let address = cocoon_ton::channel::parse_address("--registry", address)?;
+        let chain = cocoon_client::channel_cli::chain(&self.chain)?;
+        let every = std::time::Duration::from_secs(self.registry_refresh);
+        let watched = cocoon_client::allowlist::Watched::start(chain, address, every)
+            .await
+            .with_context(|| format!("reading the registry {}", self.registry.as_deref().unwrap_or_default()))?;
+        Ok(Some(watched))
+    }
+}
+
 impl VerifierArgs {
     fn policy(&self) -> anyhow::Result<Policy> {
         let mut p = match &self.policy {
@@ -169,6 +197,8 @@ enum Command {
         seed: Option<u64>,
         #[command(flatten)]
         verifier: VerifierArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Run the client runner: an OpenAI-compatible API on loopback that routes
     /// through a proxy (or to one worker), verifies, seals, pays and streams.
@@ -199,6 +229,8 @@ enum Command {
         /// Evidence of the proxy and of its workers is verified under this policy.
         #[command(flatten)]
         verifier: VerifierArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// A TON wallet of the client's key (or a mnemonic): its address and balance.
     #[command(subcommand)]
@@ -465,15 +497,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let k = load_key(key)?;
             println!("{}", hex::encode(k.verifying_key().to_bytes()));
         }
-        Command::Serve { proxy, worker, listen, key, max_cost, channel, verifier } => {
+        Command::Serve { proxy, worker, listen, key, max_cost, channel, verifier, registry } => {
+            let allowlist = registry.watch().await?;
             let key = load_key(key)?;
             let account = hex::encode(key.verifying_key().to_bytes());
             let policy = verifier.policy()?;
             let runner = match (&proxy, &worker) {
                 (Some(p), _) => {
-                    let runner = Runner::via_proxy(p, policy, verifier.sources(), key, max_cost)
+                    let mut runner = Runner::via_proxy(p, policy, verifier.sources(), key, max_cost)
                         .await
                         .with_context(|| format!("verifying the proxy {p}"))?;
+                    if let Some(w) = &allowlist {
+                        runner = runner.with_registry(w.clone()).with_context(|| format!("the registry and {p}"))?;
+                    }
                     match &channel {
                         Some(c) => {
                             let runner = runner.with_channel(c)?;
@@ -483,11 +519,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         None => runner,
                     }
                 }
-                (None, Some(w)) => Runner::direct(w, policy, verifier.sources(), key, max_cost)
-                    .await
-                    .with_context(|| format!("verifying the worker {w}"))?,
+                (None, Some(w)) => {
+                    let policy = match &allowlist {
+                        Some(l) => l.current()?.policy(&policy),
+                        None => policy,
+                    };
+                    let runner = Runner::direct(w, policy, verifier.sources(), key, max_cost)
+                        .await
+                        .with_context(|| format!("verifying the worker {w}"))?;
+                    match &allowlist {
+                        Some(l) => runner.with_registry(l.clone()).context("the registry")?,
+                        None => runner,
+                    }
+                }
                 (None, None) => bail!("give --proxy URL or --worker URL"),
             };
+            if let Some(w) = &allowlist {
+                tokio::spawn(w.clone().refresh(|| {}));
+            }
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
             eprintln!("cocoon serve: OpenAI-compatible API on http://{listen}/v1 (account {account})");
@@ -500,10 +549,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             cocoon_client::serve::serve(listener, std::sync::Arc::new(runner), shutdown).await?;
         }
-        Command::Chat { url, model, prompt, system, max_tokens, temperature, seed, verifier } => {
-            let worker = Worker::attest_with(&url, &verifier.policy()?, &verifier.sources(), true)
-                .await
-                .context("verifying the worker")?;
+        Command::Chat { url, model, prompt, system, max_tokens, temperature, seed, verifier, registry } => {
+            let listed = match registry.watch().await? {
+                Some(w) => Some(w.current()?),
+                None => None,
+            };
+            let policy = match &listed {
+                Some(l) => l.policy(&verifier.policy()?),
+                None => verifier.policy()?,
+            };
+            let worker =
+                Worker::attest_with(&url, &policy, &verifier.sources(), true).await.context("verifying the worker")?;
+            if let Some(l) = &listed {
+                l.check_worker(worker.verified()).context("the registry")?;
+            }
             eprintln!("-- verified worker (nothing was sent before this) --");
             print_verified(worker.verified());
             eprintln!("-- answer (sealed end to end, streamed) --");

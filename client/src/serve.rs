@@ -32,7 +32,9 @@ use cocoon_protocol::authorization::ClientAuthorization;
 use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
 use cocoon_protocol::price::ProxyTerms;
 use cocoon_protocol::{Commission, NanoTon, Prices, Receipt, limits, media};
+use cocoon_runtime::LockExt;
 
+use crate::allowlist::Watched;
 use crate::chat::SseParser;
 use crate::endorsements::EndorsementSources;
 use crate::http::{HttpClient, join};
@@ -63,9 +65,12 @@ pub struct Runner {
     /// The most one request may cost when the app does not say (nanoTON, commission included).
     pub default_max_cost: NanoTon,
     http: HttpClient,
-    verified: Mutex<HashMap<[u8; 32], VerifiedWorker>>,
+    /// Verified evidence by its digest and the registry read it was checked against.
+    verified: Mutex<HashMap<([u8; 32], u64), VerifiedWorker>>,
     /// Pays the proxy through a channel, when the runner was given one.
     payer: Option<crate::pay::ChannelPayer>,
+    /// The network's registry: only the proxy, images and models it lists are used.
+    allowlist: Option<Arc<Watched>>,
 }
 
 impl Runner {
@@ -110,7 +115,44 @@ impl Runner {
             http,
             verified: Mutex::new(HashMap::new()),
             payer: None,
+            allowlist: None,
         })
+    }
+
+    /// Uses only what the registry `watched` lists: refused now unless it lists
+    /// this proxy with the commission its terms state and the endpoint it was
+    /// reached at; every request checks the newest read again (a removal stops
+    /// the runner's use of the proxy without a restart), and each worker's
+    /// evidence must match a listed image and name a listed model.
+    pub fn with_registry(mut self, watched: Arc<Watched>) -> Result<Self, ClientError> {
+        self.allowlist = Some(watched);
+        self.check_proxy_listed()?;
+        Ok(self)
+    }
+
+    /// The proxy is listed as it presents itself (when a registry is used); a
+    /// worker talked to directly serves a listed model.
+    fn check_proxy_listed(&self) -> Result<(), ClientError> {
+        let (Some(w), Upstream::Proxy { url, commission, account }) = (&self.allowlist, &self.upstream) else {
+            if let (Some(w), Upstream::Direct { worker }) = (&self.allowlist, &self.upstream) {
+                let list = w.current().map_err(|e| ClientError::Protocol(e.to_string()))?;
+                list.check_worker(worker.verified()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            }
+            return Ok(());
+        };
+        let list = w.current().map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let entry =
+            list.check_proxy(account, commission.ppm(), url).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some(payer) = &self.payer
+            && payer.params().payee != entry.wallet
+        {
+            return Err(ClientError::Protocol(format!(
+                "the registry lists {} as this proxy's wallet, but the channel pays {}",
+                entry.wallet,
+                payer.params().payee
+            )));
+        }
+        Ok(())
     }
 
     /// Pays the proxy through the channel in `channel_file` (see [`crate::pay`]).
@@ -123,6 +165,7 @@ impl Runner {
         let payer = crate::pay::ChannelPayer::open(channel_file, &self.key, account)?;
         info!(channel = %payer.params().address().map(|a| a.to_hex()).unwrap_or_default(), "paying the proxy through a channel");
         self.payer = Some(payer);
+        self.check_proxy_listed()?;
         Ok(self)
     }
 
@@ -159,6 +202,7 @@ impl Runner {
             http: HttpClient::default(),
             verified: Mutex::new(HashMap::new()),
             payer: None,
+            allowlist: None,
         })
     }
 
@@ -196,24 +240,42 @@ impl Runner {
             .decode(v["evidence"].as_str().unwrap_or_default())
             .map_err(|_| AppError::upstream("route answer: evidence is not base64"))?;
         let route = Route::ViaProxy { proxy: proxy.to_string(), worker_id: id.to_string() };
-        let digest: [u8; 32] = Sha256::digest(&evidence).into();
-        if let Some(v) = self.verified.lock().expect("cache lock").get(&digest).cloned() {
+        let refused =
+            |m: String| AppError { status: 502, code: "worker_refused".into(), message: format!("worker {id}: {m}") };
+        // With a registry, the cache holds verdicts of its newest read only.
+        let (listed, generation) = match &self.allowlist {
+            Some(w) => (Some(w.current().map_err(|e| refused(e.to_string()))?), w.generation()),
+            None => (None, 0),
+        };
+        let key = (<[u8; 32]>::from(Sha256::digest(&evidence)), generation);
+        if let Some(v) = self.verified.locked().get(&key).cloned() {
             return Ok(Worker::with_verified(route, self.http.clone(), v));
         }
-        let worker =
-            Worker::from_evidence(route, self.http.clone(), &evidence, &self.policy, &self.sources).await.map_err(
-                |e| AppError { status: 502, code: "worker_refused".into(), message: format!("worker {id}: {e}") },
-            )?;
-        let mut cache = self.verified.lock().expect("cache lock");
+        let policy = match &listed {
+            Some(l) => std::borrow::Cow::Owned(l.policy(&self.policy)),
+            None => std::borrow::Cow::Borrowed(&self.policy),
+        };
+        let worker = Worker::from_evidence(route, self.http.clone(), &evidence, &policy, &self.sources)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if let Some(l) = &listed {
+            l.check_worker(worker.verified()).map_err(|e| refused(e.to_string()))?;
+        }
+        let mut cache = self.verified.locked();
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(digest, worker.verified().clone());
+        cache.insert(key, worker.verified().clone());
         Ok(worker)
     }
 
     /// Routes, seals and sends; replaces a worker that fails before answering.
     async fn open_stream(&self, model: &str, inner: &InnerRequest, demand: &Demand) -> Result<Sent, AppError> {
+        self.check_proxy_listed().map_err(|e| AppError {
+            status: 503,
+            code: "proxy_not_listed".into(),
+            message: format!("the registry no longer allows this proxy: {e}"),
+        })?;
         let mut exclude: Vec<String> = Vec::new();
         let mut last = None;
         let busy_until = tokio::time::Instant::now() + BUSY_WAIT;

@@ -262,7 +262,23 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let sources = EndorsementSources { gpu_revocation: config.gpu_revocation.clone(), ..Default::default() };
-        let registry = Registry::new(config.clone(), policy, sources, ledger.clone());
+        let allowlist = match config.ton.as_ref().map(|t| (t, t.registry_address())) {
+            Some((ton, Ok(Some(address)))) => {
+                let chain = cocoon_ton::toncenter::Toncenter::new(&ton.api, ton.api_key.clone())?;
+                let every = Duration::from_secs_f64(ton.registry_refresh_s);
+                let watched = cocoon_client::allowlist::Watched::start(chain, address, every)
+                    .await
+                    .context("reading the registry (ton.registry)")?;
+                Some(watched)
+            }
+            Some((_, Err(e))) => return Err(e),
+            _ => None,
+        };
+        let registry = Registry::new(config.clone(), policy, sources, ledger.clone(), allowlist.clone());
+        if let Some(watched) = allowlist {
+            let r = registry.clone();
+            tokio::spawn(watched.refresh(move || r.recheck_all("the registry changed")));
+        }
         let payments = match &config.ton {
             Some(ton) => {
                 let p = crate::payments::Payments::new(ton.clone(), &identity.key, ledger.clone())?;

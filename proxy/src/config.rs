@@ -22,6 +22,8 @@
 //! settle_threshold = 1000000000    # claim a client's channel once it owes this much (nanoTON)
 //! worker_deposit = 10000000000     # what each channel to a worker is funded with beyond its earnings
 //! min_dispute_window_s = 3600      # shortest close window accepted on a client's channel
+//! registry = "0:…"                 # admit only workers whose image and model this registry lists
+//! registry_refresh_s = 60          # how often it is read again (a removal evicts without a restart)
 //! ```
 
 use std::net::SocketAddr;
@@ -79,6 +81,11 @@ pub struct TonConfig {
     pub worker_dispute_window_s: u32,
     /// Client channels with a shorter close window are refused: the proxy must have time to claim.
     pub min_dispute_window_s: u32,
+    /// The network's registry contract: when set, a worker is admitted only if
+    /// the registry lists its image (reference values) and its model digest.
+    pub registry: Option<String>,
+    /// How often the registry is read again, in seconds.
+    pub registry_refresh_s: f64,
 }
 
 /// Shortest close window of the channels to workers: what their `cocoon
@@ -90,7 +97,19 @@ pub const MIN_WORKER_DISPUTE_WINDOW_S: u32 = cocoon_client::payouts::DEFAULT_MIN
 pub const MIN_CLIENT_DISPUTE_WINDOW_S: u32 = 40;
 
 impl TonConfig {
+    /// The registry's address, when one is configured.
+    pub fn registry_address(&self) -> anyhow::Result<Option<cocoon_ton::TonAddress>> {
+        self.registry
+            .as_deref()
+            .map(|a| cocoon_ton::channel::parse_address("ton.registry", a).map_err(|e| anyhow::anyhow!("{e}")))
+            .transpose()
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.registry_address()?;
+        if !(1.0..=86_400.0).contains(&self.registry_refresh_s) {
+            anyhow::bail!("ton.registry_refresh_s must be 1 to 86400, found {}", self.registry_refresh_s);
+        }
         if self.worker_dispute_window_s < MIN_WORKER_DISPUTE_WINDOW_S {
             anyhow::bail!(
                 "ton.worker_dispute_window_s must be at least {MIN_WORKER_DISPUTE_WINDOW_S}, found {}: workers refuse \
@@ -118,6 +137,8 @@ impl Default for TonConfig {
             worker_deposit: NanoTon(10_000_000_000),
             worker_dispute_window_s: 86_400,
             min_dispute_window_s: 3600,
+            registry: None,
+            registry_refresh_s: 60.0,
         }
     }
 }

@@ -47,6 +47,8 @@ pub enum AdmissionError {
     Full { limit: usize },
     #[error("attesting the worker took longer than {0:?}")]
     Timeout(Duration),
+    #[error("the worker is not allowed by the registry: {0}")]
+    NotListed(cocoon_client::allowlist::AllowlistError),
 }
 
 /// Checks that a worker URL is an absolute http(s) URL of bounded length.
@@ -156,6 +158,8 @@ pub struct Registry {
     config: ProxyConfig,
     ledger: Arc<Ledger>,
     wake: Notify,
+    /// The network's registry, when the proxy admits only what it lists.
+    allowlist: Option<Arc<cocoon_client::allowlist::Watched>>,
 }
 
 /// One routing decision.
@@ -167,7 +171,13 @@ pub struct Pick {
 }
 
 impl Registry {
-    pub fn new(config: ProxyConfig, policy: Policy, sources: EndorsementSources, ledger: Arc<Ledger>) -> Arc<Self> {
+    pub fn new(
+        config: ProxyConfig,
+        policy: Policy,
+        sources: EndorsementSources,
+        ledger: Arc<Ledger>,
+        allowlist: Option<Arc<cocoon_client::allowlist::Watched>>,
+    ) -> Arc<Self> {
         let wanted = config.workers.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
         Arc::new(Registry {
             workers: RwLock::new(BTreeMap::new()),
@@ -178,6 +188,7 @@ impl Registry {
             config,
             ledger,
             wake: Notify::new(),
+            allowlist,
         })
     }
 
@@ -189,11 +200,23 @@ impl Registry {
     pub async fn attest(&self, url: &str) -> Result<Attested, AdmissionError> {
         let limit = secs(self.config.limits.attest_timeout_s);
         let work = async {
+            // With a registry, the evidence must also match a listed image, and the model be listed.
+            let listed = match &self.allowlist {
+                Some(w) => Some(w.current().map_err(AdmissionError::NotListed)?),
+                None => None,
+            };
+            let policy = match &listed {
+                Some(l) => std::borrow::Cow::Owned(l.policy(&self.policy)),
+                None => std::borrow::Cow::Borrowed(&self.policy),
+            };
             let (evidence, verified) =
-                fetch_verified(&self.http, url, &self.policy, &self.sources, true).await.map_err(|e| match e {
+                fetch_verified(&self.http, url, &policy, &self.sources, true).await.map_err(|e| match e {
                     ClientError::Attestation(e) => AdmissionError::Refused(e),
                     other => AdmissionError::Fetch(other),
                 })?;
+            if let Some(l) = &listed {
+                l.check_worker(&verified).map_err(AdmissionError::NotListed)?;
+            }
             Attested::from_verified(evidence, verified)
         };
         tokio::time::timeout(limit, work).await.map_err(|_| AdmissionError::Timeout(limit))?
@@ -316,6 +339,16 @@ impl Registry {
         self.wake.notify_one();
     }
 
+    /// Every worker is re-attested at once (the registry changed): those it no
+    /// longer allows are evicted on the spot.
+    pub fn recheck_all(&self, why: &str) {
+        info!("{why}: re-attesting every worker");
+        for w in self.all() {
+            *w.health.locked() = Health::Stale;
+        }
+        self.wake.notify_one();
+    }
+
     /// The worker could not open a request sealed to its attested keys: re-attest it now.
     pub fn mark_stale(&self, w: &WorkerEntry) {
         *w.health.locked() = Health::Stale;
@@ -364,6 +397,9 @@ impl Registry {
                             reg.evict(&worker_id(&url), &format!("re-attestation refused: {e}"));
                         }
                         Err(AdmissionError::NoModel) => reg.evict(&worker_id(&url), "it serves no model"),
+                        Err(AdmissionError::NotListed(e)) => {
+                            reg.evict(&worker_id(&url), &format!("not allowed by the registry: {e}"))
+                        }
                         Err(e) => {
                             if let Some(w) = reg.get(&worker_id(&url)) {
                                 warn!(worker = %w.id, "probe failed: {e}");

@@ -379,7 +379,9 @@ async fn join_inner(app: &Arc<App>, req: Request) -> Response {
                 AdmissionError::Url { .. } => StatusCode::BAD_REQUEST,
                 AdmissionError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 AdmissionError::Fetch(_) | AdmissionError::Timeout(_) => StatusCode::BAD_GATEWAY,
-                AdmissionError::Refused(_) | AdmissionError::NoModel => StatusCode::FORBIDDEN,
+                AdmissionError::Refused(_) | AdmissionError::NoModel | AdmissionError::NotListed(_) => {
+                    StatusCode::FORBIDDEN
+                }
             };
             api_error(status, "not_admitted", e.to_string(), false)
         }
@@ -592,6 +594,7 @@ mod tests {
             cocoon_attestation::Policy::insecure_simulated(),
             Default::default(),
             ledger.clone(),
+            None,
         );
         let producer = Arc::new(cocoon_attestation::simulated::SimulatedProducer::new());
         let commission = Commission::from_ppm(100_000).unwrap();

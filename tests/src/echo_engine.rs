@@ -18,9 +18,19 @@ pub struct EchoEngine {
 
 impl EchoEngine {
     pub fn new(token_delay: Duration) -> Self {
-        let info = ModelInfo { id: MODEL_ID.into(), digest: Sha256::digest(MODEL_ID).into(), context_length: 4096 };
+        Self::serving(MODEL_ID, token_delay)
+    }
+
+    /// An echo engine under another model id, whose digest is the id's SHA-256.
+    pub fn serving(model: &str, token_delay: Duration) -> Self {
+        let info = ModelInfo { id: model.into(), digest: Sha256::digest(model).into(), context_length: 4096 };
         EchoEngine { info, token_delay }
     }
+}
+
+/// The digest an echo engine serving `model` attests.
+pub fn model_digest(model: &str) -> [u8; 32] {
+    Sha256::digest(model).into()
 }
 
 /// The answer the engine gives to `prompt`, as its tokens.

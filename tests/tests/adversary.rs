@@ -755,3 +755,148 @@ async fn a_worker_claims_everything_vouched_as_soon_as_its_channel_is_closing() 
         "every answer paid for was vouched"
     );
 }
+
+/// Hole 7: the registry was decorative; the proxy admitted on local policy
+/// files alone and `cocoon serve` trusted any proxy whose evidence verified.
+/// Now, with a registry configured, a worker whose model it does not list is
+/// refused, a client refuses a proxy it does not list (or lists with another
+/// commission), and a removal takes effect at the next read, without restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_registry_decides_which_workers_and_proxies_are_used() {
+    use cocoon_client::allowlist::Watched;
+    use cocoon_client::serve::Runner;
+    let local = start_local_chain();
+    let api = local.1.clone();
+    let chain = cocoon_ton::toncenter::Toncenter::new(&api, None).unwrap();
+    let dir = temp_dir("adv-registry");
+    let (owner_key, owner_wallet) = wallet_key(&dir, "owner.key", 61);
+    let (proxy_key, _) = wallet_key(&dir, "proxy.key", 62);
+    chain.local("airdrop", json!({ "address": owner_wallet.to_hex(), "amount": (5 * TON).to_string() })).await.unwrap();
+    let registry = cocoon_ton::registry::address(&owner_wallet).unwrap();
+    let reg = |args: &[&str]| {
+        let mut c = cocoon_cmd(&api, &["registry"]);
+        c.args(args).arg("--key").arg(&owner_key);
+        c
+    };
+
+    // Two workers, one serving a model the registry lists, one another model.
+    let listed = TestWorker::start(&dir, "listed", 0);
+    let sock = dir.join("other.sock");
+    let config = priced_config(&dir, "other", (PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0), 16);
+    let _other_enclave = start_enclave_serving(&sock, 0, Some(&config), "unlisted-echo");
+    let (_other_host, other_url) = start_host(&format!("unix:{}", sock.display()), &[]);
+    let model = hex::encode(cocoon_tests::echo_engine::model_digest(MODEL_ID));
+    run_ok(&mut reg(&["add-model", &model]));
+
+    // The proxy, listed at its endpoint with its commission.
+    let port = free_port();
+    let proxy_url = format!("http://127.0.0.1:{port}");
+    let account = hex::encode(SigningKey::from_bytes(&[62; 32]).verifying_key().to_bytes());
+    let commission = COMMISSION_PPM.to_string();
+    run_ok(&mut reg(&["add-proxy", "--account", &account, "--commission-ppm", &commission, "--endpoint", &proxy_url]));
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nledger = \"{}\"\naccount_key = \"{}\"\ncommission_ppm = {COMMISSION_PPM}\n\
+             workers = [\"{}\", \"{other_url}\"]\ninsecure_simulated = true\nplatform = \"simulated\"\nreattest_interval_s = 1\n\n\
+             [ton]\napi = \"{api}\"\nregistry = \"{}\"\nregistry_refresh_s = 1\n",
+            dir.join("ledger.sqlite").display(),
+            proxy_key.display(),
+            listed.url,
+            registry.to_hex()
+        ),
+    )
+    .unwrap();
+    let _proxy = Proc {
+        child: std::process::Command::new(workspace_bin("cocoon-proxy"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("COCOON_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    wait_for_port(port, "the proxy");
+    wait_admitted(&proxy_url, 1).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let urls: Vec<Value> = worker_records(&proxy_url).await.iter().map(|w| w["url"].clone()).collect();
+    assert_eq!(urls, vec![json!(listed.url)], "the unlisted model's worker is never admitted");
+    let (status, body) = raw_http(
+        &proxy_url,
+        format!(
+            "POST /v1/workers HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{}",
+            json!({"url": other_url}).to_string().len(),
+            json!({"url": other_url})
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("is not in the registry"), "{body}");
+
+    // A client that uses the registry: served through the listed proxy.
+    let watched = Watched::start(chain.clone(), registry.clone(), std::time::Duration::from_secs(1)).await.unwrap();
+    tokio::spawn(watched.clone().refresh(|| {}));
+    let key = client_key(63);
+    deposit(&dir, &key, 1_000_000_000);
+    let via = |key: SigningKey, proxy: String| async move {
+        Runner::via_proxy(&proxy, Policy::insecure_simulated(), EndorsementSources::default(), key, NanoTon(10_000_000))
+            .await
+            .unwrap()
+    };
+    let runner = via(key.clone(), proxy_url.clone()).await.with_registry(watched.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let runner_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cocoon_client::serve::serve(listener, std::sync::Arc::new(runner), std::future::pending()));
+    assert_eq!(honest_burst(&runner_url, 0, 5).await.0, 5);
+
+    // The same proxy reached at another address than listed, and a proxy the registry
+    // does not list at all: refused before anything is sent.
+    let elsewhere = via(key.clone(), format!("http://localhost:{port}")).await.with_registry(watched.clone());
+    let e = elsewhere.err().expect("refused").to_string();
+    assert!(e.contains("endpoint"), "{e}");
+    let dir2 = temp_dir("adv-registry-2");
+    key_file(&dir2, "proxy.key", 64);
+    let (_stranger, stranger_url) = dev_proxy(&dir2, &[&listed.url]);
+    let e =
+        via(key.clone(), stranger_url.clone()).await.with_registry(watched.clone()).err().expect("refused").to_string();
+    assert!(e.contains("not in the registry"), "{e}");
+    // Listed with another commission than its terms state: refused too.
+    let stranger_account = hex::encode(SigningKey::from_bytes(&[64; 32]).verifying_key().to_bytes());
+    run_ok(&mut reg(&[
+        "add-proxy",
+        "--account",
+        &stranger_account,
+        "--commission-ppm",
+        "1000",
+        "--endpoint",
+        &stranger_url,
+    ]));
+    watched.refresh_once().await.unwrap();
+    let e = via(key.clone(), stranger_url).await.with_registry(watched.clone()).err().expect("refused").to_string();
+    assert!(e.contains("commission"), "{e}");
+
+    // The model is removed: the proxy evicts its worker without a restart.
+    run_ok(&mut reg(&["remove-model", &model]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !worker_records(&proxy_url).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker was not evicted: {:?}",
+            worker_records(&proxy_url).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The proxy is removed: the client stops using it at its next read.
+    run_ok(&mut reg(&["add-model", &model]));
+    run_ok(&mut reg(&["remove-proxy", &account]));
+    watched.refresh_once().await.unwrap();
+    let (status, body) =
+        post_json(&HttpClient::default(), &runner_url, "/v1/chat/completions", &chat_body("a b", false)).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("proxy_not_listed"), "{body}");
+    assert_ledger_adds_up(&dir);
+}

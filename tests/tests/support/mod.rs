@@ -65,8 +65,14 @@ pub fn priced_config(dir: &Path, name: &str, prices: (u64, u64), capacity: u32) 
 
 /// The test enclave with a static config (prices, payout address, capacity).
 pub fn start_enclave_with(socket: &Path, token_delay_ms: u64, config: Option<&Path>) -> Proc {
+    start_enclave_serving(socket, token_delay_ms, config, cocoon_tests::echo_engine::MODEL_ID)
+}
+
+/// [`start_enclave_with`] serving the echo engine under another model id (another digest).
+pub fn start_enclave_serving(socket: &Path, token_delay_ms: u64, config: Option<&Path>, model: &str) -> Proc {
     let _ = std::fs::remove_file(socket);
     let mut cmd = Command::new(test_enclave_bin());
+    cmd.env("COCOON_TEST_MODEL", model);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
