@@ -2,10 +2,12 @@
 // behind the subset of the toncenter v2 HTTP API the Rust client uses, so the
 // same client code talks to this and to a real endpoint.
 //
-//   node chain/server.js [--port N] [--global-id ID]
+//   node chain/server.js [--port N] [--global-id ID] [--rate-limit RPS]
 //       prints {"url": "http://127.0.0.1:N"} once listening; --global-id sets
 //       the network's global id (config param 19; the emulator's default is
-//       mainnet's, -239; testnet's is -3), so tests can run two networks.
+//       mainnet's, -239; testnet's is -3), so tests can run two networks;
+//       --rate-limit answers /api/v2 calls beyond RPS a second with HTTP 429,
+//       as toncenter does (1 a second without an API key).
 //
 // toncenter v2 subset: POST /api/v2/sendBoc {boc}, POST /api/v2/runGetMethod
 // {address, method, stack}, GET /api/v2/getAddressInformation?address=,
@@ -28,7 +30,12 @@ function parseArgs() {
         return i > 0 ? process.argv[i + 1] : undefined;
     };
     const globalId = arg('--global-id');
-    return { port: Number(arg('--port') ?? 0), globalId: globalId === undefined ? undefined : Number(globalId) };
+    const rate = arg('--rate-limit');
+    return {
+        port: Number(arg('--port') ?? 0),
+        globalId: globalId === undefined ? undefined : Number(globalId),
+        rateLimit: rate === undefined ? undefined : Number(rate),
+    };
 }
 
 class ApiError extends Error {
@@ -167,6 +174,19 @@ async function main() {
         },
     };
 
+    // toncenter's quota: a bucket of `rateLimit` calls refilled every second.
+    let tokens = args.rateLimit ?? Infinity;
+    let refilled = Date.now();
+    const overQuota = (path) => {
+        if (args.rateLimit === undefined || !path.startsWith('/api/v2/')) return false;
+        const now = Date.now();
+        tokens = Math.min(args.rateLimit, tokens + ((now - refilled) / 1000) * args.rateLimit);
+        refilled = now;
+        if (tokens < 1) return true;
+        tokens -= 1;
+        return false;
+    };
+
     let queue = Promise.resolve();
     const server = http.createServer((req, res) => {
         const url = new URL(req.url, 'http://local');
@@ -184,6 +204,7 @@ async function main() {
             };
             if (!route) return reply(404, { ok: false, error: `no route ${req.method} ${url.pathname}`, code: 404 });
             if (size > MAX_BODY) return reply(413, { ok: false, error: 'body too large', code: 413 });
+            if (overQuota(url.pathname)) return reply(429, { ok: false, error: 'Ratelimit exceed', code: 429 });
             try {
                 const body = chunks.length ? JSON.parse(Buffer.concat(chunks).toString('utf-8')) : {};
                 // One request at a time: the emulator is one chain, applied in order.

@@ -86,6 +86,10 @@ pub struct TonConfig {
     pub registry: Option<String>,
     /// How often the registry is read again, in seconds.
     pub registry_refresh_s: f64,
+    /// Chain-API calls per second the public endpoints (`/v1/vouchers` for a
+    /// new channel, `/v1/payouts`) may make together; the rest of the API's
+    /// quota is left to settlement.
+    pub public_chain_rps: f64,
 }
 
 /// Shortest close window of the channels to workers: what their `cocoon
@@ -107,6 +111,9 @@ impl TonConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.registry_address()?;
+        if !(self.public_chain_rps > 0.0 && self.public_chain_rps <= 1000.0) {
+            anyhow::bail!("ton.public_chain_rps must be above 0 and at most 1000, found {}", self.public_chain_rps);
+        }
         if !(1.0..=86_400.0).contains(&self.registry_refresh_s) {
             anyhow::bail!("ton.registry_refresh_s must be 1 to 86400, found {}", self.registry_refresh_s);
         }
@@ -139,6 +146,7 @@ impl Default for TonConfig {
             min_dispute_window_s: 3600,
             registry: None,
             registry_refresh_s: 60.0,
+            public_chain_rps: 0.5,
         }
     }
 }

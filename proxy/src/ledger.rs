@@ -264,19 +264,24 @@ impl Ledger {
         Ok(row.map(|(d, c)| Account { deposited: nano(d), charged: nano(c) }).unwrap_or_default())
     }
 
-    /// What the account's open channels hold on chain beyond their newest
-    /// vouchers (as last seen): the most credit the proxy may extend to it.
-    /// Channels that are closing count nothing, since the payer takes the rest back.
-    pub fn collateral(&self, client_key: &[u8; 32]) -> Result<NanoTon, LedgerError> {
+    /// The account and what its open channels hold on chain beyond their
+    /// newest vouchers (as last seen): the most credit the proxy may extend
+    /// to it. Channels that are closing count nothing, since the payer takes
+    /// the rest back. One query: it runs before every forwarded request.
+    pub fn account_and_collateral(&self, client_key: &[u8; 32]) -> Result<(Account, NanoTon), LedgerError> {
         self.read(|c| {
             c.query_row(
-                "SELECT COALESCE(SUM(MAX(deposit_seen - voucher_total, 0)), 0) FROM client_channels
-                 WHERE client_key = ?1 AND closing_since = 0",
+                "SELECT COALESCE((SELECT deposited FROM accounts WHERE client_key = ?1), 0),
+                        COALESCE((SELECT charged FROM accounts WHERE client_key = ?1), 0),
+                        COALESCE((SELECT SUM(MAX(deposit_seen - voucher_total, 0)) FROM client_channels
+                                  WHERE client_key = ?1 AND closing_since = 0), 0)",
                 [client_key.as_slice()],
-                |r| r.get::<_, i64>(0),
+                |r| {
+                    let account = Account { deposited: nano(r.get(0)?), charged: nano(r.get(1)?) };
+                    Ok((account, nano(r.get(2)?)))
+                },
             )
         })
-        .map(nano)
     }
 
     pub fn is_charged(&self, request_hash: &[u8; 32]) -> Result<bool, LedgerError> {
@@ -474,6 +479,18 @@ impl Ledger {
         let credited = run(&tx).map_err(|e| sql(&self.path, e))?;
         tx.commit().map_err(|e| sql(&self.path, e))?;
         Ok(nano(credited))
+    }
+
+    /// Records a client's channel's deposit as last seen on chain (it only grows while open).
+    pub fn see_deposit(&self, address: &str, deposited: NanoTon) -> Result<(), LedgerError> {
+        let d = amount(deposited)?;
+        self.read(|c| {
+            c.execute(
+                "UPDATE client_channels SET deposit_seen = MAX(deposit_seen, ?2), updated_at = ?3 WHERE address = ?1",
+                params![address, d, unix_now() as i64],
+            )
+            .map(|_| ())
+        })
     }
 
     /// Records that a client's channel is closing: it takes no more vouchers.

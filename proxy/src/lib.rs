@@ -13,6 +13,7 @@ pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod payments;
+pub mod rate;
 pub mod registry;
 pub mod reputation;
 pub mod server;

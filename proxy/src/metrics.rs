@@ -78,7 +78,51 @@ impl Default for Metrics {
     }
 }
 
+/// Settlement on TON: what the payments watcher and claims did.
+#[derive(Default, Clone)]
+pub struct SettlementMetrics {
+    pub claims_paid: Counter,
+    pub claims_late: Counter,
+    pub claims_missed: Counter,
+    pub claim_attempts_failed: Counter,
+    pub channels_vanished: Counter,
+    pub chain_errors: Counter,
+    pub public_refused: Counter,
+}
+
 impl Metrics {
+    /// Adds the settlement counters to what `/metrics` renders.
+    pub fn register_settlement(&mut self, s: &SettlementMetrics) {
+        let r = &mut self.registry;
+        r.register("settlement_claims_paid", "Claims of closing channels that landed", s.claims_paid.clone());
+        r.register(
+            "settlement_claims_late",
+            "Claims of closing channels that landed past half their window",
+            s.claims_late.clone(),
+        );
+        r.register(
+            "settlement_claims_missed",
+            "Channels that closed with vouchers the proxy did not claim",
+            s.claims_missed.clone(),
+        );
+        r.register(
+            "settlement_claim_attempts_failed",
+            "Claim attempts that failed (retried)",
+            s.claim_attempts_failed.clone(),
+        );
+        r.register(
+            "settlement_channels_vanished",
+            "Passes that found a client's channel missing from the chain",
+            s.channels_vanished.clone(),
+        );
+        r.register("settlement_chain_errors", "Chain-API errors while watching channels", s.chain_errors.clone());
+        r.register(
+            "settlement_public_chain_refused",
+            "Public requests refused because their chain-API budget was spent",
+            s.public_refused.clone(),
+        );
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -12,15 +12,24 @@
 //!   any channel whose payer asked to close, well within the dispute window.
 //! - **Workers are paid** through channels from this wallet to their payout
 //!   address, opened and funded on demand; `GET /v1/payouts?payee=` signs a
-//!   voucher for everything that address has earned (the sum of the worker
-//!   costs of its charges) and records it.
+//!   voucher for everything that address has earned (the worker costs of the
+//!   charges its clients paid for) and records it.
+//! - **Settlement comes first.** The public endpoints are limited per key
+//!   (payee, channel payer) and share a small budget of chain-API calls
+//!   (`public_chain_rps`), answered 429/503 at once when it is spent; they
+//!   never wait on the wallet and never start funding while a claim waits. A
+//!   closing channel's claim is retried with back-off until its window ends;
+//!   a claim that lands late or not at all, and a channel whose account
+//!   vanished, are logged as errors and counted in the metrics.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use cocoon_client::payouts::HeldVoucher;
 use cocoon_protocol::NanoTon;
@@ -29,13 +38,22 @@ use cocoon_ton::toncenter::Toncenter;
 use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{TonAddress, Voucher, actions};
 
+use cocoon_runtime::LockExt;
+
 use crate::config::TonConfig;
 use crate::ledger::{Ledger, LedgerError};
+use crate::metrics::SettlementMetrics;
+use crate::rate::{Bucket, KeyedLimiter, Limiter};
+use crate::registry::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
     #[error("{0}")]
     Invalid(String),
+    #[error("too many {what} requests for this key; retry in {} ms", retry_after.as_millis())]
+    RateLimited { what: &'static str, retry_after: Duration },
+    #[error("{0}; retry later")]
+    Busy(&'static str),
     #[error("{0}")]
     NotCovered(String),
     #[error("the channel is closing or closed: it takes no more vouchers")]
@@ -50,6 +68,8 @@ impl PaymentError {
     pub fn status(&self) -> u16 {
         match self {
             PaymentError::Invalid(_) => 400,
+            PaymentError::RateLimited { .. } => 429,
+            PaymentError::Busy(_) => 503,
             PaymentError::NotCovered(_) => 402,
             PaymentError::Closing => 409,
             PaymentError::Chain(_) | PaymentError::Ledger(_) => 503,
@@ -59,6 +79,8 @@ impl PaymentError {
     pub fn code(&self) -> &'static str {
         match self {
             PaymentError::Invalid(_) => "invalid_voucher",
+            PaymentError::RateLimited { .. } => "rate_limited",
+            PaymentError::Busy(_) => "busy",
             PaymentError::NotCovered(_) => "voucher_not_covered",
             PaymentError::Closing => "channel_closing",
             PaymentError::Chain(_) => "chain_unavailable",
@@ -102,24 +124,60 @@ pub struct Payments {
     config: TonConfig,
     /// Transfers from one wallet are ordered by its seqno: one at a time.
     wallet_lock: tokio::sync::Mutex<()>,
+    /// Claims of closing channels in progress: while any is, public requests
+    /// start no transfer from the wallet.
+    urgent: AtomicUsize,
+    /// Channels with a claim-before-close task running.
+    claiming: Mutex<HashSet<String>>,
+    /// Chain-API calls the public endpoints may make, all together.
+    public_chain: Mutex<Limiter>,
+    payout_keys: Mutex<KeyedLimiter<String>>,
+    voucher_keys: Mutex<KeyedLimiter<[u8; 32]>>,
+    pub metrics: SettlementMetrics,
 }
+
+/// Per payee: `GET /v1/payouts` a few times a minute is plenty (a worker's
+/// `cocoon payouts --watch` asks once per pass).
+const PAYOUTS_PER_KEY: Bucket = Bucket { per_second: 0.2, burst: 5.0 };
+/// Per channel payer: a busy runner sends a voucher after every answer.
+const VOUCHERS_PER_KEY: Bucket = Bucket { per_second: 50.0, burst: 200.0 };
+/// Keys remembered by each per-key limiter.
+const MAX_LIMITED_KEYS: usize = 100_000;
+/// Longest pause between two tries of a closing channel's claim.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Payments {
     pub fn new(config: TonConfig, key: &SigningKey, ledger: Arc<Ledger>) -> anyhow::Result<Arc<Payments>> {
         let chain = Toncenter::new(&config.api, config.api_key.clone())?;
         let wallet = Wallet::from_seed(&key.to_bytes())?;
+        let public = Bucket { per_second: config.public_chain_rps, burst: (config.public_chain_rps * 20.0).max(1.0) };
         Ok(Arc::new(Payments {
             chain,
             wallet,
             key: key.clone(),
             ledger,
-            config,
             wallet_lock: tokio::sync::Mutex::new(()),
+            urgent: AtomicUsize::new(0),
+            claiming: Mutex::new(HashSet::new()),
+            public_chain: Mutex::new(Limiter::new(public, now_ms())),
+            payout_keys: Mutex::new(KeyedLimiter::new(PAYOUTS_PER_KEY, MAX_LIMITED_KEYS)),
+            voucher_keys: Mutex::new(KeyedLimiter::new(VOUCHERS_PER_KEY, MAX_LIMITED_KEYS)),
+            metrics: SettlementMetrics::default(),
+            config,
         }))
     }
 
     pub fn wallet_address(&self) -> &TonAddress {
         self.wallet.address()
+    }
+
+    /// A call to the chain API on behalf of a public request: from the shared
+    /// budget that keeps the API's quota for settlement, or refused at once.
+    fn public_chain_call(&self) -> Result<(), PaymentError> {
+        self.public_chain.locked().take(now_ms()).map_err(|_| {
+            self.metrics.public_refused.inc();
+            PaymentError::Busy("the chain API budget of public requests is spent")
+        })
     }
 
     pub async fn accept_voucher(self: &Arc<Self>, body: VoucherBody) -> Result<Accepted, PaymentError> {
@@ -138,6 +196,10 @@ impl Payments {
                 params.dispute_window, self.config.min_dispute_window_s
             )));
         }
+        self.voucher_keys
+            .locked()
+            .take(&params.payer_key, now_ms())
+            .map_err(|retry_after| PaymentError::RateLimited { what: "voucher", retry_after })?;
         let address = params.address().map_err(|e| invalid(&e))?;
         let key = address.to_hex();
         let known = self.ledger.client_channel(&key)?;
@@ -157,6 +219,7 @@ impl Payments {
         // the voucher it holds, 0 at first) is read on chain: its deposit is the
         // collateral that secures the account's credit.
         if known.is_none() || body.voucher.total > seen {
+            self.public_chain_call()?;
             let state = actions::channel_state(&self.chain, &params)
                 .await
                 .map_err(chain_err)?
@@ -197,10 +260,14 @@ impl Payments {
             NanoTon(voucher.total),
             &body.voucher.signature,
         )?;
-        if voucher.total.saturating_sub(claimed) >= self.config.settle_threshold.0.max(1) {
+        // A claim past the threshold, unless a closing channel's claim waits (the watcher retries it).
+        if voucher.total.saturating_sub(claimed) >= self.config.settle_threshold.0.max(1)
+            && self.urgent.load(Ordering::Acquire) == 0
+        {
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.settle(&key).await {
+                    me.metrics.claim_attempts_failed.inc();
                     warn!(channel = %key, "settling: {e}");
                 }
             });
@@ -254,37 +321,117 @@ impl Payments {
         out
     }
 
-    /// Every so often: records every channel whose payer asked to close (it
-    /// takes no more vouchers from then on, even one its deposit covers), and
-    /// claims at once what such a channel still owes. Channels already known
-    /// to be closing and still owing are claimed again until paid.
+    /// Every so often: reads every channel that is open or still owes;
+    /// records the deposits of open ones (the collateral of their accounts'
+    /// credit); records every channel whose payer asked to close (it takes no
+    /// more vouchers from then on, even one its deposit covers) and claims
+    /// what it owes at once, retrying until its window ends; and reports a
+    /// channel whose account vanished while it still owed.
     pub async fn watch(self: Arc<Self>) {
         let every = Duration::from_secs(u64::from(self.config.min_dispute_window_s / 4).clamp(10, 300));
         loop {
             tokio::time::sleep(every).await;
-            let Ok(channels) = self.ledger.client_channels() else { continue };
-            for c in channels.into_iter().filter(|c| c.closing_since == 0 || c.voucher_total.0 > c.claimed.0) {
-                let Ok((_, params)) = stored_channel(&c.descriptor) else { continue };
-                match actions::channel_state(&self.chain, &params).await {
-                    Ok(Some(s)) if s.closing_since != 0 || s.closed => {
-                        if c.closing_since == 0 {
-                            warn!(channel = %c.address, "the payer asked to close: taking no more vouchers");
-                            if let Err(e) = self.ledger.mark_closing(&c.address, u64::from(s.closing_since.max(1))) {
-                                warn!(channel = %c.address, "recording the close: {e}");
-                            }
-                        }
-                        if c.voucher_total.0 > c.claimed.0
-                            && !s.closed
-                            && let Err(e) = self.settle(&c.address).await
-                        {
-                            warn!(channel = %c.address, "claiming a closing channel: {e}");
+            self.clone().watch_pass().await;
+        }
+    }
+
+    /// One pass of [`Payments::watch`].
+    pub async fn watch_pass(self: Arc<Self>) {
+        let channels = match self.ledger.client_channels() {
+            Ok(c) => c,
+            Err(e) => {
+                error!("the payments watcher cannot read the ledger: {e}");
+                return;
+            }
+        };
+        for c in channels.into_iter().filter(|c| c.closing_since == 0 || c.voucher_total.0 > c.claimed.0) {
+            let Ok((_, params)) = stored_channel(&c.descriptor) else { continue };
+            let owed = c.voucher_total.0.saturating_sub(c.claimed.0);
+            match actions::channel_state(&self.chain, &params).await {
+                Ok(Some(s)) if s.closing_since != 0 || s.closed => {
+                    if c.closing_since == 0 {
+                        warn!(channel = %c.address, "the payer asked to close: taking no more vouchers");
+                        if let Err(e) = self.ledger.mark_closing(&c.address, u64::from(s.closing_since.max(1))) {
+                            error!(channel = %c.address, "recording the close: {e}");
                         }
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!(channel = %c.address, "watching: {e}"),
+                    if owed > 0 && !s.closed {
+                        let closes_at = u64::from(s.closing_since) + u64::from(s.dispute_window);
+                        self.clone().claim_before_close(c.address.clone(), u64::from(s.closing_since), closes_at);
+                    } else if owed > 0 && s.closed && s.claimed < c.voucher_total.0 {
+                        self.metrics.claims_missed.inc();
+                        error!(
+                            channel = %c.address,
+                            lost = c.voucher_total.0 - s.claimed,
+                            "the channel closed with vouchers the proxy never claimed"
+                        );
+                        if let Err(e) = self.ledger.record_claim(&c.address, NanoTon(s.claimed), NanoTon(0)) {
+                            error!(channel = %c.address, "recording the loss: {e}");
+                        }
+                    }
+                }
+                Ok(Some(s)) => {
+                    if let Err(e) = self.ledger.see_deposit(&c.address, NanoTon(s.deposited)) {
+                        warn!(channel = %c.address, "recording the deposit: {e}");
+                    }
+                }
+                Ok(None) => {
+                    self.metrics.channels_vanished.inc();
+                    error!(
+                        channel = %c.address,
+                        owed,
+                        deposit_seen = c.deposit_seen.0,
+                        "a client's channel is not on chain any more (deleted, or the chain API answers for another network)"
+                    );
+                }
+                Err(e) => {
+                    self.metrics.chain_errors.inc();
+                    warn!(channel = %c.address, "watching: {e}");
                 }
             }
         }
+    }
+
+    /// Claims `address` until paid or its window (ending at unix time
+    /// `closes_at`) is over, backing off between tries; one task per channel.
+    fn claim_before_close(self: Arc<Self>, address: String, closing_since: u64, closes_at: u64) {
+        if !self.claiming.locked().insert(address.clone()) {
+            return;
+        }
+        self.urgent.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_secs(1);
+            loop {
+                match self.settle(&address).await {
+                    Ok(paid) => {
+                        let now = now_ms() / 1000;
+                        self.metrics.claims_paid.inc();
+                        // Late: past half the window, when a second try might not have fit.
+                        if now > closing_since + closes_at.saturating_sub(closing_since) / 2 {
+                            self.metrics.claims_late.inc();
+                            error!(channel = %address, paid, "a closing channel's claim landed late in its window");
+                        } else {
+                            info!(channel = %address, paid, "claimed a closing channel");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        self.metrics.claim_attempts_failed.inc();
+                        let left = closes_at.saturating_sub(now_ms() / 1000);
+                        if Duration::from_secs(left) <= pause {
+                            self.metrics.claims_missed.inc();
+                            error!(channel = %address, "a closing channel's claim did not land within its window: {e}");
+                            break;
+                        }
+                        warn!(channel = %address, retry_in_ms = pause.as_millis() as u64, "claiming a closing channel: {e}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_CLAIM_BACKOFF);
+                    }
+                }
+            }
+            self.urgent.fetch_sub(1, Ordering::AcqRel);
+            self.claiming.locked().remove(&address);
+        });
     }
 
     /// What `payee` has earned, over the charges of every worker paying out to it.
@@ -301,11 +448,22 @@ impl Payments {
     /// `GET /v1/payouts?payee=`: a voucher for everything `payee` has earned,
     /// on a channel from this wallet funded to cover it; `None` when nothing is earned.
     pub async fn worker_voucher(&self, payee: &TonAddress) -> Result<Option<HeldVoucher>, PaymentError> {
+        self.payout_keys
+            .locked()
+            .take(&payee.to_hex(), now_ms())
+            .map_err(|retry_after| PaymentError::RateLimited { what: "payout", retry_after })?;
         let earned = self.earned(payee)?;
         if earned == 0 {
             return Ok(None);
         }
-        let _wallet = self.wallet_lock.lock().await;
+        // Never wait on the wallet here, and start no transfer while a closing channel's claim waits.
+        if self.urgent.load(Ordering::Acquire) > 0 {
+            return Err(PaymentError::Busy("the proxy is settling a closing channel"));
+        }
+        let Ok(_wallet) = self.wallet_lock.try_lock() else {
+            return Err(PaymentError::Busy("the proxy's wallet is sending a transfer"));
+        };
+        self.public_chain_call()?;
         let key = payee.to_hex();
         if self.ledger.worker_channel(&key)?.is_none() {
             let params = ChannelParams {

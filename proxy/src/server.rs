@@ -79,13 +79,17 @@ impl App {
         limits: Limits,
         payments: Option<Arc<crate::payments::Payments>>,
     ) -> Arc<Self> {
+        let mut metrics = Metrics::default();
+        if let Some(p) = &payments {
+            metrics.register_settlement(&p.metrics);
+        }
         Arc::new(App {
             registry,
             ledger,
             identity,
             commission,
             credit_limit,
-            metrics: Metrics::default(),
+            metrics,
             http: HttpClient::with_connect_timeout(secs(limits.connect_timeout_s)),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             reservations: Mutex::new(HashMap::new()),
@@ -111,8 +115,7 @@ impl App {
             warn!("reading an account: {e}");
             ReserveError::LedgerUnavailable
         };
-        let account = self.ledger.account(&auth.client_key).map_err(ledger_down)?;
-        let collateral = self.ledger.collateral(&auth.client_key).map_err(ledger_down)?;
+        let (account, collateral) = self.ledger.account_and_collateral(&auth.client_key).map_err(ledger_down)?;
         let credit = self.credit_limit.min(collateral);
         let mut reserved = self.reservations.locked();
         let pending = reserved.get(&auth.client_key).copied().unwrap_or(0);

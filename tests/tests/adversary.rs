@@ -900,3 +900,140 @@ async fn the_registry_decides_which_workers_and_proxies_are_used() {
     assert!(body.contains("proxy_not_listed"), "{body}");
     assert_ledger_adds_up(&dir);
 }
+
+/// Hole 5: the public payment endpoints called the chain API on every request
+/// and shared its quota (and the wallet) with settlement, so a flood during a
+/// client's close window could keep the proxy's claim failing until the
+/// client took the vouched money back. Now they are limited per key and share
+/// a small chain budget, answered at once when it is spent, and a closing
+/// channel's claim is retried until its window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settlement_lands_within_the_window_during_a_flood_of_public_requests() {
+    // toncenter's quota, emulated: 20 calls a second, then 429.
+    let local = start_local_chain_with(&["--rate-limit", "20"]);
+    let api = local.1.clone();
+    let chain = cocoon_ton::toncenter::Toncenter::new(&api, None).unwrap();
+    let dir = temp_dir("adv-flood");
+    let (client_key_file, client_wallet) = wallet_key(&dir, "client.key", 71);
+    let (proxy_key, proxy_wallet) = wallet_key(&dir, "proxy.key", 72);
+    let (_worker_key, worker_wallet) = wallet_key(&dir, "worker.key", 73);
+    for (w, amount) in [(&client_wallet, 5 * TON), (&proxy_wallet, 5 * TON), (&worker_wallet, TON)] {
+        chain.local("airdrop", json!({ "address": w.to_hex(), "amount": amount.to_string() })).await.unwrap();
+    }
+    let (_enclave, _host, worker_url) = paid_worker(&dir, "worker", &worker_wallet);
+    let (_proxy, proxy) = ton_proxy(&dir, &proxy_key, &api, &[&worker_url], "");
+    wait_admitted(&proxy, 1).await;
+    let channel_file = dir.join("channel.json");
+    run_ok(
+        cocoon_cmd(
+            &api,
+            &["channel", "open", "--payee", &proxy_wallet.to_hex(), "--amount", "1", "--dispute-window", "40"],
+        )
+        .arg("--key")
+        .arg(&client_key_file)
+        .arg("--out")
+        .arg(&channel_file),
+    );
+    let serve_port = free_port();
+    let serve = Proc {
+        child: cocoon_cmd(&api, &["serve", "--proxy", &proxy, "--insecure-simulated"])
+            .args(["--listen", &format!("127.0.0.1:{serve_port}")])
+            .arg("--key")
+            .arg(&client_key_file)
+            .arg("--channel")
+            .arg(&channel_file)
+            .env("COCOON_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    wait_for_port(serve_port, "cocoon serve");
+    assert_eq!(honest_burst(&format!("http://127.0.0.1:{serve_port}"), 0, 6).await.0, 6);
+    drop(serve);
+    let vouched = loop {
+        let l = ledger_json(&dir);
+        let total = l["channels"][0]["voucher_total"].as_u64().unwrap_or(0);
+        if total == l["totals"]["charged"].as_u64().unwrap() && total > 0 {
+            break total;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+
+    // The flood: payouts for the worker and vouchers on channels nobody opened, as fast as answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
+    let payee = urlencoding::encode(&worker_wallet.to_hex()).into_owned();
+    let descriptor: cocoon_ton::channel::ChannelDescriptor =
+        serde_json::from_slice(&std::fs::read(&channel_file).unwrap()).unwrap();
+    let mut flooders = Vec::new();
+    for i in 0..16u64 {
+        let (stop, statuses, proxy, payee, descriptor) =
+            (stop.clone(), statuses.clone(), proxy.clone(), payee.clone(), descriptor.clone());
+        flooders.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let status = if i % 2 == 0 {
+                    get(&proxy, &format!("/v1/payouts?payee={payee}")).await.0
+                } else {
+                    // A channel of a fresh payer to the proxy: unknown, so it would need the chain.
+                    let key = SigningKey::from_bytes(&[(i * 1000 + n % 1000) as u8; 32]);
+                    let mut p = descriptor.params().unwrap();
+                    p.payer_key = key.verifying_key().to_bytes();
+                    p.channel_id = i * 1_000_000 + n;
+                    let d = cocoon_ton::channel::ChannelDescriptor::bound(&p, descriptor.binding.unwrap()).unwrap();
+                    let v = cocoon_ton::Voucher {
+                        channel: p.address().unwrap(),
+                        binding: descriptor.binding.unwrap(),
+                        total: 1,
+                    }
+                    .sign(&key)
+                    .unwrap();
+                    post_voucher(&proxy, &json!({"channel": d, "voucher": v})).await.0
+                };
+                *statuses.lock().unwrap().entry(status).or_default() += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+
+    // The client asks to close: the proxy must claim everything vouched within the 40 s window.
+    let closed_at = std::time::Instant::now();
+    run_ok(cocoon_cmd(&api, &["channel", "close"]).arg(&channel_file).arg("--key").arg(&client_key_file));
+    let params = descriptor.params().unwrap();
+    loop {
+        let s = cocoon_ton::actions::channel_state(&chain, &params).await;
+        if let Ok(Some(s)) = s
+            && s.claimed == vouched
+        {
+            break;
+        }
+        assert!(closed_at.elapsed() < std::time::Duration::from_secs(40), "the claim did not land within the window");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let took = closed_at.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    let refused: u64 = statuses.iter().filter(|(s, _)| [429, 503].contains(*s)).map(|(_, n)| n).sum();
+    let total: u64 = statuses.values().sum();
+    assert!(refused * 2 > total, "most of the flood was turned away at once: {statuses:?}");
+    // The claim task counts it once its transaction is seen, a moment after the chain shows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let (_, metrics) = get(&proxy, "/metrics").await;
+        if metrics.contains("cocoon_proxy_settlement_claims_paid_total 1") {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains("cocoon_proxy_settlement_claims_missed_total 0"), "{metrics}");
+    eprintln!(
+        "claimed {vouched} nanoTON {} ms after the close request, under a flood of {total} requests ({statuses:?})",
+        took.as_millis()
+    );
+    assert_ledger_adds_up(&dir);
+}

@@ -91,7 +91,22 @@ impl Toncenter {
         &self.base
     }
 
+    /// One API call; an answer of HTTP 429 (over the API's quota) is tried
+    /// again after 250 ms, 500 ms, 1 s and 2 s before it is an error.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ChainError> {
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match self.call_once(method.clone(), path, body.clone()).await {
+                Err(ChainError::Api { status: 429, .. }) if pause <= Duration::from_secs(2) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ChainError> {
         let url = format!("{}/{path}", self.base);
         let transport = |message: String| ChainError::Transport { url: url.clone(), message };
         let mut req = Request::builder().method(method).uri(&url).header("accept", "application/json");
@@ -140,7 +155,7 @@ impl Toncenter {
     pub async fn local(&self, path: &str, body: Value) -> Result<Value, ChainError> {
         let root = self.base.strip_suffix("/api/v2").unwrap_or(&self.base).to_owned();
         let local = Toncenter { base: format!("{root}/local"), api_key: None, client: self.client.clone() };
-        local.call(Method::POST, path, Some(body)).await
+        local.call_once(Method::POST, path, Some(body)).await
     }
 
     /// Sends an external message (a wallet's signed transfer).
