@@ -375,7 +375,7 @@ fn mixed_load(path: &Path, prefill_chunk: usize) -> anyhow::Result<Latency> {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for h in handles {
             match h.join().map_err(|_| anyhow::anyhow!("a stream panicked"))? {
-                Ok(_) | Err(cocoon_engine::EngineError::Cancelled) => {}
+                Ok(_) | Err(cocoon_engine::EngineError::Cancelled { .. }) => {}
                 Err(e) => anyhow::bail!("a stream failed: {e}"),
             }
         }

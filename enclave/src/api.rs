@@ -59,7 +59,7 @@ fn engine_error_kind(e: &EngineError) -> (u16, &'static str, &'static str) {
         EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => {
             (400, "invalid_request_error", "invalid_request")
         }
-        EngineError::Cancelled | EngineError::Internal(_) => (500, "server_error", "engine"),
+        EngineError::Cancelled { .. } | EngineError::Internal(_) => (500, "server_error", "engine"),
     }
 }
 
@@ -387,6 +387,15 @@ fn stream(g: Generation, include_usage: bool) -> ApiReply {
                 }
                 let _ = tx.blocking_send(b"data: [DONE]\n\n".to_vec());
                 let _ = done_tx.send(Some(completion));
+            }
+            // The client went away: what was generated is still metered (the receipt is kept for the proxy).
+            Err(EngineError::Cancelled { prompt_tokens, completion_tokens }) => {
+                let _ = done_tx.send(Some(Completion {
+                    prompt_tokens,
+                    completion_tokens,
+                    cached_tokens: 0,
+                    finish_reason: cocoon_engine::FinishReason::Length,
+                }));
             }
             Err(e) => {
                 let (_, kind, code) = engine_error_kind(&e);

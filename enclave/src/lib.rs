@@ -7,6 +7,7 @@
 //! OpenAI-compatible API.
 
 pub mod api;
+pub mod cancelled;
 pub mod cli;
 pub mod fresh_evidence;
 pub mod model_config;

@@ -3,7 +3,8 @@
 //! Routes (the host shim maps its public endpoints onto these):
 //! `GET /healthz`, `GET /.well-known/ohttp-keys`, `GET /attestation?nonce=HEX`,
 //! `POST /ohttp` (`message/ohttp-req` or `message/ohttp-chunked-req`, each
-//! with its `date` sealed inside: see `replay`).
+//! with its `date` sealed inside: see `replay`), `GET /receipts/<hex hash>`
+//! (the receipt of a stream cut short: see `cancelled`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -101,12 +102,29 @@ async fn route(state: Arc<EnclaveState>, req: Request<Incoming>) -> Result<Respo
         ("GET", "/.well-known/ohttp-keys") => full(StatusCode::OK, media::OHTTP_KEYS, state.key_configs.clone()),
         ("GET", "/attestation") => attestation(&state, req.uri().query()).await,
         ("POST", "/ohttp") => ohttp(state, req).await,
+        ("GET", p) if p.starts_with("/receipts/") => cancelled_receipt(&state, &p["/receipts/".len()..]),
         (_, "/healthz" | "/.well-known/ohttp-keys" | "/attestation" | "/ohttp") => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => plain(StatusCode::NOT_FOUND, format!("no route for {path}\n")),
     };
     Ok(resp)
+}
+
+fn cancelled_receipt(state: &EnclaveState, hash: &str) -> Response<Body> {
+    let Some(hash) = hex::decode(hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()) else {
+        return plain(StatusCode::BAD_REQUEST, "expected /receipts/<64 hex digits of a sealed request's SHA-256>\n");
+    };
+    match state.cancelled.get(&hash) {
+        Some(receipt) => {
+            let mut r = plain(StatusCode::OK, "");
+            if let Ok(v) = HeaderValue::from_str(&receipt) {
+                r.headers_mut().insert(media::RECEIPT_HEADER, v);
+            }
+            r
+        }
+        None => plain(StatusCode::NOT_FOUND, "no stream of that request was cut short here\n"),
+    }
 }
 
 async fn attestation(state: &Arc<EnclaveState>, query: Option<&str>) -> Response<Body> {
@@ -302,35 +320,46 @@ fn chunked_response(
     let (tx, rx) = mpsc::channel::<Frame<Bytes>>(16);
     tokio::spawn(async move {
         let head = StreamingResponseEncoder::head(reply.status, &[("content-type", reply.content_type)]);
-        let completion = match reply.body {
-            ReplyBody::Full(body, c) => {
-                let mut first = head;
-                first.extend(StreamingResponseEncoder::content(&body));
-                if !forward(&tx, sealer.seal_chunk(&first)).await {
-                    return;
+        // Sends everything; false when the client went away first.
+        let sent = async |tx: &mpsc::Sender<Frame<Bytes>>, sealer: &mut ChunkedResponseSealer, body: ReplyBody| {
+            match body {
+                ReplyBody::Full(body, c) => {
+                    let mut first = head;
+                    first.extend(StreamingResponseEncoder::content(&body));
+                    (forward(tx, sealer.seal_chunk(&first)).await, Completed::Now(c))
                 }
-                c
-            }
-            ReplyBody::Stream { mut events, done } => {
-                if !forward(&tx, sealer.seal_chunk(&head)).await {
-                    return;
-                }
-                while let Some(event) = events.recv().await {
-                    // Returning drops `events`, which tells the engine the client is gone.
-                    if !forward(&tx, sealer.seal_chunk(&StreamingResponseEncoder::content(&event))).await {
-                        return;
+                ReplyBody::Stream { mut events, done } => {
+                    if !forward(tx, sealer.seal_chunk(&head)).await {
+                        return (false, Completed::Later(done));
                     }
+                    while let Some(event) = events.recv().await {
+                        // Returning drops `events`, which tells the engine the client is gone.
+                        if !forward(tx, sealer.seal_chunk(&StreamingResponseEncoder::content(&event))).await {
+                            return (false, Completed::Later(done));
+                        }
+                    }
+                    (true, Completed::Later(done))
                 }
-                done.await.ok().flatten()
             }
         };
-        if !forward(&tx, sealer.seal_final(&StreamingResponseEncoder::end())).await {
-            return;
-        }
-        if let Some(c) = completion {
+        let (delivered, completed) = sent(&tx, &mut sealer, reply.body).await;
+        let completion = match completed {
+            Completed::Now(c) => c,
+            Completed::Later(done) => done.await.ok().flatten(),
+        };
+        let delivered = delivered && forward(&tx, sealer.seal_final(&StreamingResponseEncoder::end())).await;
+        let Some(c) = completion else { return };
+        let receipt = receipt_value(&state, &billed, &c);
+        if delivered {
             let mut trailers = HeaderMap::new();
-            trailers.insert(media::RECEIPT_HEADER, receipt_value(&state, &billed, &c));
-            let _ = tx.send(Frame::trailers(trailers)).await;
+            trailers.insert(media::RECEIPT_HEADER, receipt.clone());
+            if tx.send(Frame::trailers(trailers)).await.is_ok() {
+                return;
+            }
+        }
+        // Cut short: the tokens generated are metered all the same, once the proxy asks.
+        if let Ok(r) = receipt.to_str() {
+            state.cancelled.keep(billed.request_hash, r.to_owned());
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (Ok(f), rx)) });
@@ -338,6 +367,12 @@ fn chunked_response(
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OHTTP_CHUNKED_RESPONSE));
     r.headers_mut().insert(header::TRAILER, HeaderValue::from_static(media::RECEIPT_HEADER));
     r
+}
+
+/// A generation's usage: known with a whole body, or when its stream ends.
+enum Completed {
+    Now(Option<Completion>),
+    Later(tokio::sync::oneshot::Receiver<Option<Completion>>),
 }
 
 /// Sends one sealed piece; false when sealing failed or the receiver is gone.

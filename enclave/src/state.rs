@@ -28,6 +28,8 @@ pub struct EnclaveState {
     pub fresh: Arc<FreshEvidence>,
     /// Refuses sealed requests it has seen, or dated outside its window.
     pub replay: ReplayGuard,
+    /// Receipts of streams cut short, for the proxy to fetch.
+    pub cancelled: crate::cancelled::CancelledReceipts,
     pub limits: ServeLimits,
 }
 
@@ -96,6 +98,7 @@ impl EnclaveState {
             cached_evidence,
             engine,
             fresh: FreshEvidence::new(producer, &claims_bytes, limits.max_evidence_waiting, limits.evidence_interval),
+            cancelled: Default::default(),
             replay: ReplayGuard::new(limits.replay_window, limits.replay_capacity),
             limits,
         })

@@ -182,8 +182,10 @@ pub enum EngineError {
     ContextLength { prompt: u32, limit: u32 },
     #[error(transparent)]
     Budget(#[from] BudgetError),
-    #[error("generation was cancelled")]
-    Cancelled,
+    /// The caller stopped the generation (its client went away); what was
+    /// generated until then, so that it can still be metered.
+    #[error("generation was cancelled after {completion_tokens} tokens")]
+    Cancelled { prompt_tokens: u32, completion_tokens: u32 },
     #[error("engine failure: {0}")]
     Internal(String),
 }

@@ -236,13 +236,13 @@ impl Engine for BurnEngine {
                     StopScan::Continue(t) => {
                         if !t.is_empty() && emit(&t).is_break() {
                             stop_job();
-                            return Err(EngineError::Cancelled);
+                            return Err(EngineError::Cancelled { prompt_tokens, completion_tokens });
                         }
                     }
                     StopScan::Stopped(t) => {
                         stop_job();
                         if !t.is_empty() && emit(&t).is_break() {
-                            return Err(EngineError::Cancelled);
+                            return Err(EngineError::Cancelled { prompt_tokens, completion_tokens });
                         }
                         return Ok(done(completion_tokens, cached_tokens, FinishReason::Stop));
                     }
@@ -250,7 +250,7 @@ impl Engine for BurnEngine {
                 Ok(Event::Done { completion_tokens, finish }) => {
                     let rest = stops.flush();
                     if !rest.is_empty() && emit(&rest).is_break() {
-                        return Err(EngineError::Cancelled);
+                        return Err(EngineError::Cancelled { prompt_tokens, completion_tokens });
                     }
                     return Ok(done(completion_tokens, cached_tokens, finish));
                 }

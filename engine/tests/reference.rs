@@ -479,7 +479,7 @@ fn a_full_queue_answers_busy_and_a_cancelled_request_frees_its_slot() {
         let busy = engine.generate(&short, &mut |_| ControlFlow::Continue(()));
         assert!(matches!(busy, Err(cocoon_engine::EngineError::Busy { limit: 1, .. })), "{busy:?}");
         release.store(true, Ordering::Relaxed);
-        assert!(matches!(first.join().unwrap(), Err(cocoon_engine::EngineError::Cancelled)));
+        assert!(matches!(first.join().unwrap(), Err(cocoon_engine::EngineError::Cancelled { .. })));
         let (_, done) = queued.join().unwrap();
         assert_eq!((done.completion_tokens, done.finish_reason), (2, FinishReason::Length));
     });

@@ -113,7 +113,7 @@ fn a_thousand_sequences_through_a_small_pool_leak_nothing_and_see_only_their_own
                     });
                     let done = match done {
                         Ok(c) => Some(c),
-                        Err(EngineError::Cancelled) => None,
+                        Err(EngineError::Cancelled { .. }) => None,
                         Err(e) => panic!("request {i}: {e}"),
                     };
                     results.lock().unwrap()[i] = Some((text, done));

@@ -135,6 +135,7 @@ pub fn router(shim: Arc<Shim>) -> Router {
         .route("/v1/ohttp", post(ohttp))
         .route("/.well-known/ohttp-keys", get(keys))
         .route("/v1/attestation", get(attestation))
+        .route("/v1/receipts/{hash}", get(receipt))
         .route("/v1/measurements", get(measurements))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -326,6 +327,20 @@ async fn control(shim: &Arc<Shim>, guard: Option<RequestGuard>, endpoint: &'stat
 async fn keys(State(shim): State<Arc<Shim>>, req: Request) -> Response {
     let guard = in_progress(&shim, &req);
     control(&shim, guard, "ohttp-keys", "/.well-known/ohttp-keys".into()).await
+}
+
+/// The receipt of a stream cut short (the proxy meters it).
+async fn receipt(
+    State(shim): State<Arc<Shim>>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return counted(&shim, "receipts", text(StatusCode::BAD_REQUEST, "expected 64 hex digits\n"));
+    }
+    let guard = in_progress(&shim, &req);
+    drop(req);
+    control(&shim, guard, "receipts", format!("/receipts/{hash}")).await
 }
 
 async fn attestation(State(shim): State<Arc<Shim>>, req: Request) -> Response {

@@ -455,6 +455,7 @@ fn pump(
     tokio::spawn(async move {
         let _hold = (in_flight, permit);
         let mut saw_trailers = false;
+        let mut abandoned = false;
         loop {
             match tokio::time::timeout(idle, body.frame()).await {
                 Ok(Some(Ok(frame))) => {
@@ -474,6 +475,7 @@ fn pump(
                         Err(frame) => frame,
                     };
                     if tx.send(Ok(frame)).await.is_err() {
+                        abandoned = true;
                         break;
                     }
                 }
@@ -490,11 +492,51 @@ fn pump(
                 }
             }
         }
-        if meter_trailers && !saw_trailers {
+        if abandoned && meter_trailers && !saw_trailers {
+            // The client went away mid-stream: closing the worker's stream stops its
+            // generation, and the enclave keeps a receipt for what it generated.
+            drop(body);
+            charge_abandoned(&m).await;
+        } else if meter_trailers && !saw_trailers {
             m.app.metrics.answers_without_receipt.inc();
         }
     });
     Body::new(StreamBody::new(ReceiverStream::new(rx)))
+}
+
+/// How long the proxy asks a worker for the receipt of a stream its client
+/// abandoned: the enclave stops within a token and then signs it.
+const ABANDONED_RECEIPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fetches the receipt of a stream the client abandoned and charges it (the
+/// same checks as a trailer's, within what the client signed).
+async fn charge_abandoned(m: &Metering) {
+    let Ok(uri) = cocoon_client::http::join(&m.worker.url, &format!("/v1/receipts/{}", hex::encode(m.request_hash)))
+    else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + ABANDONED_RECEIPT_WAIT;
+    let mut pause = std::time::Duration::from_millis(50);
+    while tokio::time::Instant::now() < deadline {
+        let req = http::Request::get(uri.clone()).body(Full::new(Bytes::new())).expect("valid request parts");
+        if let Ok(Ok(resp)) = tokio::time::timeout(pause * 4, m.app.http.send(req)).await
+            && resp.status().is_success()
+            && let Some(receipt) = resp.headers().get(media::RECEIPT_HEADER)
+        {
+            match m.charge(receipt.as_bytes()).await {
+                Ok(charge) => {
+                    m.app.metrics.abandoned_charged.inc();
+                    debug!(worker = %m.worker.id, charge = charge.0, "charged a stream its client abandoned");
+                }
+                Err(e) => m.receipt_failed(&e),
+            }
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+    }
+    m.app.metrics.answers_without_receipt.inc();
+    debug!(worker = %m.worker.id, "no receipt for a stream its client abandoned");
 }
 
 /// The trailers to pass on: the receipt and the charge, or `None` (the stream

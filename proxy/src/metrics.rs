@@ -32,6 +32,7 @@ pub struct Metrics {
     pub charged_nanoton: Counter,
     pub commission_nanoton: Counter,
     pub answers_without_receipt: Counter,
+    pub abandoned_charged: Counter,
     pub in_flight: Gauge,
     pub worker_in_flight: Family<WorkerLabels, Gauge>,
     pub worker_score_milli: Family<WorkerLabels, Gauge>,
@@ -49,6 +50,7 @@ impl Default for Metrics {
             charged_nanoton: Counter::default(),
             commission_nanoton: Counter::default(),
             answers_without_receipt: Counter::default(),
+            abandoned_charged: Counter::default(),
             in_flight: Gauge::default(),
             worker_in_flight: Family::default(),
             worker_score_milli: Family::default(),
@@ -69,6 +71,11 @@ impl Default for Metrics {
             "answers_without_receipt",
             "Answers that carried no receipt (errors inside the seal): not charged",
             m.answers_without_receipt.clone(),
+        );
+        registry.register(
+            "abandoned_charged",
+            "Streams their client abandoned, charged from the receipt of what was generated",
+            m.abandoned_charged.clone(),
         );
         registry.register("in_flight", "Sealed requests being forwarded now", m.in_flight.clone());
         registry.register("worker_in_flight", "Requests in flight per worker", m.worker_in_flight.clone());

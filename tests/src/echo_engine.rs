@@ -76,7 +76,7 @@ impl Engine for EchoEngine {
             }
             completion_tokens += 1;
             if emit(&token).is_break() {
-                return Err(EngineError::Cancelled);
+                return Err(EngineError::Cancelled { prompt_tokens: prompt_tokens as u32, completion_tokens });
             }
             if !self.token_delay.is_zero() {
                 std::thread::sleep(self.token_delay);

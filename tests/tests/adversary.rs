@@ -1037,3 +1037,52 @@ async fn settlement_lands_within_the_window_during_a_flood_of_public_requests() 
     );
     assert_ledger_adds_up(&dir);
 }
+
+/// Hole 8: a stream the client abandoned before the trailer was never
+/// charged, though the worker generated it. Now closing the stream stops the
+/// generation, the enclave signs a receipt for what it generated, and the
+/// proxy fetches and charges it, within what the client signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_abandoned_midway_is_charged_for_what_was_generated() {
+    let dir = temp_dir("adv-abandon");
+    let slow = TestWorker::start(&dir, "slow", 40);
+    let (_proxy, proxy) = dev_proxy(&dir, &[&slow.url]);
+    wait_admitted(&proxy, 1).await;
+    let key = client_key(81);
+    deposit(&dir, &key, 100_000_000);
+    let prompt: String = (0..60).map(|i| format!("w{i} ")).collect();
+    let worker = routed_worker(&proxy, &[]).await;
+    let body = json!({"model": MODEL_ID, "stream": true, "messages": [{"role": "user", "content": prompt}]});
+    let inner = InnerRequest::post_json("/v1/chat/completions", body.to_string().into_bytes());
+    let max_cost = 10_000_000;
+    let mut stream = worker
+        .stream_with(&inner, |hash| ClientAuthorization::sign(&key, hash, NanoTon(max_cost)).header_values().into())
+        .await
+        .unwrap();
+    let hash = hex::encode(stream.request_hash());
+    let mut pieces = 0;
+    while pieces < 4 {
+        if let Some(ResponseEvent::Content(c)) = stream.next_event().await.unwrap() {
+            pieces += String::from_utf8_lossy(&c).matches("\"content\":\"W").count();
+        }
+    }
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let charge = loop {
+        if let Some(c) = charge_rows_json(&dir).into_iter().find(|c| c["request_hash"] == json!(hash)) {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "the abandoned stream was never charged");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let completion = charge["completion_tokens"].as_u64().unwrap();
+    assert!((4..60).contains(&completion), "charged for what was generated before the stream closed: {charge}");
+    assert_eq!(charge["prompt_tokens"], 60);
+    let expected = Commission::from_ppm(COMMISSION_PPM).unwrap().charge(PRICES.cost(60, completion as u32));
+    assert_eq!(charge["charge"].as_u64().unwrap(), expected.0, "{charge}");
+    assert!(expected.0 <= max_cost);
+    let (_, metrics) = get(&proxy, "/metrics").await;
+    assert!(metrics.contains("cocoon_proxy_abandoned_charged_total 1"), "{metrics}");
+    assert_eq!(worker_records(&proxy).await[0]["state"], "up", "the worker is not blamed for the client leaving");
+    assert_ledger_adds_up(&dir);
+}
