@@ -267,18 +267,6 @@ fn paid_worker(dir: &std::path::Path, name: &str, payout: &cocoon_ton::TonAddres
     (enclave, host, url)
 }
 
-async fn post_voucher(proxy: &str, body: &Value) -> (u16, Value) {
-    let http = HttpClient::default();
-    let req = http::Request::post(format!("{proxy}/v1/vouchers"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = http.send(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
 /// Hole 2: an unknown key was balance 0 and could spend `credit_limit`, and
 /// every charge, paid or not, was owed to the worker. A worker colluding with
 /// throwaway keys drained the proxy's wallet by about `credit_limit` a key.
@@ -330,22 +318,14 @@ async fn a_worker_colluding_with_fresh_keys_cannot_drain_the_proxy() {
 
     // A client with a channel on chain gets credit up to its deposit, and uses it without paying.
     let channel_file = dir.join("channel.json");
-    run_ok(
-        std::process::Command::new(workspace_bin("cocoon"))
-            .args(["channel", "open", "--payee", &proxy_wallet.to_hex(), "--amount", "1", "--dispute-window", "3600"])
-            .arg("--key")
-            .arg(&client_key_file)
-            .arg("--out")
-            .arg(&channel_file)
-            .env("COCOON_TON_API", &api),
-    );
+    open_channel(&api, &client_key_file, &proxy_wallet, "1", 3600, &channel_file);
     let descriptor: Value = serde_json::from_slice(&std::fs::read(&channel_file).unwrap()).unwrap();
     let client = SigningKey::from_bytes(&[31; 32]);
     let params: cocoon_ton::channel::ChannelDescriptor = serde_json::from_value(descriptor.clone()).unwrap();
     let channel = params.params().unwrap().address().unwrap();
     let binding = params.binding().unwrap();
     let voucher = |total: u64| cocoon_ton::Voucher { channel: channel.clone(), binding, total }.sign(&client).unwrap();
-    let (status, body) = post_voucher(&proxy, &json!({"channel": descriptor, "voucher": voucher(0)})).await;
+    let (status, body) = post_voucher_json(&proxy, &json!({"channel": descriptor, "voucher": voucher(0)})).await;
     assert_eq!(status, 200, "{body}");
     let mut charged = 0u64;
     for i in 0..3 {
@@ -358,7 +338,7 @@ async fn a_worker_colluding_with_fresh_keys_cannot_drain_the_proxy() {
     assert_eq!(status, 404, "charges on credit are not paid yet, so not owed: {body}");
 
     // The client pays with a voucher: now the worker is owed exactly its share, and claims it.
-    let (status, body) = post_voucher(&proxy, &json!({"channel": descriptor, "voucher": voucher(charged)})).await;
+    let (status, body) = post_voucher_json(&proxy, &json!({"channel": descriptor, "voucher": voucher(charged)})).await;
     assert_eq!((status, body["credited"].as_u64()), (200, Some(charged)), "{body}");
     let l = assert_ledger_adds_up(&dir);
     let earned = l["totals"]["worker_earnings"].as_u64().unwrap();
@@ -462,6 +442,41 @@ fn cocoon_cmd(api: &str, args: &[&str]) -> std::process::Command {
     let mut c = std::process::Command::new(workspace_bin("cocoon"));
     c.args(args).env("COCOON_TON_API", api);
     c
+}
+
+/// `cocoon channel open` from the wallet of `key` to `payee`, written to `out`.
+fn open_channel(
+    api: &str,
+    key: &std::path::Path,
+    payee: &cocoon_ton::TonAddress,
+    ton: &str,
+    window: u32,
+    out: &std::path::Path,
+) {
+    run_ok(
+        cocoon_cmd(api, &["channel", "open", "--payee", &payee.to_hex(), "--amount", ton])
+            .args(["--dispute-window", &window.to_string(), "--key"])
+            .arg(key)
+            .arg("--out")
+            .arg(out),
+    );
+}
+
+/// `cocoon serve` through `proxy`, paying through the channel in `channel`; its base URL.
+fn serve_paying(api: &str, proxy: &str, key: &std::path::Path, channel: &std::path::Path) -> (Proc, String) {
+    let port = free_port();
+    let child = cocoon_cmd(api, &["serve", "--proxy", proxy, "--insecure-simulated"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--key")
+        .arg(key)
+        .arg("--channel")
+        .arg(channel)
+        .env("COCOON_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "cocoon serve");
+    (Proc { child }, format!("http://127.0.0.1:{port}"))
 }
 
 /// Sends `voucher`'s claim from `payee` straight to the contract, skipping
@@ -636,16 +651,7 @@ async fn a_worker_claims_everything_vouched_as_soon_as_its_channel_is_closing() 
 
     // A worker refuses a voucher on a channel with a window shorter than it needs.
     let short = dir.join("short.json");
-    run_ok(
-        cocoon_cmd(
-            &api,
-            &["channel", "open", "--payee", &worker_wallet.to_hex(), "--amount", "1", "--dispute-window", "0"],
-        )
-        .arg("--key")
-        .arg(&proxy_key)
-        .arg("--out")
-        .arg(&short),
-    );
+    open_channel(&api, &proxy_key, &worker_wallet, "1", 0, &short);
     let descriptor: Value = serde_json::from_slice(&std::fs::read(&short).unwrap()).unwrap();
     let voucher: Value = serde_json::from_str(&run_ok(
         cocoon_cmd(&api, &["channel", "voucher"]).arg(&short).args(["--total", "1000", "--key"]).arg(&proxy_key),
@@ -679,31 +685,8 @@ async fn a_worker_claims_everything_vouched_as_soon_as_its_channel_is_closing() 
     let (_proxy, proxy) = ton_proxy(&dir, &proxy_key, &api, &[&worker_url], "");
     wait_admitted(&proxy, 1).await;
     let channel_file = dir.join("channel.json");
-    run_ok(
-        cocoon_cmd(
-            &api,
-            &["channel", "open", "--payee", &proxy_wallet.to_hex(), "--amount", "1", "--dispute-window", "3600"],
-        )
-        .arg("--key")
-        .arg(&client_key_file)
-        .arg("--out")
-        .arg(&channel_file),
-    );
-    let serve_port = free_port();
-    let _serve = Proc {
-        child: cocoon_cmd(&api, &["serve", "--proxy", &proxy, "--insecure-simulated"])
-            .args(["--listen", &format!("127.0.0.1:{serve_port}")])
-            .arg("--key")
-            .arg(&client_key_file)
-            .arg("--channel")
-            .arg(&channel_file)
-            .env("COCOON_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    wait_for_port(serve_port, "cocoon serve");
-    let runner = format!("http://127.0.0.1:{serve_port}");
+    open_channel(&api, &client_key_file, &proxy_wallet, "1", 3600, &channel_file);
+    let (_serve, runner) = serve_paying(&api, &proxy, &client_key_file, &channel_file);
     let (served, _) = honest_burst(&runner, 0, 6).await;
     assert_eq!(served, 6);
     // The worker watches; its --min-claim is far above what it earned, so nothing is claimed yet.
@@ -924,31 +907,9 @@ async fn settlement_lands_within_the_window_during_a_flood_of_public_requests() 
     let (_proxy, proxy) = ton_proxy(&dir, &proxy_key, &api, &[&worker_url], "");
     wait_admitted(&proxy, 1).await;
     let channel_file = dir.join("channel.json");
-    run_ok(
-        cocoon_cmd(
-            &api,
-            &["channel", "open", "--payee", &proxy_wallet.to_hex(), "--amount", "1", "--dispute-window", "40"],
-        )
-        .arg("--key")
-        .arg(&client_key_file)
-        .arg("--out")
-        .arg(&channel_file),
-    );
-    let serve_port = free_port();
-    let serve = Proc {
-        child: cocoon_cmd(&api, &["serve", "--proxy", &proxy, "--insecure-simulated"])
-            .args(["--listen", &format!("127.0.0.1:{serve_port}")])
-            .arg("--key")
-            .arg(&client_key_file)
-            .arg("--channel")
-            .arg(&channel_file)
-            .env("COCOON_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    wait_for_port(serve_port, "cocoon serve");
-    assert_eq!(honest_burst(&format!("http://127.0.0.1:{serve_port}"), 0, 6).await.0, 6);
+    open_channel(&api, &client_key_file, &proxy_wallet, "1", 40, &channel_file);
+    let (serve, runner) = serve_paying(&api, &proxy, &client_key_file, &channel_file);
+    assert_eq!(honest_burst(&runner, 0, 6).await.0, 6);
     drop(serve);
     let vouched = loop {
         let l = ledger_json(&dir);
@@ -989,7 +950,7 @@ async fn settlement_lands_within_the_window_during_a_flood_of_public_requests() 
                     }
                     .sign(&key)
                     .unwrap();
-                    post_voucher(&proxy, &json!({"channel": d, "voucher": v})).await.0
+                    post_voucher_json(&proxy, &json!({"channel": d, "voucher": v})).await.0
                 };
                 *statuses.lock().unwrap().entry(status).or_default() += 1;
             }

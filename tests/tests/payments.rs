@@ -231,19 +231,9 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
 
     // Vouchers the proxy refuses, crediting nothing: a forged signature, one above the deposit.
     let post_voucher = |voucher: cocoon_ton::SignedVoucher| {
-        let http = http.clone();
-        let body = json!({"channel": client_channel, "voucher": voucher}).to_string();
-        let url = format!("{proxy}/v1/vouchers");
-        async move {
-            let req = http::Request::post(url)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap();
-            let resp = http.send(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let text = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
-            (status, text)
-        }
+        let body = json!({"channel": client_channel, "voucher": voucher});
+        let proxy = proxy.clone();
+        async move { support::net::post_voucher(&proxy, &body).await }
     };
     let channel_address = client_channel.params().unwrap().address().unwrap();
     let voucher = |seed: u8, total: u64| {

@@ -117,19 +117,11 @@ fn rust_cells_match_ton_core_and_the_contracts_accept_them() {
     let proxy =
         ProxyEntry { wallet: addr(0x55), commission_ppm: 100_000, endpoint: "https://proxy.example:8443/v1".into() };
 
-    let input = json!({
-        "channel": {
-            "params": {
-                "payer": params.payer.to_hex(),
-                "payee": params.payee.to_hex(),
-                "payerKey": hex::encode(params.payer_key),
-                "channelId": params.channel_id.to_string(),
-                "disputeWindow": params.dispute_window,
-            },
+    let mut full_channel = channel_input.clone();
+    full_channel.as_object_mut().unwrap().extend(
+        json!({
             "address": channel.to_hex(),
             "data": b64(&params.initial_data().unwrap()),
-            "stateInit": b64(&params.state_init().unwrap()),
-            "topUp": b64(&channel::top_up_body(0).unwrap()),
             "requestClose": b64(&channel::request_close_body(0).unwrap()),
             "finalize": b64(&channel::finalize_body(0).unwrap()),
             "binding": { "globalId": binding.global_id, "instance": binding.instance.to_string() },
@@ -137,7 +129,13 @@ fn rust_cells_match_ton_core_and_the_contracts_accept_them() {
             "forgedClaim": b64(&forged.claim_body(9).unwrap()),
             "otherNetworkClaim": b64(&other_network),
             "otherInstanceClaim": b64(&other_instance),
-        },
+        })
+        .as_object()
+        .unwrap()
+        .clone(),
+    );
+    let input = json!({
+        "channel": full_channel,
         "registry": {
             "owner": owner.to_hex(),
             "data": b64(&registry::initial_data(&owner).unwrap()),

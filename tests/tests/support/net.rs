@@ -335,3 +335,15 @@ pub fn charge_rows_json(dir: &Path) -> Vec<Value> {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["charges"].as_array().unwrap().clone()
 }
+
+/// `POST /v1/vouchers` with `body`: the status and the answer's text.
+pub async fn post_voucher(proxy: &str, body: &Value) -> (u16, String) {
+    let (status, bytes) = post_json(&HttpClient::default(), proxy, "/v1/vouchers", body).await;
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// [`post_voucher`], its answer as JSON (null when it is not).
+pub async fn post_voucher_json(proxy: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = post_voucher(proxy, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
