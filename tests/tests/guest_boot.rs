@@ -1,8 +1,10 @@
 //! The guest image booted in QEMU with software emulation: the guest sees a
 //! real virtio-vsock device served by `vhost-device-vsock`, the host shim
 //! reaches the enclave through its hybrid-vsock Unix socket, and a sealed chat
-//! is answered by the model on the image's read-only disk. A config whose
-//! digest differs from the command line's makes the guest refuse to serve.
+//! is answered by the model on the image's read-only disk, also after the
+//! host rewrote that disk under the running guest (the enclave computes with
+//! the bytes it read and hashed once). A config whose digest differs from the
+//! command line's makes the guest refuse to serve.
 //!
 //! Runs when COCOON_IMAGE_DIR names the built image (`make test` and `make
 //! image-test` set it), and then needs `qemu-system-x86_64` and
@@ -114,8 +116,17 @@ async fn image_boots_in_qemu_and_serves_through_vsock() {
             .expect("start vhost-device-vsock"),
     };
     wait_until("the vhost-user socket", || vhost.exists());
+    // A copy of the image, so that the host can rewrite its model disk below.
+    let copy = dir.join("image");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&image).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
     let started = Instant::now();
-    let (mut vm, log) = boot(&image, &dir, "serve", Some(&vhost), &config);
+    let (mut vm, log) = boot(&copy, &dir, "serve", Some(&vhost), &config);
     let ready = wait_serial(&mut vm, &log, "enclave ready", Duration::from_secs(600)).unwrap();
     eprintln!("boot to ready: {:.1} s (software emulation)", ready.as_secs_f64());
     // The init starts the enclave only once the config matched; the kernel's own
@@ -129,6 +140,16 @@ async fn image_boots_in_qemu_and_serves_through_vsock() {
     // (a decoding step takes about 5 s in the guest): prefilling this prompt's
     // 37 tokens took 110 to 140 s here, before and after the paged cache, so
     // the shim's default of 120 s without a byte would cut the answer off.
+    // The host overwrites the second half of the model's disk under the running guest.
+    {
+        use std::io::{Seek, Write};
+        let disk = copy.join("model.img");
+        let len = std::fs::metadata(&disk).unwrap().len();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.seek(std::io::SeekFrom::Start(len / 2)).unwrap();
+        f.write_all(&vec![0x77; (len - len / 2) as usize]).unwrap();
+        f.sync_all().unwrap();
+    }
     let (_host, url) = start_host(&format!("vsock-mux:{}:4000", uds.display()), &["--idle-timeout", "600"]);
     let worker = Worker::attest(&url, &Policy::insecure_simulated(), true).await.unwrap();
     let model = worker.verified().claims.model.clone().expect("the image serves a model");
@@ -138,6 +159,6 @@ async fn image_boots_in_qemu_and_serves_through_vsock() {
         ChatOptions { model: model.id.clone(), max_tokens: Some(8), temperature: Some(0.0), ..Default::default() };
     let out = worker.chat("What is the capital of France?", &opts, |_| {}).await.unwrap();
     eprintln!("answer through the VM: {:?} ({:.1} s after start)", out.text, started.elapsed().as_secs_f64());
-    assert!(out.text.contains("Paris"), "{:?}", out.text);
+    assert!(out.text.contains("Paris"), "the answer came from the bytes that were hashed: {:?}", out.text);
     drop(device);
 }
