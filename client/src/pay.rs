@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use cocoon_protocol::NanoTon;
+use cocoon_protocol::proxy_api::{ApiError, VoucherAccepted};
 use cocoon_ton::channel::{ChannelBinding, ChannelDescriptor, ChannelParams};
 use cocoon_ton::{TonAddress, Voucher};
 
@@ -114,14 +115,14 @@ impl ChannelPayer {
         };
         let body = json!({ "channel": self.descriptor, "voucher": voucher }).to_string();
         match post(http, proxy, body).await {
-            Ok(v) => debug!(total = voucher.total, credited = %v["credited"], "voucher accepted"),
+            Ok(v) => debug!(total = voucher.total, credited = v.credited.0, "voucher accepted"),
             // The next voucher carries this one's amount too.
             Err(e) => warn!(total = voucher.total, "the proxy did not take the voucher: {e}"),
         }
     }
 }
 
-async fn post(http: &HttpClient, proxy: &str, body: String) -> Result<Value, String> {
+async fn post(http: &HttpClient, proxy: &str, body: String) -> Result<VoucherAccepted, String> {
     let uri = join(proxy, "/v1/vouchers")?;
     let req = Request::post(uri)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -130,9 +131,9 @@ async fn post(http: &HttpClient, proxy: &str, body: String) -> Result<Value, Str
     let resp = http.send(req).await?;
     let status = resp.status();
     let bytes = Limited::new(resp.into_body(), 16 << 10).collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !status.is_success() {
-        return Err(format!("HTTP {status}: {}", v["error"]["message"].as_str().unwrap_or("no message")));
+        let why = ApiError::parse(&bytes).map(|e| format!("{}: {}", e.error.code, e.error.message));
+        return Err(format!("HTTP {status}: {}", why.as_deref().unwrap_or("no error body")));
     }
-    Ok(v)
+    serde_json::from_slice(&bytes).map_err(|e| format!("the proxy's answer to a voucher: {e}"))
 }

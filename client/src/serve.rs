@@ -31,6 +31,7 @@ use cocoon_attestation::{Policy, VerifiedWorker};
 use cocoon_protocol::authorization::ClientAuthorization;
 use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
 use cocoon_protocol::price::ProxyTerms;
+use cocoon_protocol::proxy_api::{ApiError, ErrorCode, RouteAnswer, RouteRequest, WorkersList};
 use cocoon_protocol::{Commission, NanoTon, Prices, Receipt, limits, media};
 use cocoon_runtime::LockExt;
 
@@ -217,7 +218,8 @@ impl Runner {
     async fn routed_worker(&self, proxy: &str, model: &str, exclude: &[String]) -> Result<Worker, AppError> {
         // A policy that requires GPUs of certain chips asks the proxy for such workers only.
         let gpu: &[String] = if self.policy.gpu.required { &self.policy.gpu.allowed_chips } else { &[] };
-        let body = serde_json::to_vec(&json!({"model": model, "exclude": exclude, "gpu": gpu})).expect("JSON encodes");
+        let ask = RouteRequest { model: model.to_string(), exclude: exclude.to_vec(), gpu: gpu.to_vec() };
+        let body = serde_json::to_vec(&ask).expect("JSON encodes");
         let req = http::Request::post(join(proxy, "/v1/route").map_err(AppError::upstream)?)
             .header(header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(Bytes::from(body)))
@@ -229,15 +231,23 @@ impl Runner {
             .await
             .map_err(|e| AppError::upstream(format!("reading the route answer: {e}")))?
             .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| AppError::upstream(format!("route answer: {e}")))?;
         if !status.is_success() {
-            let msg = v["error"]["message"].as_str().unwrap_or("the proxy refused to route").to_string();
-            let code = v["error"]["code"].as_str().unwrap_or("route_failed").to_string();
-            return Err(AppError { status: status.as_u16(), code, message: msg });
+            return Err(match ApiError::parse(&bytes) {
+                Some(e) => {
+                    AppError { status: status.as_u16(), code: e.error.code.as_str().into(), message: e.error.message }
+                }
+                None => AppError {
+                    status: status.as_u16(),
+                    code: ErrorCode::WorkerUnavailable.as_str().into(),
+                    message: format!("the proxy refused to route (HTTP {status})"),
+                },
+            });
         }
-        let id = v["worker"]["id"].as_str().ok_or_else(|| AppError::upstream("route answer names no worker"))?;
+        let answer: RouteAnswer =
+            serde_json::from_slice(&bytes).map_err(|e| AppError::upstream(format!("route answer: {e}")))?;
+        let id = answer.worker.id.as_str();
         let evidence = base64::engine::general_purpose::STANDARD
-            .decode(v["evidence"].as_str().unwrap_or_default())
+            .decode(&answer.evidence)
             .map_err(|_| AppError::upstream("route answer: evidence is not base64"))?;
         let route = Route::ViaProxy { proxy: proxy.to_string(), worker_id: id.to_string() };
         let refused =
@@ -290,7 +300,10 @@ impl Runner {
                     Ok(w) => w,
                     // Every worker is busy (or the ones left were excluded): nothing was
                     // sent yet, so wait a little for capacity instead of failing the app.
-                    Err(e) if e.code == "no_worker_available" && tokio::time::Instant::now() < busy_until => {
+                    Err(e)
+                        if e.code == ErrorCode::NoWorkerAvailable.as_str()
+                            && tokio::time::Instant::now() < busy_until =>
+                    {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
                         exclude.clear();
@@ -402,15 +415,10 @@ impl AppError {
 
     fn from_client(e: ClientError) -> Self {
         match &e {
-            ClientError::Status { status, body, .. } => {
-                let v: Option<Value> = serde_json::from_str(body).ok();
-                let code = v.as_ref().and_then(|v| v["error"]["code"].as_str()).unwrap_or("upstream_error").to_string();
-                let message = v
-                    .as_ref()
-                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| body.clone());
-                AppError { status: *status, code, message }
-            }
+            ClientError::Status { status, body, .. } => match ApiError::parse(body.as_bytes()) {
+                Some(e) => AppError { status: *status, code: e.error.code.as_str().into(), message: e.error.message },
+                None => AppError { status: *status, code: "upstream_error".into(), message: body.clone() },
+            },
             ClientError::Api { status, code, message } => {
                 AppError { status: *status, code: code.clone(), message: message.clone() }
             }
@@ -449,13 +457,10 @@ async fn models(State(r): State<Arc<Runner>>) -> Response {
                 Err(e) => return AppError::upstream(e).into_response(),
             };
             match r.http.get(uri, 4 << 20).await {
-                Ok((s, body)) if s.is_success() => serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v["models"].as_array().cloned())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|m| m.as_str().map(str::to_owned))
-                    .collect(),
+                Ok((s, body)) if s.is_success() => match serde_json::from_slice::<WorkersList>(&body) {
+                    Ok(list) => list.models,
+                    Err(e) => return AppError::upstream(format!("the proxy's worker list: {e}")).into_response(),
+                },
                 Ok((s, _)) => return AppError::upstream(format!("the proxy answered {s}")).into_response(),
                 Err(e) => return AppError::upstream(e).into_response(),
             }

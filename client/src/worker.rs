@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use cocoon_attestation::{AttestationError, Policy, VerifiedWorker, assess};
 use cocoon_protocol::bhttp_msg::{BhttpError, InnerRequest, InnerResponse, ResponseEvent, StreamingResponseDecoder};
 use cocoon_protocol::ohttp::{ChunkedResponseOpener, ClientRequest, OhttpError};
+use cocoon_protocol::proxy_api::ApiError;
 use cocoon_protocol::receipt::ReceiptError;
 use cocoon_protocol::{Receipt, limits, media};
 
@@ -280,14 +281,14 @@ fn dated(request: &InnerRequest) -> InnerRequest {
 /// A proxy's failover answer: 503 naming the next worker, or a JSON error marked retryable.
 fn retryable(status: u16, next: Option<String>, body: &[u8], worker: Option<&String>) -> Option<ClientError> {
     let worker = worker?.clone();
-    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let flagged = json.as_ref().is_some_and(|v| v["error"]["retryable"] == serde_json::Value::Bool(true));
+    let error = ApiError::parse(body);
+    let flagged = error.as_ref().is_some_and(|e| e.error.retryable);
     if !(flagged || (status == 503 && next.is_some())) {
         return None;
     }
-    let message =
-        json.as_ref().and_then(|v| v["error"]["message"].as_str().map(str::to_owned)).unwrap_or_else(|| text_of(body));
-    Some(ClientError::Retryable { worker, message, next_worker: next })
+    let next_worker = next.or_else(|| error.as_ref().and_then(|e| e.error.next_worker.clone()));
+    let message = error.map(|e| e.error.message).unwrap_or_else(|| text_of(body));
+    Some(ClientError::Retryable { worker, message, next_worker })
 }
 
 fn verify_receipt(

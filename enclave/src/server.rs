@@ -25,6 +25,7 @@ use cocoon_engine::Completion;
 use cocoon_protocol::bhttp_msg::{InnerRequest, InnerResponse, StreamingResponseEncoder};
 use cocoon_protocol::media::media_is;
 use cocoon_protocol::ohttp::{ChunkedResponseSealer, encapsulated_key};
+use cocoon_protocol::proxy_api::{ApiError, ErrorCode};
 use cocoon_protocol::{NanoTon, Receipt, limits, media};
 
 use crate::api::{self, ApiReply, ReplyBody};
@@ -95,6 +96,12 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     full(status, "text/plain; charset=utf-8", text.into())
 }
 
+/// A refusal outside the seal, with a code the proxy and the client decide
+/// on ([`ErrorCode`]); the message is for people.
+fn refusal(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<Body> {
+    full(status, "application/json", ApiError::new("enclave_error", code, message).to_bytes())
+}
+
 async fn route(state: Arc<EnclaveState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let resp = match (req.method().as_str(), path.as_str()) {
@@ -153,9 +160,10 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
     } else if media_is(content_type, media::OHTTP_CHUNKED_REQUEST) {
         true
     } else {
-        return plain(
+        return refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected {} or {}, found {content_type:?}\n", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
+            ErrorCode::UnsupportedMediaType,
+            format!("expected {} or {}, found {content_type:?}", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
         );
     };
     // The proxy's cap travels in clear: it can only lower what the sealed one allows.
@@ -164,9 +172,10 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
         Some(v) => match v.to_str().ok().and_then(|s| s.parse::<NanoTon>().ok()) {
             Some(cap) => Some(cap),
             None => {
-                return plain(
+                return refusal(
                     StatusCode::BAD_REQUEST,
-                    format!("header {}: expected a whole number of nanoTON\n", media::WORKER_CAP_HEADER),
+                    ErrorCode::InvalidRequest,
+                    format!("header {}: expected a whole number of nanoTON", media::WORKER_CAP_HEADER),
                 );
             }
         },
@@ -175,13 +184,18 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
     let sealed = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return plain(
+            return refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("sealed request exceeds {} bytes\n", limits::MAX_SEALED_REQUEST),
+                ErrorCode::BodyTooLarge,
+                format!("sealed request exceeds {} bytes", limits::MAX_SEALED_REQUEST),
             );
         }
-        Ok(Err(e)) => return plain(StatusCode::BAD_REQUEST, format!("reading request body: {e}\n")),
-        Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "request body arrived too slowly\n"),
+        Ok(Err(e)) => {
+            return refusal(StatusCode::BAD_REQUEST, ErrorCode::BodyError, format!("reading request body: {e}"));
+        }
+        Err(_) => {
+            return refusal(StatusCode::REQUEST_TIMEOUT, ErrorCode::BodyTimeout, "request body arrived too slowly");
+        }
     };
     let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
     let enc = encapsulated_key(&sealed).unwrap_or_default();
@@ -227,10 +241,12 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
     }
 }
 
-/// A request that cannot be opened gets a plain 400: there is no key to seal with.
+/// A request that cannot be opened gets a 400 in clear: there is no key to
+/// seal with. Its code tells the proxy to re-attest (perhaps the request was
+/// sealed to keys this enclave no longer has).
 fn refused(e: cocoon_protocol::ohttp::OhttpError) -> Response<Body> {
     info!("refused a sealed request: {e}");
-    plain(StatusCode::BAD_REQUEST, format!("cannot open the sealed request: {e}\n"))
+    refusal(StatusCode::BAD_REQUEST, ErrorCode::CannotOpen, format!("cannot open the sealed request: {e}"))
 }
 
 /// Decodes the opened request and checks its date and key against the replay
@@ -245,13 +261,15 @@ fn admitted(state: &EnclaveState, enc: &[u8], inner: &[u8]) -> Result<Result<Inn
 }
 
 fn replay_refused(state: &EnclaveState, e: ReplayError) -> Response<Body> {
-    let status = match e {
-        ReplayError::Replayed => StatusCode::CONFLICT,
-        ReplayError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        ReplayError::Undated | ReplayError::BadDate(_) | ReplayError::Stale { .. } => StatusCode::BAD_REQUEST,
+    let (status, code) = match e {
+        ReplayError::Replayed => (StatusCode::CONFLICT, ErrorCode::Replayed),
+        ReplayError::Full { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Busy),
+        ReplayError::Undated | ReplayError::BadDate(_) | ReplayError::Stale { .. } => {
+            (StatusCode::BAD_REQUEST, ErrorCode::Stale)
+        }
     };
     info!("refused a sealed request: {e}");
-    let mut r = plain(status, format!("{e}\n"));
+    let mut r = refusal(status, code, e.to_string());
     // The enclave's own clock, so that a client refused as stale sees the skew.
     if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(state.replay.clock().now())) {
         r.headers_mut().insert(header::DATE, v);

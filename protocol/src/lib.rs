@@ -12,6 +12,7 @@ pub mod media;
 pub mod merkle;
 pub mod ohttp;
 pub mod price;
+pub mod proxy_api;
 pub mod receipt;
 
 pub use evidence::{Capacity, Claims, EvidenceDocument, GpuEvidence, ModelClaim, NonceProof, Platform};

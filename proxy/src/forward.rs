@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use cocoon_protocol::authorization::ClientAuthorization;
 use cocoon_protocol::media::media_is;
+use cocoon_protocol::proxy_api::{ApiError, ErrorCode};
 use cocoon_protocol::{NanoTon, Receipt, media};
 
 use crate::config::secs;
@@ -142,34 +143,34 @@ pub async fn ohttp(State(app): State<Arc<App>>, req: Request) -> Response {
 
 async fn handle(app: Arc<App>, req: Request) -> Response {
     let headers = req.headers().clone();
-    let refuse = |reason: &'static str, status: StatusCode, msg: String| {
-        app.metrics.refuse(reason);
-        api_error(status, reason, msg, false)
+    let refuse = |code: ErrorCode, status: StatusCode, msg: String| {
+        app.metrics.refuse(code.as_str());
+        api_error(status, code, msg, false)
     };
     let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
     if !media_is(content_type, media::OHTTP_REQUEST) && !media_is(content_type, media::OHTTP_CHUNKED_REQUEST) {
         return refuse(
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("expected {} or {}", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
         );
     }
     let Some(worker_id) = header_str(&headers, media::WORKER_HEADER).map(str::to_owned) else {
         return refuse(
-            "missing_worker",
+            ErrorCode::MissingWorker,
             StatusCode::BAD_REQUEST,
             format!("header {} is missing: name the worker from POST /v1/route", media::WORKER_HEADER),
         );
     };
     let auth = match ClientAuthorization::from_headers(|n| header_str(&headers, n)) {
         Ok(a) => a,
-        Err(e) => return refuse("unauthorized", StatusCode::UNAUTHORIZED, e.to_string()),
+        Err(e) => return refuse(ErrorCode::Unauthorized, StatusCode::UNAUTHORIZED, e.to_string()),
     };
     let max_body = app.limits.max_body;
     let declared = header_str(&headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body as u64) {
         return refuse(
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("sealed request of {} bytes exceeds the limit of {max_body}", declared.unwrap_or(0)),
         );
@@ -179,34 +180,40 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return refuse(
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("sealed request exceeds the limit of {max_body} bytes"),
             );
         }
-        Ok(Err(_)) => return refuse("body_error", StatusCode::BAD_REQUEST, "the request body broke off".into()),
+        Ok(Err(_)) => {
+            return refuse(ErrorCode::BodyError, StatusCode::BAD_REQUEST, "the request body broke off".into());
+        }
         Err(_) => {
-            return refuse("body_timeout", StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly".into());
+            return refuse(
+                ErrorCode::BodyTimeout,
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body arrived too slowly".into(),
+            );
         }
     };
     let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
     if let Err(e) = auth.verify(&request_hash) {
-        return refuse("bad_signature", StatusCode::UNAUTHORIZED, e.to_string());
+        return refuse(ErrorCode::BadSignature, StatusCode::UNAUTHORIZED, e.to_string());
     }
     // A request hash is forwarded once: a relay replaying captured bytes gets
     // no generation and no charge.
     if !app.replays.locked().insert(request_hash, now_ms()) || app.ledger.is_charged(&request_hash).unwrap_or(true) {
         return refuse(
-            "replayed_request",
+            ErrorCode::ReplayedRequest,
             StatusCode::CONFLICT,
             format!("request {} was already forwarded; seal a new request", hex::encode(request_hash)),
         );
     }
     let Some(worker) = app.registry.get(&worker_id) else {
-        app.metrics.refuse("unknown_worker");
+        app.metrics.refuse(ErrorCode::UnknownWorker.as_str());
         return api_error(
             StatusCode::NOT_FOUND,
-            "unknown_worker",
+            ErrorCode::UnknownWorker,
             format!("worker {worker_id:?} is not admitted here; ask POST /v1/route again"),
             true,
         );
@@ -216,7 +223,11 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let Ok(permit) = app.in_flight.clone().try_acquire_owned() else {
-        return refuse("busy", StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later".into());
+        return refuse(
+            ErrorCode::Busy,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; retry later".into(),
+        );
     };
     let attested = worker.attested();
     worker.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +237,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     let started = Instant::now();
     let uri = match cocoon_client::http::join(&worker.url, "/v1/ohttp") {
         Ok(u) => u,
-        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "worker_url", e, false),
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::WorkerUrl, e, false),
     };
     let chunked = media_is(content_type, media::OHTTP_CHUNKED_REQUEST);
     let upstream = http::Request::post(uri)
@@ -261,12 +272,17 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     }
     if status == StatusCode::BAD_REQUEST {
         let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let msg = String::from_utf8_lossy(&body).trim().to_string();
-        let refused =
-            || api_error(status, "worker_refused", format!("the worker refused the sealed request: {msg}"), false);
+        let refusal = ApiError::parse(&body);
+        let msg = match &refusal {
+            Some(e) => e.error.message.clone(),
+            None => String::from_utf8_lossy(&body).trim().to_string(),
+        };
+        let refused = || {
+            api_error(status, ErrorCode::WorkerRefused, format!("the worker refused the sealed request: {msg}"), false)
+        };
         // A request dated outside the worker's replay window (the client's
         // clock) is the client's to fix; only an unopenable one suggests new keys.
-        if !msg.contains("cannot open the sealed request") {
+        if refusal.map(|e| e.error.code) != Some(ErrorCode::CannotOpen) {
             return refused();
         }
         // Perhaps sealed to keys the worker no longer has (it restarted): re-attest
@@ -287,7 +303,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     if !status.is_success() {
         let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let msg = String::from_utf8_lossy(&body).trim().to_string();
-        return api_error(status, "worker_refused", format!("the worker answered {status}: {msg}"), false);
+        return api_error(status, ErrorCode::WorkerRefused, format!("the worker answered {status}: {msg}"), false);
     }
     let ttfb_ms = started.elapsed().as_secs_f64() * 1000.0;
     let ctx = Metering {
@@ -417,7 +433,12 @@ async fn whole_back(
             }
             Err(e) => {
                 m.receipt_failed(&e);
-                return api_error(StatusCode::BAD_GATEWAY, "invalid_receipt", format!("not charged: {e}"), true);
+                return api_error(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::InvalidReceipt,
+                    format!("not charged: {e}"),
+                    true,
+                );
             }
         },
         None => {

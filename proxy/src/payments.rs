@@ -33,6 +33,7 @@ use tracing::{error, info, warn};
 
 use cocoon_client::payouts::HeldVoucher;
 use cocoon_protocol::NanoTon;
+use cocoon_protocol::proxy_api::{ErrorCode, VoucherAccepted};
 use cocoon_ton::channel::{ChannelDescriptor, ChannelParams, SignedVoucher, parse_address};
 use cocoon_ton::toncenter::Toncenter;
 use cocoon_ton::wallet::Wallet;
@@ -76,15 +77,15 @@ impl PaymentError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            PaymentError::Invalid(_) => "invalid_voucher",
-            PaymentError::RateLimited { .. } => "rate_limited",
-            PaymentError::Busy(_) => "busy",
-            PaymentError::NotCovered(_) => "voucher_not_covered",
-            PaymentError::Closing => "channel_closing",
-            PaymentError::Chain(_) => "chain_unavailable",
-            PaymentError::Ledger(_) => "ledger_unavailable",
+            PaymentError::Invalid(_) => ErrorCode::InvalidVoucher,
+            PaymentError::RateLimited { .. } => ErrorCode::RateLimited,
+            PaymentError::Busy(_) => ErrorCode::Busy,
+            PaymentError::NotCovered(_) => ErrorCode::VoucherNotCovered,
+            PaymentError::Closing => ErrorCode::ChannelClosing,
+            PaymentError::Chain(_) => ErrorCode::ChainUnavailable,
+            PaymentError::Ledger(_) => ErrorCode::LedgerUnavailable,
         }
     }
 }
@@ -106,14 +107,6 @@ fn chain_err(e: impl std::fmt::Display) -> PaymentError {
 pub struct VoucherBody {
     pub channel: ChannelDescriptor,
     pub voucher: SignedVoucher,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Accepted {
-    /// nanoTON this voucher added to the account.
-    pub credited: u64,
-    /// The newest voucher's total on this channel.
-    pub voucher_total: u64,
 }
 
 pub struct Payments {
@@ -180,7 +173,7 @@ impl Payments {
         })
     }
 
-    pub async fn accept_voucher(self: &Arc<Self>, body: VoucherBody) -> Result<Accepted, PaymentError> {
+    pub async fn accept_voucher(self: &Arc<Self>, body: VoucherBody) -> Result<VoucherAccepted, PaymentError> {
         let invalid = |e: &dyn std::fmt::Display| PaymentError::Invalid(e.to_string());
         let params = body.channel.params().map_err(|e| invalid(&e))?;
         if &params.payee != self.wallet.address() {
@@ -243,7 +236,7 @@ impl Payments {
         let binding = binding.expect("recorded or read above");
         let voucher = body.voucher.verify(&address, &binding, &params.payer_key).map_err(|e| invalid(&e))?;
         if known.is_some() && voucher.total <= newest {
-            return Ok(Accepted { credited: 0, voucher_total: newest });
+            return Ok(VoucherAccepted { credited: NanoTon(0), voucher_total: NanoTon(newest) });
         }
         if voucher.total > seen {
             return Err(PaymentError::NotCovered(format!(
@@ -272,7 +265,7 @@ impl Payments {
                 }
             });
         }
-        Ok(Accepted { credited: credited.0, voucher_total: voucher.total.max(newest) })
+        Ok(VoucherAccepted { credited, voucher_total: NanoTon(voucher.total.max(newest)) })
     }
 
     /// Claims the newest voucher of a client's channel; returns what it paid.

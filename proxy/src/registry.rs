@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -21,6 +20,7 @@ use cocoon_attestation::{AttestationError, Policy, VerifiedWorker};
 use cocoon_client::EndorsementSources;
 use cocoon_client::http::HttpClient;
 use cocoon_client::worker::{ClientError, fetch_verified};
+use cocoon_protocol::proxy_api::WorkerView;
 use cocoon_protocol::{Platform, Prices};
 
 use crate::config::{ProxyConfig, secs};
@@ -445,7 +445,7 @@ impl Registry {
     }
 
     /// The public view of one worker (`GET /v1/workers`).
-    pub fn describe(&self, w: &WorkerEntry) -> serde_json::Value {
+    pub fn describe(&self, w: &WorkerEntry) -> WorkerView {
         let now = now_ms();
         let a = w.attested();
         let rep = w.reputation(now, &self.config.reputation);
@@ -455,22 +455,22 @@ impl Registry {
             Health::Down { .. } => "down",
             Health::Stale => "re-attesting",
         };
-        json!({
-            "id": w.id,
-            "url": w.url,
-            "model": a.model_id,
-            "model_digest": hex::encode(a.model_digest),
-            "platform": a.platform.as_str(),
-            "prices": a.prices,
-            "payout_address": a.payout_address,
-            "capacity": a.capacity,
-            "gpus": a.gpus,
-            "in_flight": w.in_flight.load(Ordering::Relaxed),
-            "state": health,
-            "reputation": rep,
-            "evidence_age_s": now.saturating_sub(a.attested_at_ms) / 1000,
-            "evidence_sha256": hex::encode(Sha256::digest(&a.evidence)),
-        })
+        WorkerView {
+            id: w.id.clone(),
+            url: w.url.clone(),
+            model: a.model_id.clone(),
+            model_digest: hex::encode(a.model_digest),
+            platform: a.platform.as_str().into(),
+            prices: a.prices,
+            payout_address: a.payout_address.clone(),
+            capacity: a.capacity,
+            gpus: a.gpus.clone(),
+            in_flight: w.in_flight.load(Ordering::Relaxed),
+            state: health.into(),
+            reputation: serde_json::to_value(&rep).unwrap_or_default(),
+            evidence_age_s: now.saturating_sub(a.attested_at_ms) / 1000,
+            evidence_sha256: hex::encode(Sha256::digest(&a.evidence)),
+        }
     }
 }
 

@@ -33,6 +33,9 @@ use tracing::{debug, warn};
 
 use cocoon_client::http::HttpClient;
 use cocoon_protocol::authorization::ClientAuthorization;
+use cocoon_protocol::proxy_api::{
+    ApiError, ErrorCode, JoinRequest, RouteAnswer, RouteRequest, RoutedWorker, WorkersList,
+};
 use cocoon_protocol::{Commission, NanoTon, limits, media};
 
 use crate::config::{Limits, secs};
@@ -121,7 +124,7 @@ impl App {
         let pending = reserved.get(&auth.client_key).copied().unwrap_or(0);
         let available = account.balance() + credit.0 as i128 - pending as i128;
         if (auth.max_cost.0 as i128) > available {
-            self.metrics.refuse("insufficient_funds");
+            self.metrics.refuse(ErrorCode::InsufficientFunds.as_str());
             return Err(ReserveError::InsufficientFunds {
                 max_cost: auth.max_cost,
                 account: hex::encode(auth.client_key),
@@ -159,10 +162,10 @@ impl ReserveError {
     pub fn into_response(self) -> Response {
         match self {
             ReserveError::LedgerUnavailable => {
-                api_error(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", self.to_string(), false)
+                api_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::LedgerUnavailable, self.to_string(), false)
             }
             ReserveError::InsufficientFunds { .. } => {
-                api_error(StatusCode::PAYMENT_REQUIRED, "insufficient_funds", self.to_string(), false)
+                api_error(StatusCode::PAYMENT_REQUIRED, ErrorCode::InsufficientFunds, self.to_string(), false)
             }
         }
     }
@@ -207,41 +210,36 @@ impl ReplayWindow {
     }
 }
 
-/// An OpenAI-style error body; `retryable` tells the client runner to route again.
-pub fn api_error(status: StatusCode, code: &str, message: String, retryable: bool) -> Response {
-    let body = json!({"error": {"message": message, "type": "proxy_error", "code": code, "retryable": retryable}});
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+/// An OpenAI-style error body ([`ApiError`]); `retryable` tells the client runner to route again.
+pub fn api_error(status: StatusCode, code: ErrorCode, message: String, retryable: bool) -> Response {
+    let mut e = ApiError::new("proxy_error", code, message);
+    e.error.retryable = retryable;
+    error_response(status, &e)
+}
+
+fn error_response(status: StatusCode, e: &ApiError) -> Response {
+    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], e.to_bytes()).into_response();
+    if let Some(n) = e.error.next_worker.as_deref().and_then(|n| http::HeaderValue::from_str(n).ok()) {
+        r.headers_mut().insert(media::RETRY_WORKER_HEADER, n);
+    }
+    r
 }
 
 /// The worker failed before its first byte: a retryable error naming the next candidate.
 pub fn failover(app: &App, worker: &WorkerEntry, model: &str, why: &str) -> Response {
     app.metrics.failovers.inc();
     let next = app.registry.pick(model, std::slice::from_ref(&worker.id), &[]).map(|p| p.worker.id.clone());
-    let body = json!({"error": {
-        "message": format!("worker {} failed before answering: {why}", worker.id),
-        "type": "proxy_error", "code": "worker_unavailable", "retryable": true, "next_worker": next,
-    }});
-    let mut r = (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-        .into_response();
-    if let Some(n) = next.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
-        r.headers_mut().insert(media::RETRY_WORKER_HEADER, n);
-    }
-    r
+    let message = format!("worker {} failed before answering: {why}", worker.id);
+    let e = ApiError::new("proxy_error", ErrorCode::WorkerUnavailable, message).retryable(next);
+    error_response(StatusCode::SERVICE_UNAVAILABLE, &e)
 }
 
 /// The worker is fine but was re-attested with new keys: retry it, re-sealed.
 pub fn retry_same(app: &App, worker: &WorkerEntry, why: &str) -> Response {
     app.metrics.failovers.inc();
-    let body = json!({"error": {
-        "message": format!("worker {}: {why}", worker.id),
-        "type": "proxy_error", "code": "worker_keys_changed", "retryable": true, "next_worker": worker.id,
-    }});
-    let mut r = (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-        .into_response();
-    if let Ok(v) = http::HeaderValue::from_str(&worker.id) {
-        r.headers_mut().insert(media::RETRY_WORKER_HEADER, v);
-    }
-    r
+    let message = format!("worker {}: {why}", worker.id);
+    let e = ApiError::new("proxy_error", ErrorCode::WorkerKeysChanged, message).retryable(Some(worker.id.clone()));
+    error_response(StatusCode::SERVICE_UNAVAILABLE, &e)
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -268,26 +266,31 @@ fn with_safety(routes: Router) -> Router {
 /// taken over by the next request, see `cocoon_runtime::sync`).
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the proxy failed on this request".into(), true)
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::InternalError,
+        "the proxy failed on this request".into(),
+        true,
+    )
 }
 
 async fn small_json<T: for<'de> Deserialize<'de>>(req: Request) -> Result<T, Response> {
     let body = http_body_util::Limited::new(req.into_body(), MAX_SMALL_BODY).collect().await.map_err(|_| {
         api_error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("expected at most {MAX_SMALL_BODY} bytes"),
             false,
         )
     })?;
     serde_json::from_slice(&body.to_bytes())
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}"), false))
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("request body: {e}"), false))
 }
 
 fn no_payments() -> Response {
     api_error(
         StatusCode::NOT_FOUND,
-        "no_payments",
+        ErrorCode::NoPayments,
         "this proxy takes no payments on TON (no [ton] in its config)".into(),
         false,
     )
@@ -306,7 +309,7 @@ async fn vouchers(State(app): State<Arc<App>>, req: Request) -> Response {
             Ok(body) => match p.accept_voucher(body).await {
                 Ok(a) => axum::Json(a).into_response(),
                 Err(e) => {
-                    app.metrics.refuse(e.code());
+                    app.metrics.refuse(e.code().as_str());
                     payment_error(e)
                 }
             },
@@ -325,27 +328,29 @@ async fn payouts(State(app): State<Arc<App>>, axum::extract::RawQuery(query): ax
         .find_map(|kv| kv.strip_prefix("payee="))
         .map(|v| urlencoding::decode(v).map(|c| c.into_owned()).unwrap_or_default());
     let Some(payee) = payee else {
-        return api_error(StatusCode::BAD_REQUEST, "invalid_payee", "expected ?payee=<TON address>".into(), false);
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPayee,
+            "expected ?payee=<TON address>".into(),
+            false,
+        );
     };
     let payee = match cocoon_ton::channel::parse_address("payee", &payee) {
         Ok(a) => a,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_payee", e.to_string(), false),
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayee, e.to_string(), false),
     };
     let r = match p.worker_voucher(&payee).await {
         Ok(Some(held)) => axum::Json(held).into_response(),
-        Ok(None) => {
-            api_error(StatusCode::NOT_FOUND, "nothing_earned", format!("{payee} has earned nothing here"), false)
-        }
+        Ok(None) => api_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NothingEarned,
+            format!("{payee} has earned nothing here"),
+            false,
+        ),
         Err(e) => payment_error(e),
     };
     app.count("payouts", &r);
     r
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinRequest {
-    url: String,
 }
 
 async fn join(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -364,7 +369,7 @@ async fn join_inner(app: &Arc<App>, req: Request) -> Response {
         if j.1 >= app.limits.joins_per_minute {
             return api_error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!("at most {} joins a minute; retry later", app.limits.joins_per_minute),
                 false,
             );
@@ -386,28 +391,16 @@ async fn join_inner(app: &Arc<App>, req: Request) -> Response {
                     StatusCode::FORBIDDEN
                 }
             };
-            api_error(status, "not_admitted", e.to_string(), false)
+            api_error(status, ErrorCode::NotAdmitted, e.to_string(), false)
         }
     }
 }
 
 async fn list_workers(State(app): State<Arc<App>>) -> Response {
-    let workers: Vec<_> = app.registry.all().iter().map(|w| app.registry.describe(w)).collect();
-    let r = axum::Json(json!({"object": "list", "data": workers, "models": app.registry.models()})).into_response();
+    let data: Vec<_> = app.registry.all().iter().map(|w| app.registry.describe(w)).collect();
+    let r = axum::Json(WorkersList { object: "list".into(), data, models: app.registry.models() }).into_response();
     app.count("workers_list", &r);
     r
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteRequest {
-    model: String,
-    #[serde(default)]
-    exclude: Vec<String>,
-    /// GPU chips the client's policy accepts (`GH100`...): only workers whose
-    /// verified GPUs are all of these (empty: any worker).
-    #[serde(default)]
-    gpu: Vec<String>,
 }
 
 async fn route(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -428,7 +421,7 @@ async fn route_inner(app: &Arc<App>, req: Request) -> Response {
     {
         return api_error(
             StatusCode::BAD_REQUEST,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!(
                 "expected a model name of at most {} bytes, at most {MAX_EXCLUDE} exclusions \
                  and at most {MAX_GPU_CLASSES} GPU chips of at most 32 bytes",
@@ -442,7 +435,7 @@ async fn route_inner(app: &Arc<App>, req: Request) -> Response {
         let (status, code, msg) = if served.contains(&r.model) && !r.gpu.is_empty() {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "no_worker_available",
+                ErrorCode::NoWorkerAvailable,
                 format!(
                     "no worker serving {:?} with verified GPUs of {} is up, free and not excluded",
                     r.model,
@@ -452,31 +445,31 @@ async fn route_inner(app: &Arc<App>, req: Request) -> Response {
         } else if served.contains(&r.model) {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "no_worker_available",
+                ErrorCode::NoWorkerAvailable,
                 format!("every worker serving {:?} is busy, down or excluded", r.model),
             )
         } else {
             (
                 StatusCode::NOT_FOUND,
-                "model_not_found",
+                ErrorCode::ModelNotFound,
                 format!("no admitted worker serves {:?}; served: {served:?}", r.model),
             )
         };
         return api_error(status, code, msg, false);
     };
     let a = &pick.attested;
-    axum::Json(json!({
-        "worker": {
-            "id": pick.worker.id,
-            "model": a.model_id,
-            "prices": a.prices,
-            "payout_address": a.payout_address,
-            "capacity": a.capacity,
+    axum::Json(RouteAnswer {
+        worker: RoutedWorker {
+            id: pick.worker.id.clone(),
+            model: a.model_id.clone(),
+            prices: a.prices,
+            payout_address: a.payout_address.clone(),
+            capacity: a.capacity,
         },
-        "evidence": base64::engine::general_purpose::STANDARD.encode(&a.evidence),
-        "commission_ppm": app.commission.ppm(),
-        "alternatives": pick.alternatives,
-    }))
+        evidence: base64::engine::general_purpose::STANDARD.encode(&a.evidence),
+        commission_ppm: app.commission.ppm(),
+        alternatives: pick.alternatives,
+    })
     .into_response()
 }
 
@@ -487,7 +480,7 @@ async fn terms(State(app): State<Arc<App>>) -> Response {
 async fn attestation(State(app): State<Arc<App>>, req: Request) -> Response {
     let nonce = match cocoon_attestation::parse_nonce_query(req.uri().query()) {
         Ok(n) => n,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_nonce", e, false),
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidNonce, e, false),
     };
     let doc = match nonce {
         None => Ok(app.identity.cached_evidence.clone()),
@@ -504,7 +497,7 @@ async fn attestation(State(app): State<Arc<App>>, req: Request) -> Response {
             warn!("proxy evidence: {e}");
             api_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "evidence_unavailable",
+                ErrorCode::EvidenceUnavailable,
                 "evidence could not be produced".into(),
                 false,
             )
