@@ -41,19 +41,68 @@ pub struct Endorsements {
 }
 
 /// Evidence that passed: only now may its keys be used.
+///
+/// A proof: its fields are private and only [`Assessment::into_result`]
+/// (so [`verify_evidence`] and [`assess`]) builds one, so holding a
+/// `VerifiedWorker` means the evidence passed a policy. Cloning one copies a
+/// genuine proof; nothing outside this module can make one up.
 #[derive(Debug, Clone)]
 pub struct VerifiedWorker {
-    pub platform: Platform,
-    pub claims: Claims,
-    pub hardware: HardwareReport,
-    pub key_configs: Vec<KeyConfig>,
-    pub receipt_key: [u8; 32],
-    pub nonce: Option<Vec<u8>>,
-    pub rules: Vec<RuleOutcome>,
+    platform: Platform,
+    claims: Claims,
+    hardware: HardwareReport,
+    /// At least one: checked where the proof is built.
+    key_configs: Vec<KeyConfig>,
+    receipt_key: [u8; 32],
+    nonce: Option<Vec<u8>>,
+    rules: Vec<RuleOutcome>,
+    gpus: Vec<VerifiedGpu>,
+}
+
+impl VerifiedWorker {
+    pub fn platform(&self) -> Platform {
+        self.platform
+    }
+
+    /// The claims the hardware evidence binds.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    pub fn hardware(&self) -> &HardwareReport {
+        &self.hardware
+    }
+
+    /// The key configuration to seal requests to (the first the claims list).
+    pub fn key_config(&self) -> &KeyConfig {
+        &self.key_configs[0]
+    }
+
+    pub fn key_configs(&self) -> &[KeyConfig] {
+        &self.key_configs
+    }
+
+    /// The Ed25519 key the worker's receipts are signed with.
+    pub fn receipt_key(&self) -> &[u8; 32] {
+        &self.receipt_key
+    }
+
+    /// The verifier's nonce the evidence was made for, when it was fresh.
+    pub fn nonce(&self) -> Option<&[u8]> {
+        self.nonce.as_deref()
+    }
+
+    /// Every rule of the policy and how the evidence fared.
+    pub fn rules(&self) -> &[RuleOutcome] {
+        &self.rules
+    }
+
     /// GPUs whose reports verified, are bound to this evidence and pass every
     /// GPU check of the policy (none when any GPU fails one); the proxy
     /// routes on their chips.
-    pub gpus: Vec<VerifiedGpu>,
+    pub fn gpus(&self) -> &[VerifiedGpu] {
+        &self.gpus
+    }
 }
 
 /// Everything learnt about a piece of evidence, whether or not it passed.
@@ -104,8 +153,15 @@ impl Assessment {
 
     pub fn into_result(self) -> Result<VerifiedWorker, AttestationError> {
         let (key_configs, receipt_key) = self.outcome?;
+        let platform = self.platform.expect("set when verification passed");
+        if key_configs.is_empty() {
+            return Err(AttestationError::Malformed {
+                platform,
+                reason: "the claims list no OHTTP key configuration".into(),
+            });
+        }
         Ok(VerifiedWorker {
-            platform: self.platform.expect("set when verification passed"),
+            platform,
             claims: self.claims.expect("set when verification passed"),
             hardware: self.hardware.expect("set when verification passed"),
             key_configs,

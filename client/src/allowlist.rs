@@ -100,7 +100,7 @@ impl Allowlist {
 
     /// The worker's model must be listed (its image was checked by [`Allowlist::policy`]).
     pub fn check_worker(&self, worker: &VerifiedWorker) -> Result<(), AllowlistError> {
-        let model = worker.claims.model.as_ref().ok_or_else(|| AllowlistError::NoModel(self.registry.to_hex()))?;
+        let model = worker.claims().model.as_ref().ok_or_else(|| AllowlistError::NoModel(self.registry.to_hex()))?;
         let listed = <[u8; 32]>::try_from(model.digest.as_slice()).is_ok_and(|d| self.models.contains(&d));
         if !listed {
             return Err(AllowlistError::ModelNotListed {
@@ -109,7 +109,7 @@ impl Allowlist {
             });
         }
         static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if worker.platform == cocoon_protocol::Platform::Simulated
+        if worker.platform() == cocoon_protocol::Platform::Simulated
             && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             warn!("simulated evidence: the registry's images are NOT compared (it has no measurements); said once");

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use cocoon_protocol::Receipt;
+use cocoon_protocol::VerifiedReceipt;
 use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
 
 use crate::worker::{ClientError, Worker, api_error};
@@ -32,7 +32,16 @@ pub struct ChatOutcome {
     pub text: String,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
-    pub receipt: Receipt,
+    /// The worker's receipt, verified under its attested key for this request.
+    pub receipt: VerifiedReceipt,
+}
+
+/// What the stream said before its receipt arrived.
+#[derive(Default)]
+struct Answer {
+    text: String,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
 }
 
 /// The OpenAI chat request for `prompt`.
@@ -74,7 +83,7 @@ impl Worker {
         let mut status = 0;
         let mut error_body = Vec::new();
         let mut sse = SseParser::default();
-        let mut out = ChatOutcome { text: String::new(), finish_reason: None, usage: None, receipt: placeholder() };
+        let mut out = Answer::default();
         while let Some(event) = stream.next_event().await? {
             match event {
                 ResponseEvent::Head { status: s, .. } => status = s,
@@ -90,26 +99,14 @@ impl Worker {
         if status != 200 {
             return Err(api_error(status, &error_body));
         }
-        out.receipt = stream
+        let receipt = stream
             .receipt()?
             .ok_or_else(|| ClientError::Protocol("the worker sent no usage receipt for a completed answer".into()))?;
-        Ok(out)
+        Ok(ChatOutcome { text: out.text, finish_reason: out.finish_reason, usage: out.usage, receipt })
     }
 }
 
-fn placeholder() -> Receipt {
-    Receipt {
-        request_hash: Default::default(),
-        model_id: String::new(),
-        model_digest: None,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        cost_cap: None,
-        issued_at: 0,
-    }
-}
-
-fn handle_event(data: &str, out: &mut ChatOutcome, on_delta: &mut impl FnMut(&str)) -> Result<(), ClientError> {
+fn handle_event(data: &str, out: &mut Answer, on_delta: &mut impl FnMut(&str)) -> Result<(), ClientError> {
     if data == "[DONE]" {
         return Ok(());
     }

@@ -339,11 +339,11 @@ fn print_rules(rules: &[RuleOutcome]) {
 }
 
 fn print_verified(v: &VerifiedWorker) {
-    eprintln!("platform        {}", v.platform);
-    print_hardware(&v.hardware);
-    print_claims(&v.claims);
-    print_gpus(&v.gpus);
-    print_rules(&v.rules);
+    eprintln!("platform        {}", v.platform());
+    print_hardware(v.hardware());
+    print_claims(v.claims());
+    print_gpus(v.gpus());
+    print_rules(v.rules());
 }
 
 /// The GPUs whose reports verified and passed the policy, like the CPU rows.

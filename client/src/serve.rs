@@ -32,7 +32,7 @@ use cocoon_protocol::authorization::ClientAuthorization;
 use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
 use cocoon_protocol::price::ProxyTerms;
 use cocoon_protocol::proxy_api::{ApiError, ErrorCode, RouteAnswer, RouteRequest, WorkersList};
-use cocoon_protocol::{Commission, NanoTon, Prices, Receipt, limits, media};
+use cocoon_protocol::{Commission, NanoTon, Prices, VerifiedReceipt, limits, media};
 use cocoon_runtime::LockExt;
 
 use crate::allowlist::Watched;
@@ -96,17 +96,17 @@ impl Runner {
             .map_err(|e| ClientError::Protocol(format!("the proxy's terms are not valid JSON: {e}")))?;
         let (_, verified) = fetch_verified(&http, proxy, &policy, &sources, true).await?;
         let digest: [u8; 32] = Sha256::digest(&terms_bytes).into();
-        if verified.claims.config_digest.as_slice() != digest {
+        if verified.claims().config_digest.as_slice() != digest {
             return Err(ClientError::Protocol(
                 "the proxy's evidence does not bind the terms it serves (config digest differs)".into(),
             ));
         }
-        if hex::encode(verified.receipt_key) != terms.account_key {
+        if hex::encode(verified.receipt_key()) != terms.account_key {
             return Err(ClientError::Protocol("the proxy's terms name another account key than its evidence".into()));
         }
         let commission = terms.commission().map_err(|e| ClientError::Protocol(e.to_string()))?;
         info!(proxy, commission_ppm = commission.ppm(), account = %terms.account_key, "proxy verified");
-        let account = verified.receipt_key;
+        let account = *verified.receipt_key();
         Ok(Runner {
             upstream: Upstream::Proxy { url: proxy.trim_end_matches('/').to_string(), commission, account },
             policy,
@@ -315,7 +315,7 @@ impl Runner {
             attempts += 1;
             // What this request can cost at this worker's attested prices: the
             // most the runner signs for, and so what the proxy reserves.
-            let prices = worker.verified().claims.prices.unwrap_or_default();
+            let prices = worker.verified().claims().prices.unwrap_or_default();
             let max_cost = demand.max_cost(&prices, self.commission());
             let budget = self.commission().worker_budget(max_cost);
             let mut sealed = inner.clone();
@@ -450,7 +450,7 @@ pub fn router(runner: Arc<Runner>) -> Router {
 
 async fn models(State(r): State<Arc<Runner>>) -> Response {
     let ids: Vec<String> = match &r.upstream {
-        Upstream::Direct { worker } => worker.verified().claims.model.iter().map(|m| m.id.clone()).collect(),
+        Upstream::Direct { worker } => worker.verified().claims().model.iter().map(|m| m.id.clone()).collect(),
         Upstream::Proxy { url, .. } => {
             let uri = match join(url, "/v1/workers") {
                 Ok(u) => u,
@@ -548,7 +548,7 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         _ => return Err(AppError::upstream("the sealed answer has no head")),
     };
     let billing = Billing {
-        worker_prices: worker.verified().claims.prices.unwrap_or_default(),
+        worker_prices: worker.verified().claims().prices.unwrap_or_default(),
         commission: r.commission(),
         max_cost,
         via_proxy: matches!(r.upstream, Upstream::Proxy { .. }),
@@ -592,7 +592,7 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
 
 /// What the answer cost, as checked against the receipt.
 struct Cost {
-    receipt: Receipt,
+    receipt: VerifiedReceipt,
     worker_cost: NanoTon,
     commission: NanoTon,
     charge: NanoTon,
@@ -633,7 +633,7 @@ impl Billing {
             .receipt()
             .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad("the worker sent no receipt for a completed answer".into()))?;
-        let claims = &worker.verified().claims;
+        let claims = &worker.verified().claims();
         if let Some(m) = &claims.model
             && receipt.model_digest.as_ref().map(|d| d.as_slice()) != Some(m.digest.as_slice())
         {

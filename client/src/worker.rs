@@ -15,7 +15,7 @@ use cocoon_protocol::bhttp_msg::{BhttpError, InnerRequest, InnerResponse, Respon
 use cocoon_protocol::ohttp::{ChunkedResponseOpener, ClientRequest, OhttpError};
 use cocoon_protocol::proxy_api::ApiError;
 use cocoon_protocol::receipt::ReceiptError;
-use cocoon_protocol::{Receipt, limits, media};
+use cocoon_protocol::{Receipt, VerifiedReceipt, limits, media};
 
 use crate::endorsements::{EndorsementError, EndorsementSources};
 use crate::http::{HttpClient, join};
@@ -159,7 +159,7 @@ impl Worker {
     }
 
     fn client_request(&self) -> Result<ClientRequest, ClientError> {
-        Ok(ClientRequest::new(&self.verified.key_configs[0])?)
+        Ok(ClientRequest::new(self.verified.key_config())?)
     }
 
     async fn post(
@@ -195,11 +195,11 @@ impl Worker {
     }
 
     /// One sealed request and its whole sealed response (`message/ohttp-req`).
-    pub async fn send(&self, request: &InnerRequest) -> Result<(InnerResponse, Option<Receipt>), ClientError> {
+    pub async fn send(&self, request: &InnerRequest) -> Result<(InnerResponse, Option<VerifiedReceipt>), ClientError> {
         let (sealed, opener) = self.client_request()?.seal(&dated(request).encode())?;
         let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
         let resp = self.post(media::OHTTP_REQUEST, sealed, &[]).await?;
-        let receipt = verify_receipt(resp.headers(), &request_hash, &self.verified.receipt_key)?;
+        let receipt = verify_receipt(resp.headers(), &request_hash, self.verified.receipt_key())?;
         let body = Limited::new(resp.into_body(), limits::MAX_SEALED_RESPONSE)
             .collect()
             .await
@@ -232,7 +232,7 @@ impl Worker {
             queue: VecDeque::new(),
             trailers: None,
             request_hash,
-            receipt_key: self.verified.receipt_key,
+            receipt_key: *self.verified.receipt_key(),
             finished: false,
         })
     }
@@ -295,7 +295,7 @@ fn verify_receipt(
     headers: &HeaderMap,
     request_hash: &[u8; 32],
     key: &[u8; 32],
-) -> Result<Option<Receipt>, ClientError> {
+) -> Result<Option<VerifiedReceipt>, ClientError> {
     let Some(v) = headers.get(media::RECEIPT_HEADER) else { return Ok(None) };
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(v.as_bytes())
@@ -364,7 +364,7 @@ impl ResponseStream {
     }
 
     /// The verified receipt, once the stream has ended (it travels as a trailer).
-    pub fn receipt(&self) -> Result<Option<Receipt>, ClientError> {
+    pub fn receipt(&self) -> Result<Option<VerifiedReceipt>, ClientError> {
         match &self.trailers {
             Some(t) => verify_receipt(t, &self.request_hash, &self.receipt_key),
             None => Ok(None),

@@ -76,10 +76,40 @@ impl ClientAuthorization {
         Ok(ClientAuthorization { client_key, max_cost, signature })
     }
 
-    pub fn verify(&self, request_hash: &[u8; 32]) -> Result<(), AuthorizationError> {
+    /// Checks the signature over `request_hash` and this maximum cost; the
+    /// proof that the account agreed to pay up to it for exactly those bytes.
+    pub fn verify(&self, request_hash: &[u8; 32]) -> Result<VerifiedAuthorization, AuthorizationError> {
         let key = VerifyingKey::from_bytes(&self.client_key).map_err(|_| AuthorizationError::BadSignature)?;
         key.verify_strict(&signed_message(request_hash, self.max_cost), &Signature::from_bytes(&self.signature))
-            .map_err(|_| AuthorizationError::BadSignature)
+            .map_err(|_| AuthorizationError::BadSignature)?;
+        Ok(VerifiedAuthorization { client_key: self.client_key, max_cost: self.max_cost, request_hash: *request_hash })
+    }
+}
+
+/// A client's authorisation whose signature verified for one request hash. A
+/// proof: only [`ClientAuthorization::verify`] builds one, so a function that
+/// reserves or charges an account takes this, not the headers it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAuthorization {
+    client_key: [u8; 32],
+    max_cost: NanoTon,
+    request_hash: [u8; 32],
+}
+
+impl VerifiedAuthorization {
+    /// The account that signed.
+    pub fn client_key(&self) -> &[u8; 32] {
+        &self.client_key
+    }
+
+    /// The most the account agreed to pay for this request, commission included.
+    pub fn max_cost(&self) -> NanoTon {
+        self.max_cost
+    }
+
+    /// SHA-256 of the sealed bytes it covers.
+    pub fn request_hash(&self) -> &[u8; 32] {
+        &self.request_hash
     }
 }
 
@@ -103,7 +133,11 @@ mod tests {
             ClientAuthorization::from_headers(|n| headers.iter().find(|(h, _)| *h == n).map(|(_, v)| v.as_str()))
                 .unwrap();
         assert_eq!(parsed, auth);
-        parsed.verify(&[1; 32]).unwrap();
+        let proof = parsed.verify(&[1; 32]).unwrap();
+        assert_eq!(
+            (proof.client_key(), proof.max_cost(), proof.request_hash()),
+            (&auth.client_key, NanoTon(5000), &[1; 32])
+        );
         assert_eq!(parsed.verify(&[2; 32]), Err(AuthorizationError::BadSignature));
         let raised = ClientAuthorization { max_cost: NanoTon(5001), ..parsed.clone() };
         assert_eq!(raised.verify(&[1; 32]), Err(AuthorizationError::BadSignature));

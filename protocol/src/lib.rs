@@ -17,4 +17,4 @@ pub mod receipt;
 
 pub use evidence::{Capacity, Claims, EvidenceDocument, GpuEvidence, ModelClaim, NonceProof, Platform};
 pub use price::{Commission, NanoTon, Prices};
-pub use receipt::{Receipt, ReceiptSigner};
+pub use receipt::{Receipt, ReceiptSigner, VerifiedReceipt};

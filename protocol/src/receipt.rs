@@ -72,9 +72,37 @@ impl ReceiptSigner {
     }
 }
 
+/// A receipt whose signature verified under the key it was checked with. A
+/// proof: only [`Receipt::verify`] builds one; it reads as the [`Receipt`]
+/// it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedReceipt {
+    receipt: Receipt,
+}
+
+impl std::ops::Deref for VerifiedReceipt {
+    type Target = Receipt;
+    fn deref(&self) -> &Receipt {
+        &self.receipt
+    }
+}
+
+impl VerifiedReceipt {
+    /// The receipt, no longer a proof (to store or print it).
+    pub fn into_inner(self) -> Receipt {
+        self.receipt
+    }
+}
+
+impl PartialEq<Receipt> for VerifiedReceipt {
+    fn eq(&self, other: &Receipt) -> bool {
+        &self.receipt == other
+    }
+}
+
 impl Receipt {
     /// Verifies a COSE_Sign1 receipt under `public_key` and returns its payload.
-    pub fn verify(bytes: &[u8], public_key: &[u8; 32]) -> Result<Receipt, ReceiptError> {
+    pub fn verify(bytes: &[u8], public_key: &[u8; 32]) -> Result<VerifiedReceipt, ReceiptError> {
         if bytes.len() > limits::MAX_RECEIPT {
             return Err(ReceiptError::TooLarge { found: bytes.len(), limit: limits::MAX_RECEIPT });
         }
@@ -93,7 +121,9 @@ impl Receipt {
             })
             .map_err(|()| ReceiptError::Signature)?;
         let payload = sign1.payload.as_deref().ok_or_else(|| ReceiptError::Payload("missing".into()))?;
-        cbor::from_slice(payload, limits::MAX_RECEIPT, "receipt").map_err(|e| ReceiptError::Payload(e.to_string()))
+        let receipt = cbor::from_slice(payload, limits::MAX_RECEIPT, "receipt")
+            .map_err(|e| ReceiptError::Payload(e.to_string()))?;
+        Ok(VerifiedReceipt { receipt })
     }
 
     /// Checks that the receipt names the sealed request the caller sent.

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
-use cocoon_protocol::authorization::ClientAuthorization;
+use cocoon_protocol::authorization::{ClientAuthorization, VerifiedAuthorization};
 use cocoon_protocol::media::media_is;
 use cocoon_protocol::proxy_api::{ApiError, ErrorCode};
 use cocoon_protocol::{NanoTon, Receipt, media};
@@ -197,9 +197,10 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         }
     };
     let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
-    if let Err(e) = auth.verify(&request_hash) {
-        return refuse(ErrorCode::BadSignature, StatusCode::UNAUTHORIZED, e.to_string());
-    }
+    let auth = match auth.verify(&request_hash) {
+        Ok(proof) => proof,
+        Err(e) => return refuse(ErrorCode::BadSignature, StatusCode::UNAUTHORIZED, e.to_string()),
+    };
     // A request hash is forwarded once: a relay replaying captured bytes gets
     // no generation and no charge.
     if !app.replays.locked().insert(request_hash, now_ms()) || app.ledger.is_charged(&request_hash).unwrap_or(true) {
@@ -246,7 +247,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         .header(header::TE, "trailers")
         // The worker's share of what the client signed: the enclave stops there,
         // whatever the sealed request says, so every answer is paid for.
-        .header(media::WORKER_CAP_HEADER, app.commission.worker_budget(auth.max_cost).0)
+        .header(media::WORKER_CAP_HEADER, app.commission.worker_budget(auth.max_cost()).0)
         .body(Full::new(sealed))
         .expect("valid request parts");
     let sent = tokio::time::timeout(secs(app.limits.first_byte_timeout_s), app.http.send(upstream)).await;
@@ -256,19 +257,19 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
             debug!(worker = %worker.id, "worker unreachable: {e}");
             app.registry.record(&worker, Outcome::Failed);
             app.registry.mark_down(&worker);
-            return failover(&app, &worker, &attested.model_id, "the worker could not be reached");
+            return failover(&app, &worker, attested.model_id(), "the worker could not be reached");
         }
         Err(_) => {
             app.registry.record(&worker, Outcome::TimedOut);
             app.registry.mark_down(&worker);
-            return failover(&app, &worker, &attested.model_id, "the worker did not answer in time");
+            return failover(&app, &worker, attested.model_id(), "the worker did not answer in time");
         }
     };
     let status = resp.status();
     if status.is_server_error() {
         app.registry.record(&worker, Outcome::Failed);
         app.registry.mark_down(&worker);
-        return failover(&app, &worker, &attested.model_id, &format!("the worker answered {status}"));
+        return failover(&app, &worker, attested.model_id(), &format!("the worker answered {status}"));
     }
     if status == StatusCode::BAD_REQUEST {
         let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -289,14 +290,14 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         // it now; if its keys changed, the client re-seals to the same worker.
         app.registry.mark_stale(&worker);
         match app.registry.admit(&worker.url).await {
-            Ok(w) if w.attested().claims_digest != attested.claims_digest => {
+            Ok(w) if w.attested().claims_digest() != attested.claims_digest() => {
                 return retry_same(&app, &worker, "the worker restarted with new keys; seal the request again");
             }
             Ok(_) => return refused(),
             Err(e) => {
                 warn!(worker = %worker.id, "re-attestation after a refused request failed: {e}");
                 app.registry.mark_down(&worker);
-                return failover(&app, &worker, &attested.model_id, "the worker could not be re-attested");
+                return failover(&app, &worker, attested.model_id(), "the worker could not be re-attested");
             }
         }
     }
@@ -328,7 +329,7 @@ struct Metering {
     app: Arc<App>,
     worker: Arc<WorkerEntry>,
     attested: Arc<Attested>,
-    auth: ClientAuthorization,
+    auth: VerifiedAuthorization,
     request_hash: [u8; 32],
     /// Held until the answer is metered: its drop releases the reserved maximum.
     _reservation: Reservation,
@@ -346,27 +347,27 @@ impl Metering {
     /// client received it), and the worker is quarantined for the overrun.
     async fn charge(&self, receipt_b64: &[u8]) -> Result<NanoTon, MeterError> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(receipt_b64).map_err(|_| MeterError::Encoding)?;
-        let receipt = Receipt::verify(&bytes, &self.attested.receipt_key)?;
+        let receipt = Receipt::verify(&bytes, self.attested.receipt_key())?;
         receipt.expect_request(&self.request_hash)?;
         let digest = receipt.model_digest.as_ref().map(|d| d.as_slice()).unwrap_or_default();
-        if digest != self.attested.model_digest.as_slice() {
+        if digest != self.attested.model_digest().as_slice() {
             return Err(MeterError::ModelDigest {
-                expected: hex::encode(self.attested.model_digest),
+                expected: hex::encode(self.attested.model_digest()),
                 found: hex::encode(digest),
             });
         }
-        let cost = self.attested.prices.cost(receipt.prompt_tokens, receipt.completion_tokens);
-        let given = self.app.commission.worker_budget(self.auth.max_cost);
-        let bill = self.app.commission.bill(cost, self.auth.max_cost);
+        let cost = self.attested.prices().cost(receipt.prompt_tokens, receipt.completion_tokens);
+        let given = self.app.commission.worker_budget(self.auth.max_cost());
+        let bill = self.app.commission.bill(cost, self.auth.max_cost());
         self.app
             .ledger
             .charge(ChargeRecord {
                 request_hash: self.request_hash,
-                client_key: self.auth.client_key,
+                client_key: *self.auth.client_key(),
                 worker_id: self.worker.id.clone(),
                 worker_url: self.worker.url.clone(),
-                payout_address: self.attested.payout_address.clone(),
-                model_id: self.attested.model_id.clone(),
+                payout_address: self.attested.payout_address().map(str::to_owned),
+                model_id: self.attested.model_id().to_string(),
                 prompt_tokens: receipt.prompt_tokens,
                 completion_tokens: receipt.completion_tokens,
                 worker_cost: bill.worker_cost,

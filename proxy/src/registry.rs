@@ -64,41 +64,93 @@ pub fn check_worker_url(url: &str) -> Result<(), AdmissionError> {
     Ok(())
 }
 
-/// What the proxy verified about a worker, from evidence that passed its policy.
+/// What the proxy verified about a worker, from evidence that passed its
+/// policy. A proof: built only by [`Attested::from_verified`] (so from a
+/// `VerifiedWorker`), its fields private.
 #[derive(Debug)]
 pub struct Attested {
     /// The evidence document as the worker served it (clients verify it themselves).
-    pub evidence: Bytes,
-    pub claims_digest: [u8; 32],
-    pub platform: Platform,
-    pub receipt_key: [u8; 32],
-    pub model_id: String,
-    pub model_digest: [u8; 32],
-    pub prices: Prices,
-    pub payout_address: Option<String>,
+    evidence: Bytes,
+    claims_digest: [u8; 32],
+    platform: Platform,
+    receipt_key: [u8; 32],
+    model_id: String,
+    model_digest: [u8; 32],
+    prices: Prices,
+    payout_address: Option<String>,
     /// Requests the worker serves or queues at once.
-    pub capacity: u32,
+    capacity: u32,
     /// The chips of its GPUs that verified and passed the policy (`GH100`...).
-    pub gpus: Vec<String>,
-    pub attested_at_ms: u64,
+    gpus: Vec<String>,
+    attested_at_ms: u64,
 }
 
 impl Attested {
     fn from_verified(evidence: Vec<u8>, v: VerifiedWorker) -> Result<Self, AdmissionError> {
-        let model = v.claims.model.clone().ok_or(AdmissionError::NoModel)?;
+        let claims = v.claims();
+        let model = claims.model.clone().ok_or(AdmissionError::NoModel)?;
         Ok(Attested {
-            claims_digest: Sha256::digest(v.claims.encode()).into(),
+            claims_digest: Sha256::digest(claims.encode()).into(),
             evidence: Bytes::from(evidence),
-            platform: v.platform,
-            receipt_key: v.receipt_key,
+            platform: v.platform(),
+            receipt_key: *v.receipt_key(),
             model_id: model.id,
             model_digest: model.digest.as_slice().try_into().expect("length checked at decode"),
-            prices: v.claims.prices.unwrap_or_default(),
-            payout_address: v.claims.payout_address.clone(),
-            capacity: v.claims.capacity.map(|c| c.requests()).unwrap_or(1),
-            gpus: v.gpus.iter().map(|g| g.chip.clone()).collect(),
+            prices: claims.prices.unwrap_or_default(),
+            payout_address: claims.payout_address.clone(),
+            capacity: claims.capacity.map(|c| c.requests()).unwrap_or(1),
+            gpus: v.gpus().iter().map(|g| g.chip.clone()).collect(),
             attested_at_ms: now_ms(),
         })
+    }
+    /// The evidence document as the worker served it (clients verify it themselves).
+    pub fn evidence(&self) -> &Bytes {
+        &self.evidence
+    }
+
+    /// SHA-256 of the claims: it changes when the worker's keys do.
+    pub fn claims_digest(&self) -> &[u8; 32] {
+        &self.claims_digest
+    }
+
+    pub fn platform(&self) -> Platform {
+        self.platform
+    }
+
+    /// The attested key the worker's receipts must verify under.
+    pub fn receipt_key(&self) -> &[u8; 32] {
+        &self.receipt_key
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    pub fn model_digest(&self) -> &[u8; 32] {
+        &self.model_digest
+    }
+
+    /// The attested prices the proxy meters with.
+    pub fn prices(&self) -> Prices {
+        self.prices
+    }
+
+    pub fn payout_address(&self) -> Option<&str> {
+        self.payout_address.as_deref()
+    }
+
+    /// Requests the worker serves or queues at once.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The chips of its GPUs that verified and passed the policy (`GH100`...).
+    pub fn gpus(&self) -> &[String] {
+        &self.gpus
+    }
+
+    pub fn attested_at_ms(&self) -> u64 {
+        self.attested_at_ms
     }
 }
 
@@ -306,9 +358,12 @@ impl Registry {
                 if in_flight >= a.capacity {
                     return None;
                 }
-                // A little jitter spreads equal workers instead of always picking the first.
+                // A little jitter spreads equal workers instead of always picking the
+                // first; the added term breaks ties between costs of 0 (workers still
+                // being explored), which no factor can.
                 let jitter = 1.0 + (random_u32() % 1000) as f64 / 100_000.0;
-                Some((routing_cost(in_flight, a.capacity, &rep) * jitter, w, a))
+                let tie = (random_u32() % 1000) as f64 * 1e-12;
+                Some((routing_cost(in_flight, a.capacity, &rep) * jitter + tie, w, a))
             })
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use cocoon_client::http::HttpClient;
-use cocoon_protocol::authorization::ClientAuthorization;
+use cocoon_protocol::authorization::VerifiedAuthorization;
 use cocoon_protocol::proxy_api::{
     ApiError, ErrorCode, JoinRequest, RouteAnswer, RouteRequest, RoutedWorker, WorkersList,
 };
@@ -113,29 +113,30 @@ impl App {
     /// account's open channels hold on chain beyond their vouchers, less what
     /// its requests in flight may still cost. A key with no deposit and no
     /// channel gets no credit at all.
-    pub fn reserve(self: &Arc<Self>, auth: &ClientAuthorization) -> Result<Reservation, ReserveError> {
+    pub fn reserve(self: &Arc<Self>, auth: &VerifiedAuthorization) -> Result<Reservation, ReserveError> {
         let ledger_down = |e: crate::ledger::LedgerError| {
             warn!("reading an account: {e}");
             ReserveError::LedgerUnavailable
         };
-        let (account, collateral) = self.ledger.account_and_collateral(&auth.client_key).map_err(ledger_down)?;
+        let (key, max_cost) = (*auth.client_key(), auth.max_cost());
+        let (account, collateral) = self.ledger.account_and_collateral(&key).map_err(ledger_down)?;
         let credit = self.credit_limit.min(collateral);
         let mut reserved = self.reservations.locked();
-        let pending = reserved.get(&auth.client_key).copied().unwrap_or(0);
+        let pending = reserved.get(&key).copied().unwrap_or(0);
         let available = account.balance() + credit.0 as i128 - pending as i128;
-        if (auth.max_cost.0 as i128) > available {
+        if (max_cost.0 as i128) > available {
             self.metrics.refuse(ErrorCode::InsufficientFunds.as_str());
             return Err(ReserveError::InsufficientFunds {
-                max_cost: auth.max_cost,
-                account: hex::encode(auth.client_key),
+                max_cost,
+                account: hex::encode(key),
                 available: available.max(0),
                 balance: account.balance(),
                 credit,
                 pending,
             });
         }
-        *reserved.entry(auth.client_key).or_insert(0) += auth.max_cost.0;
-        Ok(forward::new_reservation(self.clone(), auth.client_key, auth.max_cost.0))
+        *reserved.entry(key).or_insert(0) += max_cost.0;
+        Ok(forward::new_reservation(self.clone(), key, max_cost.0))
     }
 }
 
@@ -461,12 +462,12 @@ async fn route_inner(app: &Arc<App>, req: Request) -> Response {
     axum::Json(RouteAnswer {
         worker: RoutedWorker {
             id: pick.worker.id.clone(),
-            model: a.model_id.clone(),
-            prices: a.prices,
-            payout_address: a.payout_address.clone(),
-            capacity: a.capacity,
+            model: a.model_id().to_string(),
+            prices: a.prices(),
+            payout_address: a.payout_address().map(str::to_owned),
+            capacity: a.capacity(),
         },
-        evidence: base64::engine::general_purpose::STANDARD.encode(&a.evidence),
+        evidence: base64::engine::general_purpose::STANDARD.encode(a.evidence()),
         commission_ppm: app.commission.ppm(),
         alternatives: pick.alternatives,
     })
@@ -522,7 +523,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics.workers_admitted.set(workers.len() as i64);
     for w in &workers {
         let a = w.attested();
-        let labels = WorkerLabels { worker: w.id.clone(), model: a.model_id.clone() };
+        let labels = WorkerLabels { worker: w.id.clone(), model: a.model_id().to_string() };
         app.metrics
             .worker_in_flight
             .get_or_create(&labels)
@@ -630,8 +631,8 @@ mod tests {
         for i in 0..100u32 {
             let mut hash = [0u8; 32];
             hash[..4].copy_from_slice(&i.to_le_bytes());
-            let auth = ClientAuthorization::sign(&key, &hash, NanoTon(1_000));
-            let reservation = app.reserve(&auth).unwrap_or_else(|e| panic!("request {i}: {e}"));
+            let auth = cocoon_protocol::authorization::ClientAuthorization::sign(&key, &hash, NanoTon(1_000));
+            let reservation = app.reserve(&auth.verify(&hash).unwrap()).unwrap_or_else(|e| panic!("request {i}: {e}"));
             assert!(app.replays.locked().insert(hash, now_ms()));
             drop(reservation);
             let resp = r.clone().oneshot(http::Request::get("/healthz").body(axum::body::Body::empty()).unwrap());

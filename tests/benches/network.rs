@@ -40,8 +40,7 @@ fn seal(worker: &Worker, prompt: &str, key: &SigningKey, n: usize) -> Vec<Sealed
     let inner = inner.encode();
     (0..n)
         .map(|_| {
-            let (sealed, _) =
-                ClientRequest::new(&worker.verified().key_configs[0]).unwrap().seal_chunked(&inner).unwrap();
+            let (sealed, _) = ClientRequest::new(worker.verified().key_config()).unwrap().seal_chunked(&inner).unwrap();
             let hash: [u8; 32] = Sha256::digest(&sealed).into();
             let auth = ClientAuthorization::sign(key, &hash, NanoTon(1_000_000_000)).header_values().into();
             Sealed { body: Bytes::from(sealed), auth }

@@ -140,8 +140,9 @@ fn assert_ledger_adds_up(dir: &std::path::Path) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_free_rider_gets_no_answer_and_no_honest_worker_is_quarantined() {
     let dir = temp_dir("adv-free-rider");
-    let a = TestWorker::start(&dir, "a", 0);
-    let b = TestWorker::start(&dir, "b", 0);
+    // A few milliseconds a token, so that concurrent answers overlap and spread.
+    let a = TestWorker::start(&dir, "a", 3);
+    let b = TestWorker::start(&dir, "b", 3);
     let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b.url]);
     wait_admitted(&proxy, 2).await;
 

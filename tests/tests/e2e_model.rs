@@ -65,7 +65,7 @@ async fn the_enclave_serves_the_default_model_streamed_and_whole() {
     let digest = real_digest();
     let s = serve("model", &config(&digest));
     let worker = Worker::attest(&s.url, &Policy::insecure_simulated(), true).await.unwrap();
-    let claim = worker.verified().claims.model.clone().unwrap();
+    let claim = worker.verified().claims().model.clone().unwrap();
     assert_eq!(claim.id, MODEL_ID);
     assert_eq!(format!("sha256:{}", hex::encode(&claim.digest)), digest, "the attested digest is the file's");
 

@@ -152,7 +152,7 @@ async fn image_boots_in_qemu_and_serves_through_vsock() {
     }
     let (_host, url) = start_host(&format!("vsock-mux:{}:4000", uds.display()), &["--idle-timeout", "600"]);
     let worker = Worker::attest(&url, &Policy::insecure_simulated(), true).await.unwrap();
-    let model = worker.verified().claims.model.clone().expect("the image serves a model");
+    let model = worker.verified().claims().model.clone().expect("the image serves a model");
     assert_eq!(model.id, "SmolLM2-135M-Instruct");
     assert_eq!(hex::encode(&model.digest), "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
     let opts =

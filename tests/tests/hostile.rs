@@ -52,7 +52,7 @@ fn sealed_post(worker: &Worker, host: &str, date: Option<SystemTime>) -> Vec<u8>
     if let Some(d) = date {
         inner.stamp(d);
     }
-    let (sealed, _) = ClientRequest::new(&worker.verified().key_configs[0]).unwrap().seal(&inner.encode()).unwrap();
+    let (sealed, _) = ClientRequest::new(worker.verified().key_config()).unwrap().seal(&inner.encode()).unwrap();
     let mut req = format!(
         "POST /v1/ohttp HTTP/1.1\r\nhost: {host}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         media::OHTTP_REQUEST,
@@ -368,7 +368,7 @@ async fn a_thousand_fresh_evidence_requests_share_few_hardware_reports() {
     let mut docs = Vec::new();
     for t in tasks {
         let (doc, verified) = t.await.unwrap().expect("fresh evidence for each of 1,000 verifiers");
-        let nonce_rule = verified.rules.iter().find(|r| r.rule == "nonce").unwrap();
+        let nonce_rule = verified.rules().iter().find(|r| r.rule == "nonce").unwrap();
         assert!(nonce_rule.passed);
         docs.push(doc);
     }

@@ -261,7 +261,7 @@ pub async fn sealed_request(proxy: &str, prompt: &str) -> (Vec<u8>, String) {
     let body = chat_body(prompt, false).to_string().into_bytes();
     let mut inner = cocoon_protocol::bhttp_msg::InnerRequest::post_json("/v1/chat/completions", body);
     inner.stamp(std::time::SystemTime::now());
-    let (sealed, _) = cocoon_protocol::ohttp::ClientRequest::new(&verified.key_configs[0])
+    let (sealed, _) = cocoon_protocol::ohttp::ClientRequest::new(verified.key_config())
         .unwrap()
         .seal_chunked(&inner.encode())
         .unwrap();
