@@ -99,9 +99,7 @@ impl Worker {
         if status != 200 {
             return Err(api_error(status, &error_body));
         }
-        let receipt = stream
-            .receipt()?
-            .ok_or_else(|| ClientError::Protocol("the worker sent no usage receipt for a completed answer".into()))?;
+        let receipt = stream.receipt()?.ok_or(ClientError::NoReceipt)?;
         Ok(ChatOutcome { text: out.text, finish_reason: out.finish_reason, usage: out.usage, receipt })
     }
 }
@@ -110,8 +108,8 @@ fn handle_event(data: &str, out: &mut Answer, on_delta: &mut impl FnMut(&str)) -
     if data == "[DONE]" {
         return Ok(());
     }
-    let v: serde_json::Value =
-        serde_json::from_str(data).map_err(|e| ClientError::Protocol(format!("stream event is not JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(data)
+        .map_err(|e| ClientError::Answer { what: "a stream event", reason: e.to_string() })?;
     if v.get("error").is_some() {
         return Err(api_error(200, data.as_bytes()));
     }
@@ -144,12 +142,15 @@ impl SseParser {
             if b != b'\n' {
                 self.line.push(b);
                 if self.line.len() > MAX_SSE_LINE {
-                    return Err(ClientError::Protocol(format!("stream line longer than {MAX_SSE_LINE} bytes")));
+                    return Err(ClientError::Answer {
+                        what: "a stream line",
+                        reason: format!("longer than {MAX_SSE_LINE} bytes"),
+                    });
                 }
                 continue;
             }
             let line = String::from_utf8(std::mem::take(&mut self.line))
-                .map_err(|_| ClientError::Protocol("stream line is not UTF-8".into()))?;
+                .map_err(|_| ClientError::Answer { what: "a stream line", reason: "not UTF-8".into() })?;
             let line = line.strip_suffix('\r').unwrap_or(&line);
             if line.is_empty() {
                 if !self.data.is_empty() {

@@ -156,7 +156,7 @@ pub async fn fetch_tdx_collateral(
             return Err(err("only http:// PCCS URLs are supported; put a PCCS (or a caching proxy) on the local network, or pass --collateral".into()));
         }
         let req = http::Request::get(uri).body(http_body_util::Full::default()).map_err(|e| err(e.to_string()))?;
-        let resp = http.send(req).await.map_err(err)?;
+        let resp = http.send(req).await.map_err(|e| err(e.to_string()))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(resp.into_body(), MAX_PCCS_BODY))

@@ -8,6 +8,24 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
+/// Why an HTTP exchange failed, by step: a caller can tell a peer that
+/// cannot be reached from one that answered badly.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("URL {url}: {reason}")]
+    Url { url: String, reason: String },
+    /// No connection, or it broke before the answer's head.
+    #[error("{uri}: {detail}")]
+    Connect { uri: String, detail: String },
+    #[error("{uri} did not answer within {after:?}")]
+    Timeout { uri: String, after: std::time::Duration },
+    #[error("{uri} answered HTTP {status}")]
+    Status { uri: String, status: u16 },
+    /// The answer's body broke off or was larger than allowed.
+    #[error("reading the answer of {uri}: {detail}")]
+    Body { uri: String, detail: String },
+}
+
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
@@ -19,6 +37,18 @@ impl Default for HttpClient {
     }
 }
 
+/// An error with its chain of causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 impl HttpClient {
     pub fn with_connect_timeout(timeout: std::time::Duration) -> Self {
         let mut connector = HttpConnector::new();
@@ -27,35 +57,31 @@ impl HttpClient {
         HttpClient { inner: Client::builder(TokioExecutor::new()).build(connector) }
     }
 
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
-        self.inner.request(req).await.map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            msg
-        })
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, HttpError> {
+        let uri = req.uri().to_string();
+        self.inner.request(req).await.map_err(|e| HttpError::Connect { uri, detail: chain(&e) })
     }
 
     /// GET with a bounded body.
-    pub async fn get(&self, uri: Uri, limit: usize) -> Result<(http::StatusCode, Bytes), String> {
-        let req = Request::get(uri).body(Full::default()).map_err(|e| e.to_string())?;
+    pub async fn get(&self, uri: Uri, limit: usize) -> Result<(http::StatusCode, Bytes), HttpError> {
+        let at = uri.to_string();
+        let req = Request::get(uri)
+            .body(Full::default())
+            .map_err(|e| HttpError::Url { url: at.clone(), reason: e.to_string() })?;
         let resp = self.send(req).await?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), limit)
             .collect()
             .await
-            .map_err(|e| format!("reading response body: {e}"))?
+            .map_err(|e| HttpError::Body { uri: at, detail: chain(e.as_ref()) })?
             .to_bytes();
         Ok((status, body))
     }
 }
 
 /// Joins a base URL and a path.
-pub fn join(base: &str, path_and_query: &str) -> Result<Uri, String> {
+pub fn join(base: &str, path_and_query: &str) -> Result<Uri, HttpError> {
     let base = base.trim_end_matches('/');
-    format!("{base}{path_and_query}").parse().map_err(|e| format!("URL {base}{path_and_query}: {e}"))
+    let url = format!("{base}{path_and_query}");
+    url.parse().map_err(|e: http::uri::InvalidUri| HttpError::Url { url, reason: e.to_string() })
 }

@@ -24,7 +24,7 @@ use cocoon_ton::channel::{ChannelBinding, ChannelDescriptor, ChannelParams};
 use cocoon_ton::{TonAddress, Voucher};
 
 use crate::ClientError;
-use crate::http::{HttpClient, join};
+use crate::http::{HttpClient, HttpError, join};
 
 pub struct ChannelPayer {
     params: ChannelParams,
@@ -40,9 +40,8 @@ impl ChannelPayer {
     /// Loads the channel file and the total paid so far (`<file>.paid`); checks
     /// that the channel is this key's and pays the proxy's wallet.
     pub fn open(path: &Path, key: &SigningKey, proxy_account: &[u8; 32]) -> Result<ChannelPayer, ClientError> {
-        let bad = |m: String| ClientError::Protocol(format!("channel file {}: {m}", path.display()));
-        let (params, descriptor) =
-            crate::channel_cli::load_channel(path).map_err(|e| ClientError::Protocol(format!("{e:#}")))?;
+        let bad = |reason: String| ClientError::ChannelFile { path: path.display().to_string(), reason };
+        let (params, descriptor) = crate::channel_cli::load_channel(path).map_err(|e| bad(format!("{e:#}")))?;
         if params.payer_key != key.verifying_key().to_bytes() {
             return Err(bad("its payer key is not this client's key".into()));
         }
@@ -81,14 +80,9 @@ impl ChannelPayer {
     /// extends credit only against a deposit it has seen.
     pub async fn register(&self, key: &SigningKey, http: &HttpClient, proxy: &str) -> Result<(), ClientError> {
         let total = *self.paid.lock().await;
-        let voucher = (Voucher { channel: self.channel.clone(), binding: self.binding, total })
-            .sign(key)
-            .map_err(|e| ClientError::Protocol(format!("signing a voucher: {e}")))?;
+        let voucher = (Voucher { channel: self.channel.clone(), binding: self.binding, total }).sign(key)?;
         let body = json!({ "channel": self.descriptor, "voucher": voucher }).to_string();
-        post(http, proxy, body)
-            .await
-            .map(|_| ())
-            .map_err(|e| ClientError::Protocol(format!("the proxy did not take the channel: {e}")))
+        post(http, proxy, body).await.map(|_| ())
     }
 
     /// Adds `charge` to the total, records it, and sends the proxy the voucher.
@@ -122,18 +116,34 @@ impl ChannelPayer {
     }
 }
 
-async fn post(http: &HttpClient, proxy: &str, body: String) -> Result<VoucherAccepted, String> {
+async fn post(http: &HttpClient, proxy: &str, body: String) -> Result<VoucherAccepted, ClientError> {
     let uri = join(proxy, "/v1/vouchers")?;
+    let at = uri.to_string();
     let req = Request::post(uri)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
+        .expect("valid request parts");
     let resp = http.send(req).await?;
     let status = resp.status();
-    let bytes = Limited::new(resp.into_body(), 16 << 10).collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = Limited::new(resp.into_body(), 16 << 10)
+        .collect()
+        .await
+        .map_err(|e| HttpError::Body { uri: at, detail: e.to_string() })?
+        .to_bytes();
     if !status.is_success() {
-        let why = ApiError::parse(&bytes).map(|e| format!("{}: {}", e.error.code, e.error.message));
-        return Err(format!("HTTP {status}: {}", why.as_deref().unwrap_or("no error body")));
+        return Err(match ApiError::parse(&bytes) {
+            Some(e) => ClientError::Api {
+                status: status.as_u16(),
+                code: e.error.code.as_str().into(),
+                message: e.error.message,
+            },
+            None => ClientError::Status {
+                what: "the proxy's voucher endpoint",
+                status: status.as_u16(),
+                body: String::new(),
+            },
+        });
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("the proxy's answer to a voucher: {e}"))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Answer { what: "the proxy's answer to a voucher", reason: e.to_string() })
 }

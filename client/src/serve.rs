@@ -85,26 +85,24 @@ impl Runner {
         default_max_cost: NanoTon,
     ) -> Result<Self, ClientError> {
         let http = HttpClient::default();
-        let (status, terms_bytes) = http
-            .get(join(proxy, "/v1/terms").map_err(ClientError::Http)?, 16 << 10)
-            .await
-            .map_err(ClientError::Http)?;
+        let (status, terms_bytes) = http.get(join(proxy, "/v1/terms")?, 16 << 10).await?;
         if !status.is_success() {
             return Err(ClientError::Status { what: "proxy terms", status: status.as_u16(), body: String::new() });
         }
         let terms: ProxyTerms = serde_json::from_slice(&terms_bytes)
-            .map_err(|e| ClientError::Protocol(format!("the proxy's terms are not valid JSON: {e}")))?;
+            .map_err(|e| ClientError::Answer { what: "the proxy's terms", reason: e.to_string() })?;
         let (_, verified) = fetch_verified(&http, proxy, &policy, &sources, true).await?;
         let digest: [u8; 32] = Sha256::digest(&terms_bytes).into();
         if verified.claims().config_digest.as_slice() != digest {
-            return Err(ClientError::Protocol(
-                "the proxy's evidence does not bind the terms it serves (config digest differs)".into(),
-            ));
+            return Err(ClientError::TermsNotBound);
         }
         if hex::encode(verified.receipt_key()) != terms.account_key {
-            return Err(ClientError::Protocol("the proxy's terms name another account key than its evidence".into()));
+            return Err(ClientError::TermsAccount {
+                terms: terms.account_key.clone(),
+                evidence: hex::encode(verified.receipt_key()),
+            });
         }
-        let commission = terms.commission().map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let commission = terms.commission()?;
         info!(proxy, commission_ppm = commission.ppm(), account = %terms.account_key, "proxy verified");
         let account = *verified.receipt_key();
         Ok(Runner {
@@ -136,22 +134,19 @@ impl Runner {
     fn check_proxy_listed(&self) -> Result<(), ClientError> {
         let (Some(w), Upstream::Proxy { url, commission, account }) = (&self.allowlist, &self.upstream) else {
             if let (Some(w), Upstream::Direct { worker }) = (&self.allowlist, &self.upstream) {
-                let list = w.current().map_err(|e| ClientError::Protocol(e.to_string()))?;
-                list.check_worker(worker.verified()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                w.current()?.check_worker(worker.verified())?;
             }
             return Ok(());
         };
-        let list = w.current().map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let entry =
-            list.check_proxy(account, commission.ppm(), url).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let list = w.current()?;
+        let entry = list.check_proxy(account, commission.ppm(), url)?;
         if let Some(payer) = &self.payer
             && payer.params().payee != entry.wallet
         {
-            return Err(ClientError::Protocol(format!(
-                "the registry lists {} as this proxy's wallet, but the channel pays {}",
-                entry.wallet,
-                payer.params().payee
-            )));
+            return Err(ClientError::ListedWallet {
+                listed: entry.wallet.to_string(),
+                channel: payer.params().payee.to_string(),
+            });
         }
         Ok(())
     }
@@ -159,9 +154,7 @@ impl Runner {
     /// Pays the proxy through the channel in `channel_file` (see [`crate::pay`]).
     pub fn with_channel(mut self, channel_file: &std::path::Path) -> Result<Self, ClientError> {
         let Upstream::Proxy { account, .. } = &self.upstream else {
-            return Err(ClientError::Protocol(
-                "a payment channel pays a proxy; this runner talks to a worker directly".into(),
-            ));
+            return Err(ClientError::ChannelWithoutProxy);
         };
         let payer = crate::pay::ChannelPayer::open(channel_file, &self.key, account)?;
         info!(channel = %payer.params().address().map(|a| a.to_hex()).unwrap_or_default(), "paying the proxy through a channel");
@@ -405,8 +398,8 @@ pub struct AppError {
 }
 
 impl AppError {
-    fn upstream(message: impl Into<String>) -> Self {
-        AppError { status: 502, code: "upstream_error".into(), message: message.into() }
+    fn upstream(message: impl std::fmt::Display) -> Self {
+        AppError { status: 502, code: "upstream_error".into(), message: message.to_string() }
     }
 
     fn invalid(message: impl Into<String>) -> Self {

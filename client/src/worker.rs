@@ -18,12 +18,12 @@ use cocoon_protocol::receipt::ReceiptError;
 use cocoon_protocol::{Receipt, VerifiedReceipt, limits, media};
 
 use crate::endorsements::{EndorsementError, EndorsementSources};
-use crate::http::{HttpClient, join};
+use crate::http::{HttpClient, HttpError, join};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("HTTP: {0}")]
-    Http(String),
+    Http(#[from] crate::http::HttpError),
     #[error("{what} answered HTTP {status}: {body}")]
     Status { what: &'static str, status: u16, body: String },
     #[error("evidence refused: {0}")]
@@ -40,8 +40,27 @@ pub enum ClientError {
     Api { status: u16, code: String, message: String },
     #[error("worker {worker} is unavailable ({message}); the proxy suggests {next}", next = next_worker.as_deref().unwrap_or("no other worker"))]
     Retryable { worker: String, message: String, next_worker: Option<String> },
-    #[error("{0}")]
-    Protocol(String),
+    /// An answer that does not parse as what it must be.
+    #[error("{what}: {reason}")]
+    Answer { what: &'static str, reason: String },
+    #[error("the proxy's evidence does not bind the terms it serves (config digest differs)")]
+    TermsNotBound,
+    #[error("the proxy's terms name account key {terms}, its evidence {evidence}")]
+    TermsAccount { terms: String, evidence: String },
+    #[error("the proxy's terms: {0}")]
+    Commission(#[from] cocoon_protocol::price::CommissionError),
+    #[error(transparent)]
+    NotListed(#[from] crate::allowlist::AllowlistError),
+    #[error("the registry lists {listed} as this proxy's wallet, but the channel pays {channel}")]
+    ListedWallet { listed: String, channel: String },
+    #[error("channel file {path}: {reason}")]
+    ChannelFile { path: String, reason: String },
+    #[error("a payment channel pays a proxy; this runner talks to a worker directly")]
+    ChannelWithoutProxy,
+    #[error("signing a voucher: {0}")]
+    Voucher(#[from] cocoon_ton::TonError),
+    #[error("the worker sent no usage receipt for a completed answer")]
+    NoReceipt,
 }
 
 /// Where sealed requests for a worker go: its own shim, or a proxy that forwards them.
@@ -162,6 +181,14 @@ impl Worker {
         Ok(ClientRequest::new(self.verified.key_config())?)
     }
 
+    /// The URL sealed requests for this worker go to (its shim's, or the proxy's).
+    fn source(&self) -> String {
+        match &self.route {
+            Route::Direct { base } => base.clone(),
+            Route::ViaProxy { proxy, .. } => proxy.clone(),
+        }
+    }
+
     async fn post(
         &self,
         content_type: &'static str,
@@ -180,7 +207,7 @@ impl Worker {
         for (name, value) in extra {
             req = req.header(*name, value);
         }
-        let req = req.body(Full::new(Bytes::from(sealed))).map_err(|e| ClientError::Http(e.to_string()))?;
+        let req = req.body(Full::new(Bytes::from(sealed))).expect("valid request parts");
         let resp = self.http.send(req).await.map_err(ClientError::Http)?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
@@ -203,7 +230,7 @@ impl Worker {
         let body = Limited::new(resp.into_body(), limits::MAX_SEALED_RESPONSE)
             .collect()
             .await
-            .map_err(|e| ClientError::Http(format!("reading the sealed response: {e}")))?
+            .map_err(|e| HttpError::Body { uri: self.source(), detail: e.to_string() })?
             .to_bytes();
         let inner = InnerResponse::decode(&opener.open(&body)?)?;
         Ok((inner, receipt))
@@ -227,13 +254,13 @@ impl Worker {
         let resp = self.post(media::OHTTP_CHUNKED_REQUEST, sealed, &extra).await?;
         Ok(ResponseStream {
             body: resp.into_body(),
-            opener: Some(opener),
+            state: StreamState::Open(opener),
             decoder: StreamingResponseDecoder::new(),
             queue: VecDeque::new(),
             trailers: None,
             request_hash,
             receipt_key: *self.verified.receipt_key(),
-            finished: false,
+            source: self.source(),
         })
     }
 }
@@ -308,13 +335,20 @@ fn verify_receipt(
 /// The events of a streamed sealed response, decrypted as they arrive.
 pub struct ResponseStream {
     body: Incoming,
-    opener: Option<ChunkedResponseOpener>,
+    state: StreamState,
     decoder: StreamingResponseDecoder,
     queue: VecDeque<ResponseEvent>,
     trailers: Option<HeaderMap>,
     request_hash: [u8; 32],
     receipt_key: [u8; 32],
-    finished: bool,
+    /// Where the answer comes from, for errors.
+    source: String,
+}
+
+/// Where a streamed response is: chunks still to open, or authenticated to its end.
+enum StreamState {
+    Open(ChunkedResponseOpener),
+    Finished,
 }
 
 impl ResponseStream {
@@ -324,10 +358,7 @@ impl ResponseStream {
             if let Some(e) = self.queue.pop_front() {
                 return Ok(Some(e));
             }
-            if self.finished {
-                return Ok(None);
-            }
-            let opener = self.opener.as_mut().expect("present until finished");
+            let StreamState::Open(opener) = &mut self.state else { return Ok(None) };
             match self.body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
@@ -340,14 +371,17 @@ impl ResponseStream {
                         }
                     }
                 },
-                Some(Err(e)) => return Err(ClientError::Http(format!("response stream broke: {e}"))),
+                Some(Err(e)) => {
+                    return Err(ClientError::Http(HttpError::Body { uri: self.source.clone(), detail: e.to_string() }));
+                }
                 None => {
-                    let last = self.opener.take().expect("present until finished").finish()?;
-                    self.queue.extend(self.decoder.push(&last)?);
+                    let StreamState::Open(opener) = std::mem::replace(&mut self.state, StreamState::Finished) else {
+                        unreachable!("matched Open above");
+                    };
+                    self.queue.extend(self.decoder.push(&opener.finish()?)?);
                     if !self.decoder.is_done() {
                         return Err(BhttpError::Incomplete.into());
                     }
-                    self.finished = true;
                 }
             }
         }

@@ -155,10 +155,10 @@ async fn attestation(state: &Arc<EnclaveState>, query: Option<&str>) -> Response
 
 async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Body> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let chunked = if media_is(content_type, media::OHTTP_REQUEST) {
-        false
+    let framing = if media_is(content_type, media::OHTTP_REQUEST) {
+        Framing::Whole
     } else if media_is(content_type, media::OHTTP_CHUNKED_REQUEST) {
-        true
+        Framing::Chunked
     } else {
         return refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -205,40 +205,68 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
         return replay_refused(&state, ReplayError::Replayed);
     }
 
-    if chunked {
-        let (inner, sealer) = match state.gateway.open_chunked_request(&sealed) {
-            Ok(v) => v,
-            Err(e) => return refused(e),
-        };
-        let inner = match admitted(&state, enc, &inner) {
-            Ok(r) => r,
-            Err(e) => return replay_refused(&state, e),
-        };
-        let (reply, cap) = inner_reply(&state, inner, outer_cap).await;
-        chunked_response(state, sealer, reply, Billed { request_hash, cap })
-    } else {
-        let (inner, sealer) = match state.gateway.open_request(&sealed) {
-            Ok(v) => v,
-            Err(e) => return refused(e),
-        };
-        let inner = match admitted(&state, enc, &inner) {
-            Ok(r) => r,
-            Err(e) => return replay_refused(&state, e),
-        };
-        let (reply, cap) = inner_reply(&state, inner, outer_cap).await;
-        let (status, content_type, body, completion) = collect(reply).await;
-        let response = InnerResponse { status, headers: vec![("content-type".into(), content_type.into())], body };
-        let sealed_response = match sealer.seal(&response.encode()) {
-            Ok(s) => s,
-            Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("sealing the response: {e}\n")),
-        };
-        let mut resp = full(StatusCode::OK, media::OHTTP_RESPONSE, sealed_response);
-        if let Some(c) = completion {
-            let receipt = receipt_value(&state, &Billed { request_hash, cap }, &c);
-            resp.headers_mut().insert(media::RECEIPT_HEADER, receipt);
-        }
-        resp
+    match framing {
+        Framing::Chunked => chunked_exchange(state, &sealed, enc, outer_cap, request_hash).await,
+        Framing::Whole => whole_exchange(state, &sealed, enc, outer_cap, request_hash).await,
     }
+}
+
+/// How a sealed request and its answer are framed (RFC 9458, or chunked OHTTP).
+#[derive(Clone, Copy)]
+enum Framing {
+    /// `message/ohttp-req`: one sealed answer, the receipt in a header.
+    Whole,
+    /// `message/ohttp-chunked-req`: sealed chunks as they are made, the receipt in a trailer.
+    Chunked,
+}
+
+async fn chunked_exchange(
+    state: Arc<EnclaveState>,
+    sealed: &[u8],
+    enc: &[u8],
+    outer_cap: Option<NanoTon>,
+    request_hash: [u8; 32],
+) -> Response<Body> {
+    let (inner, sealer) = match state.gateway.open_chunked_request(sealed) {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    let inner = match admitted(&state, enc, &inner) {
+        Ok(r) => r,
+        Err(e) => return replay_refused(&state, e),
+    };
+    let (reply, cap) = inner_reply(&state, inner, outer_cap).await;
+    chunked_response(state, sealer, reply, Billed { request_hash, cap })
+}
+
+async fn whole_exchange(
+    state: Arc<EnclaveState>,
+    sealed: &[u8],
+    enc: &[u8],
+    outer_cap: Option<NanoTon>,
+    request_hash: [u8; 32],
+) -> Response<Body> {
+    let (inner, sealer) = match state.gateway.open_request(sealed) {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    let inner = match admitted(&state, enc, &inner) {
+        Ok(r) => r,
+        Err(e) => return replay_refused(&state, e),
+    };
+    let (reply, cap) = inner_reply(&state, inner, outer_cap).await;
+    let Collected { status, content_type, body, completion } = collect(reply).await;
+    let response = InnerResponse { status, headers: vec![("content-type".into(), content_type.into())], body };
+    let sealed_response = match sealer.seal(&response.encode()) {
+        Ok(s) => s,
+        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("sealing the response: {e}\n")),
+    };
+    let mut resp = full(StatusCode::OK, media::OHTTP_RESPONSE, sealed_response);
+    if let Some(c) = completion {
+        let receipt = receipt_value(&state, &Billed { request_hash, cap }, &c);
+        resp.headers_mut().insert(media::RECEIPT_HEADER, receipt);
+    }
+    resp
 }
 
 /// A request that cannot be opened gets a 400 in clear: there is no key to
@@ -300,17 +328,26 @@ struct Billed {
 }
 
 /// Collects a reply into one body (for non-chunked OHTTP).
-async fn collect(reply: ApiReply) -> (u16, &'static str, Vec<u8>, Option<Completion>) {
+async fn collect(reply: ApiReply) -> Collected {
+    let (status, content_type) = (reply.status, reply.content_type);
     match reply.body {
-        ReplyBody::Full(body, c) => (reply.status, reply.content_type, body, c),
+        ReplyBody::Full(body, completion) => Collected { status, content_type, body, completion },
         ReplyBody::Stream { mut events, done } => {
             let mut body = Vec::new();
             while let Some(e) = events.recv().await {
                 body.extend(e);
             }
-            (reply.status, reply.content_type, body, done.await.ok().flatten())
+            Collected { status, content_type, body, completion: done.await.ok().flatten() }
         }
     }
+}
+
+/// A whole reply: its status, media type and body, and the generation's usage.
+struct Collected {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    completion: Option<Completion>,
 }
 
 fn receipt_value(state: &EnclaveState, billed: &Billed, c: &Completion) -> HeaderValue {

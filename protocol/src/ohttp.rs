@@ -469,14 +469,18 @@ impl ChunkedResponseSealer {
 
 /// Consumes a `message/ohttp-chunked-res` as bytes arrive.
 pub struct ChunkedResponseOpener {
-    aead: Aead,
-    secret: Vec<u8>,
-    enc: Vec<u8>,
-    cipher: Option<ResponseCipher>,
     buf: Vec<u8>,
-    seq: u64,
-    in_final: bool,
     total: usize,
+    state: OpenerState,
+}
+
+/// Where a chunked response is: before its response nonce (no key yet), in
+/// its non-final chunks, or in its final chunk (which only the end of the
+/// stream delimits, RFC 9458 with the chunked draft's framing).
+enum OpenerState {
+    AwaitingNonce { aead: Aead, secret: Vec<u8>, enc: Vec<u8> },
+    Chunks { cipher: ResponseCipher, seq: u64 },
+    Final { cipher: ResponseCipher, seq: u64 },
 }
 
 impl ChunkedResponseOpener {
@@ -487,7 +491,7 @@ impl ChunkedResponseOpener {
     }
 
     fn new(aead: Aead, secret: Vec<u8>, enc: Vec<u8>) -> Self {
-        ChunkedResponseOpener { aead, secret, enc, cipher: None, buf: Vec::new(), seq: 0, in_final: false, total: 0 }
+        ChunkedResponseOpener { buf: Vec::new(), total: 0, state: OpenerState::AwaitingNonce { aead, secret, enc } }
     }
 
     /// Feeds received bytes; returns the plaintext of every chunk completed by them.
@@ -498,35 +502,41 @@ impl ChunkedResponseOpener {
         }
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
-        if self.cipher.is_none() {
-            let n = self.aead.secret_len();
+        if let OpenerState::AwaitingNonce { aead, secret, enc } = &self.state {
+            let n = aead.secret_len();
             if self.buf.len() < n {
                 return Ok(out);
             }
             let nonce: Vec<u8> = self.buf.drain(..n).collect();
-            self.cipher = Some(ResponseCipher::derive(self.aead, &self.secret, &self.enc, &nonce));
+            let cipher = ResponseCipher::derive(*aead, secret, enc, &nonce);
+            self.state = OpenerState::Chunks { cipher, seq: 0 };
         }
-        let cipher = self.cipher.as_ref().expect("set above");
-        // Walk every complete chunk, then drop what was consumed in one move.
-        let mut r = Reader::new(&self.buf);
-        while !self.in_final {
-            let checkpoint = r.rest();
-            let Some(len) = r.varint() else { break };
-            if len == 0 {
-                self.in_final = true;
-                break;
+        if let OpenerState::Chunks { cipher, seq } = &mut self.state {
+            // Walk every complete chunk, then drop what was consumed in one move.
+            let mut r = Reader::new(&self.buf);
+            let mut final_chunk = false;
+            loop {
+                let checkpoint = r.rest();
+                let Some(len) = r.varint() else { break };
+                if len == 0 {
+                    final_chunk = true;
+                    break;
+                }
+                let len = chunk_len(len)?;
+                let Some(ct) = r.take(len) else {
+                    r = Reader::new(checkpoint);
+                    break;
+                };
+                out.extend(cipher.open(*seq, b"", ct)?);
+                *seq += 1;
             }
-            let len = chunk_len(len)?;
-            let Some(ct) = r.take(len) else {
-                r = Reader::new(checkpoint);
-                break;
-            };
-            out.extend(cipher.open(self.seq, b"", ct)?);
-            self.seq += 1;
+            let consumed = self.buf.len() - r.rest().len();
+            self.buf.drain(..consumed);
+            if final_chunk {
+                self.state = OpenerState::Final { cipher: cipher.clone(), seq: *seq };
+            }
         }
-        let consumed = self.buf.len() - r.rest().len();
-        self.buf.drain(..consumed);
-        if self.in_final && self.buf.len() > limits::MAX_CHUNK_CIPHERTEXT {
+        if matches!(self.state, OpenerState::Final { .. }) && self.buf.len() > limits::MAX_CHUNK_CIPHERTEXT {
             return Err(OhttpError::ChunkTooLarge { found: self.buf.len(), limit: limits::MAX_CHUNK_CIPHERTEXT });
         }
         Ok(out)
@@ -534,14 +544,14 @@ impl ChunkedResponseOpener {
 
     /// Called at the end of the stream: opens the final chunk, or reports truncation.
     pub fn finish(self) -> Result<Vec<u8>> {
-        match (&self.cipher, self.in_final) {
-            (Some(cipher), true) => cipher.open(self.seq, FINAL_CHUNK_AAD, &self.buf),
-            _ => Err(OhttpError::MissingFinalChunk),
+        match self.state {
+            OpenerState::Final { cipher, seq } => cipher.open(seq, FINAL_CHUNK_AAD, &self.buf),
+            OpenerState::AwaitingNonce { .. } | OpenerState::Chunks { .. } => Err(OhttpError::MissingFinalChunk),
         }
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 /// The response AEAD of RFC 9458 section 4.4, with the chunk counter of the
 /// chunked draft XORed into the nonce.
 struct ResponseCipher {

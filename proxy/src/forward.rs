@@ -238,7 +238,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     let started = Instant::now();
     let uri = match cocoon_client::http::join(&worker.url, "/v1/ohttp") {
         Ok(u) => u,
-        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::WorkerUrl, e, false),
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::WorkerUrl, e.to_string(), false),
     };
     let chunked = media_is(content_type, media::OHTTP_CHUNKED_REQUEST);
     let upstream = http::Request::post(uri)
@@ -446,7 +446,7 @@ async fn whole_back(
             m.app.metrics.answers_without_receipt.inc();
         }
     }
-    let body = pump(m, body, in_flight, permit, false);
+    let body = pump(m, body, in_flight, permit, ReceiptIn::Head);
     out.body(body).expect("valid response parts")
 }
 
@@ -460,17 +460,25 @@ async fn stream_back(
 ) -> Response {
     let (parts, body) = resp.into_parts();
     let out = response_head(&parts).header(header::TRAILER, HeaderValue::from_static("cocoon-receipt, cocoon-charge"));
-    out.body(pump(m, body, in_flight, permit, true)).expect("valid response parts")
+    out.body(pump(m, body, in_flight, permit, ReceiptIn::Trailer)).expect("valid response parts")
 }
 
 type FrameResult = Result<Frame<Bytes>, std::io::Error>;
+
+/// Where an answer's receipt travels: in its head (a whole answer, charged
+/// before the body is passed on) or in its trailer (a stream, charged at the end).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReceiptIn {
+    Head,
+    Trailer,
+}
 
 fn pump(
     m: Metering,
     mut body: Incoming,
     in_flight: InFlight,
     permit: tokio::sync::OwnedSemaphorePermit,
-    meter_trailers: bool,
+    receipt_in: ReceiptIn,
 ) -> Body {
     let (tx, rx) = mpsc::channel::<FrameResult>(8);
     let idle = secs(m.app.limits.idle_timeout_s);
@@ -482,7 +490,7 @@ fn pump(
             match tokio::time::timeout(idle, body.frame()).await {
                 Ok(Some(Ok(frame))) => {
                     let frame = match frame.into_trailers() {
-                        Ok(trailers) if meter_trailers => {
+                        Ok(trailers) if receipt_in == ReceiptIn::Trailer => {
                             saw_trailers = true;
                             match metered_trailers(&m, trailers).await {
                                 Some(t) => Frame::trailers(t),
@@ -514,12 +522,13 @@ fn pump(
                 }
             }
         }
-        if abandoned && meter_trailers && !saw_trailers {
+        let metered_at_end = receipt_in == ReceiptIn::Trailer && !saw_trailers;
+        if abandoned && metered_at_end {
             // The client went away mid-stream: closing the worker's stream stops its
             // generation, and the enclave keeps a receipt for what it generated.
             drop(body);
             charge_abandoned(&m).await;
-        } else if meter_trailers && !saw_trailers {
+        } else if metered_at_end {
             m.app.metrics.answers_without_receipt.inc();
         }
     });

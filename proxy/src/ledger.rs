@@ -33,6 +33,17 @@ pub enum LedgerError {
     Amount(u64),
     #[error("the ledger writer stopped")]
     Closed,
+    #[error("channel {channel} belongs to account {account}; a channel credits the account that opened it")]
+    ChannelOfAnotherAccount { channel: String, account: String },
+}
+
+/// A transaction whose statements report errors with the ledger's path.
+struct Db<'a>(&'a rusqlite::Transaction<'a>, &'a Path);
+
+impl Db<'_> {
+    fn execute(&self, statement: &str, params: impl rusqlite::Params) -> Result<usize, LedgerError> {
+        self.0.execute(statement, params).map_err(|e| sql(self.1, e))
+    }
 }
 
 /// One verified receipt and what it cost.
@@ -439,20 +450,26 @@ impl Ledger {
         let now = unix_now() as i64;
         let mut conn = self.reader.locked();
         let tx = conn.transaction().map_err(|e| sql(&self.path, e))?;
-        let run = |tx: &rusqlite::Transaction| -> rusqlite::Result<i64> {
+        let run = |tx: &rusqlite::Transaction| -> Result<i64, LedgerError> {
+            let db = |e| sql(&self.path, e);
             tx.execute(
                 "INSERT INTO client_channels (address, client_key, descriptor, deposit_seen, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (address) DO NOTHING",
                 params![address, client_key.as_slice(), descriptor, seen, now],
-            )?;
-            let (key, old): (Vec<u8>, i64) = tx.query_row(
-                "SELECT client_key, voucher_total FROM client_channels WHERE address = ?1",
-                [address],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            )
+            .map_err(db)?;
+            let (key, old): (Vec<u8>, i64) = tx
+                .query_row("SELECT client_key, voucher_total FROM client_channels WHERE address = ?1", [address], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(db)?;
             if key != client_key.as_slice() {
-                return Err(rusqlite::Error::InvalidParameterName("the channel belongs to another account".into()));
+                return Err(LedgerError::ChannelOfAnotherAccount {
+                    channel: address.to_owned(),
+                    account: hex::encode(key),
+                });
             }
+            let tx = Db(tx, &self.path);
             tx.execute(
                 "UPDATE client_channels SET deposit_seen = MAX(deposit_seen, ?2), updated_at = ?3 WHERE address = ?1",
                 params![address, seen, now],
@@ -476,7 +493,7 @@ impl Ledger {
             )?;
             Ok(credited)
         };
-        let credited = run(&tx).map_err(|e| sql(&self.path, e))?;
+        let credited = run(&tx)?;
         tx.commit().map_err(|e| sql(&self.path, e))?;
         Ok(nano(credited))
     }
@@ -709,7 +726,7 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Job>, path: &Path) {
                 Err(_) => break,
             }
         }
-        let results = commit_group(&mut conn, &group);
+        let results = commit_group(&mut conn, &group, path);
         match results {
             Ok(results) => {
                 for (job, r) in group.into_iter().zip(results) {
@@ -732,12 +749,12 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
 
 /// One transaction for the whole group; each charge in its own savepoint, so
 /// that a duplicate refuses that charge alone.
-fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<Vec<Result<(), LedgerError>>> {
+fn commit_group(conn: &mut Connection, group: &[Job], path: &Path) -> rusqlite::Result<Vec<Result<(), LedgerError>>> {
     let mut tx = conn.transaction()?;
     let mut results = Vec::with_capacity(group.len());
     for job in group {
         let mut sp = tx.savepoint()?;
-        match insert_charge(&sp, &job.record) {
+        match insert_charge(&sp, &job.record, path) {
             Ok(()) => {
                 sp.commit()?;
                 results.push(Ok(()));
@@ -753,7 +770,7 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<Vec<Re
     Ok(results)
 }
 
-fn insert_charge(conn: &Connection, r: &ChargeRecord) -> Result<(), LedgerError> {
+fn insert_charge(conn: &Connection, r: &ChargeRecord, path: &Path) -> Result<(), LedgerError> {
     let (cost, commission, charge) = (amount(r.worker_cost)?, amount(r.commission)?, amount(r.charge)?);
     let inserted = conn.execute(
         "INSERT INTO charges (request_hash, client_key, worker_id, worker_url, payout_address, model_id, prompt_tokens,
@@ -776,7 +793,7 @@ fn insert_charge(conn: &Connection, r: &ChargeRecord) -> Result<(), LedgerError>
             r.created_at as i64,
         ],
     );
-    let err = |e| LedgerError::Sqlite { path: String::new(), source: e };
+    let err = |e| sql(path, e);
     if inserted.map_err(err)? == 0 {
         return Err(LedgerError::AlreadyCharged(hex::encode(r.request_hash)));
     }
