@@ -540,14 +540,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
             eprintln!("cocoon serve: OpenAI-compatible API on http://{listen}/v1 (account {account})");
-            let shutdown = async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
-            };
-            cocoon_client::serve::serve(listener, std::sync::Arc::new(runner), shutdown).await?;
+            cocoon_client::serve::serve(listener, std::sync::Arc::new(runner), cocoon_runtime::shutdown_signal())
+                .await?;
         }
         Command::Chat { url, model, prompt, system, max_tokens, temperature, seed, verifier, registry } => {
             let listed = match registry.watch().await? {
@@ -607,10 +601,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    cocoon_runtime::init_logging("warn");
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(cli)) {

@@ -1,7 +1,7 @@
 //! A verified worker and the sealed exchanges with it.
 
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -122,9 +122,7 @@ pub async fn fetch_verified(
     Ok((evidence, verified))
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use cocoon_runtime::unix_now;
 
 fn text_of(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(1024)]).trim().to_string()

@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
     /// Seconds that requests in progress get to finish after SIGTERM or Ctrl-C.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = cocoon_runtime::DEFAULT_GRACE_S)]
     pub grace: u64,
     /// Simulated platform only: milliseconds each report takes, standing in
     /// for a real quote's latency (benchmarks).
@@ -203,10 +203,7 @@ fn read_config(path: &Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
 /// engine); without it the model comes from the config and the command line,
 /// and with no model at all the API answers "no model loaded".
 pub fn run(engine: Option<Arc<dyn Engine>>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    cocoon_runtime::init_logging("info");
     let args = Args::parse();
     if let (true, Some(path)) = (args.print_model_digest, &args.model) {
         let digest = cocoon_engine::model_digest(path).with_context(|| format!("hashing {}", path.display()))?;

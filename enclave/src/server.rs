@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use cocoon_runtime::{Accepted, HttpOptions, serve_http};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, mpsc};
-use tracing::{debug, info, warn};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use cocoon_engine::Completion;
 use cocoon_protocol::bhttp_msg::{InnerRequest, InnerResponse, StreamingResponseEncoder};
@@ -53,35 +53,21 @@ pub async fn serve(
     tokio::spawn(state.fresh.clone().run());
     let trimmer = cocoon_runtime::MemoryTrimmer::default();
     trimmer.spawn();
-    let drain = cocoon_runtime::Drain::default();
-    let slots = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
-    tokio::pin!(shutdown);
-    loop {
-        // At the cap, further connections wait in the listen queue.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p?,
-            _ = &mut shutdown => break,
-        };
-        let Some(stream) = cocoon_runtime::accept_until(|| listener.accept(), &mut shutdown).await else { break };
+    let options = HttpOptions {
+        max_connections: Some(state.limits.max_connections),
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        max_buf_size: None,
+    };
+    let listener = Arc::new(listener);
+    let accept = move || {
+        let listener = listener.clone();
+        async move { listener.accept().await.map(|s| (s, ())) }
+    };
+    let connection = |_: &_, ()| {
         let state = state.clone();
-        let mut guard = drain.guard();
-        let trimmer = trimmer.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| route(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc);
-            let ended = guard.serve(conn, std::future::pending(), |c| c.graceful_shutdown()).await;
-            if let Err(e) = ended {
-                debug!("connection ended: {e}");
-            }
-            trimmer.note_activity();
-            drop((permit, guard));
-        });
-    }
-    drop(listener);
-    drain.finish(grace).await;
+        Some(Accepted::service(hyper::service::service_fn(move |req| route(state.clone(), req))))
+    };
+    serve_http(accept, shutdown, options, grace, connection, move || trimmer.note_activity()).await?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The enclave's secrets and what it says about itself.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
@@ -57,9 +57,7 @@ impl Default for ServeLimits {
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use cocoon_runtime::unix_now;
 
 impl EnclaveState {
     /// Generates keys, builds claims and produces the cached evidence.

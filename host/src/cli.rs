@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long, default_value_t = Limits::default().header_read_timeout.as_secs_f64())]
     pub header_timeout: f64,
     /// Seconds that requests in progress get to finish after SIGTERM or Ctrl-C.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = cocoon_runtime::DEFAULT_GRACE_S as f64)]
     pub grace: f64,
     /// Seconds to wait for the enclave's response head.
     #[arg(long, default_value_t = Limits::default().response_timeout.as_secs())]
@@ -68,10 +68,7 @@ pub struct Args {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    cocoon_runtime::init_logging("info");
     let args = Args::parse();
     let measurements = match &args.measurements {
         Some(p) => {

@@ -17,17 +17,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
 use cocoon_protocol::media::{self, media_is};
-use cocoon_runtime::{Drain, MemoryTrimmer};
+use cocoon_runtime::pump::{self, next_frame, pumped_body};
+use cocoon_runtime::{Accepted, HttpOptions, MemoryTrimmer, serve_http};
 
 use crate::admission::{Admission, Conn, RequestGuard};
 use crate::metrics::{LimitLabels, Metrics, RequestLabels};
@@ -155,46 +155,39 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let app = router(shim.clone());
-    let drain = Drain::default();
     shim.trimmer.spawn();
-    tokio::pin!(shutdown);
-    loop {
-        let Some((stream, peer)) = cocoon_runtime::accept_until(|| listener.accept(), &mut shutdown).await else {
-            break;
-        };
+    // The admission caps connections (closing the longest-idle one), not a queue.
+    let options = HttpOptions {
+        max_connections: None,
+        header_read_timeout: shim.limits.header_read_timeout,
+        max_buf_size: Some(64 << 10),
+    };
+    let listener = Arc::new(listener);
+    let accept = move || {
+        let listener = listener.clone();
+        async move { listener.accept().await }
+    };
+    let connection = |stream: &tokio::net::TcpStream, peer: std::net::SocketAddr| {
         let conn = match shim.admission.admit(peer.ip()) {
             Ok(c) => c,
             Err(refusal) => {
                 shim.metrics.reject(refusal.reason());
-                drop(stream);
-                continue;
+                return None;
             }
         };
         let _ = stream.set_nodelay(true);
-        let (app, shim, mut stopping) = (app.clone(), shim.clone(), drain.guard());
-        tokio::spawn(async move {
-            let on = OnConn(conn.conn.clone());
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(on.clone());
-                app.clone().oneshot(req)
-            });
-            let http = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(shim.limits.header_read_timeout)
-                .max_buf_size(64 << 10)
-                .serve_connection(TokioIo::new(stream), svc);
-            // Displaced while idle: a request that raced in still finishes.
-            let displaced = conn.conn.close.notified();
-            let ended = stopping.serve(http, displaced, |c| c.graceful_shutdown()).await;
-            if let Err(e) = ended {
-                debug!("client connection ended: {e}");
-            }
-            shim.trimmer.note_activity();
-            drop((conn, stopping));
+        let (app, on) = (app.clone(), OnConn(conn.conn.clone()));
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(on.clone());
+            app.clone().oneshot(req)
         });
-    }
-    drop(listener);
-    drain.finish(grace).await;
+        // Displaced while idle: a request that raced in still finishes.
+        let displaced = conn.conn.clone();
+        let close = Box::pin(async move { displaced.close.notified().await });
+        Some(Accepted { service, close, hold: Box::new(conn) })
+    };
+    let trimmer = shim.trimmer.clone();
+    serve_http(accept, shutdown, options, grace, connection, move || trimmer.note_activity()).await?;
     Ok(())
 }
 
@@ -454,37 +447,37 @@ async fn forward(
             out = out.header(name, v);
         }
     }
-    // Pump frames through a small channel so that a silent enclave is cut off
-    // after the idle timeout, and the slot lives as long as the body.
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
+    // Pump frames so that a silent enclave is cut off after the idle timeout,
+    // and the slot lives as long as the body.
+    let (tx, body) = pumped_body();
     let idle = shim.limits.idle_timeout;
     let from_enclave = shim.metrics.bytes_from_enclave.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let mut body = upstream_body;
+        let mut upstream = upstream_body;
         loop {
-            match tokio::time::timeout(idle, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
+            match next_frame(&mut upstream, idle).await {
+                pump::Upstream::Frame(frame) => {
                     if let Some(d) = frame.data_ref() {
                         from_enclave.inc_by(d.len() as u64);
                     }
-                    if tx.send(Ok(frame)).await.is_err() {
+                    if !tx.send(frame).await {
                         break;
                     }
                 }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
+                pump::Upstream::End => break,
+                pump::Upstream::Broken(e) => {
                     warn!("enclave stream failed: {e}");
-                    let _ = tx.send(Err(std::io::Error::other("the enclave's stream failed"))).await;
+                    tx.fail("the enclave's stream failed").await;
                     break;
                 }
-                Err(_) => {
-                    let _ = tx.send(Err(std::io::Error::other("the enclave's stream went silent"))).await;
+                pump::Upstream::Silent => {
+                    tx.fail("the enclave's stream went silent").await;
                     break;
                 }
             }
         }
         forwarding.dec();
     });
-    out.body(Body::new(StreamBody::new(ReceiverStream::new(rx)))).expect("valid response parts")
+    out.body(Body::new(body)).expect("valid response parts")
 }

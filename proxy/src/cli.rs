@@ -37,7 +37,7 @@ enum Command {
     Serve(ServeArgs),
     /// Print client balances, worker earnings and totals from the ledger.
     Ledger {
-        #[arg(long, default_value = "cocoon-proxy-ledger.sqlite")]
+        #[arg(long, default_value = crate::config::DEFAULT_LEDGER)]
         db: PathBuf,
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -61,7 +61,7 @@ enum Command {
     },
     /// Credit a client's account by hand (clients with a channel pay with vouchers instead).
     Deposit {
-        #[arg(long, default_value = "cocoon-proxy-ledger.sqlite")]
+        #[arg(long, default_value = crate::config::DEFAULT_LEDGER)]
         db: PathBuf,
         /// The client's account key (hex Ed25519 public key, as `cocoon key` prints it).
         #[arg(long)]
@@ -109,7 +109,7 @@ struct ServeArgs {
     #[arg(long)]
     insecure_simulated: bool,
     /// Seconds in-flight streams get to finish after SIGTERM or Ctrl-C.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = cocoon_runtime::DEFAULT_GRACE_S as f64)]
     grace: f64,
 }
 
@@ -187,10 +187,7 @@ fn producer(c: &ProxyConfig) -> anyhow::Result<Arc<dyn EvidenceProducer>> {
 }
 
 pub fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    cocoon_runtime::init_logging("info");
     match Cli::parse().command {
         Command::Serve(args) => run(args),
         Command::Ledger { db, json, charges } => print_ledger(&db, json, charges),

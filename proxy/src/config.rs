@@ -36,6 +36,9 @@ use cocoon_protocol::{Commission, NanoTon};
 
 use crate::reputation::ReputationConfig;
 
+/// Where the ledger is when neither the config nor the command line says.
+pub const DEFAULT_LEDGER: &str = "cocoon-proxy-ledger.sqlite";
+
 /// Largest config file accepted.
 const MAX_CONFIG: u64 = 1 << 20;
 /// Most workers a proxy admits.
@@ -155,7 +158,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: "127.0.0.1:8090".parse().expect("static address"),
-            ledger: "cocoon-proxy-ledger.sqlite".into(),
+            ledger: DEFAULT_LEDGER.into(),
             account_key: "cocoon-proxy.key".into(),
             commission_ppm: 100_000,
             credit_limit: NanoTon(0),

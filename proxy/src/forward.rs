@@ -14,12 +14,11 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use base64::Engine as _;
 use bytes::Bytes;
+use cocoon_runtime::pump::{self, next_frame, pumped_body};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use cocoon_protocol::authorization::{ClientAuthorization, VerifiedAuthorization};
@@ -463,8 +462,6 @@ async fn stream_back(
     out.body(pump(m, body, in_flight, permit, ReceiptIn::Trailer)).expect("valid response parts")
 }
 
-type FrameResult = Result<Frame<Bytes>, std::io::Error>;
-
 /// Where an answer's receipt travels: in its head (a whole answer, charged
 /// before the body is passed on) or in its trailer (a stream, charged at the end).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -480,23 +477,22 @@ fn pump(
     permit: tokio::sync::OwnedSemaphorePermit,
     receipt_in: ReceiptIn,
 ) -> Body {
-    let (tx, rx) = mpsc::channel::<FrameResult>(8);
+    let (tx, out) = pumped_body();
     let idle = secs(m.app.limits.idle_timeout_s);
     tokio::spawn(async move {
         let _hold = (in_flight, permit);
         let mut saw_trailers = false;
         let mut abandoned = false;
         loop {
-            match tokio::time::timeout(idle, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
+            match next_frame(&mut body, idle).await {
+                pump::Upstream::Frame(frame) => {
                     let frame = match frame.into_trailers() {
                         Ok(trailers) if receipt_in == ReceiptIn::Trailer => {
                             saw_trailers = true;
                             match metered_trailers(&m, trailers).await {
                                 Some(t) => Frame::trailers(t),
                                 None => {
-                                    let e = std::io::Error::other("the worker's receipt did not verify: not charged");
-                                    let _ = tx.send(Err(e)).await;
+                                    tx.fail("the worker's receipt did not verify: not charged").await;
                                     return;
                                 }
                             }
@@ -504,20 +500,20 @@ fn pump(
                         Ok(trailers) => Frame::trailers(trailers),
                         Err(frame) => frame,
                     };
-                    if tx.send(Ok(frame)).await.is_err() {
+                    if !tx.send(frame).await {
                         abandoned = true;
                         break;
                     }
                 }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
+                pump::Upstream::End => break,
+                pump::Upstream::Broken(e) => {
                     m.app.registry.record(&m.worker, Outcome::Failed);
-                    let _ = tx.send(Err(std::io::Error::other(format!("the worker's answer broke off: {e}")))).await;
+                    tx.fail(format!("the worker's answer broke off: {e}")).await;
                     return;
                 }
-                Err(_) => {
+                pump::Upstream::Silent => {
                     m.app.registry.record(&m.worker, Outcome::TimedOut);
-                    let _ = tx.send(Err(std::io::Error::other("the worker's answer went silent"))).await;
+                    tx.fail("the worker's answer went silent").await;
                     return;
                 }
             }
@@ -532,7 +528,7 @@ fn pump(
             m.app.metrics.answers_without_receipt.inc();
         }
     });
-    Body::new(StreamBody::new(ReceiverStream::new(rx)))
+    Body::new(out)
 }
 
 /// How long the proxy asks a worker for the receipt of a stream its client

@@ -713,9 +713,7 @@ fn connect(path: &Path) -> Result<Connection, LedgerError> {
     Ok(conn)
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+use cocoon_runtime::unix_now;
 
 fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Job>, path: &Path) {
     while let Ok(first) = rx.recv() {

@@ -196,9 +196,7 @@ pub fn worker_id(url: &str) -> String {
     format!("w-{}", &hex::encode(Sha256::digest(url.trim_end_matches('/').as_bytes()))[..12])
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use cocoon_runtime::now_ms;
 
 pub struct Registry {
     workers: RwLock<BTreeMap<String, Arc<WorkerEntry>>>,

@@ -24,12 +24,11 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use http::{StatusCode, header};
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use cocoon_client::http::HttpClient;
 use cocoon_protocol::authorization::VerifiedAuthorization;
@@ -44,7 +43,7 @@ use crate::identity::Identity;
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels, WorkerLabels};
 use crate::registry::{AdmissionError, Registry, WorkerEntry, now_ms};
-use cocoon_runtime::LockExt;
+use cocoon_runtime::{Accepted, HttpOptions, LockExt, serve_http};
 
 /// Largest JSON body of the small endpoints (`/v1/route`, `/v1/workers`).
 const MAX_SMALL_BODY: usize = 16 << 10;
@@ -543,37 +542,21 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let router = router(app.clone());
-    let connections = Arc::new(Semaphore::new(app.limits.max_connections));
-    let header_timeout = secs(app.limits.client_timeout_s);
-    let max_buf = app.limits.max_header_bytes;
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => p?,
-            _ = &mut shutdown => break,
-        };
-        let Some((stream, _)) = cocoon_runtime::accept_until(|| listener.accept(), &mut shutdown).await else {
-            break;
-        };
+    let options = HttpOptions {
+        max_connections: Some(app.limits.max_connections),
+        header_read_timeout: secs(app.limits.client_timeout_s),
+        max_buf_size: Some(app.limits.max_header_bytes),
+    };
+    let listener = Arc::new(listener);
+    let accept = move || {
+        let listener = listener.clone();
+        async move { listener.accept().await }
+    };
+    let connection = |stream: &tokio::net::TcpStream, _| {
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(max_buf)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                debug!("client connection ended: {e}");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let deadline = tokio::time::Instant::now() + grace;
-    while app.in_flight.available_permits() < app.limits.max_in_flight && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Some(Accepted::service(hyper_util::service::TowerToHyperService::new(router.clone())))
+    };
+    serve_http(accept, shutdown, options, grace, connection, || {}).await?;
     app.registry.persist();
     app.ledger.close();
     Ok(())

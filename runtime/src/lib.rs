@@ -1,14 +1,40 @@
 //! Process plumbing shared by the long-running roles (enclave, host shim,
-//! proxy): shutdown on SIGTERM or Ctrl-C, draining connections within a
-//! grace period, giving freed memory back to the system, and enough file
-//! descriptors for thousands of clients.
+//! proxy) and the client runner: shutdown on SIGTERM or Ctrl-C, draining
+//! connections within a grace period, giving freed memory back to the system,
+//! enough file descriptors for thousands of clients, the clock, and the log.
 
 pub mod drain;
 pub mod memory;
+pub mod pump;
+pub mod serve;
 pub mod sync;
 
 pub use drain::{Drain, DrainGuard};
+
+/// How long in-flight requests (streams included) may take to finish after a
+/// shutdown signal, unless the operator says otherwise (`--grace`).
+pub const DEFAULT_GRACE_S: u64 = 30;
+
+/// Unix time in seconds (0 before 1970: a clock that wrong is a bug elsewhere).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The log: to stderr, filtered by `COCOON_LOG` (`info`, `warn`,
+/// `cocoon_proxy=debug`...), else at `default` level.
+pub fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| default.into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
 pub use memory::MemoryTrimmer;
+pub use serve::{Accepted, HttpOptions, serve_http};
 pub use sync::{LockExt, RwLockExt};
 
 /// The next accepted connection, or `None` once `shutdown` has resolved. A

@@ -3,7 +3,7 @@
 //! mnemonic.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use num_bigint::BigUint;
@@ -90,7 +90,7 @@ impl Wallet {
         let seqno = if deployed { chain.wallet_seqno(self.address()).await? } else { 0 };
         let cells = messages.into_iter().map(|m| internal(m).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         // Validity by the chain's clock where it tells it: a wallet refuses an expired transfer.
-        let now = account.chain_time.unwrap_or_else(unix_now);
+        let now = account.chain_time.unwrap_or_else(cocoon_runtime::unix_now);
         let expire_at = (now + VALIDITY.as_secs()) as u32;
         let external = self.inner.create_external_msg(expire_at, seqno, !deployed, cells).map_err(|e| {
             TonError::Unexpected { what: "wallet transfer", expected: "a message".into(), found: e.to_string() }
@@ -120,8 +120,4 @@ fn internal(m: Outgoing) -> Result<Cell, TonError> {
         expected: "a message".into(),
         found: e.to_string(),
     })
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
