@@ -14,11 +14,12 @@ use cocoon_attestation::{EvidenceProducer, Policy, ReferenceValues};
 use cocoon_client::EndorsementSources;
 use cocoon_protocol::{NanoTon, Platform};
 
+use crate::app::App;
 use crate::config::ProxyConfig;
 use crate::identity::Identity;
 use crate::ledger::Ledger;
 use crate::registry::Registry;
-use crate::server::{App, serve};
+use crate::server::serve;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -39,6 +39,31 @@ use crate::reputation::ReputationConfig;
 /// Where the ledger is when neither the config nor the command line says.
 pub const DEFAULT_LEDGER: &str = "cocoon-proxy-ledger.sqlite";
 
+/// Longest worker URL accepted.
+const MAX_URL: usize = 512;
+
+/// A worker URL the proxy will not fetch evidence from.
+#[derive(Debug, thiserror::Error)]
+#[error("worker URL {url:?}: {reason}")]
+pub struct WorkerUrlError {
+    /// The URL, cut to 80 characters.
+    pub url: String,
+    pub reason: &'static str,
+}
+
+/// Checks that a worker URL is an absolute http URL of bounded length.
+pub fn check_worker_url(url: &str) -> Result<(), WorkerUrlError> {
+    let bad = |reason| Err(WorkerUrlError { url: url.chars().take(80).collect(), reason });
+    if url.len() > MAX_URL {
+        return bad("longer than 512 bytes");
+    }
+    let Ok(parsed) = url::Url::parse(url) else { return bad("not a URL") };
+    if parsed.scheme() != "http" || parsed.host().is_none() || parsed.query().is_some() {
+        return bad("expected http://HOST[:PORT] (the content is sealed end to end; evidence authenticates itself)");
+    }
+    Ok(())
+}
+
 /// Largest config file accepted.
 const MAX_CONFIG: u64 = 1 << 20;
 /// Most workers a proxy admits.
@@ -259,7 +284,7 @@ impl ProxyConfig {
             anyhow::bail!("reattest_interval_s must be at least 0.1, found {}", self.reattest_interval_s);
         }
         for w in &self.workers {
-            crate::registry::check_worker_url(w).map_err(|e| anyhow::anyhow!("workers: {e}"))?;
+            check_worker_url(w).map_err(|e| anyhow::anyhow!("workers: {e}"))?;
         }
         if let Some(ton) = &self.ton {
             ton.validate()?;

@@ -26,11 +26,13 @@ use cocoon_protocol::media::media_is;
 use cocoon_protocol::proxy_api::{ApiError, ErrorCode};
 use cocoon_protocol::{NanoTon, Receipt, media};
 
+use crate::app::App;
 use crate::config::secs;
 use crate::ledger::{ChargeRecord, LedgerError};
 use crate::registry::{Attested, WorkerEntry, now_ms};
 use crate::reputation::Outcome;
-use crate::server::{App, api_error, failover, retry_same};
+use crate::reservation::Reservation;
+use crate::response::{api_error, failover, retry_same};
 use cocoon_runtime::LockExt;
 
 /// Why a receipt was not charged.
@@ -95,29 +97,6 @@ impl std::fmt::Display for Overrun {
 pub fn overrun(cost: NanoTon, given: NanoTon, applied: Option<NanoTon>) -> Option<Overrun> {
     let limit = applied.map_or(given, |a| a.min(given));
     (cost > limit).then_some(Overrun { cost, given, applied })
-}
-
-/// A client's reservation of its maximum cost; released when dropped.
-pub struct Reservation {
-    app: Arc<App>,
-    key: [u8; 32],
-    amount: u64,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut r = self.app.reservations.locked();
-        if let Some(v) = r.get_mut(&self.key) {
-            *v = v.saturating_sub(self.amount);
-            if *v == 0 {
-                r.remove(&self.key);
-            }
-        }
-    }
-}
-
-pub(crate) fn new_reservation(app: Arc<App>, key: [u8; 32], amount: u64) -> Reservation {
-    Reservation { app, key, amount }
 }
 
 /// One request in flight at a worker; the count drops with it.

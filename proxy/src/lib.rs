@@ -6,6 +6,7 @@
 //! It holds no client content (requests stay sealed end to end to the
 //! worker's enclave) and links no Burn.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod forward;
@@ -15,5 +16,8 @@ pub mod metrics;
 pub mod payments;
 pub mod rate;
 pub mod registry;
+pub mod replay;
 pub mod reputation;
+pub mod reservation;
+pub mod response;
 pub mod server;

@@ -23,20 +23,18 @@ use cocoon_client::worker::{ClientError, fetch_verified};
 use cocoon_protocol::proxy_api::WorkerView;
 use cocoon_protocol::{Platform, Prices};
 
-use crate::config::{ProxyConfig, secs};
+use crate::config::{ProxyConfig, WorkerUrlError, check_worker_url, secs};
 use crate::ledger::Ledger;
 use crate::reputation::{Outcome, Reputation, ReputationConfig, routing_cost};
 use cocoon_runtime::{LockExt, RwLockExt};
 
-/// Longest worker URL accepted.
-const MAX_URL: usize = 512;
 /// Longest wait between two probes of a worker that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
-    #[error("worker URL {url:?}: {reason}")]
-    Url { url: String, reason: &'static str },
+    #[error(transparent)]
+    Url(#[from] WorkerUrlError),
     #[error("fetching the worker's evidence: {0}")]
     Fetch(ClientError),
     #[error("the worker's evidence is refused: {0}")]
@@ -49,19 +47,6 @@ pub enum AdmissionError {
     Timeout(Duration),
     #[error("the worker is not allowed by the registry: {0}")]
     NotListed(cocoon_client::allowlist::AllowlistError),
-}
-
-/// Checks that a worker URL is an absolute http(s) URL of bounded length.
-pub fn check_worker_url(url: &str) -> Result<(), AdmissionError> {
-    let bad = |reason| Err(AdmissionError::Url { url: url.chars().take(80).collect(), reason });
-    if url.len() > MAX_URL {
-        return bad("longer than 512 bytes");
-    }
-    let Ok(parsed) = url::Url::parse(url) else { return bad("not a URL") };
-    if parsed.scheme() != "http" || parsed.host().is_none() || parsed.query().is_some() {
-        return bad("expected http://HOST[:PORT] (the content is sealed end to end; evidence authenticates itself)");
-    }
-    Ok(())
 }
 
 /// What the proxy verified about a worker, from evidence that passed its

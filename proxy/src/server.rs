@@ -12,8 +12,7 @@
 //! | `GET /v1/attestation?nonce=HEX` | the proxy's own evidence |
 //! | `GET /healthz`, `GET /metrics` | liveness; Prometheus metrics |
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,22 +26,17 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::warn;
 
-use cocoon_client::http::HttpClient;
-use cocoon_protocol::authorization::VerifiedAuthorization;
-use cocoon_protocol::proxy_api::{
-    ApiError, ErrorCode, JoinRequest, RouteAnswer, RouteRequest, RoutedWorker, WorkersList,
-};
-use cocoon_protocol::{Commission, NanoTon, limits, media};
+use cocoon_protocol::proxy_api::{ErrorCode, JoinRequest, RouteAnswer, RouteRequest, RoutedWorker, WorkersList};
+use cocoon_protocol::{limits, media};
 
-use crate::config::{Limits, secs};
-use crate::forward::{self, Reservation};
-use crate::identity::Identity;
-use crate::ledger::Ledger;
-use crate::metrics::{Metrics, RequestLabels, WorkerLabels};
-use crate::registry::{AdmissionError, Registry, WorkerEntry, now_ms};
+use crate::app::App;
+use crate::config::secs;
+use crate::forward;
+use crate::metrics::WorkerLabels;
+use crate::registry::{AdmissionError, now_ms};
+use crate::response::api_error;
 use cocoon_runtime::{Accepted, HttpOptions, LockExt, serve_http};
 
 /// Largest JSON body of the small endpoints (`/v1/route`, `/v1/workers`).
@@ -51,196 +45,6 @@ const MAX_SMALL_BODY: usize = 16 << 10;
 const MAX_GPU_CLASSES: usize = 8;
 /// Most workers a route request may exclude.
 const MAX_EXCLUDE: usize = 64;
-/// Most request hashes remembered for replay refusal.
-const MAX_REMEMBERED: usize = 1 << 20;
-
-pub struct App {
-    pub registry: Arc<Registry>,
-    pub ledger: Arc<Ledger>,
-    pub identity: Identity,
-    pub commission: Commission,
-    pub credit_limit: NanoTon,
-    pub limits: Limits,
-    pub metrics: Metrics,
-    pub http: HttpClient,
-    pub in_flight: Arc<Semaphore>,
-    pub reservations: Mutex<HashMap<[u8; 32], u64>>,
-    pub replays: Mutex<ReplayWindow>,
-    /// Payments on TON, when configured.
-    pub payments: Option<Arc<crate::payments::Payments>>,
-    joins: Mutex<(u64, u32)>,
-}
-
-impl App {
-    pub fn new(
-        registry: Arc<Registry>,
-        ledger: Arc<Ledger>,
-        identity: Identity,
-        commission: Commission,
-        credit_limit: NanoTon,
-        limits: Limits,
-        payments: Option<Arc<crate::payments::Payments>>,
-    ) -> Arc<Self> {
-        let mut metrics = Metrics::default();
-        if let Some(p) = &payments {
-            metrics.register_settlement(&p.metrics);
-        }
-        Arc::new(App {
-            registry,
-            ledger,
-            identity,
-            commission,
-            credit_limit,
-            metrics,
-            http: HttpClient::with_connect_timeout(secs(limits.connect_timeout_s)),
-            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
-            reservations: Mutex::new(HashMap::new()),
-            replays: Mutex::new(ReplayWindow::new(secs(limits.replay_window_s), MAX_REMEMBERED)),
-            joins: Mutex::new((0, 0)),
-            payments,
-            limits,
-        })
-    }
-
-    pub fn count(&self, endpoint: &'static str, r: &Response) {
-        self.metrics.requests.get_or_create(&RequestLabels { endpoint, status: r.status().as_u16() }).inc();
-    }
-
-    /// Reserves the request's maximum cost against money the proxy can
-    /// collect: the account's balance (operator deposits and vouchers, less
-    /// charges) plus credit of at most `credit_limit` and never more than the
-    /// account's open channels hold on chain beyond their vouchers, less what
-    /// its requests in flight may still cost. A key with no deposit and no
-    /// channel gets no credit at all.
-    pub fn reserve(self: &Arc<Self>, auth: &VerifiedAuthorization) -> Result<Reservation, ReserveError> {
-        let ledger_down = |e: crate::ledger::LedgerError| {
-            warn!("reading an account: {e}");
-            ReserveError::LedgerUnavailable
-        };
-        let (key, max_cost) = (*auth.client_key(), auth.max_cost());
-        let (account, collateral) = self.ledger.account_and_collateral(&key).map_err(ledger_down)?;
-        let credit = self.credit_limit.min(collateral);
-        let mut reserved = self.reservations.locked();
-        let pending = reserved.get(&key).copied().unwrap_or(0);
-        let available = account.balance() + credit.0 as i128 - pending as i128;
-        if (max_cost.0 as i128) > available {
-            self.metrics.refuse(ErrorCode::InsufficientFunds.as_str());
-            return Err(ReserveError::InsufficientFunds {
-                max_cost,
-                account: hex::encode(key),
-                available: available.max(0),
-                balance: account.balance(),
-                credit,
-                pending,
-            });
-        }
-        *reserved.entry(key).or_insert(0) += max_cost.0;
-        Ok(forward::new_reservation(self.clone(), key, max_cost.0))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReserveError {
-    #[error("the ledger is unavailable")]
-    LedgerUnavailable,
-    #[error(
-        "the request may cost up to {max_cost} but the account {account} has {available} nanoTON available \
-         (balance {balance} + credit {} secured by its open channels - {pending} reserved by requests in flight); \
-         deposit more, open or top up a payment channel, or state a lower maximum cost", credit.0
-    )]
-    InsufficientFunds {
-        max_cost: NanoTon,
-        account: String,
-        available: i128,
-        balance: i128,
-        credit: NanoTon,
-        pending: u64,
-    },
-}
-
-impl ReserveError {
-    pub fn into_response(self) -> Response {
-        match self {
-            ReserveError::LedgerUnavailable => {
-                api_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::LedgerUnavailable, self.to_string(), false)
-            }
-            ReserveError::InsufficientFunds { .. } => {
-                api_error(StatusCode::PAYMENT_REQUIRED, ErrorCode::InsufficientFunds, self.to_string(), false)
-            }
-        }
-    }
-}
-
-/// Request hashes forwarded recently; each is forwarded once.
-pub struct ReplayWindow {
-    seen: HashMap<[u8; 32], u64>,
-    order: VecDeque<(u64, [u8; 32])>,
-    window_ms: u64,
-    max: usize,
-}
-
-impl ReplayWindow {
-    pub fn new(window: Duration, max: usize) -> Self {
-        ReplayWindow { seen: HashMap::new(), order: VecDeque::new(), window_ms: window.as_millis() as u64, max }
-    }
-
-    /// False when `hash` was seen within the window.
-    pub fn insert(&mut self, hash: [u8; 32], now_ms: u64) -> bool {
-        while let Some(&(t, h)) = self.order.front() {
-            if now_ms.saturating_sub(t) < self.window_ms && self.order.len() < self.max {
-                break;
-            }
-            self.order.pop_front();
-            self.seen.remove(&h);
-        }
-        if self.seen.contains_key(&hash) {
-            return false;
-        }
-        self.seen.insert(hash, now_ms);
-        self.order.push_back((now_ms, hash));
-        true
-    }
-
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
-    }
-}
-
-/// An OpenAI-style error body ([`ApiError`]); `retryable` tells the client runner to route again.
-pub fn api_error(status: StatusCode, code: ErrorCode, message: String, retryable: bool) -> Response {
-    let mut e = ApiError::new("proxy_error", code, message);
-    e.error.retryable = retryable;
-    error_response(status, &e)
-}
-
-fn error_response(status: StatusCode, e: &ApiError) -> Response {
-    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], e.to_bytes()).into_response();
-    if let Some(n) = e.error.next_worker.as_deref().and_then(|n| http::HeaderValue::from_str(n).ok()) {
-        r.headers_mut().insert(media::RETRY_WORKER_HEADER, n);
-    }
-    r
-}
-
-/// The worker failed before its first byte: a retryable error naming the next candidate.
-pub fn failover(app: &App, worker: &WorkerEntry, model: &str, why: &str) -> Response {
-    app.metrics.failovers.inc();
-    let next = app.registry.pick(model, std::slice::from_ref(&worker.id), &[]).map(|p| p.worker.id.clone());
-    let message = format!("worker {} failed before answering: {why}", worker.id);
-    let e = ApiError::new("proxy_error", ErrorCode::WorkerUnavailable, message).retryable(next);
-    error_response(StatusCode::SERVICE_UNAVAILABLE, &e)
-}
-
-/// The worker is fine but was re-attested with new keys: retry it, re-sealed.
-pub fn retry_same(app: &App, worker: &WorkerEntry, why: &str) -> Response {
-    app.metrics.failovers.inc();
-    let message = format!("worker {}: {why}", worker.id);
-    let e = ApiError::new("proxy_error", ErrorCode::WorkerKeysChanged, message).retryable(Some(worker.id.clone()));
-    error_response(StatusCode::SERVICE_UNAVAILABLE, &e)
-}
 
 pub fn router(app: Arc<App>) -> Router {
     let routes = Router::new()
@@ -384,7 +188,7 @@ async fn join_inner(app: &Arc<App>, req: Request) -> Response {
         Ok(w) => (StatusCode::CREATED, axum::Json(app.registry.describe(&w))).into_response(),
         Err(e) => {
             let status = match e {
-                AdmissionError::Url { .. } => StatusCode::BAD_REQUEST,
+                AdmissionError::Url(_) => StatusCode::BAD_REQUEST,
                 AdmissionError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 AdmissionError::Fetch(_) | AdmissionError::Timeout(_) => StatusCode::BAD_GATEWAY,
                 AdmissionError::Refused(_) | AdmissionError::NoModel | AdmissionError::NotListed(_) => {
@@ -565,6 +369,11 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Limits;
+    use crate::identity::Identity;
+    use crate::ledger::Ledger;
+    use crate::registry::Registry;
+    use cocoon_protocol::{Commission, NanoTon};
 
     fn test_app(dir: &std::path::Path) -> Arc<App> {
         let ledger = Arc::new(Ledger::open(&dir.join("ledger.sqlite")).unwrap());
@@ -598,7 +407,7 @@ mod tests {
         let poisoner = {
             let app = app.clone();
             move || async move {
-                let held = (app.reservations.lock(), app.replays.lock());
+                let held = (app.reservations.pending.lock(), app.replays.lock());
                 if held.0.is_ok() {
                     panic!("a bug while holding the locks");
                 }
@@ -608,7 +417,7 @@ mod tests {
         let routes = with_safety(Router::new().route("/panic", get(poisoner)));
         let resp = routes.oneshot(http::Request::get("/panic").body(axum::body::Body::empty()).unwrap()).await.unwrap();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "the panic is that request's 500");
-        assert!(app.reservations.is_poisoned() && app.replays.is_poisoned());
+        assert!(app.reservations.pending.is_poisoned() && app.replays.is_poisoned());
         // A hundred normal requests after it: each reserves, remembers its hash, and is answered.
         let r = router(app.clone());
         for i in 0..100u32 {
@@ -621,22 +430,8 @@ mod tests {
             let resp = r.clone().oneshot(http::Request::get("/healthz").body(axum::body::Body::empty()).unwrap());
             assert_eq!(resp.await.unwrap().status(), StatusCode::OK, "request {i}");
         }
-        assert!(app.reservations.locked().is_empty(), "every reservation was released");
+        assert_eq!(app.reservations.accounts(), 0, "every reservation was released");
         app.ledger.close();
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn replay_window_refuses_repeats_and_stays_bounded() {
-        let mut w = ReplayWindow::new(Duration::from_secs(10), 100);
-        assert!(w.insert([1; 32], 0));
-        assert!(!w.insert([1; 32], 5_000));
-        assert!(w.insert([1; 32], 10_001), "forgotten after the window");
-        for i in 0..10_000u32 {
-            let mut h = [0u8; 32];
-            h[..4].copy_from_slice(&i.to_le_bytes());
-            w.insert(h, 20_000);
-        }
-        assert!(w.len() <= 100);
     }
 }
