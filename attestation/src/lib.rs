@@ -1,40 +1,36 @@
 //! Attestation: evidence producers (inside the confidential VM), verifiers
 //! (in clients and proxies) and the policy that decides what is acceptable.
 //!
+//! - `produce`: the evidence document and the producer interface; with the
+//!   `hardware` feature (the enclave's, and the proxy's own evidence), the
+//!   TDX, SEV-SNP and NVIDIA producers, which link libc, vsock and
+//!   libloading. Clients and verifiers build without it.
+//! - `verify`: TDX quotes, SEV-SNP reports, NVIDIA GPU reports and RIMs,
+//!   revocation, reference values and the policy.
+//! - `simulated`: the development producer and its verification.
+//!
 //! The hardware report data binds the enclave's claims:
 //! `report_data = SHA-512(claims [|| nonce])`. A verifier checks the
 //! platform's signature first, then that binding, then the policy, and only
 //! then hands out the keys inside the claims.
 
 pub mod binding;
-pub mod configfs_tsm;
-pub mod detect;
 pub mod files;
-pub mod gpu_reference;
 mod hexfmt;
-pub mod nvidia;
-pub mod nvml;
-pub mod policy;
-pub mod producer;
-pub mod reference;
-pub mod revocation;
-pub mod rim;
-pub mod roots;
-pub mod sev_guest;
+pub mod produce;
 pub mod simulated;
-pub mod snp;
-pub mod spdm;
-pub mod tdx;
-pub mod tdx_guest;
 pub mod verify;
-mod x509;
-pub mod xml;
+
+#[cfg(feature = "hardware")]
+pub use produce::{configfs_tsm, detect, nvml, sev_guest, tdx_guest};
+pub(crate) use verify::{gpu_cert, x509};
+pub use verify::{gpu_reference, nvidia, policy, reference, revocation, rim, roots, snp, spdm, tdx, xml};
 
 pub use binding::{gpu_nonce, parse_nonce_query, report_data};
 pub use files::read_limited;
 pub use hexfmt::{parse_rfc3339, rfc3339};
 pub use policy::Policy;
-pub use producer::{
+pub use produce::{
     EvidenceProducer, GpuEvidenceSource, PlatformEvidence, WithGpus, batched_evidence_documents, evidence_document,
 };
 pub use reference::ReferenceValues;

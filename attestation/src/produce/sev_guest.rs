@@ -136,8 +136,8 @@ mod tests {
 
     #[test]
     fn cert_table_round_trip_and_bounds() {
-        let vek = include_bytes!("../tests/data/milan-vcek.pem");
-        let ask = include_bytes!("../tests/data/milan-ask.pem");
+        let vek = include_bytes!("../../tests/data/milan-vcek.pem");
+        let ask = include_bytes!("../../tests/data/milan-ask.pem");
         let vek_der = snp::certificates_from_pem_or_der(vek).unwrap().remove(0);
         let ask_der = snp::certificates_from_pem_or_der(ask).unwrap().remove(0);
         let t = build_cert_table(&vek_der, &ask_der);

@@ -195,7 +195,7 @@ mod tests {
         let path = dir.join("qgs.sock");
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let quote = include_bytes!("../tests/data/dcap-sample-quote.bin").to_vec();
+        let quote = include_bytes!("../../tests/data/dcap-sample-quote.bin").to_vec();
         let q = quote.clone();
         let server = std::thread::spawn(move || {
             let (mut c, _) = listener.accept().unwrap();

@@ -1,6 +1,20 @@
 //! Evidence verification: hardware signature, claims binding, policy, in
 //! that order; the keys inside the claims are handed out only after all three.
 
+pub mod gpu_cert;
+pub mod gpu_reference;
+pub mod nvidia;
+pub mod policy;
+pub mod reference;
+pub mod revocation;
+pub mod rim;
+pub mod roots;
+pub mod snp;
+pub mod spdm;
+pub mod tdx;
+pub(crate) mod x509;
+pub mod xml;
+
 use serde::Serialize;
 
 use cocoon_protocol::evidence::EvidenceDocument;
@@ -9,8 +23,8 @@ use cocoon_protocol::{Claims, Platform};
 
 use crate::nvidia::{GpuError, VerifiedGpu, verify_gpu_report};
 use crate::reference::{ReferenceValues, mismatch};
-use crate::snp::{self, SnpReport};
-use crate::tdx::{self, TdxCollateral, TdxReport};
+use crate::snp::SnpReport;
+use crate::tdx::{TdxCollateral, TdxReport};
 use crate::{AttestationError, Policy, gpu_nonce, report_data, simulated};
 
 /// One policy rule and how the evidence fared.

@@ -2,6 +2,17 @@
 //! hardware evidence. TDX (configfs-tsm, /dev/tdx_guest) and SEV-SNP
 //! (configfs-tsm, /dev/sev-guest) producers implement it in the guest.
 
+#[cfg(feature = "hardware")]
+pub mod configfs_tsm;
+#[cfg(feature = "hardware")]
+pub mod detect;
+#[cfg(feature = "hardware")]
+pub mod nvml;
+#[cfg(feature = "hardware")]
+pub mod sev_guest;
+#[cfg(feature = "hardware")]
+pub mod tdx_guest;
+
 use serde_bytes::ByteBuf;
 
 use std::sync::Arc;
@@ -34,12 +45,6 @@ pub trait EvidenceProducer: Send + Sync {
 /// Evidence from every GPU of the VM for a nonce (NVML in the guest).
 pub trait GpuEvidenceSource: Send + Sync {
     fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError>;
-}
-
-impl GpuEvidenceSource for crate::nvml::Nvml {
-    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError> {
-        self.evidence(nonce)
-    }
 }
 
 /// A platform producer whose documents also carry the GPUs' evidence.

@@ -15,8 +15,8 @@ use der::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use crate::gpu_cert::{Cert, check_signed_by, parse_cert, signed_part, verify_signed_by};
 use crate::hexfmt::rfc3339;
-use crate::nvidia::{Cert, signed_part, verify_signed_by};
 
 /// Largest CRL or OCSP response accepted.
 pub const MAX_COLLATERAL_ITEM: usize = 256 << 10;
@@ -247,8 +247,8 @@ fn ocsp_answer(der_bytes: &[u8], cert: &Cert, issuer: &Cert, now: u64) -> Result
         let mut delegated = Err(format!("{what} is signed neither by {} nor by a responder it certified", issuer.cn));
         for (i, c) in basic.certs.iter().flatten().enumerate() {
             let der = c.to_der().map_err(|e| e.to_string())?;
-            let Ok(responder) = crate::nvidia::parse_cert(&der, i) else { continue };
-            if crate::nvidia::check_signed_by(&responder, issuer).is_err() || !ocsp_signer(&responder) {
+            let Ok(responder) = parse_cert(&der, i) else { continue };
+            if check_signed_by(&responder, issuer).is_err() || !ocsp_signer(&responder) {
                 continue;
             }
             crate::x509::check_validity(&responder.x509, &responder.cn, now)?;

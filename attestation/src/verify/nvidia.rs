@@ -10,38 +10,24 @@
 //! verifies under the leaf's key; the report's FWID appears in the leaf's
 //! DICE TcbInfo extension (the firmware the key was issued to).
 
-use der::{Decode, Encode};
+use der::Encode;
 use p384::ecdsa::signature::Verifier;
 use sha2::{Digest, Sha256};
 use x509_cert::der::oid::ObjectIdentifier;
 
-use crate::spdm::{GpuReport, SpdmError};
+pub use crate::gpu_cert::GpuError;
+use crate::gpu_cert::{Cert, check_signed_by, parse_cert, public_key};
+use crate::spdm::GpuReport;
 
 /// NVIDIA Device Identity CA (DER), the root of every GPU attestation key chain.
-pub const NVIDIA_DEVICE_ROOT_CA: &[u8] = include_bytes!("../roots/nvidia-device-identity-ca.der");
+pub const NVIDIA_DEVICE_ROOT_CA: &[u8] = include_bytes!("../../roots/nvidia-device-identity-ca.der");
 /// SHA-256 of [`NVIDIA_DEVICE_ROOT_CA`], recorded separately so a changed file is caught.
 pub const NVIDIA_DEVICE_ROOT_CA_SHA256: &str = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48";
 
-const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
 /// TCG DICE TcbInfo (Hopper), and the form the Blackwell leaf uses.
 const TCB_INFO: [ObjectIdentifier; 2] =
     [ObjectIdentifier::new_unwrap("2.23.133.5.4.1"), ObjectIdentifier::new_unwrap("2.23.133.5.4.1.1")];
 const MAX_CHAIN: usize = 8;
-const MAX_CERT: usize = 8 << 10;
-
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum GpuError {
-    #[error(transparent)]
-    Report(#[from] SpdmError),
-    #[error("GPU report nonce: expected {expected}, found {found}")]
-    Nonce { expected: String, found: String },
-    #[error("GPU certificate chain: {0}")]
-    Chain(String),
-    #[error("GPU report signature does not verify under the attestation key of {0}")]
-    Signature(String),
-    #[error("GPU firmware: {0}")]
-    Fwid(String),
-}
 
 /// The GPU generation, from the attestation key's certificate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -83,91 +69,6 @@ pub struct VerifiedGpu {
     pub nvdec0_status: Option<u8>,
     /// (1-based block index, value) for every measurement block.
     pub measurements: Vec<(u8, String)>,
-}
-
-pub(crate) struct Cert {
-    pub(crate) cn: String,
-    /// The signed part as it was received: re-encoding it would not do, as
-    /// some of NVIDIA's RIM-signing certificates are not in canonical DER.
-    pub(crate) tbs: Vec<u8>,
-    pub(crate) x509: x509_cert::Certificate,
-}
-
-pub(crate) fn parse_cert(der_bytes: &[u8], position: usize) -> Result<Cert, GpuError> {
-    if der_bytes.len() > MAX_CERT {
-        return Err(GpuError::Chain(format!(
-            "certificate {position} is {} bytes; the limit is {MAX_CERT}",
-            der_bytes.len()
-        )));
-    }
-    let x509 = x509_cert::Certificate::from_der(der_bytes)
-        .map_err(|e| GpuError::Chain(format!("certificate {position} is not DER X.509: {e}")))?;
-    let cn = crate::x509::common_name(&x509).unwrap_or_else(|| format!("#{position}"));
-    let tbs = signed_part(der_bytes)
-        .ok_or_else(|| GpuError::Chain(format!("{cn}: no to-be-signed part in the certificate")))?
-        .to_vec();
-    Ok(Cert { cn, tbs, x509 })
-}
-
-pub(crate) fn public_key(c: &Cert) -> Result<p384::ecdsa::VerifyingKey, GpuError> {
-    let spki = c.x509.tbs_certificate().subject_public_key_info();
-    p384::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
-        .map_err(|e| GpuError::Chain(format!("{}: the public key is not a P-384 point: {e}", c.cn)))
-}
-
-/// Checks that `issuer` signed `subject`.
-pub(crate) fn check_signed_by(subject: &Cert, issuer: &Cert) -> Result<(), GpuError> {
-    let signature = subject.x509.signature().as_bytes().unwrap_or_default();
-    let algorithm = subject.x509.signature_algorithm().oid.to_string();
-    verify_signed_by(issuer, &algorithm, &subject.tbs, signature, &subject.cn).map_err(GpuError::Chain)
-}
-
-/// Checks that `issuer` made `signature` (DER ECDSA, algorithm OID
-/// `algorithm`, which must be ecdsa-with-SHA384) over `signed`; `what`
-/// names the signed object in the messages. Certificates, CRLs and OCSP
-/// responses all go through here.
-pub(crate) fn verify_signed_by(
-    issuer: &Cert,
-    algorithm: &str,
-    signed: &[u8],
-    signature: &[u8],
-    what: &str,
-) -> Result<(), String> {
-    if algorithm != ECDSA_WITH_SHA384 {
-        return Err(format!("{what}: signature algorithm {algorithm}, expected ecdsa-with-SHA384"));
-    }
-    let sig = p384::ecdsa::Signature::from_der(signature)
-        .map_err(|_| format!("{what}: the signature is not a DER ECDSA signature"))?;
-    let key = public_key(issuer).map_err(|e| match e {
-        GpuError::Chain(m) => m,
-        other => other.to_string(),
-    })?;
-    key.verify(signed, &sig).map_err(|_| format!("{what} is not signed by {}", issuer.cn))
-}
-
-/// The first element of a certificate's outer SEQUENCE (its TBSCertificate),
-/// byte for byte.
-pub(crate) fn signed_part(cert: &[u8]) -> Option<&[u8]> {
-    // (header length, content length) of the DER element at the start of `b`.
-    fn element(b: &[u8]) -> Option<(usize, usize)> {
-        if *b.first()? != 0x30 {
-            return None;
-        }
-        let first = *b.get(1)?;
-        if first < 0x80 {
-            return Some((2, first as usize));
-        }
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 3 {
-            return None;
-        }
-        let len = b.get(2..2 + n)?.iter().fold(0usize, |l, &x| (l << 8) | x as usize);
-        Some((2 + n, len))
-    }
-    let (outer_header, outer_len) = element(cert)?;
-    let inner = cert.get(outer_header..outer_header + outer_len)?;
-    let (header, len) = element(inner)?;
-    inner.get(..header + len)
 }
 
 /// Verifies one GPU's report and certificate chain (DER, leaf first) for

@@ -17,12 +17,13 @@ use base64::Engine;
 use p384::ecdsa::signature::Verifier;
 use sha2::{Digest, Sha256, Sha384};
 
+use crate::gpu_cert::{parse_cert, public_key};
 use crate::gpu_reference::{GpuComponent, GpuReferenceValues, RimSource};
-use crate::nvidia::{parse_cert, public_key, verify_chain};
+use crate::nvidia::verify_chain;
 use crate::xml::{self, Element, Subset};
 
 /// NVIDIA CoRIM signing Root CA (DER), the root of every RIM signer's chain.
-pub const NVIDIA_RIM_ROOT_CA: &[u8] = include_bytes!("../roots/nvidia-rim-root-ca.der");
+pub const NVIDIA_RIM_ROOT_CA: &[u8] = include_bytes!("../../roots/nvidia-rim-root-ca.der");
 /// SHA-256 of [`NVIDIA_RIM_ROOT_CA`], recorded separately so a changed file is caught.
 pub const NVIDIA_RIM_ROOT_CA_SHA256: &str = "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1";
 

@@ -289,3 +289,9 @@ pub fn attest_locally(
         })
         .collect()
 }
+
+impl crate::GpuEvidenceSource for Nvml {
+    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<cocoon_protocol::GpuEvidence>, crate::AttestationError> {
+        self.evidence(nonce)
+    }
+}

@@ -3,7 +3,7 @@
 use sev::certs::snp::builtin;
 
 /// Intel SGX Root CA (DER): the root of DCAP quotes for SGX and TDX.
-pub const INTEL_SGX_ROOT_CA: &[u8] = include_bytes!("../roots/intel-sgx-root-ca.der");
+pub const INTEL_SGX_ROOT_CA: &[u8] = include_bytes!("../../roots/intel-sgx-root-ca.der");
 /// SHA-256 of [`INTEL_SGX_ROOT_CA`], recorded separately so a changed file is caught.
 pub const INTEL_SGX_ROOT_CA_SHA256: &str = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3";
 
