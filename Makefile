@@ -120,7 +120,7 @@ MEMORY ?= 4G
 # RTMR0 values from reference boots on the pinned host stack (space-separated).
 TDX_RTMR0 ?=
 measure:
-	$(CARGO) run -q -p cocoon-client --bin cocoon -- measure --image $(IMAGE) --config $(CONFIG) --vcpus $(VCPUS) --vcpu-type $(VCPU_TYPE) --memory $(MEMORY) $(foreach v,$(TDX_RTMR0),--tdx-rtmr0 $(v))
+	$(CARGO) run -q -p cocoon-cli -- measure --image $(IMAGE) --config $(CONFIG) --vcpus $(VCPUS) --vcpu-type $(VCPU_TYPE) --memory $(MEMORY) $(foreach v,$(TDX_RTMR0),--tdx-rtmr0 $(v))
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly + cargo-fuzz).
 FUZZ_SECONDS ?= 60

@@ -16,7 +16,7 @@ model="$(scripts/fetch-model.sh)"
 digest="sha256:$(sha256sum "$model" | cut -d' ' -f1)"
 python="$(scripts/openai-sdk.sh)"
 echo "== building (the first build compiles Burn: several minutes) =="
-cargo build --quiet -p cocoon-enclave -p cocoon-host -p cocoon-client -p cocoon-proxy --bins
+cargo build --quiet -p cocoon-enclave -p cocoon-host -p cocoon-cli -p cocoon-proxy --bins
 bin=target/debug
 dir=target/demo
 rm -rf "$dir"

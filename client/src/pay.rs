@@ -41,7 +41,7 @@ impl ChannelPayer {
     /// that the channel is this key's and pays the proxy's wallet.
     pub fn open(path: &Path, key: &SigningKey, proxy_account: &[u8; 32]) -> Result<ChannelPayer, ClientError> {
         let bad = |reason: String| ClientError::ChannelFile { path: path.display().to_string(), reason };
-        let (params, descriptor) = crate::channel_cli::load_channel(path).map_err(|e| bad(format!("{e:#}")))?;
+        let (params, descriptor) = crate::channel_file::load_channel(path).map_err(|e| bad(format!("{e:#}")))?;
         if params.payer_key != key.verifying_key().to_bytes() {
             return Err(bad("its payer key is not this client's key".into()));
         }

@@ -187,7 +187,7 @@ async fn pass(
         match fetch(p, wallet, dir, opts.min_window).await {
             Ok(Some(h)) if !quiet => eprintln!(
                 "{p}: voucher for {} TON in all on channel {}",
-                crate::channel_cli::ton(h.voucher.total),
+                crate::channel_file::ton(h.voucher.total),
                 h.channel.address
             ),
             Ok(Some(_)) => {}
@@ -245,7 +245,7 @@ async fn settle_one(
                 "channel {}: the payer asked to close at {}; claiming {} TON now (the window ends at {})",
                 h.channel.address,
                 state.closing_since,
-                crate::channel_cli::ton(row.claimable),
+                crate::channel_file::ton(row.claimable),
                 u64::from(state.closing_since) + u64::from(state.dispute_window)
             );
         }
@@ -267,7 +267,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let rows = pass(proxies, wallet, dir, chain, opts, false).await?;
     println!("{:<68} {:>16} {:>16} {:>16}", "channel", "voucher, TON", "claimed, TON", "claimable, TON");
-    let t = crate::channel_cli::ton;
+    let t = crate::channel_file::ton;
     let mut problems = 0;
     for r in &rows {
         println!("{:<68} {:>16} {:>16} {:>16}", r.channel, t(r.total), t(r.claimed), t(r.claimable));
@@ -309,7 +309,7 @@ pub async fn watch(
             Ok(rows) => {
                 for r in rows {
                     if let Some(paid) = r.paid {
-                        println!("claimed {} TON on {}", crate::channel_cli::ton(paid), r.channel);
+                        println!("claimed {} TON on {}", crate::channel_file::ton(paid), r.channel);
                     }
                     if let Some(p) = r.problem {
                         eprintln!("{}: {p}", r.channel);

@@ -3,10 +3,11 @@
 //! the TON HTTP API (toncenter v2); keys come from a 0600 seed file (the same
 //! file as the client's account key by default) or a TON mnemonic file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use cocoon_client::channel_file::{load_channel, parse_ton, ton};
 use cocoon_ton::actions;
 use cocoon_ton::channel::{ChannelDescriptor, ChannelParams, SignedVoucher, Voucher};
 use cocoon_ton::toncenter::Toncenter;
@@ -123,48 +124,19 @@ pub enum ChannelCommand {
     },
 }
 
-/// Reads a channel file (the channel's descriptor: what fixes the channel and
-/// its address); refused when its parameters do not give its address.
-pub fn load_channel(path: &Path) -> anyhow::Result<(ChannelParams, ChannelDescriptor)> {
-    let text = cocoon_attestation::read_limited(path, 64 * 1024)
-        .map_err(|e| anyhow::anyhow!("channel file {}: {e}", path.display()))?;
-    let d: ChannelDescriptor =
-        serde_json::from_slice(&text).with_context(|| format!("channel file {}", path.display()))?;
-    let params = d.params().map_err(|e| anyhow::anyhow!("channel file {}: {e}", path.display()))?;
-    Ok((params, d))
-}
-
 pub(crate) fn parse_address(text: &str) -> anyhow::Result<TonAddress> {
     Ok(cocoon_ton::channel::parse_address("address", text)?)
 }
 
-/// "2.5" TON → nanoTON, exactly (no floating point).
-pub fn parse_ton(text: &str) -> Result<u64, String> {
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() && frac.is_empty()
-        || frac.len() > 9
-        || !(whole.chars().chain(frac.chars())).all(|c| c.is_ascii_digit())
-    {
-        return Err(format!("expected TON like 10 or 2.5 (at most 9 decimals), found {text:?}"));
-    }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| format!("{text:?} is too large"))? };
-    let frac: u64 = format!("{frac:0<9}").parse().map_err(|_| format!("{text:?}"))?;
-    whole.checked_mul(1_000_000_000).and_then(|w| w.checked_add(frac)).ok_or_else(|| format!("{text:?} is too large"))
-}
-
-pub fn ton(nano: u64) -> String {
-    format!("{}.{:09}", nano / 1_000_000_000, nano % 1_000_000_000)
-}
-
 pub fn wallet(args: &WalletArgs) -> anyhow::Result<Wallet> {
     if let Some(path) = &args.mnemonic {
-        crate::keyfile::check_private(path)?;
+        cocoon_client::keyfile::check_private(path)?;
         let words =
             cocoon_attestation::read_limited(path, 4096).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         return Ok(Wallet::from_mnemonic(std::str::from_utf8(&words).context("mnemonic file is not UTF-8")?)?);
     }
-    let path = crate::cli_key_path(args.key.clone())?;
-    let key = crate::keyfile::load(&path)?;
+    let path = crate::serve::key_path(args.key.clone())?;
+    let key = cocoon_client::keyfile::load(&path)?;
     Ok(Wallet::from_seed(&key.to_bytes())?)
 }
 
@@ -218,7 +190,7 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
             let state = actions::top_up(&chain(&c)?, &w, &params, amount).await?;
             // Funded: its vouchers bind the network and this instance, which the file now records.
             let file = ChannelDescriptor::bound(&params, state.binding())?;
-            crate::durable::write(&out, &serde_json::to_vec_pretty(&file)?)
+            cocoon_client::durable::write(&out, &serde_json::to_vec_pretty(&file)?)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", serde_json::to_string_pretty(&state)?);
         }
@@ -281,21 +253,5 @@ fn explain(e: cocoon_ton::toncenter::ChainError) -> anyhow::Error {
             anyhow::anyhow!("the voucher's signature is not the channel's payer's; nothing was sent")
         }
         other => other.into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_ton;
-
-    #[test]
-    fn ton_amounts_parse_exactly() {
-        assert_eq!(parse_ton("10"), Ok(10_000_000_000));
-        assert_eq!(parse_ton("2.5"), Ok(2_500_000_000));
-        assert_eq!(parse_ton("0.000000001"), Ok(1));
-        assert_eq!(parse_ton(".5"), Ok(500_000_000));
-        for bad in ["", ".", "1.0000000001", "-1", "1e9", "abc", "99999999999999999999"] {
-            assert!(parse_ton(bad).is_err(), "{bad}");
-        }
     }
 }

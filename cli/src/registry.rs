@@ -12,7 +12,35 @@ use cocoon_ton::registry::{self, ProxyEntry};
 use cocoon_ton::{TonAddress, actions};
 use sha2::{Digest, Sha256};
 
-use crate::channel_cli::{ChainArgs, WalletArgs, chain, parse_address as address, wallet};
+use crate::channel::{ChainArgs, WalletArgs, chain, parse_address as address, wallet};
+
+/// The network's registry, whose lists a client applies on top of its own policy.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Use only proxies, worker images and models this registry contract lists
+    /// (its address, as `cocoon registry show` prints it).
+    #[arg(long, value_name = "ADDR")]
+    registry: Option<String>,
+    /// How often the registry is read again (seconds); a removal takes effect then.
+    #[arg(long, default_value_t = 60, requires = "registry")]
+    registry_refresh: u64,
+    #[command(flatten)]
+    chain: ChainArgs,
+}
+
+impl RegistryArgs {
+    /// The registry, read once (an error when it cannot be), when one is given.
+    pub async fn watch(&self) -> anyhow::Result<Option<std::sync::Arc<cocoon_client::allowlist::Watched>>> {
+        let Some(address) = &self.registry else { return Ok(None) };
+        let address = cocoon_ton::channel::parse_address("--registry", address)?;
+        let chain = chain(&self.chain)?;
+        let every = std::time::Duration::from_secs(self.registry_refresh);
+        let watched = cocoon_client::allowlist::Watched::start(chain, address, every)
+            .await
+            .with_context(|| format!("reading the registry {}", self.registry.as_deref().unwrap_or_default()))?;
+        Ok(Some(watched))
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
