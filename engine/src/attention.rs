@@ -17,7 +17,7 @@ pub const POSITIONS: usize = 8;
 pub fn scores(q: &[f32], keys: &[&[f32]; POSITIONS], out: &mut [f32; POSITIONS]) {
     assert!(keys.iter().all(|k| k.len() == q.len()), "key rows of {} values", q.len());
     #[cfg(target_arch = "x86_64")]
-    if crate::quant::simd() {
+    if crate::cpu::avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above); the lengths are asserted.
         return unsafe { avx2::scores(q, keys, out) };
     }
@@ -35,7 +35,7 @@ pub fn weighted_sum(weights: &[f32], rows: &[&[f32]], out: &mut [f32]) {
     assert_eq!(weights.len(), rows.len(), "one weight per row");
     assert!(rows.iter().all(|r| r.len() == out.len()), "rows of {} values", out.len());
     #[cfg(target_arch = "x86_64")]
-    if crate::quant::simd() {
+    if crate::cpu::avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above); the lengths are asserted.
         return unsafe { avx2::weighted_sum(weights, rows, out) };
     }
@@ -58,7 +58,7 @@ fn weighted_sum_portable(weights: &[f32], rows: &[&[f32]], out: &mut [f32]) {
 /// in the last place of f32.
 pub fn softmax(s: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::quant::simd() {
+    if crate::cpu::avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         return unsafe { avx2::softmax(s) };
     }

@@ -78,6 +78,14 @@ pub enum TensorType {
 }
 
 impl TensorType {
+    /// The block format, for the types `quant` multiplies without widening.
+    pub fn block_format(self) -> Option<QuantKind> {
+        match self {
+            TensorType::Block(q) => Some(q),
+            _ => None,
+        }
+    }
+
     fn from_id(id: u32) -> Result<Self, LoadError> {
         Ok(match id {
             0 => TensorType::F32,

@@ -39,7 +39,7 @@ pub fn silu_mul_rows(gate_up: &[f32], ff: usize) -> Vec<f32> {
     for (row, dst) in gate_up.chunks_exact(2 * ff).zip(out.chunks_exact_mut(ff)) {
         let (g, u) = row.split_at(ff);
         #[cfg(target_arch = "x86_64")]
-        if crate::quant::simd() {
+        if crate::cpu::avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             unsafe { avx2::silu_mul(g, u, dst) };
             continue;
@@ -171,7 +171,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_exp_is_within_two_ulp() {
-        if !crate::quant::simd() {
+        if !crate::cpu::avx2() {
             return;
         }
         use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};

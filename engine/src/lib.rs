@@ -12,6 +12,7 @@ pub use cocoon_protocol::price::{BudgetError, CostCap};
 
 pub mod attention;
 pub mod config;
+mod cpu;
 pub mod gguf;
 pub mod host_ops;
 pub mod kv_pool;
@@ -37,9 +38,18 @@ pub type CpuBackend = burn::backend::NdArray<f32>;
 /// NVIDIA GPUs through CUDA (the driver library is loaded at run time), with
 /// bf16 as the float type: weights, activations and keys/values take half
 /// the memory and bandwidth of f32, as the checkpoints of the models GPU
-/// owners serve are stored; norms are computed in f32 (`model::rms_norm`).
+/// owners serve are stored; norms are computed in f32 (`model::ops::rms_norm`).
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<burn::tensor::bf16, i32>;
+
+/// Whether `B` is this build's CPU backend.
+pub(crate) fn is_cpu_backend<B: burn::tensor::backend::Backend>() -> bool {
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    if std::any::TypeId::of::<B>() == std::any::TypeId::of::<CpuBackend>() {
+        return true;
+    }
+    false
+}
 
 /// Why a model could not be loaded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -177,16 +177,7 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 /// Quantised weights stay packed on the CPU backend, multiplied as integers
 /// with 16-bit activations while decoding; other backends get them widened.
 pub fn default_layout<B: Backend>() -> WeightLayout {
-    if is_cpu_backend::<B>() { WeightLayout::PackedInt16 } else { WeightLayout::Dense }
-}
-
-/// Whether `B` is this build's CPU backend.
-pub(crate) fn is_cpu_backend<B: Backend>() -> bool {
-    #[cfg(any(feature = "flex", feature = "ndarray"))]
-    if std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::CpuBackend>() {
-        return true;
-    }
-    false
+    if crate::is_cpu_backend::<B>() { WeightLayout::PackedInt16 } else { WeightLayout::Dense }
 }
 
 /// Loads a model; refuses it when `expected_digest` is given and differs.

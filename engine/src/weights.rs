@@ -5,7 +5,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::LoadError;
 use crate::config::Architecture;
 use crate::gguf::{Gguf, TensorType, dequantize};
-use crate::quant::{PackedMatrix, QuantKind};
+use crate::quant::PackedMatrix;
 
 /// A weight in PyTorch layout: shape slowest dimension first, row-major data.
 pub struct Weight {
@@ -108,7 +108,7 @@ impl WeightSource for GgufWeights<'_> {
         let Some(gname) = gguf_name(name) else { return Ok(None) };
         let Some(info) = self.gguf.tensors.get(&gname) else { return Ok(None) };
         let shape = info.shape();
-        let (Some(kind), &[rows, cols]) = (QuantKind::from_tensor_type(info.kind), &shape[..]) else {
+        let (Some(kind), &[rows, cols]) = (info.kind.block_format(), &shape[..]) else {
             return Ok(None);
         };
         let m = PackedMatrix::new(kind, rows, cols, self.file[info.offset..info.offset + info.len].to_vec())?;
