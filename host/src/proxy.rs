@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Frame;
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -392,22 +392,31 @@ async fn forward(
     headers: Vec<(&'static str, HeaderValue)>,
     body: Body,
 ) -> Response {
-    let io = match shim.upstream.connect(shim.limits.connect_timeout).await {
-        Ok(io) => io,
-        Err(e) => {
-            warn!("enclave unavailable: {e}");
-            shim.metrics.enclave_up.set(0);
-            return text(StatusCode::SERVICE_UNAVAILABLE, "enclave unavailable; retry later\n");
-        }
-    };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
-        Ok(v) => v,
-        Err(e) => {
-            warn!("enclave connection failed: {e}");
-            shim.metrics.enclave_up.set(0);
-            return text(StatusCode::BAD_GATEWAY, "enclave connection failed\n");
-        }
-    };
+    match send_to_enclave(shim, method, path, headers, body).await {
+        Ok(resp) => relay(shim, permit, resp),
+        Err(refused) => refused,
+    }
+}
+
+/// One request on a fresh connection to the enclave, with the `forwarding`
+/// gauge raised while it is answered (lowered by [`relay`] when the answer ends).
+async fn send_to_enclave(
+    shim: &Arc<Shim>,
+    method: Method,
+    path: String,
+    headers: Vec<(&'static str, HeaderValue)>,
+    body: Body,
+) -> Result<http::Response<Incoming>, Response> {
+    let io = shim.upstream.connect(shim.limits.connect_timeout).await.map_err(|e| {
+        warn!("enclave unavailable: {e}");
+        shim.metrics.enclave_up.set(0);
+        text(StatusCode::SERVICE_UNAVAILABLE, "enclave unavailable; retry later\n")
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| {
+        warn!("enclave connection failed: {e}");
+        shim.metrics.enclave_up.set(0);
+        text(StatusCode::BAD_GATEWAY, "enclave connection failed\n")
+    })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!("enclave connection ended: {e}");
@@ -423,38 +432,43 @@ async fn forward(
         builder = builder.header(name, value);
     }
     let req = builder.body(body).expect("valid request parts");
-    let forwarding = shim.metrics.forwarding.clone();
+    let forwarding = &shim.metrics.forwarding;
     forwarding.inc();
-    let resp = match tokio::time::timeout(shim.limits.response_timeout, sender.send_request(req)).await {
-        Ok(Ok(r)) => r,
+    match tokio::time::timeout(shim.limits.response_timeout, sender.send_request(req)).await {
+        Ok(Ok(r)) => {
+            shim.metrics.enclave_up.set(1);
+            Ok(r)
+        }
         Ok(Err(e)) => {
             forwarding.dec();
             warn!("enclave did not answer: {e}");
             shim.metrics.enclave_up.set(0);
-            return text(StatusCode::BAD_GATEWAY, "the enclave did not answer\n");
+            Err(text(StatusCode::BAD_GATEWAY, "the enclave did not answer\n"))
         }
         Err(_) => {
             forwarding.dec();
-            return text(StatusCode::GATEWAY_TIMEOUT, "the enclave did not answer in time\n");
+            Err(text(StatusCode::GATEWAY_TIMEOUT, "the enclave did not answer in time\n"))
         }
-    };
-    shim.metrics.enclave_up.set(1);
+    }
+}
 
-    let (parts, upstream_body) = resp.into_parts();
+/// The enclave's answer with the headers the client needs, its body pumped
+/// frame by frame so that a silent enclave is cut off after the idle
+/// timeout, and the slot (`permit`) held as long as the body.
+fn relay(shim: &Arc<Shim>, permit: OwnedSemaphorePermit, resp: http::Response<Incoming>) -> Response {
+    let (parts, mut upstream) = resp.into_parts();
     let mut out = Response::builder().status(parts.status);
     for name in PASSED_HEADERS {
         if let Some(v) = parts.headers.get(name) {
             out = out.header(name, v);
         }
     }
-    // Pump frames so that a silent enclave is cut off after the idle timeout,
-    // and the slot lives as long as the body.
     let (tx, body) = pumped_body();
     let idle = shim.limits.idle_timeout;
     let from_enclave = shim.metrics.bytes_from_enclave.clone();
+    let forwarding = shim.metrics.forwarding.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let mut upstream = upstream_body;
         loop {
             match next_frame(&mut upstream, idle).await {
                 pump::Upstream::Frame(frame) => {

@@ -120,69 +120,16 @@ pub async fn ohttp(State(app): State<Arc<App>>, req: Request) -> Response {
 }
 
 async fn handle(app: Arc<App>, req: Request) -> Response {
-    let headers = req.headers().clone();
-    let refuse = |code: ErrorCode, status: StatusCode, msg: String| {
-        app.metrics.refuse(code.as_str());
-        api_error(status, code, msg, false)
+    let request = match read_request(&app, req).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
     };
-    let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
-    if !media_is(content_type, media::OHTTP_REQUEST) && !media_is(content_type, media::OHTTP_CHUNKED_REQUEST) {
-        return refuse(
-            ErrorCode::UnsupportedMediaType,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected {} or {}", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
-        );
-    }
-    let Some(worker_id) = header_str(&headers, media::WORKER_HEADER).map(str::to_owned) else {
-        return refuse(
-            ErrorCode::MissingWorker,
-            StatusCode::BAD_REQUEST,
-            format!("header {} is missing: name the worker from POST /v1/route", media::WORKER_HEADER),
-        );
-    };
-    let auth = match ClientAuthorization::from_headers(|n| header_str(&headers, n)) {
-        Ok(a) => a,
-        Err(e) => return refuse(ErrorCode::Unauthorized, StatusCode::UNAUTHORIZED, e.to_string()),
-    };
-    let max_body = app.limits.max_body;
-    let declared = header_str(&headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body as u64) {
-        return refuse(
-            ErrorCode::BodyTooLarge,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("sealed request of {} bytes exceeds the limit of {max_body}", declared.unwrap_or(0)),
-        );
-    }
-    let body = Limited::new(req.into_body(), max_body).collect();
-    let sealed = match tokio::time::timeout(secs(app.limits.client_timeout_s), body).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return refuse(
-                ErrorCode::BodyTooLarge,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("sealed request exceeds the limit of {max_body} bytes"),
-            );
-        }
-        Ok(Err(_)) => {
-            return refuse(ErrorCode::BodyError, StatusCode::BAD_REQUEST, "the request body broke off".into());
-        }
-        Err(_) => {
-            return refuse(
-                ErrorCode::BodyTimeout,
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body arrived too slowly".into(),
-            );
-        }
-    };
-    let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
-    let auth = match auth.verify(&request_hash) {
-        Ok(proof) => proof,
-        Err(e) => return refuse(ErrorCode::BadSignature, StatusCode::UNAUTHORIZED, e.to_string()),
-    };
+    let SealedRequest { worker_id, auth, sealed, request_hash, chunked } = request;
     // A request hash is forwarded once: a relay replaying captured bytes gets
     // no generation and no charge.
     if !app.replays.locked().insert(request_hash, now_ms()) || app.ledger.is_charged(&request_hash).unwrap_or(true) {
         return refuse(
+            &app,
             ErrorCode::ReplayedRequest,
             StatusCode::CONFLICT,
             format!("request {} was already forwarded; seal a new request", hex::encode(request_hash)),
@@ -203,6 +150,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     };
     let Ok(permit) = app.in_flight.clone().try_acquire_owned() else {
         return refuse(
+            &app,
             ErrorCode::Busy,
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests in flight; retry later".into(),
@@ -214,76 +162,13 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     let in_flight = InFlight(worker.clone(), app.clone());
 
     let started = Instant::now();
-    let uri = match cocoon_client::http::join(&worker.url, "/v1/ohttp") {
-        Ok(u) => u,
-        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::WorkerUrl, e.to_string(), false),
+    // The worker's share of what the client signed: the enclave stops there,
+    // whatever the sealed request says, so every answer is paid for.
+    let cap = app.commission.worker_budget(auth.max_cost());
+    let resp = match send_to_worker(&app, &worker, &attested, sealed, chunked, cap).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
     };
-    let chunked = media_is(content_type, media::OHTTP_CHUNKED_REQUEST);
-    let upstream = http::Request::post(uri)
-        // The canonical spelling: the client's may differ in case or carry parameters.
-        .header(header::CONTENT_TYPE, if chunked { media::OHTTP_CHUNKED_REQUEST } else { media::OHTTP_REQUEST })
-        .header(header::TE, "trailers")
-        // The worker's share of what the client signed: the enclave stops there,
-        // whatever the sealed request says, so every answer is paid for.
-        .header(media::WORKER_CAP_HEADER, app.commission.worker_budget(auth.max_cost()).0)
-        .body(Full::new(sealed))
-        .expect("valid request parts");
-    let sent = tokio::time::timeout(secs(app.limits.first_byte_timeout_s), app.http.send(upstream)).await;
-    let resp = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            debug!(worker = %worker.id, "worker unreachable: {e}");
-            app.registry.record(&worker, Outcome::Failed);
-            app.registry.mark_down(&worker);
-            return failover(&app, &worker, attested.model_id(), "the worker could not be reached");
-        }
-        Err(_) => {
-            app.registry.record(&worker, Outcome::TimedOut);
-            app.registry.mark_down(&worker);
-            return failover(&app, &worker, attested.model_id(), "the worker did not answer in time");
-        }
-    };
-    let status = resp.status();
-    if status.is_server_error() {
-        app.registry.record(&worker, Outcome::Failed);
-        app.registry.mark_down(&worker);
-        return failover(&app, &worker, attested.model_id(), &format!("the worker answered {status}"));
-    }
-    if status == StatusCode::BAD_REQUEST {
-        let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let refusal = ApiError::parse(&body);
-        let msg = match &refusal {
-            Some(e) => e.error.message.clone(),
-            None => String::from_utf8_lossy(&body).trim().to_string(),
-        };
-        let refused = || {
-            api_error(status, ErrorCode::WorkerRefused, format!("the worker refused the sealed request: {msg}"), false)
-        };
-        // A request dated outside the worker's replay window (the client's
-        // clock) is the client's to fix; only an unopenable one suggests new keys.
-        if refusal.map(|e| e.error.code) != Some(ErrorCode::CannotOpen) {
-            return refused();
-        }
-        // Perhaps sealed to keys the worker no longer has (it restarted): re-attest
-        // it now; if its keys changed, the client re-seals to the same worker.
-        app.registry.mark_stale(&worker);
-        match app.registry.admit(&worker.url).await {
-            Ok(w) if w.attested().claims_digest() != attested.claims_digest() => {
-                return retry_same(&app, &worker, "the worker restarted with new keys; seal the request again");
-            }
-            Ok(_) => return refused(),
-            Err(e) => {
-                warn!(worker = %worker.id, "re-attestation after a refused request failed: {e}");
-                app.registry.mark_down(&worker);
-                return failover(&app, &worker, attested.model_id(), "the worker could not be re-attested");
-            }
-        }
-    }
-    if !status.is_success() {
-        let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let msg = String::from_utf8_lossy(&body).trim().to_string();
-        return api_error(status, ErrorCode::WorkerRefused, format!("the worker answered {status}: {msg}"), false);
-    }
     let ttfb_ms = started.elapsed().as_secs_f64() * 1000.0;
     let ctx = Metering {
         app: app.clone(),
@@ -299,6 +184,181 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         stream_back(ctx, resp, in_flight, permit).await
     } else {
         whole_back(ctx, resp, in_flight, permit).await
+    }
+}
+
+/// A refusal of the client's request, counted by its code.
+fn refuse(app: &App, code: ErrorCode, status: StatusCode, msg: String) -> Response {
+    app.metrics.refuse(code.as_str());
+    api_error(status, code, msg, false)
+}
+
+/// A sealed request whose headers, size and signature checked out.
+struct SealedRequest {
+    worker_id: String,
+    auth: VerifiedAuthorization,
+    sealed: Bytes,
+    request_hash: [u8; 32],
+    /// Sealed as chunks (streamed answer) rather than whole.
+    chunked: bool,
+}
+
+/// Reads the request within the body limits and times, and verifies the
+/// client's signature over the sealed bytes' hash.
+async fn read_request(app: &App, req: Request) -> Result<SealedRequest, Response> {
+    let headers = req.headers().clone();
+    let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
+    let chunked = media_is(content_type, media::OHTTP_CHUNKED_REQUEST);
+    if !media_is(content_type, media::OHTTP_REQUEST) && !chunked {
+        return Err(refuse(
+            app,
+            ErrorCode::UnsupportedMediaType,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected {} or {}", media::OHTTP_REQUEST, media::OHTTP_CHUNKED_REQUEST),
+        ));
+    }
+    let Some(worker_id) = header_str(&headers, media::WORKER_HEADER).map(str::to_owned) else {
+        return Err(refuse(
+            app,
+            ErrorCode::MissingWorker,
+            StatusCode::BAD_REQUEST,
+            format!("header {} is missing: name the worker from POST /v1/route", media::WORKER_HEADER),
+        ));
+    };
+    let auth = ClientAuthorization::from_headers(|n| header_str(&headers, n))
+        .map_err(|e| refuse(app, ErrorCode::Unauthorized, StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let max_body = app.limits.max_body;
+    let declared = header_str(&headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(refuse(
+            app,
+            ErrorCode::BodyTooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("sealed request of {} bytes exceeds the limit of {max_body}", declared.unwrap_or(0)),
+        ));
+    }
+    let body = Limited::new(req.into_body(), max_body).collect();
+    let sealed = match tokio::time::timeout(secs(app.limits.client_timeout_s), body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(refuse(
+                app,
+                ErrorCode::BodyTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("sealed request exceeds the limit of {max_body} bytes"),
+            ));
+        }
+        Ok(Err(_)) => {
+            return Err(refuse(
+                app,
+                ErrorCode::BodyError,
+                StatusCode::BAD_REQUEST,
+                "the request body broke off".into(),
+            ));
+        }
+        Err(_) => {
+            return Err(refuse(
+                app,
+                ErrorCode::BodyTimeout,
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body arrived too slowly".into(),
+            ));
+        }
+    };
+    let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
+    let auth = auth
+        .verify(&request_hash)
+        .map_err(|e| refuse(app, ErrorCode::BadSignature, StatusCode::UNAUTHORIZED, e.to_string()))?;
+    Ok(SealedRequest { worker_id, auth, sealed, request_hash, chunked })
+}
+
+/// Forwards the sealed bytes with the worker's cap; returns the worker's
+/// successful answer, or what the client is told instead (another worker to
+/// try, the same one after new keys, or the worker's refusal).
+async fn send_to_worker(
+    app: &Arc<App>,
+    worker: &Arc<WorkerEntry>,
+    attested: &Attested,
+    sealed: Bytes,
+    chunked: bool,
+    cap: NanoTon,
+) -> Result<http::Response<Incoming>, Response> {
+    let uri = cocoon_client::http::join(&worker.url, "/v1/ohttp")
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::WorkerUrl, e.to_string(), false))?;
+    let upstream = http::Request::post(uri)
+        // The canonical spelling: the client's may differ in case or carry parameters.
+        .header(header::CONTENT_TYPE, if chunked { media::OHTTP_CHUNKED_REQUEST } else { media::OHTTP_REQUEST })
+        .header(header::TE, "trailers")
+        .header(media::WORKER_CAP_HEADER, cap.0)
+        .body(Full::new(sealed))
+        .expect("valid request parts");
+    let sent = tokio::time::timeout(secs(app.limits.first_byte_timeout_s), app.http.send(upstream)).await;
+    let resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            debug!(worker = %worker.id, "worker unreachable: {e}");
+            app.registry.record(worker, Outcome::Failed);
+            app.registry.mark_down(worker);
+            return Err(failover(app, worker, attested.model_id(), "the worker could not be reached"));
+        }
+        Err(_) => {
+            app.registry.record(worker, Outcome::TimedOut);
+            app.registry.mark_down(worker);
+            return Err(failover(app, worker, attested.model_id(), "the worker did not answer in time"));
+        }
+    };
+    let status = resp.status();
+    if status.is_server_error() {
+        app.registry.record(worker, Outcome::Failed);
+        app.registry.mark_down(worker);
+        return Err(failover(app, worker, attested.model_id(), &format!("the worker answered {status}")));
+    }
+    if status == StatusCode::BAD_REQUEST {
+        return Err(worker_refused(app, worker, attested, resp).await);
+    }
+    if !status.is_success() {
+        let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        return Err(api_error(status, ErrorCode::WorkerRefused, format!("the worker answered {status}: {msg}"), false));
+    }
+    Ok(resp)
+}
+
+/// The worker's 400: passed on, unless it could not open the request, which
+/// may mean it restarted with new keys (then the client re-seals to it).
+async fn worker_refused(
+    app: &Arc<App>,
+    worker: &Arc<WorkerEntry>,
+    attested: &Attested,
+    resp: http::Response<Incoming>,
+) -> Response {
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let refusal = ApiError::parse(&body);
+    let msg = match &refusal {
+        Some(e) => e.error.message.clone(),
+        None => String::from_utf8_lossy(&body).trim().to_string(),
+    };
+    let refused =
+        || api_error(status, ErrorCode::WorkerRefused, format!("the worker refused the sealed request: {msg}"), false);
+    // A request dated outside the worker's replay window (the client's
+    // clock) is the client's to fix; only an unopenable one suggests new keys.
+    if refusal.map(|e| e.error.code) != Some(ErrorCode::CannotOpen) {
+        return refused();
+    }
+    // Perhaps sealed to keys the worker no longer has (it restarted): re-attest
+    // it now; if its keys changed, the client re-seals to the same worker.
+    app.registry.mark_stale(worker);
+    match app.registry.admit(&worker.url).await {
+        Ok(w) if w.attested().claims_digest() != attested.claims_digest() => {
+            retry_same(app, worker, "the worker restarted with new keys; seal the request again")
+        }
+        Ok(_) => refused(),
+        Err(e) => {
+            warn!(worker = %worker.id, "re-attestation after a refused request failed: {e}");
+            app.registry.mark_down(worker);
+            failover(app, worker, attested.model_id(), "the worker could not be re-attested")
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use cocoon_client::payouts::HeldVoucher;
 use cocoon_protocol::NanoTon;
 use cocoon_protocol::proxy_api::{ErrorCode, VoucherAccepted};
-use cocoon_ton::channel::{ChannelDescriptor, ChannelParams, SignedVoucher, parse_address};
+use cocoon_ton::channel::{ChannelBinding, ChannelDescriptor, ChannelParams, SignedVoucher, parse_address};
 use cocoon_ton::toncenter::Toncenter;
 use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{TonAddress, Voucher, actions};
@@ -42,7 +42,7 @@ use cocoon_ton::{TonAddress, Voucher, actions};
 use cocoon_runtime::LockExt;
 
 use crate::config::TonConfig;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{ClientChannel, Ledger, LedgerError};
 use crate::metrics::SettlementMetrics;
 use crate::rate::{Bucket, KeyedLimiter, Limiter};
 use crate::registry::now_ms;
@@ -176,19 +176,7 @@ impl Payments {
     pub async fn accept_voucher(self: &Arc<Self>, body: VoucherBody) -> Result<VoucherAccepted, PaymentError> {
         let invalid = |e: &dyn std::fmt::Display| PaymentError::Invalid(e.to_string());
         let params = body.channel.params().map_err(|e| invalid(&e))?;
-        if &params.payee != self.wallet.address() {
-            return Err(PaymentError::Invalid(format!(
-                "the channel pays {}; this proxy's wallet is {}",
-                params.payee,
-                self.wallet.address()
-            )));
-        }
-        if params.dispute_window < self.config.min_dispute_window_s {
-            return Err(PaymentError::Invalid(format!(
-                "the channel's close window is {} s; this proxy needs at least {} s to claim",
-                params.dispute_window, self.config.min_dispute_window_s
-            )));
-        }
+        self.check_terms(&params)?;
         self.voucher_keys
             .locked()
             .take(&params.payer_key, now_ms())
@@ -199,41 +187,8 @@ impl Payments {
         if known.as_ref().is_some_and(|c| c.closing_since != 0) {
             return Err(PaymentError::Closing);
         }
-        // The network and instance a voucher must name: as recorded when the
-        // channel was first seen on chain, or read from the chain now.
-        let recorded = match &known {
-            Some(c) => Some(stored_channel(&c.descriptor)?.0.binding().map_err(|e| invalid(&e))?),
-            None => None,
-        };
-        let (mut seen, claimed, newest) =
-            known.as_ref().map_or((0, 0, 0), |c| (c.deposit_seen.0, c.claimed.0, c.voucher_total.0));
-        let mut binding = recorded;
-        // A channel seen for the first time (a runner registers its channel with
-        // the voucher it holds, 0 at first) is read on chain: its deposit is the
-        // collateral that secures the account's credit.
-        if known.is_none() || body.voucher.total > seen {
-            self.public_chain_call()?;
-            let state = actions::channel_state(&self.chain, &params)
-                .await
-                .map_err(chain_err)?
-                .ok_or_else(|| PaymentError::NotCovered(format!("channel {key} is not deployed")))?;
-            if state.closed || state.closing_since != 0 {
-                if known.is_some() {
-                    self.ledger.mark_closing(&key, u64::from(state.closing_since.max(1)))?;
-                }
-                return Err(PaymentError::Closing);
-            }
-            if body.channel.binding != Some(state.binding()) {
-                return Err(PaymentError::Invalid(format!(
-                    "the channel file names network and instance {:?}; on chain the channel is network {} instance {} \
-                     (a channel deployed again, or on another network)",
-                    body.channel.binding, state.global_id, state.instance
-                )));
-            }
-            binding = Some(state.binding());
-            seen = state.deposited;
-        }
-        let binding = binding.expect("recorded or read above");
+        let (claimed, newest) = known.as_ref().map_or((0, 0), |c| (c.claimed.0, c.voucher_total.0));
+        let (binding, seen) = self.binding_and_deposit(&body, &params, &key, known.as_ref()).await?;
         let voucher = body.voucher.verify(&address, &binding, &params.payer_key).map_err(|e| invalid(&e))?;
         if known.is_some() && voucher.total <= newest {
             return Ok(VoucherAccepted { credited: NanoTon(0), voucher_total: NanoTon(newest) });
@@ -253,19 +208,87 @@ impl Payments {
             NanoTon(voucher.total),
             &body.voucher.signature,
         )?;
-        // A claim past the threshold, unless a closing channel's claim waits (the watcher retries it).
-        if voucher.total.saturating_sub(claimed) >= self.config.settle_threshold.0.max(1)
-            && self.urgent.load(Ordering::Acquire) == 0
-        {
-            let me = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.settle(&key).await {
-                    me.metrics.claim_attempts_failed.inc();
-                    warn!(channel = %key, "settling: {e}");
-                }
-            });
-        }
+        self.settle_if_due(key, voucher.total.saturating_sub(claimed));
         Ok(VoucherAccepted { credited, voucher_total: NanoTon(voucher.total.max(newest)) })
+    }
+
+    /// The channel pays this proxy and leaves it time to claim after a close request.
+    fn check_terms(&self, params: &ChannelParams) -> Result<(), PaymentError> {
+        if &params.payee != self.wallet.address() {
+            return Err(PaymentError::Invalid(format!(
+                "the channel pays {}; this proxy's wallet is {}",
+                params.payee,
+                self.wallet.address()
+            )));
+        }
+        if params.dispute_window < self.config.min_dispute_window_s {
+            return Err(PaymentError::Invalid(format!(
+                "the channel's close window is {} s; this proxy needs at least {} s to claim",
+                params.dispute_window, self.config.min_dispute_window_s
+            )));
+        }
+        Ok(())
+    }
+
+    /// The network and instance a voucher must name, and the deposit that
+    /// covers it: as recorded when the channel was first seen on chain, or
+    /// read from the chain now when the channel is new (a runner registers
+    /// its channel with the voucher it holds, 0 at first: its deposit is the
+    /// collateral that secures the account's credit) or the voucher goes past
+    /// the deposit last seen.
+    async fn binding_and_deposit(
+        &self,
+        body: &VoucherBody,
+        params: &ChannelParams,
+        key: &str,
+        known: Option<&ClientChannel>,
+    ) -> Result<(ChannelBinding, u64), PaymentError> {
+        let recorded = match known {
+            Some(c) => {
+                Some(stored_channel(&c.descriptor)?.0.binding().map_err(|e| PaymentError::Invalid(e.to_string()))?)
+            }
+            None => None,
+        };
+        let seen = known.map_or(0, |c| c.deposit_seen.0);
+        if let Some(binding) = recorded
+            && body.voucher.total <= seen
+        {
+            return Ok((binding, seen));
+        }
+        self.public_chain_call()?;
+        let state = actions::channel_state(&self.chain, params)
+            .await
+            .map_err(chain_err)?
+            .ok_or_else(|| PaymentError::NotCovered(format!("channel {key} is not deployed")))?;
+        if state.closed || state.closing_since != 0 {
+            if known.is_some() {
+                self.ledger.mark_closing(key, u64::from(state.closing_since.max(1)))?;
+            }
+            return Err(PaymentError::Closing);
+        }
+        if body.channel.binding != Some(state.binding()) {
+            return Err(PaymentError::Invalid(format!(
+                "the channel file names network and instance {:?}; on chain the channel is network {} instance {} \
+                 (a channel deployed again, or on another network)",
+                body.channel.binding, state.global_id, state.instance
+            )));
+        }
+        Ok((state.binding(), state.deposited))
+    }
+
+    /// A claim once `unclaimed` passes the threshold, unless a closing
+    /// channel's claim waits (the watcher retries it).
+    fn settle_if_due(self: &Arc<Self>, key: String, unclaimed: u64) {
+        if unclaimed < self.config.settle_threshold.0.max(1) || self.urgent.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.settle(&key).await {
+                me.metrics.claim_attempts_failed.inc();
+                warn!(channel = %key, "settling: {e}");
+            }
+        });
     }
 
     /// Claims the newest voucher of a client's channel; returns what it paid.

@@ -2,6 +2,7 @@
 //! that order; the keys inside the claims are handed out only after all three.
 
 pub mod gpu_cert;
+mod gpu_checks;
 pub mod gpu_reference;
 pub mod nvidia;
 pub mod policy;
@@ -9,6 +10,7 @@ pub mod reference;
 pub mod revocation;
 pub mod rim;
 pub mod roots;
+mod rules;
 pub mod snp;
 pub mod spdm;
 pub mod tdx;
@@ -21,11 +23,14 @@ use cocoon_protocol::evidence::EvidenceDocument;
 use cocoon_protocol::ohttp::KeyConfig;
 use cocoon_protocol::{Claims, Platform};
 
-use crate::nvidia::{GpuError, VerifiedGpu, verify_gpu_report};
-use crate::reference::{ReferenceValues, mismatch};
+pub use gpu_checks::{GpuCheck, check_gpus};
+pub use rules::policy_rules;
+
+use crate::nvidia::VerifiedGpu;
 use crate::snp::SnpReport;
 use crate::tdx::{TdxCollateral, TdxReport};
-use crate::{AttestationError, Policy, gpu_nonce, report_data, simulated};
+use crate::{AttestationError, Policy, report_data, simulated};
+use gpu_checks::gpu_findings;
 
 /// One policy rule and how the evidence fared.
 #[derive(Debug, Clone, Serialize)]
@@ -243,13 +248,37 @@ fn run(
     let (doc, claims) = EvidenceDocument::decode(bytes)?;
     a.platform = Some(doc.platform);
     a.claims = Some(claims.clone());
-    let rules = &mut a.rules;
-    let pass = |rules: &mut Vec<RuleOutcome>, rule: &'static str, detail: String| {
-        rules.push(RuleOutcome { rule, passed: true, detail })
-    };
-
     // 1. The platform must be one the policy accepts at all.
-    let platform_refusal = match doc.platform {
+    platform_rule(&mut a.rules, doc.platform, policy)?;
+    // 2. The platform's signature over its report, to the pinned vendor root.
+    let (reported, hardware) = verify_signature(&mut a.rules, &doc, endorsements, now)?;
+    a.hardware = Some(hardware.clone());
+    // 3. The report data binds exactly these claims (and the nonce).
+    check_binding(&mut a.rules, &doc, reported, nonce)?;
+    // 4. Policy: every rule is evaluated so that a refusal lists all it broke.
+    let gpu_checks = check_gpus(&doc, now, &endorsements.gpu_revocation);
+    // Only GPUs that pass every GPU check of the policy become verified facts.
+    if gpu_findings(policy, &gpu_checks).1.is_empty() {
+        a.gpus = gpu_checks.iter().filter_map(|c| c.outcome.clone().ok()).collect();
+    }
+    a.rules.extend(policy_rules(policy, &claims, &hardware, nonce.is_some(), now, &gpu_checks));
+    first_refusal(&a.rules)?;
+    // 5. Only now are the keys inside the claims trusted.
+    let key_configs = KeyConfig::decode_list(&claims.ohttp_keys).map_err(|e| AttestationError::Malformed {
+        platform: doc.platform,
+        reason: format!("claims ohttp_keys: {e}"),
+    })?;
+    Ok((key_configs, claims.receipt_key_bytes()))
+}
+
+fn pass(rules: &mut Vec<RuleOutcome>, rule: &'static str, detail: String) {
+    rules.push(RuleOutcome { rule, passed: true, detail })
+}
+
+/// Simulated evidence only under a development policy; hardware only on the
+/// policy's platforms.
+fn platform_rule(rules: &mut Vec<RuleOutcome>, platform: Platform, policy: &Policy) -> Result<(), AttestationError> {
+    let refusal = match platform {
         Platform::Simulated if !policy.allow_simulated => Some((
             "allow_simulated",
             "the evidence is simulated (signed in software, proves nothing about the machine); \
@@ -268,12 +297,23 @@ fn run(
             None
         }
     };
-    if let Some((rule, detail)) = platform_refusal {
-        rules.push(RuleOutcome { rule, passed: false, detail: detail.clone() });
-        return Err(AttestationError::Policy { rule, detail });
+    match refusal {
+        Some((rule, detail)) => {
+            rules.push(RuleOutcome { rule, passed: false, detail: detail.clone() });
+            Err(AttestationError::Policy { rule, detail })
+        }
+        None => Ok(()),
     }
+}
 
-    // 2. The platform's signature over its report, to the pinned vendor root.
+/// The report's signature to its vendor's pinned root: its report data and
+/// the verified hardware fields.
+fn verify_signature(
+    rules: &mut Vec<RuleOutcome>,
+    doc: &EvidenceDocument,
+    endorsements: &Endorsements,
+    now: u64,
+) -> Result<([u8; 64], HardwareReport), AttestationError> {
     let (reported, hardware, detail) = match doc.platform {
         Platform::Simulated => (
             simulated::verify(&doc.quote_or_report)?,
@@ -314,9 +354,18 @@ fn run(
         }
     };
     pass(rules, "signature", detail);
-    a.hardware = Some(hardware.clone());
+    Ok((reported, hardware))
+}
 
-    // 3. The report data binds exactly these claims (and the nonce).
+/// The signed report data is SHA-512 of exactly these claims (and nonce),
+/// and the nonce, when the verifier gave one, is its own (or in a batch
+/// whose root is bound).
+fn check_binding(
+    rules: &mut Vec<RuleOutcome>,
+    doc: &EvidenceDocument,
+    reported: [u8; 64],
+    nonce: Option<&[u8]>,
+) -> Result<(), AttestationError> {
     let expected = report_data(&doc.claims, doc.nonce.as_deref().map(|n| n.as_slice()));
     if reported != expected {
         return Err(AttestationError::ReportDataMismatch {
@@ -325,448 +374,52 @@ fn run(
         });
     }
     pass(rules, "report_data", "SHA-512(claims [|| nonce]) matches the report".into());
-    if let Some(want) = nonce {
-        let got = doc.nonce.as_deref().map(|n| n.as_slice());
-        match &doc.nonce_proof {
-            // Batched: our nonce must lead, by its audit path, to the root the report binds.
-            Some(proof) => {
-                let root = proof.root_for(want);
-                if root.is_none() || root.as_ref().map(|r| r.as_slice()) != got {
-                    return Err(AttestationError::NonceMismatch {
-                        expected: format!("a batch containing {}", hex::encode(want)),
-                        found: format!(
-                            "an audit path (leaf {} of {}) that does not lead from it to the signed root {}",
-                            proof.index,
-                            proof.size,
-                            got.map(hex::encode).unwrap_or_else(|| "(none)".into())
-                        ),
-                    });
-                }
-                pass(
-                    rules,
-                    "nonce",
-                    format!("evidence is fresh for our nonce (leaf {} of a batch of {})", proof.index, proof.size),
-                );
+    let Some(want) = nonce else { return Ok(()) };
+    let got = doc.nonce.as_deref().map(|n| n.as_slice());
+    match &doc.nonce_proof {
+        // Batched: our nonce must lead, by its audit path, to the root the report binds.
+        Some(proof) => {
+            let root = proof.root_for(want);
+            if root.is_none() || root.as_ref().map(|r| r.as_slice()) != got {
+                return Err(AttestationError::NonceMismatch {
+                    expected: format!("a batch containing {}", hex::encode(want)),
+                    found: format!(
+                        "an audit path (leaf {} of {}) that does not lead from it to the signed root {}",
+                        proof.index,
+                        proof.size,
+                        got.map(hex::encode).unwrap_or_else(|| "(none)".into())
+                    ),
+                });
             }
-            None => {
-                if got != Some(want) {
-                    return Err(AttestationError::NonceMismatch {
-                        expected: hex::encode(want),
-                        found: got.map(hex::encode).unwrap_or_else(|| "no nonce".into()),
-                    });
-                }
-                pass(rules, "nonce", "evidence is fresh for our nonce".into());
+            pass(
+                rules,
+                "nonce",
+                format!("evidence is fresh for our nonce (leaf {} of a batch of {})", proof.index, proof.size),
+            );
+        }
+        None => {
+            if got != Some(want) {
+                return Err(AttestationError::NonceMismatch {
+                    expected: hex::encode(want),
+                    found: got.map(hex::encode).unwrap_or_else(|| "no nonce".into()),
+                });
             }
+            pass(rules, "nonce", "evidence is fresh for our nonce".into());
         }
     }
+    Ok(())
+}
 
-    // 4. Policy: every rule is evaluated so that a refusal lists all it broke.
-    let gpu_checks = check_gpus(&doc, now, &endorsements.gpu_revocation);
-    // Only GPUs that pass every GPU check of the policy become verified facts.
-    if gpu_findings(policy, &gpu_checks).1.is_empty() {
-        a.gpus = gpu_checks.iter().filter_map(|c| c.outcome.clone().ok()).collect();
-    }
-    let rules = &mut a.rules;
-    rules.extend(policy_rules(policy, &claims, &hardware, nonce.is_some(), now, &gpu_checks));
+/// The first failed rule as the error, naming the others it broke.
+fn first_refusal(rules: &[RuleOutcome]) -> Result<(), AttestationError> {
     let failed: Vec<&RuleOutcome> = rules.iter().filter(|r| !r.passed).collect();
-    if let Some(first) = failed.first() {
-        let mut detail = first.detail.clone();
-        if failed.len() > 1 {
-            let others: Vec<&str> = failed[1..].iter().map(|r| r.rule).collect();
-            detail.push_str(&format!(" (also refused: {})", others.join(", ")));
-        }
-        return Err(AttestationError::Policy { rule: first.rule, detail });
+    let Some(first) = failed.first() else { return Ok(()) };
+    let mut detail = first.detail.clone();
+    if failed.len() > 1 {
+        let others: Vec<&str> = failed[1..].iter().map(|r| r.rule).collect();
+        detail.push_str(&format!(" (also refused: {})", others.join(", ")));
     }
-
-    // 5. Only now are the keys inside the claims trusted.
-    let key_configs = KeyConfig::decode_list(&claims.ohttp_keys).map_err(|e| AttestationError::Malformed {
-        platform: doc.platform,
-        reason: format!("claims ohttp_keys: {e}"),
-    })?;
-    Ok((key_configs, claims.receipt_key_bytes()))
-}
-
-/// The policy's rules over verified hardware fields and bound claims. Public so
-/// that policy decisions can be tested on real hardware reports.
-pub fn policy_rules(
-    policy: &Policy,
-    claims: &Claims,
-    hardware: &HardwareReport,
-    fresh: bool,
-    now: u64,
-    gpus: &[GpuCheck],
-) -> Vec<RuleOutcome> {
-    let mut rules = Vec::new();
-    let mut check = |rule: &'static str, result: Result<String, String>| match result {
-        Ok(detail) => rules.push(RuleOutcome { rule, passed: true, detail }),
-        Err(detail) => rules.push(RuleOutcome { rule, passed: false, detail }),
-    };
-    if policy.require_nonce {
-        check(
-            "require_nonce",
-            if fresh {
-                Ok("fresh evidence".into())
-            } else {
-                Err("cached evidence, the policy wants evidence for the verifier's nonce".into())
-            },
-        );
-    }
-    match hardware {
-        HardwareReport::Tdx(r) => {
-            check("debug", debug_rule(policy, r.debug(), "TD attributes have the DEBUG bit"));
-            check("reference_values", reference_rule(policy, claims, hardware));
-            check("tdx.allowed_tcb_statuses", {
-                if policy.tdx.allowed_tcb_statuses.contains(&r.tcb_status) {
-                    Ok(format!("{} is allowed", r.tcb_status))
-                } else {
-                    Err(format!("expected one of {:?}, found {}", policy.tdx.allowed_tcb_statuses, r.tcb_status))
-                }
-            });
-            if !policy.tdx.refused_advisories.is_empty() {
-                let hit: Vec<_> = r.advisory_ids.iter().filter(|a| policy.tdx.refused_advisories.contains(a)).collect();
-                check(
-                    "tdx.refused_advisories",
-                    if hit.is_empty() {
-                        Ok("none of the refused advisories apply".into())
-                    } else {
-                        Err(format!("the platform is affected by {hit:?}"))
-                    },
-                );
-            }
-            if let Some(min) = &policy.tdx.min_tee_tcb_svn {
-                let low: Vec<String> = r
-                    .tee_tcb_svn
-                    .iter()
-                    .zip(min)
-                    .enumerate()
-                    .filter(|(_, (have, want))| have < want)
-                    .map(|(i, (have, want))| format!("component {i}: {have} < {want}"))
-                    .collect();
-                check(
-                    "tdx.min_tee_tcb_svn",
-                    if low.is_empty() {
-                        Ok(format!("{} meets the minimum", hex::encode(r.tee_tcb_svn)))
-                    } else {
-                        Err(low.join(", "))
-                    },
-                );
-            }
-        }
-        HardwareReport::SevSnp(r) => {
-            check("debug", debug_rule(policy, r.debug(), "the guest policy allows debugging"));
-            check("reference_values", reference_rule(policy, claims, hardware));
-            let p = &policy.sev_snp;
-            if let Some(min) = &p.min_reported_tcb {
-                let low = r.reported_tcb.shortfalls(min);
-                check(
-                    "sev_snp.min_reported_tcb",
-                    if low.is_empty() {
-                        Ok(format!("{} meets {min}", r.reported_tcb))
-                    } else {
-                        Err(format!("reported TCB below the minimum: {}", low.join(", ")))
-                    },
-                );
-            }
-            check(
-                "sev_snp.min_guest_svn",
-                if r.guest_svn >= p.min_guest_svn {
-                    Ok(format!("{} >= {}", r.guest_svn, p.min_guest_svn))
-                } else {
-                    Err(format!("expected at least {}, found {}", p.min_guest_svn, r.guest_svn))
-                },
-            );
-            check(
-                "sev_snp.allow_migration_agent",
-                if !r.policy.migrate_ma_allowed || p.allow_migration_agent {
-                    Ok(format!("migration agent allowed: {}", r.policy.migrate_ma_allowed))
-                } else {
-                    Err("the guest policy allows a migration agent (MIGRATE_MA); the policy refuses it".into())
-                },
-            );
-            check(
-                "sev_snp.allow_smt",
-                if !r.policy.smt_allowed || p.allow_smt {
-                    Ok(format!("SMT allowed: {}", r.policy.smt_allowed))
-                } else {
-                    Err("the guest policy allows SMT; the policy refuses it".into())
-                },
-            );
-            check(
-                "sev_snp.max_vmpl",
-                if r.vmpl <= p.max_vmpl {
-                    Ok(format!("VMPL {} <= {}", r.vmpl, p.max_vmpl))
-                } else {
-                    Err(format!("expected VMPL at most {}, found {}", p.max_vmpl, r.vmpl))
-                },
-            );
-        }
-        HardwareReport::Simulated => {}
-    }
-    if let Some(want) = &policy.required_model_digest {
-        let got = claims.model.as_ref().map(|m| hex::encode(&m.digest));
-        check(
-            "required_model_digest",
-            if got.as_deref() == Some(want.to_ascii_lowercase().as_str()) {
-                Ok(want.clone())
-            } else {
-                Err(format!("expected {want}, found {}", got.unwrap_or_else(|| "no model".into())))
-            },
-        );
-    }
-    if !policy.allowed_config_digests.is_empty() {
-        let got = hex::encode(&claims.config_digest);
-        check(
-            "allowed_config_digests",
-            if policy.allowed_config_digests.iter().any(|d| d.eq_ignore_ascii_case(&got)) {
-                Ok(got)
-            } else {
-                Err(format!("expected one of {:?}, found {got}", policy.allowed_config_digests))
-            },
-        );
-    }
-    if let Some(max) = policy.max_evidence_age_secs {
-        let age = now.saturating_sub(claims.issued_at);
-        check(
-            "max_evidence_age_secs",
-            if age <= max {
-                Ok(format!("issued {age} s ago (max {max} s)"))
-            } else {
-                Err(format!("claims issued {age} s ago, the policy allows at most {max} s"))
-            },
-        );
-    }
-    if let Some(result) = gpu_rule(policy, gpus) {
-        check("gpu", result);
-    }
-    rules
-}
-
-fn debug_rule(policy: &Policy, debug: bool, what: &str) -> Result<String, String> {
-    match (debug, policy.development) {
-        (false, _) => Ok("not a debug guest".into()),
-        (true, true) => Ok(format!("{what}; accepted by a development policy")),
-        (true, false) => {
-            Err(format!("{what}: the host can read the guest's memory; only a development policy accepts it"))
-        }
-    }
-}
-
-/// The evidence must match one whole set of reference values for its platform.
-fn reference_rule(policy: &Policy, claims: &Claims, hardware: &HardwareReport) -> Result<String, String> {
-    let applies = |r: &ReferenceValues| match hardware {
-        HardwareReport::Tdx(_) => r.tdx.is_some(),
-        HardwareReport::SevSnp(_) => r.sev_snp.is_some(),
-        HardwareReport::Simulated => false,
-    };
-    let sets: Vec<(usize, &ReferenceValues)> =
-        policy.reference_values.iter().enumerate().filter(|(_, r)| applies(r)).collect();
-    if sets.is_empty() {
-        return if policy.allow_any_measurement {
-            Ok("NOT CHECKED: the policy has no reference values for this platform and allows any measurement".into())
-        } else {
-            Err("the policy has no reference values for this platform: add the output of `make measure` \
-                 (--reference-values FILE) or, to inspect only, allow_any_measurement"
-                .into())
-        };
-    }
-    let mut misses = Vec::new();
-    for (i, set) in sets {
-        let miss = set_mismatch(set, claims, hardware);
-        match miss {
-            None => return Ok(format!("matches {}", set.label(i))),
-            Some(m) => misses.push(format!("{}: {m}", set.label(i))),
-        }
-    }
-    Err(misses.join("; "))
-}
-
-fn set_mismatch(set: &ReferenceValues, claims: &Claims, hardware: &HardwareReport) -> Option<String> {
-    let fields: Vec<Option<String>> = match hardware {
-        HardwareReport::Tdx(r) => {
-            let t = set.tdx.as_ref()?;
-            vec![
-                mismatch("tdx.mrtd", &t.mrtd, &r.mrtd),
-                mismatch("tdx.rtmr0", &t.rtmr0, &r.rtmr0),
-                mismatch("tdx.rtmr1", &t.rtmr1, &r.rtmr1),
-                mismatch("tdx.rtmr2", &t.rtmr2, &r.rtmr2),
-                mismatch("tdx.rtmr3", &t.rtmr3, &r.rtmr3),
-                mismatch("tdx.mr_config_id", &t.mr_config_id, &r.mr_config_id),
-                mismatch("tdx.mr_owner", &t.mr_owner, &r.mr_owner),
-                mismatch("tdx.mr_owner_config", &t.mr_owner_config, &r.mr_owner_config),
-            ]
-        }
-        HardwareReport::SevSnp(r) => {
-            let s = set.sev_snp.as_ref()?;
-            vec![
-                mismatch("sev_snp.measurement", &s.measurement, &r.measurement),
-                mismatch("sev_snp.host_data", &s.host_data, &r.host_data),
-                mismatch("sev_snp.id_key_digest", &s.id_key_digest, &r.id_key_digest),
-            ]
-        }
-        HardwareReport::Simulated => return Some("simulated evidence has no measurements".into()),
-    };
-    let mut all = fields;
-    all.push(mismatch("config_digest", &set.config_digest, &claims.config_digest));
-    let misses: Vec<String> = all.into_iter().flatten().collect();
-    (!misses.is_empty()).then(|| misses.join(", "))
-}
-
-/// One GPU entry of an evidence document, verified (or not) against the
-/// nonce derived from this document's report data.
-#[derive(Debug, Clone)]
-pub struct GpuCheck {
-    /// The CC mode the worker declared (`on`, `off`, `devtools`).
-    pub cc_mode: String,
-    pub outcome: Result<VerifiedGpu, GpuError>,
-    /// Each checked certificate's revocation status (empty unless the report verified).
-    pub revocation: Vec<crate::revocation::CertRevocation>,
-}
-
-/// Verifies every GPU entry of `doc`. Each report must have been requested
-/// with `gpu_nonce(claims, nonce)` of this very document, so GPU evidence
-/// taken from another VM's (or another verifier's) evidence is refused.
-pub fn check_gpus(
-    doc: &EvidenceDocument,
-    now: u64,
-    revocation: &crate::revocation::RevocationCollateral,
-) -> Vec<GpuCheck> {
-    let expected = gpu_nonce(&doc.claims, doc.nonce.as_deref().map(|n| n.as_slice()));
-    doc.gpu
-        .iter()
-        .flatten()
-        .map(|g| {
-            let chain: Vec<Vec<u8>> = g.certificate_chain.iter().map(|c| c.to_vec()).collect();
-            let outcome = verify_gpu_report(&g.attestation_report, &chain, &expected, now);
-            let revocation = match &outcome {
-                Ok(_) => crate::nvidia::chain_revocation(&chain, revocation, now).unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
-            GpuCheck { cc_mode: g.cc_mode.clone(), outcome, revocation }
-        })
-        .collect()
-}
-
-/// Problems with a verified GPU's revocation status under `policy`, and a
-/// note on what was checked.
-fn revocation_findings(
-    policy: crate::revocation::RevocationPolicy,
-    statuses: &[crate::revocation::CertRevocation],
-) -> (Vec<String>, String) {
-    use crate::revocation::{RevocationPolicy, Status};
-    if policy == RevocationPolicy::Skip {
-        return (Vec::new(), "revocation not checked (skip)".into());
-    }
-    let mut problems = Vec::new();
-    let mut good = 0;
-    for s in statuses {
-        match &s.status {
-            Status::Good(_) => good += 1,
-            Status::Revoked(why) => problems.push(format!("certificate {} is revoked: {why}", s.certificate)),
-            Status::Unknown(why) if policy == RevocationPolicy::Require => {
-                problems.push(format!("the policy requires revocation status; {}: {why}", s.certificate))
-            }
-            Status::Unknown(_) => {}
-        }
-    }
-    let note = if good == statuses.len() {
-        format!("revocation checked for {good} certificates")
-    } else {
-        format!("revocation checked for {good} of {} certificates (NOT for the rest: no collateral)", statuses.len())
-    };
-    (problems, note)
-}
-
-/// Dotted version strings compared number by number (`550.90.07` < `570.124.03`).
-fn version_at_least(found: &str, min: &str) -> bool {
-    let parse = |v: &str| v.split('.').map(|p| p.trim().parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
-    parse(found) >= parse(min)
-}
-
-fn gpu_rule(policy: &Policy, gpus: &[GpuCheck]) -> Option<Result<String, String>> {
-    let p = &policy.gpu;
-    if gpus.is_empty() {
-        return p
-            .required
-            .then(|| Err("the policy requires GPU confidential-computing evidence; the worker sent none".into()));
-    }
-    let (verified, problems) = gpu_findings(policy, gpus);
-    match (problems.is_empty(), p.required) {
-        (true, _) => Some(Ok(format!("{} GPU(s) verified: {}", verified.len(), verified.join("; ")))),
-        (false, true) => Some(Err(problems.join("; "))),
-        (false, false) => {
-            Some(Ok(format!("not required; GPU evidence present but NOT trusted: {}", problems.join("; "))))
-        }
-    }
-}
-
-/// Each GPU checked against the policy: what passed, and every problem.
-fn gpu_findings(policy: &Policy, gpus: &[GpuCheck]) -> (Vec<String>, Vec<String>) {
-    let p = &policy.gpu;
-    let mut verified = Vec::new();
-    let mut problems = Vec::new();
-    for (i, g) in gpus.iter().enumerate() {
-        match &g.outcome {
-            Err(e) => problems.push(format!("GPU {i}: {e}")),
-            Ok(v) => {
-                let arch = v.architecture.to_string();
-                if !p.allowed_architectures.is_empty()
-                    && !p.allowed_architectures.iter().any(|a| a.eq_ignore_ascii_case(&arch))
-                {
-                    problems.push(format!(
-                        "GPU {i}: architecture {arch}, the policy allows {}",
-                        p.allowed_architectures.join(", ")
-                    ));
-                }
-                if !p.allowed_chips.is_empty() && !p.allowed_chips.iter().any(|c| c.eq_ignore_ascii_case(&v.chip)) {
-                    problems.push(format!(
-                        "GPU {i}: chip {}, the policy allows {}",
-                        v.chip,
-                        p.allowed_chips.join(", ")
-                    ));
-                }
-                if p.require_cc_mode && g.cc_mode != "on" {
-                    problems.push(format!("GPU {i}: CC mode {:?}, the policy requires \"on\"", g.cc_mode));
-                }
-                let driver = v.driver_version.as_deref().unwrap_or("unknown");
-                if let Some(min) = &p.min_driver_version
-                    && !version_at_least(driver, min)
-                {
-                    problems.push(format!("GPU {i}: driver {driver}, the policy requires at least {min}"));
-                }
-                let vbios = v.vbios_version.as_deref().unwrap_or("unknown");
-                if !p.allowed_vbios_versions.is_empty() && !p.allowed_vbios_versions.iter().any(|a| a == vbios) {
-                    problems.push(format!(
-                        "GPU {i}: VBIOS {vbios}, the policy allows {}",
-                        p.allowed_vbios_versions.join(", ")
-                    ));
-                }
-                let measurements = if !p.reference_values.is_empty() {
-                    match crate::gpu_reference::compare(&p.reference_values, v) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            problems.push(format!("GPU {i}: {e}"));
-                            String::new()
-                        }
-                    }
-                } else if p.allow_any_measurement {
-                    "measurements NOT compared (allow_any_measurement)".into()
-                } else {
-                    problems.push(format!(
-                        "GPU {i}: the policy has no GPU reference values to compare the measurements with \
-                         (add `cocoon measure-gpu` output to gpu.reference_value_files, or set gpu.allow_any_measurement)"
-                    ));
-                    String::new()
-                };
-                let (revocation_problems, revocation) = revocation_findings(p.revocation, &g.revocation);
-                problems.extend(revocation_problems.into_iter().map(|r| format!("GPU {i}: {r}")));
-                verified.push(format!(
-                    "{} ({}), driver {driver}, VBIOS {vbios}, {measurements}, {revocation}",
-                    v.architecture, v.attestation_key
-                ));
-            }
-        }
-    }
-    (verified, problems)
+    Err(AttestationError::Policy { rule: first.rule, detail })
 }
 
 #[cfg(test)]
@@ -777,8 +430,10 @@ mod tests {
     use cocoon_protocol::ohttp::GatewayKey;
     use cocoon_protocol::{ModelClaim, Platform};
 
+    use super::gpu_checks::{gpu_rule, revocation_findings};
     use super::*;
     use crate::EvidenceProducer;
+    use crate::nvidia::verify_gpu_report;
     use crate::simulated::SimulatedProducer;
 
     const ISSUED: u64 = 1_800_000_000;
