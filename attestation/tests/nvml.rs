@@ -4,6 +4,8 @@
 //! boundary intact, the GPUs are verified before they are declared ready,
 //! and a machine without the library or not in CC mode is told apart.
 
+#![allow(unsafe_code)] // setting the environment the producer reads
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -3,6 +3,8 @@
 //! that answers with a report of whatever `inblob` holds and bumps
 //! `generation` the way the kernel does (including for a second writer).
 
+#![allow(unsafe_code)] // mkfifo
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,7 +41,9 @@ fn fake_kernel(provider: &str, writes_per_request: u64, races: u32, aux: Option<
     }
     let outblob = entry.join("outblob");
     let c = std::ffi::CString::new(outblob.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU32::new(0));
     let (e, s, n) = (entry.clone(), stop.clone(), served.clone());

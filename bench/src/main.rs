@@ -228,6 +228,7 @@ fn candle_mode(path: &Path, ids: &[u32], france: &[u32], dequantize: bool) -> an
 }
 
 #[cfg(feature = "candle")]
+#[allow(unsafe_code)] // set_var before candle's threads read it
 fn candle(path: &Path, ids: &[u32], france: &[u32], codec: &TextCodec) -> anyhow::Result<Vec<Measured>> {
     let mut rows = Vec::new();
     for dequantize in [true, false] {

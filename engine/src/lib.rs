@@ -10,14 +10,17 @@ use serde::{Deserialize, Serialize};
 
 pub use cocoon_protocol::price::{BudgetError, CostCap};
 
+#[allow(unsafe_code)] // AVX2 kernels
 pub mod attention;
 pub mod config;
 mod cpu;
 pub mod gguf;
+#[allow(unsafe_code)] // AVX2 kernels
 pub mod host_ops;
 pub mod kv_pool;
 pub mod loader;
 pub mod model;
+#[allow(unsafe_code)] // AVX2 and AVX-512 kernels, gemm, disjoint writes from rayon tasks
 pub mod quant;
 pub mod sampling;
 pub mod scheduler;

@@ -5,6 +5,8 @@
 //! is printed on the console and the VM powers off: a worker that cannot
 //! prove what it serves does not serve.
 
+#![allow(unsafe_code)] // PID 1: mount, finit_module and reboot are system calls
+
 mod cmdline;
 
 use std::ffi::CString;

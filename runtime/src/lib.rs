@@ -4,6 +4,7 @@
 //! enough file descriptors for thousands of clients, the clock, and the log.
 
 pub mod drain;
+#[allow(unsafe_code)] // malloc_trim and sysconf
 pub mod memory;
 pub mod pump;
 pub mod serve;
@@ -78,6 +79,7 @@ pub async fn shutdown_signal() {
 /// servers are built for. The soft limit goes to the hard limit; a process
 /// allowed to (root) raises both to at least `WANTED_FDS`. Returns the new
 /// soft limit.
+#[allow(unsafe_code)] // getrlimit and setrlimit
 pub fn raise_fd_limit() -> u64 {
     const WANTED_FDS: libc::rlim_t = 65_536;
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

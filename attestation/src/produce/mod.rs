@@ -7,10 +7,12 @@ pub mod configfs_tsm;
 #[cfg(feature = "hardware")]
 pub mod detect;
 #[cfg(feature = "hardware")]
+#[allow(unsafe_code)] // NVML is a C library, loaded at run time
 pub mod nvml;
 #[cfg(feature = "hardware")]
 pub mod sev_guest;
 #[cfg(feature = "hardware")]
+#[allow(unsafe_code)] // the TDX guest device's ioctl
 pub mod tdx_guest;
 
 use serde_bytes::ByteBuf;

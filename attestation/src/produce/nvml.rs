@@ -193,8 +193,10 @@ impl Nvml {
     /// Evidence from every GPU for `nonce`.
     pub fn evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError> {
         let cc_mode = self.cc_mode()?;
-        // SAFETY (closure): the buffer and its length come from `text`.
-        let driver = self.text("driver version", |b, n| unsafe { (self.api.driver_version)(b, n) })?;
+        let driver = self.text("driver version", |b, n| {
+            // SAFETY: NVML writes at most `n` bytes to `b`, the buffer and length `text` passes.
+            unsafe { (self.api.driver_version)(b, n) }
+        })?;
         let mut out = Vec::new();
         for i in 0..self.gpu_count()? {
             let device = self.device(i)?;
@@ -226,9 +228,10 @@ impl Nvml {
             }
             let chain = crate::nvidia::chain_from_pem(&certificate.attestation_cert_chain[..chain_size])
                 .map_err(|e| fail(&format!("GPU {i} certificates"), e))?;
-            // SAFETY (closure): the buffer and its length come from `text`.
-            let vbios =
-                self.text(&format!("GPU {i} VBIOS version"), |b, n| unsafe { (self.api.vbios_version)(device, b, n) })?;
+            let vbios = self.text(&format!("GPU {i} VBIOS version"), |b, n| {
+                // SAFETY: NVML writes at most `n` bytes to `b`, the buffer and length `text` passes.
+                unsafe { (self.api.vbios_version)(device, b, n) }
+            })?;
             let mut arch: c_uint = 0;
             // SAFETY: writes one unsigned int.
             self.check(&format!("GPU {i} architecture"), unsafe { (self.api.architecture)(device, &mut arch) })?;
