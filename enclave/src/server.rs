@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use cocoon_engine::Completion;
 use cocoon_protocol::bhttp_msg::{InnerRequest, InnerResponse, StreamingResponseEncoder};
 use cocoon_protocol::media::media_is;
-use cocoon_protocol::ohttp::{ChunkedResponseSealer, encapsulated_key};
+use cocoon_protocol::ohttp::{ChunkedResponseSealer, OhttpError, ResponseSealer, encapsulated_key};
 use cocoon_protocol::proxy_api::{ApiError, ErrorCode};
 use cocoon_protocol::{NanoTon, Receipt, limits, media};
 
@@ -191,9 +191,16 @@ async fn ohttp(state: Arc<EnclaveState>, req: Request<Incoming>) -> Response<Bod
         return replay_refused(&state, ReplayError::Replayed);
     }
 
+    let request = Sealed { enc, outer_cap, request_hash };
     match framing {
-        Framing::Chunked => chunked_exchange(state, &sealed, enc, outer_cap, request_hash).await,
-        Framing::Whole => whole_exchange(state, &sealed, enc, outer_cap, request_hash).await,
+        Framing::Chunked => match answer(&state, state.gateway.open_chunked_request(&sealed), &request).await {
+            Ok((sealer, reply, billed)) => chunked_response(state, sealer, reply, billed),
+            Err(refusal) => refusal,
+        },
+        Framing::Whole => match answer(&state, state.gateway.open_request(&sealed), &request).await {
+            Ok((sealer, reply, billed)) => whole_response(&state, sealer, reply, billed).await,
+            Err(refusal) => refusal,
+        },
     }
 }
 
@@ -206,41 +213,35 @@ enum Framing {
     Chunked,
 }
 
-async fn chunked_exchange(
-    state: Arc<EnclaveState>,
-    sealed: &[u8],
-    enc: &[u8],
+/// What the enclave knows of a sealed request before opening it.
+struct Sealed<'a> {
+    /// Its encapsulated key, which the replay guard records.
+    enc: &'a [u8],
+    /// The proxy's cap, in clear.
     outer_cap: Option<NanoTon>,
     request_hash: [u8; 32],
-) -> Response<Body> {
-    let (inner, sealer) = match state.gateway.open_chunked_request(sealed) {
-        Ok(v) => v,
-        Err(e) => return refused(e),
-    };
-    let inner = match admitted(&state, enc, &inner) {
-        Ok(r) => r,
-        Err(e) => return replay_refused(&state, e),
-    };
-    let (reply, cap) = inner_reply(&state, inner, outer_cap).await;
-    chunked_response(state, sealer, reply, Billed { request_hash, cap })
 }
 
-async fn whole_exchange(
-    state: Arc<EnclaveState>,
-    sealed: &[u8],
-    enc: &[u8],
-    outer_cap: Option<NanoTon>,
-    request_hash: [u8; 32],
+/// The opened request past the replay guard, answered under the smaller
+/// cap; or the refusal, in clear.
+async fn answer<S>(
+    state: &EnclaveState,
+    opened: Result<(Vec<u8>, S), OhttpError>,
+    request: &Sealed<'_>,
+) -> Result<(S, ApiReply, Billed), Response<Body>> {
+    let (inner, sealer) = opened.map_err(refused)?;
+    let inner = admitted(state, request.enc, &inner).map_err(|e| replay_refused(state, e))?;
+    let (reply, cap) = inner_reply(state, inner, request.outer_cap).await;
+    Ok((sealer, reply, Billed { request_hash: request.request_hash, cap }))
+}
+
+/// The whole answer sealed as one response, the receipt in a header.
+async fn whole_response(
+    state: &EnclaveState,
+    sealer: ResponseSealer,
+    reply: ApiReply,
+    billed: Billed,
 ) -> Response<Body> {
-    let (inner, sealer) = match state.gateway.open_request(sealed) {
-        Ok(v) => v,
-        Err(e) => return refused(e),
-    };
-    let inner = match admitted(&state, enc, &inner) {
-        Ok(r) => r,
-        Err(e) => return replay_refused(&state, e),
-    };
-    let (reply, cap) = inner_reply(&state, inner, outer_cap).await;
     let Collected { status, content_type, body, completion } = collect(reply).await;
     let response = InnerResponse { status, headers: vec![("content-type".into(), content_type.into())], body };
     let sealed_response = match sealer.seal(&response.encode()) {
@@ -249,7 +250,7 @@ async fn whole_exchange(
     };
     let mut resp = full(StatusCode::OK, media::OHTTP_RESPONSE, sealed_response);
     if let Some(c) = completion {
-        let receipt = receipt_value(&state, &Billed { request_hash, cap }, &c);
+        let receipt = receipt_value(state, &billed, &c);
         resp.headers_mut().insert(media::RECEIPT_HEADER, receipt);
     }
     resp
@@ -258,7 +259,7 @@ async fn whole_exchange(
 /// A request that cannot be opened gets a 400 in clear: there is no key to
 /// seal with. Its code tells the proxy to re-attest (perhaps the request was
 /// sealed to keys this enclave no longer has).
-fn refused(e: cocoon_protocol::ohttp::OhttpError) -> Response<Body> {
+fn refused(e: OhttpError) -> Response<Body> {
     info!("refused a sealed request: {e}");
     refusal(StatusCode::BAD_REQUEST, ErrorCode::CannotOpen, format!("cannot open the sealed request: {e}"))
 }

@@ -207,6 +207,40 @@ fn wallet_key(dir: &std::path::Path, name: &str, seed: u8) -> (std::path::PathBu
     (key_file(dir, name, seed), cocoon_ton::wallet::address_of(&public).unwrap())
 }
 
+/// The three parties of paid requests on a fresh local chain (started with
+/// `chain_args`): client, proxy and worker keys (seeds `seed`, `seed + 1`,
+/// `seed + 2`) and their wallets, funded with 5, `proxy_tons` and 1 TON.
+struct Parties {
+    _local: LocalChain,
+    api: String,
+    chain: cocoon_ton::toncenter::Toncenter,
+    dir: std::path::PathBuf,
+    client: (std::path::PathBuf, cocoon_ton::TonAddress),
+    proxy: (std::path::PathBuf, cocoon_ton::TonAddress),
+    worker: (std::path::PathBuf, cocoon_ton::TonAddress),
+}
+
+async fn parties(name: &str, chain_args: &[&str], seed: u8, proxy_tons: u64) -> Parties {
+    let local = start_local_chain_with(chain_args);
+    let api = local.1.clone();
+    let chain = cocoon_ton::toncenter::Toncenter::new(&api, None).unwrap();
+    let dir = temp_dir(name);
+    let client = wallet_key(&dir, "client.key", seed);
+    let proxy = wallet_key(&dir, "proxy.key", seed + 1);
+    let worker = wallet_key(&dir, "worker.key", seed + 2);
+    for (w, amount) in [(&client.1, 5 * TON), (&proxy.1, proxy_tons * TON), (&worker.1, TON)] {
+        chain.local("airdrop", json!({ "address": w.to_hex(), "amount": amount.to_string() })).await.unwrap();
+    }
+    Parties { _local: local, api, chain, dir, client, proxy, worker }
+}
+
+/// `cocoon channel claim`, which must fail: its error output.
+fn refused_claim(api: &str, channel: &std::path::Path, voucher: &std::path::Path, key: &std::path::Path) -> String {
+    let out = cocoon_cmd(api, &["channel", "claim"]).arg(channel).arg(voucher).arg("--key").arg(key).output().unwrap();
+    assert!(!out.status.success(), "the claim went through: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn run_ok(cmd: &mut std::process::Command) -> String {
     let out = cmd.output().unwrap();
     assert!(
@@ -275,16 +309,9 @@ fn paid_worker(dir: &std::path::Path, name: &str, payout: &cocoon_ton::TonAddres
 /// worker is owed only what its clients paid for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_colluding_with_fresh_keys_cannot_drain_the_proxy() {
-    let local = start_local_chain();
-    let api = local.1.clone();
-    let chain = cocoon_ton::toncenter::Toncenter::new(&api, None).unwrap();
-    let dir = temp_dir("adv-collusion");
-    let (client_key_file, client_wallet) = wallet_key(&dir, "client.key", 31);
-    let (proxy_key, proxy_wallet) = wallet_key(&dir, "proxy.key", 32);
-    let (worker_key, worker_wallet) = wallet_key(&dir, "worker.key", 33);
-    for (w, amount) in [(&client_wallet, 5 * TON), (&proxy_wallet, 20 * TON), (&worker_wallet, TON)] {
-        chain.local("airdrop", json!({ "address": w.to_hex(), "amount": amount.to_string() })).await.unwrap();
-    }
+    let Parties { _local, api, chain, dir, client, proxy, worker } = parties("adv-collusion", &[], 31, 20).await;
+    let ((client_key_file, client_wallet), (proxy_key, proxy_wallet), (worker_key, worker_wallet)) =
+        (client, proxy, worker);
     let balance = |a: cocoon_ton::TonAddress| {
         let chain = chain.clone();
         async move { chain.account(&a).await.unwrap().balance }
@@ -552,15 +579,8 @@ async fn a_voucher_pays_on_one_network_and_one_channel_instance_only() {
     let channel = m.3.params().unwrap().address().unwrap();
 
     // On testnet: the tool refuses to send it, and the contract refuses it when sent anyway.
-    let out = cocoon_cmd(&t.0, &["channel", "claim"])
-        .arg(&t.2)
-        .arg(&voucher_file)
-        .arg("--key")
-        .arg(&payee_key)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("network -3"), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = refused_claim(&t.0, &t.2, &voucher_file, &payee_key);
+    assert!(refused.contains("network -3"), "{refused}");
     raw_claim(&t.1, &payee, &channel, &signed).await;
     let state = cocoon_ton::actions::channel_state(&t.1, &t.3.params().unwrap()).await.unwrap().unwrap();
     assert_eq!(state.claimed, 0, "testnet's channel paid nothing for mainnet's voucher");
@@ -584,15 +604,8 @@ async fn a_voucher_pays_on_one_network_and_one_channel_instance_only() {
     let redeployed = cocoon_ton::actions::channel_state(ton, &params).await.unwrap().unwrap();
     assert_eq!((redeployed.claimed, redeployed.closed), (0, false));
     assert_ne!(redeployed.instance, m.3.binding.unwrap().instance, "a new instance");
-    let out = cocoon_cmd(&m.0, &["channel", "claim"])
-        .arg(&again)
-        .arg(&voucher_file)
-        .arg("--key")
-        .arg(&payee_key)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("instance"), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = refused_claim(&m.0, &again, &voucher_file, &payee_key);
+    assert!(refused.contains("instance"), "{refused}");
     raw_claim(ton, &payee, &channel, &signed).await;
     let state = cocoon_ton::actions::channel_state(ton, &params).await.unwrap().unwrap();
     assert_eq!(state.claimed, 0, "the redeployed channel paid nothing for the old voucher");
@@ -612,16 +625,8 @@ async fn a_voucher_pays_on_one_network_and_one_channel_instance_only() {
 /// `cocoon payouts --watch` claims everything vouched once a close is asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_claims_everything_vouched_as_soon_as_its_channel_is_closing() {
-    let local = start_local_chain();
-    let api = local.1.clone();
-    let chain = cocoon_ton::toncenter::Toncenter::new(&api, None).unwrap();
-    let dir = temp_dir("adv-close");
-    let (client_key_file, client_wallet) = wallet_key(&dir, "client.key", 51);
-    let (proxy_key, proxy_wallet) = wallet_key(&dir, "proxy.key", 52);
-    let (worker_key, worker_wallet) = wallet_key(&dir, "worker.key", 53);
-    for (w, amount) in [(&client_wallet, 5 * TON), (&proxy_wallet, 20 * TON), (&worker_wallet, TON)] {
-        chain.local("airdrop", json!({ "address": w.to_hex(), "amount": amount.to_string() })).await.unwrap();
-    }
+    let Parties { _local, api, chain, dir, client, proxy, worker } = parties("adv-close", &[], 51, 20).await;
+    let ((client_key_file, _), (proxy_key, proxy_wallet), (worker_key, worker_wallet)) = (client, proxy, worker);
     let (_enclave, _host, worker_url) = paid_worker(&dir, "worker", &worker_wallet);
 
     // A proxy that would give its workers no time to claim does not start.
@@ -894,16 +899,9 @@ async fn the_registry_decides_which_workers_and_proxies_are_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn settlement_lands_within_the_window_during_a_flood_of_public_requests() {
     // toncenter's quota, emulated: 20 calls a second, then 429.
-    let local = start_local_chain_with(&["--rate-limit", "20"]);
-    let api = local.1.clone();
-    let chain = cocoon_ton::toncenter::Toncenter::new(&api, None).unwrap();
-    let dir = temp_dir("adv-flood");
-    let (client_key_file, client_wallet) = wallet_key(&dir, "client.key", 71);
-    let (proxy_key, proxy_wallet) = wallet_key(&dir, "proxy.key", 72);
-    let (_worker_key, worker_wallet) = wallet_key(&dir, "worker.key", 73);
-    for (w, amount) in [(&client_wallet, 5 * TON), (&proxy_wallet, 5 * TON), (&worker_wallet, TON)] {
-        chain.local("airdrop", json!({ "address": w.to_hex(), "amount": amount.to_string() })).await.unwrap();
-    }
+    let Parties { _local, api, chain, dir, client, proxy, worker } =
+        parties("adv-flood", &["--rate-limit", "20"], 71, 5).await;
+    let ((client_key_file, _), (proxy_key, proxy_wallet), (_worker_key, worker_wallet)) = (client, proxy, worker);
     let (_enclave, _host, worker_url) = paid_worker(&dir, "worker", &worker_wallet);
     let (_proxy, proxy) = ton_proxy(&dir, &proxy_key, &api, &[&worker_url], "");
     wait_admitted(&proxy, 1).await;

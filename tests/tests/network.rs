@@ -500,16 +500,7 @@ async fn a_proxy_killed_under_load_loses_no_acknowledged_charge_and_charges_none
     let urls: Vec<&str> = workers.iter().map(|w| w.url.as_str()).collect();
     let port = free_port();
     let proxy_args = |port: u16| {
-        let mut cmd = Command::new(workspace_bin("cocoon-proxy"));
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--ledger")
-            .arg(dir.join("ledger.sqlite"))
-            .arg("--account-key")
-            .arg(dir.join("proxy.key"))
-            .args(["--commission-ppm", &COMMISSION_PPM.to_string(), "--insecure-simulated", "--platform", "simulated"]);
-        for w in &urls {
-            cmd.args(["--worker", w]);
-        }
+        let mut cmd = proxy_command(&dir, port, &urls, &["--insecure-simulated", "--platform", "simulated"]);
         cmd.env("COCOON_LOG", "error").stdout(Stdio::null()).stderr(Stdio::null());
         cmd
     };

@@ -62,19 +62,26 @@ impl TestWorker {
     }
 }
 
-pub fn start_proxy(dir: &Path, workers: &[&str], extra: &[&str]) -> (Proc, String) {
-    let port = free_port();
+/// `cocoon-proxy serve` on `port` with its ledger and key in `dir`, the
+/// workers given, then `extra`; logs and output are the caller's to set.
+pub fn proxy_command(dir: &Path, port: u16, workers: &[&str], extra: &[&str]) -> Command {
     let mut cmd = Command::new(workspace_bin("cocoon-proxy"));
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--ledger")
         .arg(dir.join("ledger.sqlite"))
         .arg("--account-key")
         .arg(dir.join("proxy.key"))
-        .args(["--commission-ppm", &COMMISSION_PPM.to_string(), "--reattest-interval", "1"]);
+        .args(["--commission-ppm", &COMMISSION_PPM.to_string()]);
     for w in workers {
         cmd.args(["--worker", w]);
     }
-    let child = cmd
+    cmd.args(extra);
+    cmd
+}
+
+pub fn start_proxy(dir: &Path, workers: &[&str], extra: &[&str]) -> (Proc, String) {
+    let port = free_port();
+    let child = proxy_command(dir, port, workers, &["--reattest-interval", "1"])
         .args(extra)
         .env("COCOON_LOG", "warn")
         .stdout(Stdio::null())
