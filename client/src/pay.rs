@@ -132,11 +132,7 @@ async fn post(http: &HttpClient, proxy: &str, body: String) -> Result<VoucherAcc
         .to_bytes();
     if !status.is_success() {
         return Err(match ApiError::parse(&bytes) {
-            Some(e) => ClientError::Api {
-                status: status.as_u16(),
-                code: e.error.code.as_str().into(),
-                message: e.error.message,
-            },
+            Some(e) => ClientError::Api { status: status.as_u16(), code: e.error.code, message: e.error.message },
             None => ClientError::Status {
                 what: "the proxy's voucher endpoint",
                 status: status.as_u16(),

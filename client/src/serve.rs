@@ -226,12 +226,10 @@ impl Runner {
             .to_bytes();
         if !status.is_success() {
             return Err(match ApiError::parse(&bytes) {
-                Some(e) => {
-                    AppError { status: status.as_u16(), code: e.error.code.as_str().into(), message: e.error.message }
-                }
+                Some(e) => AppError { status: status.as_u16(), code: e.error.code, message: e.error.message },
                 None => AppError {
                     status: status.as_u16(),
-                    code: ErrorCode::WorkerUnavailable.as_str().into(),
+                    code: ErrorCode::WorkerUnavailable,
                     message: format!("the proxy refused to route (HTTP {status})"),
                 },
             });
@@ -244,7 +242,7 @@ impl Runner {
             .map_err(|_| AppError::upstream("route answer: evidence is not base64"))?;
         let route = Route::ViaProxy { proxy: proxy.to_string(), worker_id: id.to_string() };
         let refused =
-            |m: String| AppError { status: 502, code: "worker_refused".into(), message: format!("worker {id}: {m}") };
+            |m: String| AppError { status: 502, code: ErrorCode::WorkerRefused, message: format!("worker {id}: {m}") };
         // With a registry, the cache holds verdicts of its newest read only.
         let (listed, generation) = match &self.allowlist {
             Some(w) => (Some(w.current().map_err(|e| refused(e.to_string()))?), w.generation()),
@@ -276,7 +274,7 @@ impl Runner {
     async fn open_stream(&self, model: &str, inner: &InnerRequest, demand: &Demand) -> Result<Sent, AppError> {
         self.check_proxy_listed().map_err(|e| AppError {
             status: 503,
-            code: "proxy_not_listed".into(),
+            code: ErrorCode::ProxyNotListed,
             message: format!("the registry no longer allows this proxy: {e}"),
         })?;
         let mut exclude: Vec<String> = Vec::new();
@@ -293,10 +291,7 @@ impl Runner {
                     Ok(w) => w,
                     // Every worker is busy (or the ones left were excluded): nothing was
                     // sent yet, so wait a little for capacity instead of failing the app.
-                    Err(e)
-                        if e.code == ErrorCode::NoWorkerAvailable.as_str()
-                            && tokio::time::Instant::now() < busy_until =>
-                    {
+                    Err(e) if e.code == ErrorCode::NoWorkerAvailable && tokio::time::Instant::now() < busy_until => {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
                         exclude.clear();
@@ -338,7 +333,7 @@ impl Runner {
         }
         Err(AppError {
             status: 503,
-            code: "no_worker_available".into(),
+            code: ErrorCode::NoWorkerAvailable,
             message: format!("{MAX_ATTEMPTS} workers failed; last: {}", last.unwrap_or_default()),
         })
     }
@@ -393,42 +388,42 @@ impl Demand {
 #[derive(Debug)]
 pub struct AppError {
     status: u16,
-    code: String,
+    code: ErrorCode,
     message: String,
 }
 
 impl AppError {
     fn upstream(message: impl std::fmt::Display) -> Self {
-        AppError { status: 502, code: "upstream_error".into(), message: message.to_string() }
+        AppError { status: 502, code: ErrorCode::UpstreamError, message: message.to_string() }
     }
 
     fn invalid(message: impl Into<String>) -> Self {
-        AppError { status: 400, code: "invalid_request".into(), message: message.into() }
+        AppError { status: 400, code: ErrorCode::InvalidRequest, message: message.into() }
     }
 
     fn from_client(e: ClientError) -> Self {
         match &e {
             ClientError::Status { status, body, .. } => match ApiError::parse(body.as_bytes()) {
-                Some(e) => AppError { status: *status, code: e.error.code.as_str().into(), message: e.error.message },
-                None => AppError { status: *status, code: "upstream_error".into(), message: body.clone() },
+                Some(e) => AppError { status: *status, code: e.error.code, message: e.error.message },
+                None => AppError { status: *status, code: ErrorCode::UpstreamError, message: body.clone() },
             },
             ClientError::Api { status, code, message } => {
-                AppError { status: *status, code: code.clone(), message: message.clone() }
+                AppError { status: *status, code: *code, message: message.clone() }
             }
-            _ => AppError { status: 502, code: "upstream_error".into(), message: e.to_string() },
+            _ => AppError { status: 502, code: ErrorCode::UpstreamError, message: e.to_string() },
         }
     }
 
-    fn body(&self) -> Value {
+    fn body(&self) -> ApiError {
         let kind = if self.status < 500 { "invalid_request_error" } else { "server_error" };
-        json!({"error": {"message": self.message, "type": kind, "param": null, "code": self.code}})
+        ApiError::new(kind, self.code, self.message.clone())
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        (status, [(header::CONTENT_TYPE, "application/json")], self.body().to_string()).into_response()
+        (status, [(header::CONTENT_TYPE, "application/json")], self.body().to_bytes()).into_response()
     }
 }
 
@@ -514,7 +509,7 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         .await
         .map_err(|_| AppError {
             status: 413,
-            code: "body_too_large".into(),
+            code: ErrorCode::BodyTooLarge,
             message: format!("expected at most {MAX_APP_BODY} bytes"),
         })?
         .to_bytes();
@@ -621,7 +616,7 @@ impl Billing {
     /// with the usage inside the seal, and that the proxy charged what the
     /// attested prices and its commission make.
     fn check(&self, stream: &ResponseStream, worker: &Worker, usage: &Value) -> Result<Cost, AppError> {
-        let bad = |m: String| AppError { status: 502, code: "receipt_invalid".into(), message: m };
+        let bad = |m: String| AppError { status: 502, code: ErrorCode::InvalidReceipt, message: m };
         let receipt = stream
             .receipt()
             .map_err(|e| bad(e.to_string()))?
@@ -647,7 +642,7 @@ impl Billing {
             if charged != Some(charge.0) {
                 return Err(AppError {
                     status: 502,
-                    code: "charge_mismatch".into(),
+                    code: ErrorCode::ChargeMismatch,
                     message: format!(
                         "the proxy charged {charged:?} nanoTON; the receipt at the attested prices and commission makes {}",
                         charge.0
@@ -677,7 +672,8 @@ async fn relay_stream(
     let mut parser = SseParser::default();
     let mut usage_chunk: Option<Value> = None;
     let fail = |message: String| {
-        sse(&json!({"error": {"message": message, "type": "server_error", "param": null, "code": "stream_failed"}}))
+        sse(&serde_json::to_value(ApiError::new("server_error", ErrorCode::StreamFailed, message))
+            .expect("JSON encodes"))
     };
     loop {
         let event = match stream.next_event().await {
@@ -725,7 +721,7 @@ async fn relay_stream(
         }
         Err(e) => {
             warn!("{}", e.message);
-            let _ = tx.send(Ok(sse(&e.body()))).await;
+            let _ = tx.send(Ok(sse(&serde_json::to_value(e.body()).expect("JSON encodes")))).await;
         }
     }
 }

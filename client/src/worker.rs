@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use cocoon_attestation::{AttestationError, Policy, VerifiedWorker, assess};
 use cocoon_protocol::bhttp_msg::{BhttpError, InnerRequest, InnerResponse, ResponseEvent, StreamingResponseDecoder};
 use cocoon_protocol::ohttp::{ChunkedResponseOpener, ClientRequest, OhttpError};
-use cocoon_protocol::proxy_api::ApiError;
+use cocoon_protocol::proxy_api::{ApiError, ErrorCode};
 use cocoon_protocol::receipt::ReceiptError;
 use cocoon_protocol::{Receipt, VerifiedReceipt, limits, media};
 
@@ -37,7 +37,7 @@ pub enum ClientError {
     #[error("receipt: {0}")]
     Receipt(#[from] ReceiptError),
     #[error("{what} (HTTP {status}, {code}): {message}", what = describe_api_error(code))]
-    Api { status: u16, code: String, message: String },
+    Api { status: u16, code: ErrorCode, message: String },
     #[error("worker {worker} is unavailable ({message}); the proxy suggests {next}", next = next_worker.as_deref().unwrap_or("no other worker"))]
     Retryable { worker: String, message: String, next_worker: Option<String> },
     /// An answer that does not parse as what it must be.
@@ -264,15 +264,15 @@ impl Worker {
 }
 
 /// What an OpenAI error code from the worker means, in words.
-fn describe_api_error(code: &str) -> &'static str {
+fn describe_api_error(code: &ErrorCode) -> &'static str {
     match code {
-        "busy" => "the worker is busy; retry later or choose another worker",
-        "max_cost_exceeded" => "the answer would cost more than the maximum allowed",
-        "model_not_found" => "the worker does not serve this model",
-        "model_not_loaded" => "the worker has no model loaded",
-        "invalid_request" | "bad_message" => "the worker refused the request as invalid",
-        "not_found" | "method_not_allowed" => "the worker has no such endpoint",
-        "engine" => "the worker's engine failed",
+        ErrorCode::Busy => "the worker is busy; retry later or choose another worker",
+        ErrorCode::MaxCostExceeded => "the answer would cost more than the maximum allowed",
+        ErrorCode::ModelNotFound => "the worker does not serve this model",
+        ErrorCode::ModelNotLoaded => "the worker has no model loaded",
+        ErrorCode::InvalidRequest | ErrorCode::BadMessage => "the worker refused the request as invalid",
+        ErrorCode::NotFound | ErrorCode::MethodNotAllowed => "the worker has no such endpoint",
+        ErrorCode::EngineFailed => "the worker's engine failed",
         _ => "the worker refused the request",
     }
 }
@@ -281,14 +281,14 @@ fn describe_api_error(code: &str) -> &'static str {
 /// inner status, or, for an error inside a stream that began with 200, the
 /// status its code stands for.
 pub fn api_error(status: u16, body: &[u8]) -> ClientError {
-    let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let field = |k: &str| v.as_ref().and_then(|v| v["error"][k].as_str().map(str::to_owned));
-    let code = field("code").unwrap_or_else(|| "unknown".into());
-    let message = field("message").unwrap_or_else(|| text_of(body));
-    let status = match (status, code.as_str()) {
-        (200, "busy") => 429,
-        (200, "max_cost_exceeded") => 402,
-        (200, "invalid_request" | "bad_message") => 400,
+    let (code, message) = match ApiError::parse(body) {
+        Some(e) => (e.error.code, e.error.message),
+        None => (ErrorCode::Unknown, text_of(body)),
+    };
+    let status = match (status, code) {
+        (200, ErrorCode::Busy) => 429,
+        (200, ErrorCode::MaxCostExceeded) => 402,
+        (200, ErrorCode::InvalidRequest | ErrorCode::BadMessage) => 400,
         (200, _) => 500,
         (s, _) => s,
     };

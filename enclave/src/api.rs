@@ -15,6 +15,7 @@ use cocoon_engine::{ChatMessage, Completion, Engine, EngineError, GenerationRequ
 use cocoon_protocol::bhttp_msg::InnerRequest;
 use cocoon_protocol::limits::MAX_PROMPT_CACHE_KEY as MAX_CACHE_KEY;
 use cocoon_protocol::price::CostCap;
+use cocoon_protocol::proxy_api::{ApiError, ErrorCode};
 use cocoon_protocol::{NanoTon, Prices, media};
 
 pub use cocoon_protocol::limits::{DEFAULT_MAX_TOKENS, MAX_TOKENS_CAP};
@@ -42,24 +43,21 @@ impl ApiReply {
     }
 
     /// An OpenAI-style error body.
-    pub fn error(status: u16, kind: &str, code: &str, message: impl Into<String>) -> Self {
-        Self::json(status, error_body(kind, code, &message.into()))
+    pub fn error(status: u16, kind: &str, code: ErrorCode, message: impl Into<String>) -> Self {
+        let body = ApiError::new(kind, code, message).to_bytes();
+        ApiReply { status, content_type: "application/json", body: ReplyBody::Full(body, None) }
     }
 }
 
-fn error_body(kind: &str, code: &str, message: &str) -> serde_json::Value {
-    json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
-}
-
 /// HTTP status, OpenAI error type and code for an engine failure.
-fn engine_error_kind(e: &EngineError) -> (u16, &'static str, &'static str) {
+fn engine_error_kind(e: &EngineError) -> (u16, &'static str, ErrorCode) {
     match e {
-        EngineError::Busy { .. } => (429, "server_busy", "busy"),
-        EngineError::Budget(_) => (402, "invalid_request_error", "max_cost_exceeded"),
+        EngineError::Busy { .. } => (429, "server_busy", ErrorCode::Busy),
+        EngineError::Budget(_) => (402, "invalid_request_error", ErrorCode::MaxCostExceeded),
         EngineError::InvalidRequest(_) | EngineError::ContextLength { .. } => {
-            (400, "invalid_request_error", "invalid_request")
+            (400, "invalid_request_error", ErrorCode::InvalidRequest)
         }
-        EngineError::Cancelled { .. } | EngineError::Internal(_) => (500, "server_error", "engine"),
+        EngineError::Cancelled { .. } | EngineError::Internal(_) => (500, "server_error", ErrorCode::EngineFailed),
     }
 }
 
@@ -69,7 +67,7 @@ fn engine_error(e: &EngineError) -> ApiReply {
 }
 
 fn invalid(message: impl Into<String>) -> ApiReply {
-    ApiReply::error(400, "invalid_request_error", "invalid_request", message)
+    ApiReply::error(400, "invalid_request_error", ErrorCode::InvalidRequest, message)
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,7 +147,7 @@ pub async fn handle(
             return ApiReply::error(
                 405,
                 "invalid_request_error",
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 format!("{} {path}", req.method),
             );
         }
@@ -157,7 +155,7 @@ pub async fn handle(
             return ApiReply::error(
                 404,
                 "invalid_request_error",
-                "not_found",
+                ErrorCode::NotFound,
                 format!("no route for {} {path}", req.method),
             );
         }
@@ -277,14 +275,14 @@ async fn complete(
         Err(reply) => return reply,
     };
     let Some(engine) = engine else {
-        return ApiReply::error(503, "server_error", "model_not_loaded", "this enclave has no model loaded");
+        return ApiReply::error(503, "server_error", ErrorCode::ModelNotLoaded, "this enclave has no model loaded");
     };
     let served = engine.model().id.clone();
     if c.model != served {
         return ApiReply::error(
             404,
             "invalid_request_error",
-            "model_not_found",
+            ErrorCode::ModelNotFound,
             format!("model {:?} is not served here; this enclave serves {served:?}", c.model),
         );
     }
@@ -333,7 +331,9 @@ async fn whole(g: Generation) -> ApiReply {
     let (g, text, completion) = match result {
         Ok((g, Ok((text, c)))) => (g, text, c),
         Ok((_, Err(e))) => return engine_error(&e),
-        Err(e) => return ApiReply::error(500, "server_error", "engine", format!("engine task failed: {e}")),
+        Err(e) => {
+            return ApiReply::error(500, "server_error", ErrorCode::EngineFailed, format!("engine task failed: {e}"));
+        }
     };
     let choice = match g.kind {
         Kind::Chat => {
@@ -399,7 +399,8 @@ fn stream(g: Generation, include_usage: bool) -> ApiReply {
             }
             Err(e) => {
                 let (_, kind, code) = engine_error_kind(&e);
-                let _ = tx.blocking_send(sse(&error_body(kind, code, &e.to_string())));
+                let error = serde_json::to_value(ApiError::new(kind, code, e.to_string())).expect("JSON encodes");
+                let _ = tx.blocking_send(sse(&error));
                 let _ = done_tx.send(None);
             }
         }

@@ -300,7 +300,7 @@ async fn inner_reply(
 ) -> (ApiReply, Option<NanoTon>) {
     let req = match inner {
         Ok(req) => req,
-        Err(e) => return (ApiReply::error(400, "invalid_request_error", "bad_message", e), outer_cap),
+        Err(e) => return (ApiReply::error(400, "invalid_request_error", ErrorCode::BadMessage, e), outer_cap),
     };
     match api::applied_cap(&req, outer_cap) {
         Ok(cap) => (api::handle(state.engine.clone(), state.claims.prices, req, cap).await, cap),

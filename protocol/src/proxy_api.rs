@@ -48,6 +48,26 @@ pub enum ErrorCode {
     Replayed,
     /// The sealed request is dated outside the enclave's window, or undated.
     Stale,
+    // The enclave's API, inside the seal.
+    /// The opened request is not a Binary HTTP request.
+    BadMessage,
+    /// No such endpoint.
+    NotFound,
+    MethodNotAllowed,
+    /// The enclave has no model loaded.
+    ModelNotLoaded,
+    /// The answer would cost more than the smaller of the client's and the proxy's caps.
+    MaxCostExceeded,
+    /// The engine failed.
+    #[serde(rename = "engine")]
+    EngineFailed,
+    // The client runner.
+    /// A stream broke off after it began.
+    StreamFailed,
+    /// The proxy or the worker answered what the runner cannot pass on as it is.
+    UpstreamError,
+    /// The proxy's charge differs from what the verified receipt costs.
+    ChargeMismatch,
     // Payments on TON.
     NoPayments,
     InvalidVoucher,
@@ -96,6 +116,15 @@ impl ErrorCode {
             ErrorCode::CannotOpen => "cannot_open",
             ErrorCode::Replayed => "replayed",
             ErrorCode::Stale => "stale",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::ModelNotLoaded => "model_not_loaded",
+            ErrorCode::MaxCostExceeded => "max_cost_exceeded",
+            ErrorCode::EngineFailed => "engine",
+            ErrorCode::StreamFailed => "stream_failed",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::ChargeMismatch => "charge_mismatch",
             ErrorCode::NoPayments => "no_payments",
             ErrorCode::InvalidVoucher => "invalid_voucher",
             ErrorCode::VoucherNotCovered => "voucher_not_covered",
@@ -132,6 +161,9 @@ pub struct ApiErrorBody {
     #[serde(rename = "type")]
     pub kind: String,
     pub code: ErrorCode,
+    /// OpenAI's `param` (always null here), for SDKs that read it.
+    #[serde(default)]
+    pub param: Option<String>,
     /// Routing again (and sealing again) may succeed: nothing was generated.
     #[serde(default)]
     pub retryable: bool,
@@ -147,6 +179,7 @@ impl ApiError {
                 message: message.into(),
                 kind: kind.into(),
                 code,
+                param: None,
                 retryable: false,
                 next_worker: None,
             },
@@ -287,6 +320,15 @@ mod tests {
             ErrorCode::CannotOpen,
             ErrorCode::Replayed,
             ErrorCode::Stale,
+            ErrorCode::BadMessage,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::ModelNotLoaded,
+            ErrorCode::MaxCostExceeded,
+            ErrorCode::EngineFailed,
+            ErrorCode::StreamFailed,
+            ErrorCode::UpstreamError,
+            ErrorCode::ChargeMismatch,
             ErrorCode::NoPayments,
             ErrorCode::InvalidVoucher,
             ErrorCode::VoucherNotCovered,
