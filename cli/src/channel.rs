@@ -135,7 +135,7 @@ pub fn wallet(args: &WalletArgs) -> anyhow::Result<Wallet> {
             cocoon_attestation::read_limited(path, 4096).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         return Ok(Wallet::from_mnemonic(std::str::from_utf8(&words).context("mnemonic file is not UTF-8")?)?);
     }
-    let path = crate::serve::key_path(args.key.clone())?;
+    let path = crate::key::key_path(args.key.clone())?;
     let key = cocoon_client::keyfile::load(&path)?;
     Ok(Wallet::from_seed(&key.to_bytes())?)
 }

@@ -5,6 +5,7 @@
 
 mod channel;
 mod chat;
+mod key;
 mod measure;
 mod payouts;
 mod registry;
@@ -52,7 +53,7 @@ enum Command {
     /// durably, list what is held and claim it on chain.
     Payouts(payouts::PayoutsArgs),
     /// Print the client's account key (the public key a proxy credits), creating it if needed.
-    Key(serve::KeyArgs),
+    Key(key::KeyArgs),
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -67,7 +68,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Channel(cmd) => channel::run_channel(cmd).await,
         Command::Registry(cmd) => registry::run(cmd).await,
         Command::Payouts(args) => payouts::run(args).await,
-        Command::Key(args) => serve::key(args),
+        Command::Key(args) => key::run(args),
     }
 }
 

@@ -1,5 +1,4 @@
-//! `cocoon serve` and `cocoon key`: the client runner on loopback, and the
-//! account key it signs with.
+//! `cocoon serve`: the client runner on loopback.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,16 +43,10 @@ pub struct ServeArgs {
     registry: RegistryArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct KeyArgs {
-    #[arg(long, env = "COCOON_CLIENT_KEY")]
-    key: Option<PathBuf>,
-}
-
 /// Verifies the proxy (or the worker), then serves apps until a signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let allowlist = args.registry.watch().await?;
-    let key = load_key(args.key.clone())?;
+    let key = crate::key::load_key(args.key.clone())?;
     let account = hex::encode(key.verifying_key().to_bytes());
     let policy = args.verifier.policy()?;
     let runner = match (&args.proxy, &args.worker) {
@@ -93,29 +86,4 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("cocoon serve: OpenAI-compatible API on http://{listen}/v1 (account {account})");
     cocoon_client::serve::serve(listener, Arc::new(runner), cocoon_runtime::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Prints the account key's public half, creating the key when missing.
-pub fn key(args: KeyArgs) -> anyhow::Result<()> {
-    let k = load_key(args.key)?;
-    println!("{}", hex::encode(k.verifying_key().to_bytes()));
-    Ok(())
-}
-
-/// The client's key file: `key` when given, else `~/.config/cocoon/client.key`.
-pub fn key_path(key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(k) = key {
-        return Ok(k);
-    }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("HOME is not set: give --key"))?;
-    Ok(PathBuf::from(home).join(".config/cocoon/client.key"))
-}
-
-fn load_key(key: Option<PathBuf>) -> anyhow::Result<ed25519_dalek::SigningKey> {
-    let path = key_path(key)?;
-    let (k, created) = cocoon_client::keyfile::load_or_create(&path)?;
-    if created {
-        eprintln!("created a new client key at {} (mode 0600)", path.display());
-    }
-    Ok(k)
 }
