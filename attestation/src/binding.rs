@@ -32,11 +32,15 @@ pub fn parse_nonce_query(query: Option<&str>) -> Result<Option<Vec<u8>>, String>
 }
 
 /// The 32-byte nonce a GPU attestation report is requested with, so that the
-/// GPU's report binds the same claims (and verifier nonce) as the CPU's.
-pub fn gpu_nonce(claims: &[u8], nonce: Option<&[u8]>) -> [u8; 32] {
+/// GPU's report binds the same claims (and verifier nonce) as the CPU's, and
+/// the CC mode the document states for that GPU: the GPU's signed report
+/// does not carry the mode, so this is what keeps a relay from editing it.
+pub fn gpu_nonce(claims: &[u8], nonce: Option<&[u8]>, cc_mode: &str) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"cocoon gpu nonce v1");
+    h.update(b"cocoon gpu nonce v2");
+    // Fixed-length, so the mode that follows cannot shift into it.
     h.update(report_data(claims, nonce));
+    h.update(cc_mode.as_bytes());
     h.finalize().into()
 }
 
@@ -49,7 +53,8 @@ mod tests {
         assert_ne!(report_data(b"c", None), report_data(b"c", Some(b"n")));
         // SHA-512("abc"), FIPS 180-2 example.
         assert_eq!(hex::encode(&report_data(b"ab", Some(b"c"))[..8]), "ddaf35a193617aba");
-        assert_ne!(gpu_nonce(b"c", None), gpu_nonce(b"c", Some(b"n")));
+        assert_ne!(gpu_nonce(b"c", None, "on"), gpu_nonce(b"c", Some(b"n"), "on"));
+        assert_ne!(gpu_nonce(b"c", None, "on"), gpu_nonce(b"c", None, "devtools"));
     }
 
     #[test]

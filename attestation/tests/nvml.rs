@@ -56,7 +56,15 @@ fn the_nvml_producer_returns_every_gpus_evidence_and_verifies_it_before_declarin
     assert_eq!(nvml.gpu_count().unwrap(), 2);
     assert_eq!(nvml.cc_mode().unwrap(), "on");
     let nonce: [u8; 32] = hex::decode(NONCE).unwrap().try_into().unwrap();
-    let evidence = nvml.evidence(&nonce).unwrap();
+    // The nonce is asked for after the CC mode is read, for that mode.
+    let asked = std::cell::RefCell::new(Vec::new());
+    let evidence = nvml
+        .evidence(&|mode| {
+            asked.borrow_mut().push(mode.to_string());
+            nonce
+        })
+        .unwrap();
+    assert_eq!(*asked.borrow(), ["on"]);
     assert_eq!(evidence.len(), 2);
     assert_eq!(std::fs::read(dir.join("nonce")).unwrap(), nonce, "the nonce reached the library");
     for e in &evidence {
@@ -103,7 +111,7 @@ fn the_nvml_producer_returns_every_gpus_evidence_and_verifies_it_before_declarin
     // (Decoded as plain CBOR: these claims are not a worker's, which `decode` would refuse.)
     let doc: cocoon_protocol::evidence::EvidenceDocument = ciborium::from_reader(doc.as_slice()).unwrap();
     assert_eq!(doc.gpu.as_ref().unwrap().len(), 1);
-    let expected = cocoon_attestation::gpu_nonce(b"claims", Some(b"verifier nonce"));
+    let expected = cocoon_attestation::gpu_nonce(b"claims", Some(b"verifier nonce"), "on");
     assert_eq!(std::fs::read(dir.join("nonce")).unwrap(), expected);
     std::fs::remove_dir_all(&dir).unwrap();
 }

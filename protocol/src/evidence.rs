@@ -208,7 +208,8 @@ impl NonceProof {
 
 /// One GPU's confidential-computing evidence, as the NVIDIA driver gives it
 /// inside the VM. The GPU's attestation report is requested with
-/// `gpu_nonce(claims, nonce)` so that it binds the same claims as the CPU report.
+/// `gpu_nonce(claims, nonce, cc_mode)` so that it binds the same claims as the
+/// CPU report, and the CC mode stated here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuEvidence {

@@ -44,9 +44,10 @@ pub trait EvidenceProducer: Send + Sync {
     }
 }
 
-/// Evidence from every GPU of the VM for a nonce (NVML in the guest).
+/// Evidence from every GPU of the VM (NVML in the guest), each report
+/// requested with `nonce_for(cc_mode)` of the CC mode the source reads.
 pub trait GpuEvidenceSource: Send + Sync {
-    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError>;
+    fn gpu_evidence(&self, nonce_for: &dyn Fn(&str) -> [u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError>;
 }
 
 /// A platform producer whose documents also carry the GPUs' evidence.
@@ -70,13 +71,14 @@ impl EvidenceProducer for WithGpus {
 }
 
 /// The GPUs' evidence for a document with `claims` and `nonce`: requested
-/// with `gpu_nonce` of exactly that document, which binds it there.
+/// with `gpu_nonce` of exactly that document and the CC mode it states,
+/// which binds it there.
 fn gpu_entries(
     producer: &dyn EvidenceProducer,
     claims: &[u8],
     nonce: Option<&[u8]>,
 ) -> Result<Option<Vec<GpuEvidence>>, AttestationError> {
-    producer.gpus().map(|g| g.gpu_evidence(&crate::gpu_nonce(claims, nonce))).transpose()
+    producer.gpus().map(|g| g.gpu_evidence(&|cc_mode| crate::gpu_nonce(claims, nonce, cc_mode))).transpose()
 }
 
 /// The evidence document for `claims` (the exact bytes whose hash the report

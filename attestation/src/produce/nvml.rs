@@ -190,9 +190,11 @@ impl Nvml {
         Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().trim().to_string())
     }
 
-    /// Evidence from every GPU for `nonce`.
-    pub fn evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError> {
+    /// Evidence from every GPU, each report requested with
+    /// `nonce_for(cc_mode)` of the CC mode read first.
+    pub fn evidence(&self, nonce_for: &dyn Fn(&str) -> [u8; 32]) -> Result<Vec<GpuEvidence>, AttestationError> {
         let cc_mode = self.cc_mode()?;
+        let nonce = &nonce_for(cc_mode);
         let driver = self.text("driver version", |b, n| {
             // SAFETY: NVML writes at most `n` bytes to `b`, the buffer and length `text` passes.
             unsafe { (self.api.driver_version)(b, n) }
@@ -269,7 +271,7 @@ pub fn attest_locally(
     nonce: &[u8; 32],
     now: u64,
 ) -> Result<Vec<crate::nvidia::VerifiedGpu>, AttestationError> {
-    let evidence = nvml.evidence(nonce)?;
+    let evidence = nvml.evidence(&|_| *nonce)?;
     if evidence.is_empty() {
         return Err(fail("attesting the GPUs", "NVML sees no GPU"));
     }
@@ -294,7 +296,10 @@ pub fn attest_locally(
 }
 
 impl crate::GpuEvidenceSource for Nvml {
-    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<cocoon_protocol::GpuEvidence>, crate::AttestationError> {
-        self.evidence(nonce)
+    fn gpu_evidence(
+        &self,
+        nonce_for: &dyn Fn(&str) -> [u8; 32],
+    ) -> Result<Vec<cocoon_protocol::GpuEvidence>, crate::AttestationError> {
+        self.evidence(nonce_for)
     }
 }

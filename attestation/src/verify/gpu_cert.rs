@@ -24,6 +24,8 @@ pub enum GpuError {
     Signature(String),
     #[error("GPU firmware: {0}")]
     Fwid(String),
+    #[error("GPU chip: {0}")]
+    Chip(String),
 }
 
 pub(crate) struct Cert {

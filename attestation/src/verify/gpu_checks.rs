@@ -4,7 +4,7 @@
 
 use cocoon_protocol::evidence::EvidenceDocument;
 
-use crate::nvidia::{GpuError, VerifiedGpu, verify_gpu_report};
+use crate::nvidia::{GpuError, VerifiedGpu, verify_gpu_report_under};
 use crate::{Policy, gpu_nonce};
 
 /// One GPU entry of an evidence document, verified (or not) against the
@@ -19,20 +19,32 @@ pub struct GpuCheck {
 }
 
 /// Verifies every GPU entry of `doc`. Each report must have been requested
-/// with `gpu_nonce(claims, nonce)` of this very document, so GPU evidence
-/// taken from another VM's (or another verifier's) evidence is refused.
+/// with `gpu_nonce(claims, nonce, cc_mode)` of this very document and the CC
+/// mode its entry states, so GPU evidence taken from another VM's (or another
+/// verifier's) evidence, or an entry whose mode was edited, is refused.
 pub fn check_gpus(
     doc: &EvidenceDocument,
     now: u64,
     revocation: &crate::revocation::RevocationCollateral,
 ) -> Vec<GpuCheck> {
-    let expected = gpu_nonce(&doc.claims, doc.nonce.as_deref().map(|n| n.as_slice()));
+    check_gpus_under(doc, now, revocation, crate::nvidia::NVIDIA_DEVICE_ROOT_CA)
+}
+
+/// [`check_gpus`] to another root (the tests' own).
+pub(crate) fn check_gpus_under(
+    doc: &EvidenceDocument,
+    now: u64,
+    revocation: &crate::revocation::RevocationCollateral,
+    root: &[u8],
+) -> Vec<GpuCheck> {
+    let nonce = doc.nonce.as_deref().map(|n| n.as_slice());
     doc.gpu
         .iter()
         .flatten()
         .map(|g| {
+            let expected = gpu_nonce(&doc.claims, nonce, &g.cc_mode);
             let chain: Vec<Vec<u8>> = g.certificate_chain.iter().map(|c| c.to_vec()).collect();
-            let outcome = verify_gpu_report(&g.attestation_report, &chain, &expected, now);
+            let outcome = verify_gpu_report_under(&g.attestation_report, &chain, &expected, now, root);
             let revocation = match &outcome {
                 Ok(_) => crate::nvidia::chain_revocation(&chain, revocation, now).unwrap_or_default(),
                 Err(_) => Vec::new(),
@@ -163,4 +175,57 @@ pub(super) fn gpu_findings(policy: &Policy, gpus: &[GpuCheck]) -> (Vec<String>, 
         }
     }
     (verified, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use cocoon_protocol::evidence::EVIDENCE_VERSION;
+    use cocoon_protocol::{GpuEvidence, Platform};
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+    use crate::verify::test_gpu::{AT, chain, report, root};
+
+    /// A document whose one GPU reported in `cc_mode`, its report requested
+    /// for the nonce the producer derives.
+    fn document(cc_mode: &str) -> EvidenceDocument {
+        let (claims, nonce) = (b"claims".to_vec(), b"verifier nonce".to_vec());
+        let gpu_nonce = gpu_nonce(&claims, Some(&nonce), cc_mode);
+        EvidenceDocument {
+            version: EVIDENCE_VERSION,
+            platform: Platform::Simulated,
+            claims: ByteBuf::from(claims),
+            nonce: Some(ByteBuf::from(nonce)),
+            quote_or_report: ByteBuf::new(),
+            certificates: None,
+            event_log: None,
+            gpu: Some(vec![GpuEvidence {
+                vendor: "nvidia".into(),
+                architecture: "BLACKWELL".into(),
+                cc_mode: cc_mode.into(),
+                driver_version: "580.00".into(),
+                vbios_version: "98.02.00.00.01".into(),
+                nonce: ByteBuf::from(gpu_nonce.to_vec()),
+                attestation_report: ByteBuf::from(report(&gpu_nonce, &[], &[])),
+                certificate_chain: chain().into_iter().map(ByteBuf::from).collect(),
+            }]),
+            nonce_proof: None,
+        }
+    }
+
+    /// The host relays the evidence: a GPU in developer-tools mode (its
+    /// memory open to debuggers) must not pass for "on" by an edit of the
+    /// mode the document states.
+    #[test]
+    fn the_cc_mode_cannot_be_edited_in_transit() {
+        let collateral = crate::revocation::RevocationCollateral::default();
+        let honest = document("devtools");
+        let checks = check_gpus_under(&honest, AT, &collateral, &root());
+        assert!(checks[0].outcome.is_ok(), "{:?}", checks[0].outcome);
+        assert_eq!(checks[0].cc_mode, "devtools");
+        let mut edited = honest.clone();
+        edited.gpu.as_mut().unwrap()[0].cc_mode = "on".into();
+        let checks = check_gpus_under(&edited, AT, &collateral, &root());
+        assert!(matches!(checks[0].outcome, Err(GpuError::Nonce { .. })), "{:?}", checks[0].outcome);
+    }
 }

@@ -14,6 +14,8 @@ mod rules;
 pub mod snp;
 pub mod spdm;
 pub mod tdx;
+#[cfg(test)]
+pub(crate) mod test_gpu;
 pub(crate) mod x509;
 pub mod xml;
 

@@ -62,7 +62,9 @@ pub struct VerifiedGpu {
     pub project_sku: Option<String>,
     pub chip_sku: Option<String>,
     pub fwid: Option<String>,
-    /// The chip, from the attestation key's name (`GH100`, `GB100`).
+    /// The chip class: the report's CHIP_INFO (`GB202`) where it has one,
+    /// checked against the attestation key's family (`GB20X`); else that
+    /// family (`GH100`, `GB100`).
     pub chip: String,
     /// NVDEC0 status byte (`0xAA` enabled, `0x55` disabled); NVIDIA's RIMs
     /// measure NVDEC0 (index 35) only when it is enabled.
@@ -79,6 +81,18 @@ pub fn verify_gpu_report(
     expected_nonce: &[u8; 32],
     now: u64,
 ) -> Result<VerifiedGpu, GpuError> {
+    verify_gpu_report_under(report, chain, expected_nonce, now, NVIDIA_DEVICE_ROOT_CA)
+}
+
+/// [`verify_gpu_report`] to another root: the tests' own chain, whose
+/// reports they sign themselves.
+pub(crate) fn verify_gpu_report_under(
+    report: &[u8],
+    chain: &[Vec<u8>],
+    expected_nonce: &[u8; 32],
+    now: u64,
+    root: &[u8],
+) -> Result<VerifiedGpu, GpuError> {
     let parsed = GpuReport::parse(report)?;
     if &parsed.nonce != expected_nonce {
         return Err(GpuError::Nonce { expected: hex::encode(expected_nonce), found: hex::encode(parsed.nonce) });
@@ -86,7 +100,8 @@ pub fn verify_gpu_report(
     if !(2..=MAX_CHAIN).contains(&chain.len()) {
         return Err(GpuError::Chain(format!("expected 2 to {MAX_CHAIN} certificates, found {}", chain.len())));
     }
-    verify_chain(chain, NVIDIA_DEVICE_ROOT_CA, "NVIDIA Device Identity CA", now)?;
+    let root_name = if root == NVIDIA_DEVICE_ROOT_CA { "NVIDIA Device Identity CA" } else { "test root" };
+    verify_chain(chain, root, root_name, now)?;
     let leaf = &parse_cert(&chain[0], 0)?;
     let signature =
         p384::ecdsa::Signature::from_slice(&parsed.signature).map_err(|_| GpuError::Signature(leaf.cn.clone()))?;
@@ -96,7 +111,27 @@ pub fn verify_gpu_report(
     if let Some(fwid) = &parsed.opaque.fwid {
         check_fwid(leaf, fwid)?;
     }
-    Ok(facts(&parsed, leaf))
+    let family = leaf.cn.split_whitespace().next().unwrap_or("");
+    let chip = chip_class(family, parsed.opaque.chip_info.as_deref())?;
+    Ok(facts(&parsed, leaf, chip))
+}
+
+/// The chip: the report's CHIP_INFO when it has one (Blackwell firmware with
+/// opaque data version 1 and later: `GB202`), which must be of the family the
+/// attestation key's certificate names, where each `X` stands for one
+/// character (`GB20X` covers `GB202` and `GB203`, `GB100` only itself);
+/// without it, the certificate's family (`GH100`, which NVIDIA's verifier
+/// also assumes for Hopper).
+fn chip_class(family: &str, chip_info: Option<&str>) -> Result<String, GpuError> {
+    let Some(chip) = chip_info else { return Ok(family.to_string()) };
+    let fits = chip.len() == family.len()
+        && chip.bytes().zip(family.bytes()).all(|(c, f)| f == b'X' || c.eq_ignore_ascii_case(&f));
+    if !fits {
+        return Err(GpuError::Chip(format!(
+            "the report's CHIP_INFO {chip:?} is not of the family {family:?} its attestation key was issued to"
+        )));
+    }
+    Ok(chip.to_string())
 }
 
 /// The revocation status of a GPU's chain from cached collateral: every
@@ -175,7 +210,7 @@ fn check_fwid(leaf: &Cert, fwid: &[u8]) -> Result<(), GpuError> {
     Ok(())
 }
 
-fn facts(r: &GpuReport, leaf: &Cert) -> VerifiedGpu {
+fn facts(r: &GpuReport, leaf: &Cert, chip: String) -> VerifiedGpu {
     let architecture = match leaf.cn.split_whitespace().next().unwrap_or("") {
         s if s.starts_with("GH1") => GpuArchitecture::Hopper,
         s if s.starts_with("GB1") || s.starts_with("GB2") => GpuArchitecture::Blackwell,
@@ -193,7 +228,7 @@ fn facts(r: &GpuReport, leaf: &Cert) -> VerifiedGpu {
         project_sku: o.project_sku.clone(),
         chip_sku: o.chip_sku.clone(),
         fwid: o.fwid.as_ref().map(hex::encode),
-        chip: leaf.cn.split_whitespace().next().unwrap_or("").to_string(),
+        chip,
         nvdec0_status: o.nvdec0_status,
         measurements: r.blocks.iter().map(|b| (b.index, hex::encode(&b.value))).collect(),
     }
@@ -231,6 +266,44 @@ mod tests {
         // Another Hopper's leaf carries its own FWID, not this one.
         let e = check_fwid(&leaf("sdk-hopper-expired/hopperCertChainExpired.txt"), &fwid).unwrap_err();
         assert!(matches!(e, GpuError::Fwid(_)), "{e}");
+    }
+
+    /// Blackwell workstation cards name their family in the certificate
+    /// (`GB20X A01 GSP FMC LF`) and their chip in the report's CHIP_INFO
+    /// (`GB202`): the chip class is the report's, checked against the family.
+    #[test]
+    fn the_chip_comes_from_chip_info_checked_against_the_certificate() {
+        use crate::verify::test_gpu::{AT, chain, report, root};
+        let nonce = [7u8; 32];
+        let verify = |opaque: &[(u16, &[u8])]| {
+            verify_gpu_report_under(&report(&nonce, opaque, &[]), &chain(), &nonce, AT, &root())
+        };
+        let gpu = verify(&[(35, b"GB202\0\0\0")]).unwrap();
+        assert_eq!((gpu.chip.as_str(), &gpu.architecture), ("GB202", &GpuArchitecture::Blackwell));
+        // Without CHIP_INFO (Hopper, early Blackwell firmware), the certificate's family.
+        assert_eq!(verify(&[]).unwrap().chip, "GB20X");
+        // A chip outside the certificate's family, or two chips, is refused.
+        for bad in
+            [&[(35u16, &b"GH100"[..])][..], &[(35, b"GB102")], &[(35, b"GB2020")], &[(35, b"GB202"), (35, b"GB203")]]
+        {
+            let e = verify(bad).unwrap_err();
+            assert!(matches!(e, GpuError::Chip(_) | GpuError::Report(_)), "{bad:?}: {e}");
+        }
+    }
+
+    /// NVIDIA's format ends with the signature, and NVIDIA's own verifier
+    /// refuses bytes after it: so does this one, zero padding included.
+    #[test]
+    fn bytes_after_the_signature_are_refused_even_zeros() {
+        use crate::verify::test_gpu::{AT, chain, report, root};
+        let nonce = [7u8; 32];
+        assert!(verify_gpu_report_under(&report(&nonce, &[], &[]), &chain(), &nonce, AT, &root()).is_ok());
+        for padding in [&[0u8][..], &[0, 0, 0, 0], &[0xff]] {
+            let e = verify_gpu_report_under(&report(&nonce, &[], padding), &chain(), &nonce, AT, &root()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(&format!("{} bytes after its signature", padding.len())), "{text}");
+            assert!(text.contains("NVIDIA's format ends with the signature"), "{text}");
+        }
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub enum SpdmError {
     Field { field: &'static str, expected: String, found: String },
     #[error("GPU report ends inside {what} (needs {needed} more bytes at offset {at})")]
     Truncated { what: &'static str, at: usize, needed: usize },
-    #[error("GPU report has {0} bytes after its signature")]
+    #[error(
+        "GPU report has {0} bytes after its signature: NVIDIA's format ends with the signature \
+         (NVIDIA's attestation SDK refuses such a report too; take the report's size from NVML)"
+    )]
     Trailing(usize),
     #[error("GPU report opaque data: {0}")]
     Opaque(String),
@@ -66,6 +69,8 @@ pub struct OpaqueData {
     pub project: Option<String>,
     pub project_sku: Option<String>,
     pub chip_sku: Option<String>,
+    /// The chip (`GB202`), on Blackwell firmware whose opaque data is version 1 or later.
+    pub chip_info: Option<String>,
     pub fwid: Option<Vec<u8>>,
     /// `0xAA` enabled, `0x55` disabled.
     pub nvdec0_status: Option<u8>,
@@ -203,6 +208,20 @@ mod field {
     pub const PROJECT_SKU: u16 = 18;
     pub const FWID: u16 = 20;
     pub const OPAQUE_DATA_VERSION: u16 = 34;
+    pub const CHIP_INFO: u16 = 35;
+    /// The fields read here: each may appear once.
+    pub const READ: [u16; 10] = [
+        DRIVER_VERSION,
+        VBIOS_VERSION,
+        NVDEC0_STATUS,
+        BOARD_ID,
+        CHIP_SKU,
+        PROJECT,
+        PROJECT_SKU,
+        FWID,
+        OPAQUE_DATA_VERSION,
+        CHIP_INFO,
+    ];
 }
 
 fn text(v: &[u8]) -> Result<String, SpdmError> {
@@ -221,6 +240,10 @@ fn parse_opaque(bytes: &[u8]) -> Result<OpaqueData, SpdmError> {
         let kind = r.u16("an opaque field type")?;
         let len = usize::from(r.u16("an opaque field length")?);
         let v = r.take(len, "an opaque field")?;
+        // A report naming two drivers (or two chips) says nothing true of either.
+        if field::READ.contains(&kind) && o.fields.iter().any(|(k, _)| *k == kind) {
+            return Err(SpdmError::Opaque(format!("field {kind} appears twice")));
+        }
         match kind {
             field::DRIVER_VERSION => o.driver_version = Some(text(v)?),
             field::VBIOS_VERSION => {
@@ -233,6 +256,7 @@ fn parse_opaque(bytes: &[u8]) -> Result<OpaqueData, SpdmError> {
             field::NVDEC0_STATUS => o.nvdec0_status = v.first().copied(),
             field::BOARD_ID => o.board_id = Some(v.to_vec()),
             field::CHIP_SKU => o.chip_sku = Some(text(v)?),
+            field::CHIP_INFO => o.chip_info = Some(text(v)?),
             field::PROJECT => o.project = Some(text(v)?),
             field::PROJECT_SKU => o.project_sku = Some(text(v)?),
             field::FWID => o.fwid = Some(v.to_vec()),
