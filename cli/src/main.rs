@@ -6,6 +6,7 @@
 mod channel;
 mod chat;
 mod key;
+mod market;
 mod measure;
 mod payouts;
 mod registry;
@@ -52,6 +53,9 @@ enum Command {
     /// A worker's pay: fetch the proxy's newest voucher for this wallet, keep it
     /// durably, list what is held and claim it on chain.
     Payouts(payouts::PayoutsArgs),
+    /// What a proxy's workers charge, per model: the lowest, median and
+    /// highest price, with the capacity and load at each.
+    Market(market::MarketArgs),
     /// Print the client's account key (the public key a proxy credits), creating it if needed.
     Key(key::KeyArgs),
 }
@@ -69,6 +73,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Registry(cmd) => registry::run(cmd).await,
         Command::Payouts(args) => payouts::run(args).await,
         Command::Key(args) => key::run(args),
+        Command::Market(args) => market::run(args).await,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use cocoon_client::serve::Runner;
-use cocoon_protocol::NanoTon;
+use cocoon_protocol::{NanoTon, Prices};
 
 use crate::registry::RegistryArgs;
 use crate::verifier::VerifierArgs;
@@ -31,6 +31,12 @@ pub struct ServeArgs {
     /// prices, its prompt plus `max_tokens`, when that is less.
     #[arg(long, default_value_t = NanoTon(100_000_000))]
     max_cost: NanoTon,
+    /// Use only workers that charge at most PROMPT,COMPLETION nanoTON per
+    /// 1,000 prompt and completion tokens (unless the app sends
+    /// x-cocoon-max-price-per-1k): the proxy routes within it, and each
+    /// routed worker's attested prices are checked here again.
+    #[arg(long, value_name = "PROMPT,COMPLETION")]
+    max_price_per_1k: Option<Prices>,
     /// Pay the proxy through this payment channel (a file from `cocoon channel
     /// open`): a voucher for each verified charge. Without it, the proxy's
     /// operator credits the account.
@@ -78,6 +84,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --proxy URL or --worker URL"),
     };
+    let runner = runner.with_max_price(args.max_price_per_1k);
     if let Some(w) = &allowlist {
         tokio::spawn(w.clone().refresh(|| {}));
     }

@@ -51,6 +51,9 @@ const MAX_CACHED: usize = 256;
 const MAX_APP_BODY: usize = limits::MAX_INNER_REQUEST - 4096;
 /// Header an app may set to bound one request's cost (nanoTON).
 pub const APP_MAX_COST_HEADER: &str = "x-cocoon-max-cost";
+/// The app's price ceiling for one request, `PROMPT,COMPLETION` nanoTON per
+/// 1,000 tokens (instead of the runner's `--max-price-per-1k`).
+pub const APP_MAX_PRICE_HEADER: &str = "x-cocoon-max-price-per-1k";
 
 /// Where the runner sends requests.
 pub enum Upstream {
@@ -72,6 +75,9 @@ pub struct Runner {
     payer: Option<crate::pay::ChannelPayer>,
     /// The network's registry: only the proxy, images and models it lists are used.
     allowlist: Option<Arc<Watched>>,
+    /// The most a worker may charge per 1,000 prompt and completion tokens
+    /// when the app does not say: other workers are never used.
+    max_price: Option<Prices>,
 }
 
 impl Runner {
@@ -115,7 +121,17 @@ impl Runner {
             verified: Mutex::new(HashMap::new()),
             payer: None,
             allowlist: None,
+            max_price: None,
         })
+    }
+
+    /// Uses only workers whose attested prices are at or below `ceiling`
+    /// (per 1,000 prompt and completion tokens) unless an app says otherwise
+    /// for a request: the proxy is asked for such workers, and each routed
+    /// worker's prices are checked here again.
+    pub fn with_max_price(mut self, ceiling: Option<Prices>) -> Self {
+        self.max_price = ceiling;
+        self
     }
 
     /// Uses only what the registry `watched` lists: refused now unless it lists
@@ -197,6 +213,7 @@ impl Runner {
             verified: Mutex::new(HashMap::new()),
             payer: None,
             allowlist: None,
+            max_price: None,
         })
     }
 
@@ -208,10 +225,23 @@ impl Runner {
     }
 
     /// Asks the proxy for a worker of `model` and verifies its evidence (cached by digest).
-    async fn routed_worker(&self, proxy: &str, model: &str, exclude: &[String]) -> Result<Worker, AppError> {
+    async fn routed_worker(
+        &self,
+        proxy: &str,
+        model: &str,
+        exclude: &[String],
+        demand: &Demand,
+    ) -> Result<Worker, AppError> {
         // A policy that requires GPUs of certain chips asks the proxy for such workers only.
         let gpu: &[String] = if self.policy.gpu.required { &self.policy.gpu.allowed_chips } else { &[] };
-        let ask = RouteRequest { model: model.to_string(), exclude: exclude.to_vec(), gpu: gpu.to_vec() };
+        let ask = RouteRequest {
+            model: model.to_string(),
+            exclude: exclude.to_vec(),
+            gpu: gpu.to_vec(),
+            prompt_tokens: Some(demand.prompt_tokens),
+            max_tokens: Some(demand.max_tokens),
+            max_price: demand.max_price,
+        };
         let body = serde_json::to_vec(&ask).expect("JSON encodes");
         let req = http::Request::post(join(proxy, "/v1/route").map_err(AppError::upstream)?)
             .header(header::CONTENT_TYPE, "application/json")
@@ -287,7 +317,7 @@ impl Runner {
                 Upstream::Direct { worker } => {
                     Worker::with_verified(worker.route().clone(), self.http.clone(), worker.verified().clone())
                 }
-                Upstream::Proxy { url, .. } => match self.routed_worker(url, model, &exclude).await {
+                Upstream::Proxy { url, .. } => match self.routed_worker(url, model, &exclude, demand).await {
                     Ok(w) => w,
                     // Every worker is busy (or the ones left were excluded): nothing was
                     // sent yet, so wait a little for capacity instead of failing the app.
@@ -304,6 +334,27 @@ impl Runner {
             // What this request can cost at this worker's attested prices: the
             // most the runner signs for, and so what the proxy reserves.
             let prices = worker.verified().claims().prices.unwrap_or_default();
+            // The proxy is not trusted to keep the client's ceiling.
+            if let Some(ceiling) = demand.max_price
+                && !prices.within(&ceiling)
+            {
+                let id = worker.id().to_string();
+                let message = format!(
+                    "worker {id} charges {} and {} nanoTON per 1,000 prompt and completion tokens, above the \
+                     ceiling of {} and {}",
+                    prices.prompt_per_1k.0,
+                    prices.completion_per_1k.0,
+                    ceiling.prompt_per_1k.0,
+                    ceiling.completion_per_1k.0
+                );
+                if matches!(self.upstream, Upstream::Direct { .. }) {
+                    return Err(AppError { status: 402, code: ErrorCode::PriceAboveCeiling, message });
+                }
+                warn!(worker = %id, "the proxy routed above the price ceiling; excluded: {message}");
+                exclude.push(id);
+                last = Some(message);
+                continue;
+            }
             let max_cost = demand.max_cost(&prices, self.commission());
             let budget = self.commission().worker_budget(max_cost);
             let mut sealed = inner.clone();
@@ -354,6 +405,8 @@ struct Demand {
     prompt_tokens: u32,
     /// The completion tokens the worker will grant at most.
     max_tokens: u32,
+    /// The price ceiling per 1,000 prompt and completion tokens.
+    max_price: Option<Prices>,
 }
 
 /// Prompt tokens per byte of the request body, at most, plus room for the
@@ -364,7 +417,7 @@ struct Demand {
 const PROMPT_TOKEN_SLACK: u32 = 64;
 
 impl Demand {
-    fn of(ceiling: NanoTon, body: &Value, body_len: usize) -> Result<Demand, AppError> {
+    fn of(ceiling: NanoTon, max_price: Option<Prices>, body: &Value, body_len: usize) -> Result<Demand, AppError> {
         let asked = body.get("max_completion_tokens").or_else(|| body.get("max_tokens"));
         let max_tokens = match asked {
             None | Some(Value::Null) => limits::DEFAULT_MAX_TOKENS,
@@ -375,7 +428,7 @@ impl Demand {
                 .min(limits::MAX_TOKENS_CAP as u64) as u32,
         };
         let prompt_tokens = u32::try_from(body_len).unwrap_or(u32::MAX).saturating_add(PROMPT_TOKEN_SLACK);
-        Ok(Demand { ceiling, prompt_tokens, max_tokens })
+        Ok(Demand { ceiling, prompt_tokens, max_tokens, max_price })
     }
 
     /// The most the request can cost at `prices`, commission included, within the ceiling.
@@ -502,8 +555,21 @@ fn max_cost(r: &Runner, headers: &HeaderMap) -> Result<NanoTon, AppError> {
     }
 }
 
+/// The app's price ceiling for this request, or the runner's.
+fn max_price(r: &Runner, headers: &HeaderMap) -> Result<Option<Prices>, AppError> {
+    match headers.get(APP_MAX_PRICE_HEADER) {
+        None => Ok(r.max_price),
+        Some(v) => v.to_str().ok().and_then(|s| s.parse::<Prices>().ok()).map(Some).ok_or_else(|| {
+            AppError::invalid(format!(
+                "{APP_MAX_PRICE_HEADER}: expected PROMPT,COMPLETION (whole nanoTON per 1,000 tokens each)"
+            ))
+        }),
+    }
+}
+
 async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Response, AppError> {
     let max_cost = max_cost(&r, req.headers())?;
+    let max_price = max_price(&r, req.headers())?;
     let body = http_body_util::Limited::new(req.into_body(), MAX_APP_BODY)
         .collect()
         .await
@@ -523,7 +589,7 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         v["stream_options"] = json!({"include_usage": true});
     }
     let encoded = serde_json::to_vec(&v).expect("JSON encodes");
-    let demand = Demand::of(max_cost, &v, encoded.len())?;
+    let demand = Demand::of(max_cost, max_price, &v, encoded.len())?;
     let inner = InnerRequest::post_json(path, encoded);
     let Sent { mut stream, worker, max_cost } = r.open_stream(&model, &inner, &demand).await?;
 
@@ -541,10 +607,7 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         max_cost,
         via_proxy: matches!(r.upstream, Upstream::Proxy { .. }),
     };
-    let worker_id = match worker.route() {
-        Route::ViaProxy { worker_id, .. } => worker_id.clone(),
-        Route::Direct { base } => base.clone(),
-    };
+    let worker_id = worker.id().to_string();
     if status != 200 || !streamed {
         // Whole answers (and errors): collect, check the receipt, add the cost.
         let mut body = Vec::new();

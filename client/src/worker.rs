@@ -175,6 +175,14 @@ impl Worker {
         &self.route
     }
 
+    /// The worker's id at its proxy, or its URL when reached directly.
+    pub fn id(&self) -> &str {
+        match &self.route {
+            Route::ViaProxy { worker_id, .. } => worker_id,
+            Route::Direct { base } => base,
+        }
+    }
+
     fn client_request(&self) -> Result<ClientRequest, ClientError> {
         Ok(ClientRequest::new(self.verified.key_config())?)
     }

@@ -51,6 +51,26 @@ pub struct Prices {
     pub completion_per_1k: NanoTon,
 }
 
+impl std::fmt::Display for Prices {
+    /// `PROMPT,COMPLETION` nanoTON per 1,000 tokens, as `--max-price-per-1k` takes them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.prompt_per_1k.0, self.completion_per_1k.0)
+    }
+}
+
+impl std::str::FromStr for Prices {
+    type Err = String;
+
+    /// `PROMPT,COMPLETION`: nanoTON per 1,000 prompt and completion tokens.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (p, c) = s
+            .split_once(',')
+            .ok_or_else(|| format!("{s:?}: expected PROMPT,COMPLETION (nanoTON per 1,000 tokens each)"))?;
+        let one = |v: &str| v.trim().parse::<NanoTon>().map_err(|e| format!("{s:?}: {e}"));
+        Ok(Prices { prompt_per_1k: one(p)?, completion_per_1k: one(c)? })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BudgetError {
     #[error("the prompt alone costs {prompt_cost}, more than the request's maximum of {max_cost}")]
@@ -62,6 +82,11 @@ fn to_u64(v: u128) -> u64 {
 }
 
 impl Prices {
+    /// Whether both prices are at or below `ceiling`'s.
+    pub fn within(&self, ceiling: &Prices) -> bool {
+        self.prompt_per_1k <= ceiling.prompt_per_1k && self.completion_per_1k <= ceiling.completion_per_1k
+    }
+
     /// What `prompt` and `completion` tokens cost at these prices, rounded up.
     pub fn cost(&self, prompt: u32, completion: u32) -> NanoTon {
         let milli =
@@ -209,6 +234,18 @@ mod tests {
 
     fn prices(p: u64, c: u64) -> Prices {
         Prices { prompt_per_1k: NanoTon(p), completion_per_1k: NanoTon(c) }
+    }
+
+    #[test]
+    fn a_price_ceiling_reads_as_prompt_comma_completion_and_bounds_both() {
+        assert_eq!("1000, 3000".parse::<Prices>(), Ok(prices(1000, 3000)));
+        assert_eq!(prices(1000, 3000).to_string().parse::<Prices>(), Ok(prices(1000, 3000)));
+        for bad in ["1000", "1000,", "a,b", "1,2,3", "-1,2", ""] {
+            assert!(bad.parse::<Prices>().is_err(), "{bad:?}");
+        }
+        let ceiling = prices(1000, 3000);
+        assert!(prices(1000, 3000).within(&ceiling) && prices(0, 0).within(&ceiling));
+        assert!(!prices(1001, 1).within(&ceiling) && !prices(1, 3001).within(&ceiling));
     }
 
     #[test]

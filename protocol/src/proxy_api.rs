@@ -64,6 +64,8 @@ pub enum ErrorCode {
     // The client runner.
     /// A stream broke off after it began.
     StreamFailed,
+    /// Every worker of the model charges more than the client's ceiling.
+    PriceAboveCeiling,
     /// The proxy or the worker answered what the runner cannot pass on as it is.
     UpstreamError,
     /// The proxy's charge differs from what the verified receipt costs.
@@ -123,6 +125,7 @@ impl ErrorCode {
             ErrorCode::MaxCostExceeded => "max_cost_exceeded",
             ErrorCode::EngineFailed => "engine",
             ErrorCode::StreamFailed => "stream_failed",
+            ErrorCode::PriceAboveCeiling => "price_above_ceiling",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::ChargeMismatch => "charge_mismatch",
             ErrorCode::NoPayments => "no_payments",
@@ -215,6 +218,17 @@ pub struct RouteRequest {
     /// verified GPUs are all of these (empty: any worker).
     #[serde(default)]
     pub gpu: Vec<String>,
+    /// The request's prompt tokens, at most (the proxy ranks workers by what
+    /// the request would cost at each one's prices; without it, by a typical request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
+    /// The completion tokens the request may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// The client's price ceiling: only workers whose both prices are at or
+    /// below it (the client checks the pick's attested prices too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price: Option<Prices>,
 }
 
 /// The worker a route answer picked, as the proxy verified it (a client
@@ -279,6 +293,46 @@ pub struct WorkersList {
     pub models: Vec<String>,
 }
 
+/// `GET /v1/market`: what the admitted workers charge, per model, from their
+/// verified claims. Prices are ordered by what a typical request costs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Market {
+    /// The request the `typical_cost` of each price is for.
+    pub typical_request: TypicalRequest,
+    pub models: Vec<ModelMarket>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypicalRequest {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// One model's market: its workers that are up, and the lowest, median and
+/// highest of their prices with the capacity and load at each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelMarket {
+    pub model: String,
+    pub workers: u32,
+    /// Requests the workers serve at once, in all.
+    pub capacity: u32,
+    pub in_flight: u32,
+    pub lowest: PricePoint,
+    pub median: PricePoint,
+    pub highest: PricePoint,
+}
+
+/// The workers of a model at one price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricePoint {
+    pub prices: Prices,
+    /// A typical request at these prices, commission excluded.
+    pub typical_cost: NanoTon,
+    pub workers: u32,
+    pub capacity: u32,
+    pub in_flight: u32,
+}
+
 /// What a voucher did to the account (`POST /v1/vouchers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoucherAccepted {
@@ -327,6 +381,7 @@ mod tests {
             ErrorCode::MaxCostExceeded,
             ErrorCode::EngineFailed,
             ErrorCode::StreamFailed,
+            ErrorCode::PriceAboveCeiling,
             ErrorCode::UpstreamError,
             ErrorCode::ChargeMismatch,
             ErrorCode::NoPayments,

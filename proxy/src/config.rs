@@ -17,6 +17,11 @@
 //! [reputation]
 //! half_life_s = 300
 //!
+//! [routing]                        # how price weighs against load and reputation (see `reputation`)
+//! price_weight = 2.0               # 0: price does not count; 2: a worker twice as dear takes the overflow at 3/4 load
+//! typical_prompt_tokens = 500      # the request the market quotes, and routes rank by when a client does not say
+//! typical_completion_tokens = 250
+//!
 //! [ton]                            # payments on TON; without it, accounts are credited by `deposit`
 //! api = "https://toncenter.com/api/v2"
 //! settle_threshold = 1000000000    # claim a client's channel once it owes this much (nanoTON)
@@ -91,8 +96,29 @@ pub struct ProxyConfig {
     pub reattest_interval_s: f64,
     pub limits: Limits,
     pub reputation: ReputationConfig,
+    pub routing: RoutingConfig,
     pub ton: Option<TonConfig>,
 }
+
+/// How the proxy weighs what workers charge (the formula is `reputation`'s).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// The exponent of a worker's price relative to the cheapest eligible one.
+    pub price_weight: f64,
+    /// The request `GET /v1/market` quotes, and route requests without token counts are ranked for.
+    pub typical_prompt_tokens: u32,
+    pub typical_completion_tokens: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { price_weight: 2.0, typical_prompt_tokens: 500, typical_completion_tokens: 250 }
+    }
+}
+
+/// Highest `routing.price_weight`: past it the dearer worker never gets overflow in practice.
+const MAX_PRICE_WEIGHT: f64 = 8.0;
 
 /// Payments on TON. The proxy's wallet is the v4R2 wallet of its account key.
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +222,7 @@ impl Default for ProxyConfig {
             reattest_interval_s: 60.0,
             limits: Limits::default(),
             reputation: ReputationConfig::default(),
+            routing: RoutingConfig::default(),
             ton: None,
         }
     }
@@ -285,6 +312,20 @@ impl ProxyConfig {
         }
         for w in &self.workers {
             check_worker_url(w).map_err(|e| anyhow::anyhow!("workers: {e}"))?;
+        }
+        let r = &self.routing;
+        if !(0.0..=MAX_PRICE_WEIGHT).contains(&r.price_weight) {
+            anyhow::bail!("routing.price_weight must be 0..={MAX_PRICE_WEIGHT}, found {}", r.price_weight);
+        }
+        let max_tokens = cocoon_protocol::limits::MAX_TOKENS_CAP;
+        if r.typical_prompt_tokens == 0 || r.typical_completion_tokens == 0 || r.typical_completion_tokens > max_tokens
+        {
+            anyhow::bail!(
+                "routing.typical_prompt_tokens and typical_completion_tokens must be at least 1 (completion at most \
+                 {max_tokens}), found {} and {}",
+                r.typical_prompt_tokens,
+                r.typical_completion_tokens
+            );
         }
         if let Some(ton) = &self.ton {
             ton.validate()?;

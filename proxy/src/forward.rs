@@ -157,6 +157,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         );
     };
     let attested = worker.attested();
+    worker.arrived();
     worker.in_flight.fetch_add(1, Ordering::Relaxed);
     app.metrics.in_flight.inc();
     let in_flight = InFlight(worker.clone(), app.clone());

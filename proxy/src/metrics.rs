@@ -18,6 +18,11 @@ pub struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
     pub worker: String,
     pub model: String,
@@ -37,6 +42,13 @@ pub struct Metrics {
     pub worker_in_flight: Family<WorkerLabels, Gauge>,
     pub worker_score_milli: Family<WorkerLabels, Gauge>,
     pub workers_admitted: Gauge,
+    /// The market (`GET /v1/market`): a typical request's cost at the
+    /// lowest, median and highest price, and capacity and load, per model.
+    pub market_lowest_nanoton: Family<ModelLabels, Gauge>,
+    pub market_median_nanoton: Family<ModelLabels, Gauge>,
+    pub market_highest_nanoton: Family<ModelLabels, Gauge>,
+    pub market_capacity: Family<ModelLabels, Gauge>,
+    pub market_in_flight: Family<ModelLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -55,6 +67,11 @@ impl Default for Metrics {
             worker_in_flight: Family::default(),
             worker_score_milli: Family::default(),
             workers_admitted: Gauge::default(),
+            market_lowest_nanoton: Family::default(),
+            market_median_nanoton: Family::default(),
+            market_highest_nanoton: Family::default(),
+            market_capacity: Family::default(),
+            market_in_flight: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by endpoint and status", m.requests.clone());
@@ -81,6 +98,31 @@ impl Default for Metrics {
         registry.register("worker_in_flight", "Requests in flight per worker", m.worker_in_flight.clone());
         registry.register("worker_score_milli", "Reputation score per worker, x1000", m.worker_score_milli.clone());
         registry.register("workers_admitted", "Workers admitted now", m.workers_admitted.clone());
+        registry.register(
+            "market_lowest_nanoton",
+            "A typical request's cost at the lowest price of the workers up, per model",
+            m.market_lowest_nanoton.clone(),
+        );
+        registry.register(
+            "market_median_nanoton",
+            "A typical request's cost at the median price of the workers up, per model",
+            m.market_median_nanoton.clone(),
+        );
+        registry.register(
+            "market_highest_nanoton",
+            "A typical request's cost at the highest price of the workers up, per model",
+            m.market_highest_nanoton.clone(),
+        );
+        registry.register(
+            "market_capacity",
+            "Requests the workers up serve at once, per model",
+            m.market_capacity.clone(),
+        );
+        registry.register(
+            "market_in_flight",
+            "Requests in flight at the workers up, per model",
+            m.market_in_flight.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -138,5 +180,32 @@ impl Metrics {
 
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+}
+
+impl Metrics {
+    /// Replaces the market gauges (a model no worker serves any more disappears).
+    pub fn set_market(&self, market: &cocoon_protocol::proxy_api::Market) {
+        let families = [
+            &self.market_lowest_nanoton,
+            &self.market_median_nanoton,
+            &self.market_highest_nanoton,
+            &self.market_capacity,
+            &self.market_in_flight,
+        ];
+        for f in families {
+            f.clear();
+        }
+        for m in &market.models {
+            let labels = ModelLabels { model: m.model.clone() };
+            let set = |f: &Family<ModelLabels, Gauge>, v: u64| {
+                f.get_or_create(&labels).set(i64::try_from(v).unwrap_or(i64::MAX));
+            };
+            set(&self.market_lowest_nanoton, m.lowest.typical_cost.0);
+            set(&self.market_median_nanoton, m.median.typical_cost.0);
+            set(&self.market_highest_nanoton, m.highest.typical_cost.0);
+            set(&self.market_capacity, u64::from(m.capacity));
+            set(&self.market_in_flight, u64::from(m.in_flight));
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! policy; its receipt key, model digest and prices are the only ones the
 //! proxy meters with.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -20,12 +20,12 @@ use cocoon_attestation::{AttestationError, Policy, VerifiedWorker};
 use cocoon_client::EndorsementSources;
 use cocoon_client::http::HttpClient;
 use cocoon_client::worker::{ClientError, fetch_verified};
-use cocoon_protocol::proxy_api::WorkerView;
-use cocoon_protocol::{Platform, Prices};
+use cocoon_protocol::proxy_api::{Market, ModelMarket, PricePoint, TypicalRequest, WorkerView};
+use cocoon_protocol::{NanoTon, Platform, Prices};
 
 use crate::config::{ProxyConfig, WorkerUrlError, check_worker_url, secs};
 use crate::ledger::Ledger;
-use crate::reputation::{Outcome, Reputation, ReputationConfig, routing_cost};
+use crate::reputation::{Outcome, Reputation, ReputationConfig, price_term, routing_cost};
 use cocoon_runtime::{LockExt, RwLockExt};
 
 /// Longest wait between two probes of a worker that is down.
@@ -156,11 +156,43 @@ pub struct WorkerEntry {
     pub url: String,
     attested: RwLock<Arc<Attested>>,
     pub in_flight: AtomicU32,
+    /// When the routes answered with this worker were, whose sealed request
+    /// has not arrived yet: counted as load, so that a burst of routes spreads
+    /// instead of every one picking the worker that looked idle.
+    routed: Mutex<VecDeque<u64>>,
     health: Mutex<Health>,
     reputation: Mutex<Reputation>,
 }
 
+/// How long a route counts as load while its request has not arrived.
+const ROUTED_TTL_MS: u64 = 10_000;
+/// Most routes remembered per worker.
+const MAX_ROUTED: usize = 1024;
+
 impl WorkerEntry {
+    /// A request of a route answered earlier arrived: it is in flight now.
+    pub fn arrived(&self) {
+        self.routed.locked().pop_front();
+    }
+
+    /// A route was answered with this worker: its request is coming.
+    pub fn note_routed(&self, now_ms: u64) {
+        let mut r = self.routed.locked();
+        if r.len() >= MAX_ROUTED {
+            r.pop_front();
+        }
+        r.push_back(now_ms);
+    }
+
+    /// Routes answered within the last `ROUTED_TTL_MS` whose request has not arrived.
+    fn routed(&self, now_ms: u64) -> u32 {
+        let mut r = self.routed.locked();
+        while r.front().is_some_and(|&t| t + ROUTED_TTL_MS < now_ms) {
+            r.pop_front();
+        }
+        r.len() as u32
+    }
+
     pub fn attested(&self) -> Arc<Attested> {
         self.attested.read_locked().clone()
     }
@@ -195,6 +227,19 @@ pub struct Registry {
     wake: Notify,
     /// The network's registry, when the proxy admits only what it lists.
     allowlist: Option<Arc<cocoon_client::allowlist::Watched>>,
+}
+
+/// What a route asks of a worker besides its model.
+pub struct Want<'a> {
+    /// Workers not to pick (they failed this request).
+    pub exclude: &'a [String],
+    /// GPU chips the client accepts (empty: any).
+    pub gpus: &'a [String],
+    /// The tokens the request may use, which workers are ranked by the cost of.
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// The client's price ceiling.
+    pub max_price: Option<Prices>,
 }
 
 /// One routing decision.
@@ -294,6 +339,7 @@ impl Registry {
             url: url.clone(),
             attested: RwLock::new(attested),
             in_flight: AtomicU32::new(0),
+            routed: Mutex::new(VecDeque::new()),
             health: Mutex::new(Health::Up),
             reputation: Mutex::new(reputation),
         });
@@ -318,41 +364,126 @@ impl Registry {
         self.workers.read_locked().values().cloned().collect()
     }
 
-    /// The best eligible worker for `model`, skipping `exclude`.
-    /// The best worker for `model`, not in `exclude`, and, when `gpus` names
-    /// chips, with verified GPUs all of those chips.
-    pub fn pick(&self, model: &str, exclude: &[String], gpus: &[String]) -> Option<Pick> {
-        let now = now_ms();
+    /// The request `GET /v1/market` quotes, and the one routes are ranked
+    /// for when the client does not say.
+    pub fn typical_request(&self) -> TypicalRequest {
+        let r = &self.config.routing;
+        TypicalRequest { prompt_tokens: r.typical_prompt_tokens, completion_tokens: r.typical_completion_tokens }
+    }
+
+    /// Workers that could take a request of `model`: up, not quarantined,
+    /// not excluded, of the wanted GPU chips; with room and within the price
+    /// ceiling when `now` (else whatever their load and prices).
+    fn eligible(&self, model: &str, want: &Want, now: bool) -> Vec<Candidate> {
+        let at = now_ms();
         let cfg = &self.config.reputation;
-        let mut ranked: Vec<(f64, Arc<WorkerEntry>, Arc<Attested>)> = self
-            .all()
+        self.all()
             .into_iter()
-            .filter(|w| !exclude.contains(&w.id) && w.health() == Health::Up)
+            .filter(|w| !want.exclude.contains(&w.id) && w.health() == Health::Up)
             .filter_map(|w| {
                 let a = w.attested();
-                if a.model_id != model || !gpu_class_matches(&a.gpus, gpus) {
+                if a.model_id != model || !gpu_class_matches(&a.gpus, want.gpus) {
                     return None;
                 }
-                let rep = w.reputation(now, cfg);
-                if rep.quarantined(now) {
+                if now && want.max_price.is_some_and(|c| !a.prices.within(&c)) {
                     return None;
                 }
+                let reputation = w.reputation(at, cfg);
                 let in_flight = w.in_flight.load(Ordering::Relaxed);
-                if in_flight >= a.capacity {
+                if reputation.quarantined(at) || (now && in_flight >= a.capacity) {
                     return None;
                 }
+                let expected = a.prices.cost(want.prompt_tokens, want.completion_tokens);
+                // Routes not yet followed by their request weigh as load, but never
+                // fill a worker: anyone may ask for routes.
+                let load = (in_flight + w.routed(at)).min(a.capacity.saturating_sub(1).max(in_flight));
+                Some(Candidate { worker: w, attested: a, reputation, in_flight: load, expected })
+            })
+            .collect()
+    }
+
+    /// The best worker for `model` under `want` (see `reputation` for the cost).
+    pub fn pick(&self, model: &str, want: &Want) -> Option<Pick> {
+        let candidates = self.eligible(model, want, true);
+        let cheapest = candidates.iter().map(|c| c.expected).min()?;
+        let weight = self.config.routing.price_weight;
+        let mut ranked: Vec<(f64, Candidate)> = candidates
+            .into_iter()
+            .map(|c| {
                 // A little jitter spreads equal workers instead of always picking the
                 // first; the added term breaks ties between costs of 0 (workers still
                 // being explored), which no factor can.
                 let jitter = 1.0 + (random_u32() % 1000) as f64 / 100_000.0;
                 let tie = (random_u32() % 1000) as f64 * 1e-12;
-                Some((routing_cost(in_flight, a.capacity, &rep) * jitter + tie, w, a))
+                let price = price_term(c.expected, cheapest, weight);
+                (routing_cost(c.in_flight, c.attested.capacity, &c.reputation, price) * jitter + tie, c)
             })
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut it = ranked.into_iter();
-        let (_, worker, attested) = it.next()?;
-        Some(Pick { worker, attested, alternatives: it.map(|(_, w, _)| w.id.clone()).collect() })
+        let (_, best) = it.next()?;
+        Some(Pick {
+            worker: best.worker,
+            attested: best.attested,
+            alternatives: it.map(|(_, c)| c.worker.id.clone()).collect(),
+        })
+    }
+
+    /// When every worker that could serve the request charges more than
+    /// the client's ceiling (so waiting for capacity would not help): the
+    /// lowest of their prices, which the refusal names.
+    pub fn cheapest_above_ceiling(&self, model: &str, want: &Want) -> Option<Prices> {
+        let ceiling = want.max_price?;
+        let all = self.eligible(model, want, false);
+        if all.iter().any(|c| c.attested.prices.within(&ceiling)) {
+            return None;
+        }
+        all.into_iter().min_by_key(|c| c.expected).map(|c| c.attested.prices)
+    }
+
+    /// What the workers that are up charge, per model: the lowest, median and
+    /// highest price (ordered by the typical request's cost) with the
+    /// capacity and load at each.
+    pub fn market(&self) -> Market {
+        let typical = self.typical_request();
+        let now = now_ms();
+        let mut by_model: BTreeMap<String, Vec<(NanoTon, Prices, u32, u32)>> = BTreeMap::new();
+        for w in self.all() {
+            if w.health() != Health::Up || w.reputation(now, &self.config.reputation).quarantined(now) {
+                continue;
+            }
+            let a = w.attested();
+            let cost = a.prices.cost(typical.prompt_tokens, typical.completion_tokens);
+            let in_flight = w.in_flight.load(Ordering::Relaxed);
+            by_model.entry(a.model_id.clone()).or_default().push((cost, a.prices, a.capacity, in_flight));
+        }
+        let models = by_model
+            .into_iter()
+            .map(|(model, mut workers)| {
+                workers.sort_by_key(|&(cost, p, ..)| (cost, p.prompt_per_1k, p.completion_per_1k));
+                let point = |prices: Prices| {
+                    let at: Vec<_> = workers.iter().filter(|w| w.1 == prices).collect();
+                    PricePoint {
+                        prices,
+                        typical_cost: at[0].0,
+                        workers: at.len() as u32,
+                        capacity: at.iter().map(|w| w.2).sum(),
+                        in_flight: at.iter().map(|w| w.3).sum(),
+                    }
+                };
+                let median = workers[(workers.len() - 1) / 2].1;
+                ModelMarket {
+                    model,
+                    workers: workers.len() as u32,
+                    capacity: workers.iter().map(|w| w.2).sum(),
+                    in_flight: workers.iter().map(|w| w.3).sum(),
+                    lowest: point(workers[0].1),
+                    median: point(median),
+                    highest: point(workers[workers.len() - 1].1),
+                }
+            })
+            .collect();
+        Market { typical_request: typical, models }
     }
 
     /// Models served by admitted workers.
@@ -514,6 +645,15 @@ impl Registry {
 
 /// Whether a worker's verified GPU chips meet a request for `wanted` (any
 /// worker when nothing is wanted; else at least one GPU, each of a wanted chip).
+/// A worker that could take a request, with what it would cost there.
+struct Candidate {
+    worker: Arc<WorkerEntry>,
+    attested: Arc<Attested>,
+    reputation: Reputation,
+    in_flight: u32,
+    expected: NanoTon,
+}
+
 pub fn gpu_class_matches(have: &[String], wanted: &[String]) -> bool {
     wanted.is_empty() || (!have.is_empty() && have.iter().all(|h| wanted.iter().any(|w| w.eq_ignore_ascii_case(h))))
 }

@@ -1,10 +1,34 @@
 //! A worker's reputation from the outcomes the proxy observes, and the
-//! routing cost that combines it with load.
+//! routing cost that combines it with price and load.
+//!
+//! The proxy sends a request to the eligible worker (serving the model, up,
+//! not quarantined, with room, within the client's price ceiling) of least
+//!
+//! ```text
+//! cost = price_term × load_term × latency_term / (0.05 + score)
+//! price_term   = (expected cost / cheapest eligible expected cost) ^ price_weight
+//! load_term    = 1 / (1 − in_flight / capacity)
+//! latency_term = 1 + ttfb_ms / 100
+//! ```
+//!
+//! where the expected cost is the request's prompt and `max_tokens` (or a
+//! typical request's) at the worker's attested prices. Why this shape: the
+//! load term is about 1 while a worker has room and grows without bound as
+//! it fills (the queueing delay of a server near saturation), so the
+//! cheapest worker takes the traffic while it has capacity, and the next
+//! cheapest the overflow once the cheapest's load term passes their price
+//! ratio (at weight 2, a worker 1.5 times dearer takes over when the
+//! cheapest is 5/9 full; twice as dear, when it is 3/4 full). Reputation and
+//! latency still divide and multiply: a cheap worker with a poor score or a
+//! slow first byte loses to a slightly dearer good one, and a quarantined
+//! one gets nothing. `price_weight = 0` routes by load and reputation alone.
 //!
 //! Pure: every function takes the time in, so the decay and the ranking are
 //! tested without clocks.
 
 use serde::{Deserialize, Serialize};
+
+use cocoon_protocol::NanoTon;
 
 /// Where scores start and where they decay back to.
 pub const NEUTRAL: f64 = 0.5;
@@ -145,16 +169,30 @@ const REFERENCE_TTFB_MS: f64 = 100.0;
 /// Outcomes below which a worker is still being explored.
 const EXPLORE_SAMPLES: u64 = 3;
 
-/// Lower is better: load against capacity, slowed by latency, divided by the
-/// score. A worker on trial (new, or back from quarantine) with too few
-/// outcomes to judge goes first while idle and at half cost while busy, like
-/// a half-open circuit breaker: one probe at a time, whatever the others'
-/// scores, so that a score at zero can recover and low traffic cannot starve it.
-pub fn routing_cost(in_flight: u32, capacity: u32, rep: &Reputation) -> f64 {
-    let load = (in_flight as f64 + 1.0) / capacity.max(1) as f64;
-    let cost = load * (1.0 + rep.ttfb_ms / REFERENCE_TTFB_MS) / (0.05 + rep.score);
+/// How much dearer a worker's expected cost is than the cheapest eligible
+/// worker's, raised to `weight`: 1 for the cheapest (and for every worker at
+/// weight 0), 4 for a worker twice as dear at weight 2. A nanoTON is added to
+/// both so that free workers compare too.
+pub fn price_term(expected: NanoTon, cheapest: NanoTon, weight: f64) -> f64 {
+    let ratio = (expected.0 as f64 + 1.0) / (cheapest.0 as f64 + 1.0);
+    ratio.max(1.0).powf(weight)
+}
+
+/// Lower is better (see the module's formula). A worker on trial (new, or
+/// back from quarantine) with too few outcomes to judge goes first while
+/// idle and at half cost while busy, like a half-open circuit breaker: one
+/// probe at a time, whatever the others' scores, so that a score at zero can
+/// recover and low traffic cannot starve it; among idle workers on trial,
+/// the cheaper is probed first. A worker without room costs infinity.
+pub fn routing_cost(in_flight: u32, capacity: u32, rep: &Reputation, price_term: f64) -> f64 {
+    let capacity = capacity.max(1);
+    if in_flight >= capacity {
+        return f64::INFINITY;
+    }
+    let load = 1.0 / (1.0 - in_flight as f64 / capacity as f64);
+    let cost = price_term * load * (1.0 + rep.ttfb_ms / REFERENCE_TTFB_MS) / (0.05 + rep.score);
     match (rep.trial_outcomes < EXPLORE_SAMPLES, in_flight) {
-        (true, 0) => 0.0,
+        (true, 0) => (price_term - 1.0) * 1e-6,
         (true, _) => cost / 2.0,
         (false, _) => cost,
     }
@@ -206,17 +244,17 @@ mod tests {
             r
         };
         let (fast, slow) = (judged(5.0), judged(500.0));
-        assert!(routing_cost(0, 8, &fast) < routing_cost(0, 8, &slow));
+        assert!(routing_cost(0, 8, &fast, 1.0) < routing_cost(0, 8, &slow, 1.0));
         // A busy fast worker loses to an idle slow one eventually.
-        assert!(routing_cost(7, 8, &fast) > routing_cost(0, 8, &slow));
+        assert!(routing_cost(7, 8, &fast, 1.0) > routing_cost(0, 8, &slow, 1.0));
         // Equal workers: the less loaded wins.
-        assert!(routing_cost(1, 8, &fast) < routing_cost(2, 8, &fast));
+        assert!(routing_cost(1, 8, &fast, 1.0) < routing_cost(2, 8, &fast, 1.0));
         // A new worker is tried before a proven idle one.
         let mut proven = fast.clone();
         for _ in 0..5 {
             proven.record(done(5.0), 0, &CFG);
         }
-        assert!(routing_cost(0, 8, &Reputation::new(0)) < routing_cost(0, 8, &proven));
+        assert!(routing_cost(0, 8, &Reputation::new(0), 1.0) < routing_cost(0, 8, &proven, 1.0));
     }
 
     #[test]
@@ -233,11 +271,55 @@ mod tests {
         assert!(back.score < 0.3, "its score is still low: {}", back.score);
         // Idle, it is probed before an idle proven worker; busy, it is not
         // preferred to an idle one.
-        assert_eq!(routing_cost(0, 8, &back), 0.0);
-        assert!(routing_cost(1, 8, &back) > routing_cost(0, 8, &proven));
+        assert_eq!(routing_cost(0, 8, &back, 1.0), 0.0);
+        assert!(routing_cost(1, 8, &back, 1.0) > routing_cost(0, 8, &proven, 1.0));
         for _ in 0..EXPLORE_SAMPLES {
             back.record(done(1.0), 5_000, &CFG);
         }
-        assert!(routing_cost(0, 8, &back) > 0.0, "after its trial it is ranked by cost again");
+        assert!(routing_cost(0, 8, &back, 1.0) > 0.0, "after its trial it is ranked by cost again");
+    }
+
+    fn judged(score_from: &[Outcome], ttfb_ms: f64) -> Reputation {
+        let mut r = Reputation::new(0);
+        for _ in 0..EXPLORE_SAMPLES {
+            r.record(done(ttfb_ms), 0, &CFG);
+        }
+        for o in score_from {
+            r.record(*o, 0, &CFG);
+        }
+        r
+    }
+
+    #[test]
+    fn the_cheapest_takes_the_traffic_until_it_fills_then_the_next_takes_the_overflow() {
+        let good = judged(&[], 5.0);
+        let (cheap, dear) = (NanoTon(1_000), NanoTon(2_000));
+        let (p_cheap, p_dear) = (price_term(cheap, cheap, 2.0), price_term(dear, cheap, 2.0));
+        // (Each cost plus a nanoTON: 2001/1001 squared.)
+        assert!(p_cheap == 1.0 && (p_dear - 4.0).abs() < 0.01, "{p_cheap} {p_dear}");
+        // Twice as dear at weight 2: the dear worker takes over once the cheap one is 3/4 full.
+        for in_flight in 0..6 {
+            assert!(routing_cost(in_flight, 8, &good, p_cheap) < routing_cost(0, 8, &good, p_dear), "{in_flight}");
+        }
+        assert!(routing_cost(7, 8, &good, p_cheap) > routing_cost(0, 8, &good, p_dear));
+        assert_eq!(routing_cost(8, 8, &good, p_cheap), f64::INFINITY);
+        // Weight 0: price does not count.
+        assert_eq!(price_term(dear, cheap, 0.0), 1.0);
+        // Free workers compare too.
+        assert!(price_term(NanoTon(10), NanoTon(0), 1.0) > 1.0);
+    }
+
+    #[test]
+    fn a_cheap_worker_with_a_poor_score_loses_to_a_slightly_dearer_good_one() {
+        let good = judged(&[], 5.0);
+        let poor = judged(&[Outcome::Failed, Outcome::Failed, Outcome::TimedOut, Outcome::Failed], 5.0);
+        let slow = judged(&[], 400.0);
+        let slightly_dearer = price_term(NanoTon(1_100), NanoTon(1_000), 2.0);
+        assert!(routing_cost(0, 8, &poor, 1.0) > routing_cost(0, 8, &good, slightly_dearer));
+        assert!(routing_cost(0, 8, &slow, 1.0) > routing_cost(0, 8, &good, slightly_dearer));
+        // Among idle workers on trial, the cheaper is probed first.
+        let new = Reputation::new(0);
+        assert!(routing_cost(0, 8, &new, 1.0) < routing_cost(0, 8, &new, slightly_dearer));
+        assert!(routing_cost(0, 8, &new, slightly_dearer) < routing_cost(0, 8, &good, 1.0));
     }
 }

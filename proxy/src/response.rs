@@ -29,7 +29,15 @@ fn error_response(status: StatusCode, e: &ApiError) -> Response {
 /// The worker failed before its first byte: a retryable error naming the next candidate.
 pub fn failover(app: &App, worker: &WorkerEntry, model: &str, why: &str) -> Response {
     app.metrics.failovers.inc();
-    let next = app.registry.pick(model, std::slice::from_ref(&worker.id), &[]).map(|p| p.worker.id.clone());
+    let typical = app.registry.typical_request();
+    let want = crate::registry::Want {
+        exclude: std::slice::from_ref(&worker.id),
+        gpus: &[],
+        prompt_tokens: typical.prompt_tokens,
+        completion_tokens: typical.completion_tokens,
+        max_price: None,
+    };
+    let next = app.registry.pick(model, &want).map(|p| p.worker.id.clone());
     let message = format!("worker {} failed before answering: {why}", worker.id);
     let e = ApiError::new("proxy_error", ErrorCode::WorkerUnavailable, message).retryable(next);
     error_response(StatusCode::SERVICE_UNAVAILABLE, &e)

@@ -4,7 +4,8 @@
 //! | --- | --- |
 //! | `POST /v1/workers` | a worker asks to join (`{"url": ...}`); admitted only if its fresh evidence passes |
 //! | `GET /v1/workers` | admitted workers: model, prices, capacity, load, reputation, evidence age |
-//! | `POST /v1/route` | `{"model": ..., "exclude": [...], "gpu": [chips]}` → the pick, its evidence and prices |
+//! | `POST /v1/route` | `{"model", "exclude", "gpu", "prompt_tokens", "max_tokens", "max_price"}` → the pick (by price, load and reputation), its evidence and prices |
+//! | `GET /v1/market` | per model: the lowest, median and highest price of the workers up, with capacity and load |
 //! | `POST /v1/ohttp` | a sealed request for the worker named in `cocoon-worker`, signed by the client |
 //! | `GET /v1/terms` | the proxy's price terms (the bytes its evidence binds) |
 //! | `POST /v1/vouchers` | a client's voucher on its channel to this proxy (`[ton]` only) |
@@ -35,7 +36,7 @@ use crate::app::App;
 use crate::config::secs;
 use crate::forward;
 use crate::metrics::WorkerLabels;
-use crate::registry::{AdmissionError, now_ms};
+use crate::registry::{AdmissionError, Want, now_ms};
 use crate::response::api_error;
 use cocoon_runtime::{Accepted, HttpOptions, LockExt, serve_http};
 
@@ -45,11 +46,14 @@ const MAX_SMALL_BODY: usize = 16 << 10;
 const MAX_GPU_CLASSES: usize = 8;
 /// Most workers a route request may exclude.
 const MAX_EXCLUDE: usize = 64;
+/// Most prompt tokens a route request is ranked for (more are taken as this many).
+const MAX_ROUTE_PROMPT_TOKENS: u32 = 1 << 24;
 
 pub fn router(app: Arc<App>) -> Router {
     let routes = Router::new()
         .route("/v1/workers", get(list_workers).post(join))
         .route("/v1/route", post(route))
+        .route("/v1/market", get(market))
         .route("/v1/ohttp", post(forward::ohttp))
         .route("/v1/terms", get(terms))
         .route("/v1/vouchers", post(vouchers))
@@ -234,7 +238,35 @@ async fn route_inner(app: &Arc<App>, req: Request) -> Response {
             false,
         );
     }
-    let Some(pick) = app.registry.pick(&r.model, &r.exclude, &r.gpu) else {
+    let typical = app.registry.typical_request();
+    let want = Want {
+        exclude: &r.exclude,
+        gpus: &r.gpu,
+        prompt_tokens: r.prompt_tokens.unwrap_or(typical.prompt_tokens).min(MAX_ROUTE_PROMPT_TOKENS),
+        completion_tokens: r.max_tokens.unwrap_or(typical.completion_tokens).min(limits::MAX_TOKENS_CAP),
+        max_price: r.max_price,
+    };
+    let Some(pick) = app.registry.pick(&r.model, &want) else {
+        if let Some(ceiling) = r.max_price
+            && let Some(cheapest) = app.registry.cheapest_above_ceiling(&r.model, &want)
+        {
+            app.metrics.refuse(ErrorCode::PriceAboveCeiling.as_str());
+            return api_error(
+                StatusCode::PAYMENT_REQUIRED,
+                ErrorCode::PriceAboveCeiling,
+                format!(
+                    "every worker serving {:?} that could take this request charges more than the ceiling of \
+                     {} and {} nanoTON per 1,000 prompt and completion tokens; the cheapest available now charges \
+                     {} and {}",
+                    r.model,
+                    ceiling.prompt_per_1k.0,
+                    ceiling.completion_per_1k.0,
+                    cheapest.prompt_per_1k.0,
+                    cheapest.completion_per_1k.0
+                ),
+                false,
+            );
+        }
         let served = app.registry.models();
         let (status, code, msg) = if served.contains(&r.model) && !r.gpu.is_empty() {
             (
@@ -261,6 +293,7 @@ async fn route_inner(app: &Arc<App>, req: Request) -> Response {
         };
         return api_error(status, code, msg, false);
     };
+    pick.worker.note_routed(now_ms());
     let a = &pick.attested;
     axum::Json(RouteAnswer {
         worker: RoutedWorker {
@@ -320,7 +353,16 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+async fn market(State(app): State<Arc<App>>) -> Response {
+    let market = app.registry.market();
+    app.metrics.set_market(&market);
+    let r = axum::Json(market).into_response();
+    app.count("market", &r);
+    r
+}
+
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics.set_market(&app.registry.market());
     let now = now_ms();
     let workers = app.registry.all();
     app.metrics.workers_admitted.set(workers.len() as i64);

@@ -41,8 +41,13 @@ impl TestWorker {
     }
 
     pub fn with_capacity(dir: &Path, name: &str, delay_ms: u64, capacity: u32) -> Self {
+        Self::priced(dir, name, delay_ms, capacity, PRICES)
+    }
+
+    /// A worker charging `prices`.
+    pub fn priced(dir: &Path, name: &str, delay_ms: u64, capacity: u32, prices: Prices) -> Self {
         let sock = dir.join(format!("{name}.sock"));
-        let config = priced_config(dir, name, (PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0), capacity);
+        let config = priced_config(dir, name, (prices.prompt_per_1k.0, prices.completion_per_1k.0), capacity);
         let enclave = start_enclave_with(&sock, delay_ms, Some(&config));
         let (host, url) = start_host(&format!("unix:{}", sock.display()), &[]);
         TestWorker { enclave: Some(enclave), host: Some(host), url, sock, config, delay_ms }
@@ -176,6 +181,17 @@ pub async fn post_json(http: &HttpClient, url: &str, path: &str, body: &Value) -
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     (status, body)
+}
+
+/// A chat request to the runner with extra headers: the status and the whole body.
+pub async fn post_chat_with(http: &HttpClient, url: &str, body: &Value, headers: &[(&str, String)]) -> (u16, Vec<u8>) {
+    let mut req = http::Request::post(format!("{url}/v1/chat/completions")).header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = http.send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default())
 }
 
 pub fn chat_body(prompt: &str, stream: bool) -> Value {
