@@ -98,31 +98,27 @@ impl Default for Metrics {
         registry.register("worker_in_flight", "Requests in flight per worker", m.worker_in_flight.clone());
         registry.register("worker_score_milli", "Reputation score per worker, x1000", m.worker_score_milli.clone());
         registry.register("workers_admitted", "Workers admitted now", m.workers_admitted.clone());
-        registry.register(
-            "market_lowest_nanoton",
-            "A typical request's cost at the lowest price of the workers up, per model",
-            m.market_lowest_nanoton.clone(),
-        );
-        registry.register(
-            "market_median_nanoton",
-            "A typical request's cost at the median price of the workers up, per model",
-            m.market_median_nanoton.clone(),
-        );
-        registry.register(
-            "market_highest_nanoton",
-            "A typical request's cost at the highest price of the workers up, per model",
-            m.market_highest_nanoton.clone(),
-        );
-        registry.register(
-            "market_capacity",
-            "Requests the workers up serve at once, per model",
-            m.market_capacity.clone(),
-        );
-        registry.register(
-            "market_in_flight",
-            "Requests in flight at the workers up, per model",
-            m.market_in_flight.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "market_lowest_nanoton",
+                "A typical request's cost at the lowest price of the workers up",
+                &m.market_lowest_nanoton,
+            ),
+            (
+                "market_median_nanoton",
+                "A typical request's cost at the median price of the workers up",
+                &m.market_median_nanoton,
+            ),
+            (
+                "market_highest_nanoton",
+                "A typical request's cost at the highest price of the workers up",
+                &m.market_highest_nanoton,
+            ),
+            ("market_capacity", "Requests the workers up serve at once", &m.market_capacity),
+            ("market_in_flight", "Requests in flight at the workers up", &m.market_in_flight),
+        ] {
+            registry.register(name, format!("{help}, per model"), family.clone());
+        }
         Metrics { registry, ..m }
     }
 }
