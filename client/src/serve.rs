@@ -301,13 +301,19 @@ impl Runner {
     }
 
     /// Routes, seals and sends; replaces a worker that fails before answering.
-    async fn open_stream(&self, model: &str, inner: &InnerRequest, demand: &Demand) -> Result<Sent, AppError> {
+    async fn open_stream(
+        &self,
+        model: &str,
+        inner: &InnerRequest,
+        demand: &Demand,
+        failed: &[String],
+    ) -> Result<Sent, AppError> {
         self.check_proxy_listed().map_err(|e| AppError {
             status: 503,
             code: ErrorCode::ProxyNotListed,
             message: format!("the registry no longer allows this proxy: {e}"),
         })?;
-        let mut exclude: Vec<String> = Vec::new();
+        let mut exclude: Vec<String> = failed.to_vec();
         let mut last = None;
         let busy_until = tokio::time::Instant::now() + BUSY_WAIT;
         let mut backoff = std::time::Duration::from_millis(25);
@@ -324,7 +330,8 @@ impl Runner {
                     Err(e) if e.code == ErrorCode::NoWorkerAvailable && tokio::time::Instant::now() < busy_until => {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                        exclude.clear();
+                        // Workers that failed this very request stay out.
+                        exclude.truncate(failed.len());
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -395,6 +402,85 @@ struct Sent {
     worker: Worker,
     /// The maximum cost signed for this request.
     max_cost: NanoTon,
+}
+
+/// Most times a request is sent to another worker because its worker failed
+/// before the app saw anything of the answer.
+const MAX_UNSEEN_RETRIES: usize = 3;
+
+/// An answer as far as it is read before anything goes to the app: its
+/// head, and its content up to the first token of a stream (a whole answer,
+/// or an error, is read to its end). A worker that fails before then is
+/// replaced without the app noticing, and paid for once: the proxy charges
+/// nothing for a stream whose worker failed.
+struct Begun {
+    sent: Sent,
+    status: u16,
+    content_type: String,
+    /// The content read so far, none of it passed on yet.
+    prefix: Vec<Bytes>,
+}
+
+impl Runner {
+    async fn begin(
+        &self,
+        model: &str,
+        inner: &InnerRequest,
+        demand: &Demand,
+        streamed: bool,
+    ) -> Result<Begun, AppError> {
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            let mut sent = self.open_stream(model, inner, demand, &failed).await?;
+            match read_unseen(&mut sent.stream, streamed).await {
+                Ok((status, content_type, prefix)) => return Ok(Begun { sent, status, content_type, prefix }),
+                Err(ClientError::WorkerFailed { message, .. }) if failed.len() < MAX_UNSEEN_RETRIES => {
+                    let id = sent.worker.id().to_string();
+                    warn!(worker = %id, "the worker failed before the app saw its answer; sending it to another: {message}");
+                    failed.push(id);
+                }
+                Err(e) => return Err(AppError::from_client(e)),
+            }
+        }
+    }
+}
+
+/// Reads the head and then what the app has not seen yet: a whole answer or
+/// an error to its end, a 200 stream up to its first event with a token, its
+/// usage, its end or an error.
+async fn read_unseen(stream: &mut ResponseStream, streamed: bool) -> Result<(u16, String, Vec<Bytes>), ClientError> {
+    let (status, content_type) = match stream.next_event().await? {
+        Some(ResponseEvent::Head { status, headers }) => {
+            let ct = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.clone());
+            (status, ct.unwrap_or_else(|| "application/json".into()))
+        }
+        _ => return Err(ClientError::Answer { what: "the sealed answer", reason: "it has no head".into() }),
+    };
+    let mut prefix = Vec::new();
+    let mut size = 0;
+    let mut parser = SseParser::default();
+    while let Some(e) = stream.next_event().await? {
+        let ResponseEvent::Content(c) = e else { continue };
+        size += c.len();
+        if size > limits::MAX_SEALED_RESPONSE {
+            return Err(ClientError::Answer { what: "the answer", reason: "larger than the limit".into() });
+        }
+        let seen = streamed && status == 200 && parser.push(&c)?.iter().any(|data| shows_content(data));
+        prefix.push(Bytes::from(c));
+        if seen {
+            break;
+        }
+    }
+    Ok((status, content_type, prefix))
+}
+
+/// Whether an SSE event of an answer gives the app anything: text, the end,
+/// the usage, or something that is not a bare role chunk.
+fn shows_content(data: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(data) else { return true };
+    let choice = &v["choices"][0];
+    let text = choice["delta"]["content"].as_str().or(choice["text"].as_str()).unwrap_or("");
+    !text.is_empty() || !choice["finish_reason"].is_null() || !v["usage"].is_null() || !v["error"].is_null()
 }
 
 /// What one request may use, known before a worker is chosen.
@@ -591,16 +677,9 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
     let encoded = serde_json::to_vec(&v).expect("JSON encodes");
     let demand = Demand::of(max_cost, max_price, &v, encoded.len())?;
     let inner = InnerRequest::post_json(path, encoded);
-    let Sent { mut stream, worker, max_cost } = r.open_stream(&model, &inner, &demand).await?;
-
     // The inner status comes first; an error inside the seal is passed on as it is.
-    let (status, content_type) = match stream.next_event().await.map_err(AppError::from_client)? {
-        Some(ResponseEvent::Head { status, headers }) => {
-            let ct = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.clone());
-            (status, ct.unwrap_or_else(|| "application/json".into()))
-        }
-        _ => return Err(AppError::upstream("the sealed answer has no head")),
-    };
+    let Begun { sent, status, content_type, prefix } = r.begin(&model, &inner, &demand, streamed).await?;
+    let Sent { stream, worker, max_cost } = sent;
     let billing = Billing {
         worker_prices: worker.verified().claims().prices.unwrap_or_default(),
         commission: r.commission(),
@@ -609,16 +688,8 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
     };
     let worker_id = worker.id().to_string();
     if status != 200 || !streamed {
-        // Whole answers (and errors): collect, check the receipt, add the cost.
-        let mut body = Vec::new();
-        while let Some(e) = stream.next_event().await.map_err(AppError::from_client)? {
-            if let ResponseEvent::Content(c) = e {
-                body.extend_from_slice(&c);
-                if body.len() > limits::MAX_SEALED_RESPONSE {
-                    return Err(AppError::upstream("the answer is larger than the limit"));
-                }
-            }
-        }
+        // Whole answers (and errors), read to their end: check the receipt, add the cost.
+        let body: Vec<u8> = prefix.concat();
         if status != 200 {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             return Ok((code, [(header::CONTENT_TYPE, content_type)], body).into_response());
@@ -631,7 +702,8 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         return Ok(axum::Json(answer).into_response());
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(32);
-    tokio::spawn(relay_stream(r.clone(), stream, worker, billing, worker_id, app_wants_usage, tx));
+    let relay = Relay { runner: r.clone(), stream, worker, billing, worker_id, app_wants_usage };
+    tokio::spawn(relay.run(prefix, tx));
     let body = Body::from_stream(ReceiverStream::new(rx));
     Ok(Response::builder()
         .status(200)
@@ -721,70 +793,80 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
-/// Passes the events on as they arrive; holds back the usage chunk and
-/// `[DONE]` until the receipt and the charge have been checked.
-async fn relay_stream(
+/// A stream on its way to the app.
+struct Relay {
     runner: Arc<Runner>,
-    mut stream: ResponseStream,
+    stream: ResponseStream,
     worker: Worker,
     billing: Billing,
     worker_id: String,
     app_wants_usage: bool,
-    tx: mpsc::Sender<Result<Bytes, Infallible>>,
-) {
-    let mut parser = SseParser::default();
-    let mut usage_chunk: Option<Value> = None;
-    let fail = |message: String| {
-        sse(&serde_json::to_value(ApiError::new("server_error", ErrorCode::StreamFailed, message))
-            .expect("JSON encodes"))
-    };
-    loop {
-        let event = match stream.next_event().await {
-            Ok(Some(e)) => e,
-            Ok(None) => break,
-            Err(e) => {
-                let _ = tx.send(Ok(fail(e.to_string()))).await;
-                return;
-            }
+}
+
+impl Relay {
+    /// Passes the events on as they arrive, those read before first; holds
+    /// back the usage chunk and `[DONE]` until the receipt and the charge have
+    /// been checked. A stream that breaks now ends with an error event.
+    async fn run(self, prefix: Vec<Bytes>, tx: mpsc::Sender<Result<Bytes, Infallible>>) {
+        let Relay { runner, mut stream, worker, billing, worker_id, app_wants_usage } = self;
+        let mut parser = SseParser::default();
+        let mut usage_chunk: Option<Value> = None;
+        let fail = |message: String| {
+            sse(&serde_json::to_value(ApiError::new("server_error", ErrorCode::StreamFailed, message))
+                .expect("JSON encodes"))
         };
-        let ResponseEvent::Content(bytes) = event else { continue };
-        let events = match parser.push(&bytes) {
-            Ok(ev) => ev,
-            Err(e) => {
-                let _ = tx.send(Ok(fail(e.to_string()))).await;
-                return;
-            }
-        };
-        for data in events {
-            if data == "[DONE]" {
-                continue;
-            }
-            let Ok(v) = serde_json::from_str::<Value>(&data) else {
-                let _ = tx.send(Ok(fail("a stream event is not JSON".into()))).await;
-                return;
+        let mut read = prefix.into_iter();
+        loop {
+            let bytes = match read.next() {
+                Some(b) => b,
+                None => match stream.next_event().await {
+                    Ok(Some(ResponseEvent::Content(b))) => Bytes::from(b),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Ok(fail(e.to_string()))).await;
+                        return;
+                    }
+                },
             };
-            if v["choices"].as_array().is_some_and(|c| c.is_empty()) && !v["usage"].is_null() {
-                usage_chunk = Some(v);
-                continue;
-            }
-            if tx.send(Ok(sse(&v))).await.is_err() {
-                return; // The app went away; dropping the stream stops the worker.
+            let events = match parser.push(&bytes) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let _ = tx.send(Ok(fail(e.to_string()))).await;
+                    return;
+                }
+            };
+            for data in events {
+                if data == "[DONE]" {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<Value>(&data) else {
+                    let _ = tx.send(Ok(fail("a stream event is not JSON".into()))).await;
+                    return;
+                };
+                if v["choices"].as_array().is_some_and(|c| c.is_empty()) && !v["usage"].is_null() {
+                    usage_chunk = Some(v);
+                    continue;
+                }
+                if tx.send(Ok(sse(&v))).await.is_err() {
+                    return; // The app went away; dropping the stream stops the worker.
+                }
             }
         }
-    }
-    let usage = usage_chunk.as_ref().map(|u| u["usage"].clone()).unwrap_or(Value::Null);
-    match billing.check(&stream, &worker, &usage) {
-        Ok(cost) => {
-            runner.pay(cost.charge).await;
-            if app_wants_usage && let Some(mut u) = usage_chunk {
-                u["cocoon"] = cost.json(&worker_id);
-                let _ = tx.send(Ok(sse(&u))).await;
+        let usage = usage_chunk.as_ref().map(|u| u["usage"].clone()).unwrap_or(Value::Null);
+        match billing.check(&stream, &worker, &usage) {
+            Ok(cost) => {
+                runner.pay(cost.charge).await;
+                if app_wants_usage && let Some(mut u) = usage_chunk {
+                    u["cocoon"] = cost.json(&worker_id);
+                    let _ = tx.send(Ok(sse(&u))).await;
+                }
+                let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
             }
-            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
-        }
-        Err(e) => {
-            warn!("{}", e.message);
-            let _ = tx.send(Ok(sse(&serde_json::to_value(e.body()).expect("JSON encodes")))).await;
+            Err(e) => {
+                warn!("{}", e.message);
+                let _ = tx.send(Ok(sse(&serde_json::to_value(e.body()).expect("JSON encodes")))).await;
+            }
         }
     }
 }

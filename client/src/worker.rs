@@ -61,6 +61,10 @@ pub enum ClientError {
     Voucher(#[from] cocoon_ton::TonError),
     #[error("the worker sent no usage receipt for a completed answer")]
     NoReceipt,
+    /// The proxy ended the stream because the worker's broke off (nothing
+    /// was charged for it).
+    #[error("the worker failed during the answer ({message}), reached through {via}")]
+    WorkerFailed { via: String, message: String },
 }
 
 /// Where sealed requests for a worker go: its own shim, or a proxy that forwards them.
@@ -381,6 +385,9 @@ impl ResponseStream {
                     return Err(ClientError::Http(HttpError::Body { uri: self.source.clone(), detail: e.to_string() }));
                 }
                 None => {
+                    if let Some(why) = self.trailer(media::WORKER_FAILED_TRAILER) {
+                        return Err(ClientError::WorkerFailed { via: self.source.clone(), message: why.to_string() });
+                    }
                     let StreamState::Open(opener) = std::mem::replace(&mut self.state, StreamState::Finished) else {
                         unreachable!("matched Open above");
                     };

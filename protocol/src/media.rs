@@ -23,6 +23,11 @@ pub const WORKER_CAP_HEADER: &str = "cocoon-worker-cap";
 pub const CHARGE_HEADER: &str = "cocoon-charge";
 /// Response header the proxy adds to a failover answer: the next worker to try.
 pub const RETRY_WORKER_HEADER: &str = "cocoon-retry-worker";
+/// Trailer the proxy ends a streamed answer with when the worker's stream
+/// broke off or went silent (its value says how): the stream is cut short
+/// (its sealed end is missing), nothing was charged for it, and a client that
+/// received no content from it may send the request to another worker.
+pub const WORKER_FAILED_TRAILER: &str = "cocoon-worker-failed";
 /// Request header naming the worker a sealed request is for (through a proxy).
 pub const WORKER_HEADER: &str = "cocoon-worker";
 

@@ -498,7 +498,8 @@ async fn stream_back(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     let (parts, body) = resp.into_parts();
-    let out = response_head(&parts).header(header::TRAILER, HeaderValue::from_static("cocoon-receipt, cocoon-charge"));
+    let out = response_head(&parts)
+        .header(header::TRAILER, HeaderValue::from_static("cocoon-receipt, cocoon-charge, cocoon-worker-failed"));
     out.body(pump(m, body, in_flight, permit, ReceiptIn::Trailer)).expect("valid response parts")
 }
 
@@ -548,12 +549,12 @@ fn pump(
                 pump::Upstream::End => break,
                 pump::Upstream::Broken(e) => {
                     m.app.registry.record(&m.worker, Outcome::Failed);
-                    tx.fail(format!("the worker's answer broke off: {e}")).await;
+                    worker_failed(&tx, receipt_in, &format!("the worker's answer broke off: {e}")).await;
                     return;
                 }
                 pump::Upstream::Silent => {
                     m.app.registry.record(&m.worker, Outcome::TimedOut);
-                    tx.fail("the worker's answer went silent").await;
+                    worker_failed(&tx, receipt_in, "the worker's answer went silent").await;
                     return;
                 }
             }
@@ -569,6 +570,20 @@ fn pump(
         }
     });
     Body::new(out)
+}
+
+/// Ends a stream whose worker failed. A streamed answer (charged at its end,
+/// so not charged now) ends with a trailer that says so, which lets the
+/// client send the request to another worker if it received no content; a
+/// whole answer was charged before its body, so its body only breaks.
+async fn worker_failed(tx: &cocoon_runtime::pump::FrameSender, receipt_in: ReceiptIn, why: &str) {
+    if receipt_in == ReceiptIn::Head {
+        return tx.fail(why.to_string()).await;
+    }
+    let mut trailers = HeaderMap::new();
+    let value = HeaderValue::from_str(why).unwrap_or_else(|_| HeaderValue::from_static("the worker failed"));
+    trailers.insert(media::WORKER_FAILED_TRAILER, value);
+    tx.send(Frame::trailers(trailers)).await;
 }
 
 /// How long the proxy asks a worker for the receipt of a stream its client

@@ -14,6 +14,9 @@ pub struct EchoEngine {
     info: ModelInfo,
     /// Pause after each token, so tests can see tokens arrive one by one.
     token_delay: Duration,
+    /// Pause before the first token: a prefill, during which a stream has
+    /// begun (the role chunk) but shown no token.
+    prefill_delay: Duration,
 }
 
 impl EchoEngine {
@@ -24,7 +27,12 @@ impl EchoEngine {
     /// An echo engine under another model id, whose digest is the id's SHA-256.
     pub fn serving(model: &str, token_delay: Duration) -> Self {
         let info = ModelInfo { id: model.into(), digest: Sha256::digest(model).into(), context_length: 4096 };
-        EchoEngine { info, token_delay }
+        EchoEngine { info, token_delay, prefill_delay: Duration::ZERO }
+    }
+
+    pub fn with_prefill_delay(mut self, delay: Duration) -> Self {
+        self.prefill_delay = delay;
+        self
     }
 }
 
@@ -61,6 +69,9 @@ impl Engine for EchoEngine {
         let allowed = request.allowed_tokens(prompt_tokens as u32)?;
         let mut completion_tokens = 0u32;
         let mut text = String::new();
+        if !self.prefill_delay.is_zero() {
+            std::thread::sleep(self.prefill_delay);
+        }
         for token in answer_tokens(&last) {
             if completion_tokens == allowed {
                 return Ok(Completion {

@@ -201,6 +201,144 @@ async fn a_killed_worker_is_failed_over_and_nothing_is_charged_without_a_receipt
     assert!(metrics.contains("cocoon_proxy_failovers_total"), "{metrics}");
 }
 
+/// How a streamed answer ended, as the app saw it.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    /// Every token, the usage with its cost, `[DONE]`.
+    Complete { cost: u64 },
+    /// Some tokens, then an OpenAI-style error event, and a clean end.
+    ErrorAfterTokens,
+    /// Anything else: an error before any token, or a broken connection.
+    Broken(String),
+}
+
+async fn stream_seen(http: &HttpClient, runner: &str, prompt: &str) -> Seen {
+    let req = http::Request::post(format!("{runner}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat_body(prompt, true).to_string())))
+        .unwrap();
+    let resp = match http.send(req).await {
+        Ok(r) => r,
+        Err(e) => return Seen::Broken(format!("no answer: {e}")),
+    };
+    let status = resp.status().as_u16();
+    let body = match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Seen::Broken(format!("the connection broke: {e}")),
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if status != 200 {
+        return Seen::Broken(format!("status {status}: {text}"));
+    }
+    let (mut tokens, mut cost, mut done, mut error) = (0, None, false, false);
+    for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        if !v["error"].is_null() {
+            error = true;
+        } else if v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
+            tokens += 1;
+        }
+        cost = cost.or(v["cocoon"]["cost_nanoton"].as_u64());
+    }
+    match (tokens, cost, done, error) {
+        (t, Some(cost), true, false) if t > 0 => Seen::Complete { cost },
+        (t, _, false, true) if t > 0 => Seen::ErrorAfterTokens,
+        _ => Seen::Broken(text),
+    }
+}
+
+/// `n` streamed requests from `first`, started over `n % 40 × spread_ms`.
+fn streams(
+    http: &HttpClient,
+    runner: &str,
+    n: usize,
+    first: usize,
+    spread_ms: u64,
+) -> Vec<tokio::task::JoinHandle<Result<Seen, tokio::time::error::Elapsed>>> {
+    (0..n)
+        .map(|i| {
+            let (http, runner) = (http.clone(), runner.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis((i as u64 % 40) * spread_ms)).await;
+                let prompt = prompt_for(first + i);
+                tokio::time::timeout(Duration::from_secs(60), stream_seen(&http, &runner, &prompt)).await
+            })
+        })
+        .collect()
+}
+
+/// A worker SIGKILLed under 40 streamed requests through `cocoon serve`, after
+/// its streams began (the enclave sends the role chunk at once) but before
+/// its first token: every request completes on the other worker, unseen by
+/// the app, and is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_before_its_first_token_is_replaced_unseen() {
+    let dir = temp_dir("net-unseen");
+    // A 300 ms prefill: streams begin at once and show their first token after it.
+    let a = TestWorker::prefilling(&dir, "a", 5, 4, 300);
+    let mut b = TestWorker::prefilling(&dir, "b", 5, 4, 300);
+    let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b.url]);
+    let (runner, http) = funded_runner(&dir, &proxy, 2, 5, 10_000_000_000).await;
+    // Both workers' evidence verified once, so that the burst starts at once.
+    let mut charged = 0;
+    for i in 0..4 {
+        let Seen::Complete { cost } = stream_seen(&http, &runner, &prompt_for(i)).await else { panic!("warm-up") };
+        charged += cost;
+    }
+    let tasks = streams(&http, &runner, 40, 100, 0);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.kill();
+    for t in tasks {
+        match t.await.unwrap().expect("no request hangs") {
+            Seen::Complete { cost } => charged += cost,
+            other => panic!("a request whose worker died before its first token failed: {other:?}"),
+        }
+    }
+    let ledger = ledger_json(&dir);
+    assert_eq!(ledger["totals"]["charges"].as_u64().unwrap(), 4 + 40, "charged once per answer");
+    assert_eq!(ledger["totals"]["charged"].as_u64().unwrap(), charged);
+    drop(a);
+}
+
+/// A worker SIGKILLed under 200 streamed requests with tokens flowing: a
+/// request that had shown tokens ends with an error event (never a broken
+/// connection); every other one completes, charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_stream_ends_only_its_started_streams_with_an_error_event() {
+    let dir = temp_dir("net-midstream");
+    let a = TestWorker::with_capacity(&dir, "a", 20, 4);
+    let mut b = TestWorker::with_capacity(&dir, "b", 20, 4);
+    let (_proxy, proxy) = dev_proxy(&dir, &[&a.url, &b.url]);
+    let (runner, http) = funded_runner(&dir, &proxy, 2, 6, 10_000_000_000).await;
+    let tasks = streams(&http, &runner, 200, 0, 10);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let at_b = worker_state(&proxy, &b.url).await["in_flight"].as_u64().unwrap();
+    b.kill();
+    let (mut complete, mut after_tokens, mut charged) = (0u64, 0u64, 0u64);
+    for t in tasks {
+        match t.await.unwrap().expect("no request hangs") {
+            Seen::Complete { cost } => {
+                complete += 1;
+                charged += cost;
+            }
+            Seen::ErrorAfterTokens => after_tokens += 1,
+            Seen::Broken(what) => panic!("a request failed where the app saw no token, or broke: {what}"),
+        }
+    }
+    eprintln!("{complete} completed, {after_tokens} ended with an error after tokens, of 200");
+    // What the killed worker was generating (a few more may have reached it
+    // between the count and the kill).
+    assert!(after_tokens <= at_b + 4, "{after_tokens} ended after tokens; the worker had {at_b} in flight");
+    let ledger = ledger_json(&dir);
+    assert_eq!(ledger["totals"]["charges"].as_u64().unwrap(), complete, "charged once per completed answer");
+    assert_eq!(ledger["totals"]["charged"].as_u64().unwrap(), charged);
+    drop(a);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_is_reattested_with_its_new_keys() {
     let dir = temp_dir("net-restart");

@@ -70,9 +70,20 @@ pub fn start_enclave_with(socket: &Path, token_delay_ms: u64, config: Option<&Pa
 
 /// [`start_enclave_with`] serving the echo engine under another model id (another digest).
 pub fn start_enclave_serving(socket: &Path, token_delay_ms: u64, config: Option<&Path>, model: &str) -> Proc {
+    start_enclave_prefilling(socket, token_delay_ms, 0, config, model)
+}
+
+/// [`start_enclave_serving`] whose engine pauses `prefill_ms` before each answer's first token.
+pub fn start_enclave_prefilling(
+    socket: &Path,
+    token_delay_ms: u64,
+    prefill_ms: u64,
+    config: Option<&Path>,
+    model: &str,
+) -> Proc {
     let _ = std::fs::remove_file(socket);
     let mut cmd = Command::new(test_enclave_bin());
-    cmd.env("COCOON_TEST_MODEL", model);
+    cmd.env("COCOON_TEST_MODEL", model).env("COCOON_TEST_PREFILL_DELAY_MS", prefill_ms.to_string());
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }

@@ -44,6 +44,15 @@ impl TestWorker {
         Self::priced(dir, name, delay_ms, capacity, PRICES)
     }
 
+    /// A worker whose engine pauses `prefill_ms` before each answer's first token.
+    pub fn prefilling(dir: &Path, name: &str, delay_ms: u64, capacity: u32, prefill_ms: u64) -> Self {
+        let sock = dir.join(format!("{name}.sock"));
+        let config = priced_config(dir, name, (PRICES.prompt_per_1k.0, PRICES.completion_per_1k.0), capacity);
+        let enclave = start_enclave_prefilling(&sock, delay_ms, prefill_ms, Some(&config), MODEL_ID);
+        let (host, url) = start_host(&format!("unix:{}", sock.display()), &[]);
+        TestWorker { enclave: Some(enclave), host: Some(host), url, sock, config, delay_ms }
+    }
+
     /// A worker charging `prices`.
     pub fn priced(dir: &Path, name: &str, delay_ms: u64, capacity: u32, prices: Prices) -> Self {
         let sock = dir.join(format!("{name}.sock"));
