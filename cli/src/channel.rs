@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use cocoon_client::channel_file::{load_channel, parse_ton, ton};
+use cocoon_client::channel_file::{load_channel, open_channel, parse_ton, ton};
 use cocoon_ton::actions;
-use cocoon_ton::channel::{ChannelDescriptor, ChannelParams, SignedVoucher, Voucher};
+use cocoon_ton::channel::{SignedVoucher, Voucher};
 use cocoon_ton::toncenter::Toncenter;
 use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{TonAddress, TonError};
@@ -163,35 +163,12 @@ pub async fn run_channel(cmd: ChannelCommand) -> anyhow::Result<()> {
     match cmd {
         ChannelCommand::Open { wallet: w, chain: c, payee, amount, channel_id, dispute_window, out } => {
             let w = wallet(&w)?;
-            let channel_id = channel_id.unwrap_or_else(|| {
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b).expect("the operating system's random source failed");
-                u64::from_le_bytes(b)
-            });
-            let params = ChannelParams {
-                payer: w.address().clone(),
-                payee: parse_address(&payee)?,
-                payer_key: w.signing_key().verifying_key().to_bytes(),
-                channel_id,
-                dispute_window,
-            };
             if out.exists() {
                 bail!("{} exists already; give --out for a new channel file", out.display());
             }
-            let file = ChannelDescriptor::from_params(&params)?;
-            std::fs::write(&out, serde_json::to_vec_pretty(&file)?)
-                .with_context(|| format!("writing {}", out.display()))?;
-            eprintln!(
-                "channel {} (file {}); deploying and depositing {} TON...",
-                file.address,
-                out.display(),
-                ton(amount)
-            );
-            let state = actions::top_up(&chain(&c)?, &w, &params, amount).await?;
-            // Funded: its vouchers bind the network and this instance, which the file now records.
-            let file = ChannelDescriptor::bound(&params, state.binding())?;
-            cocoon_client::durable::write(&out, &serde_json::to_vec_pretty(&file)?)
-                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("opening a channel (file {}): deploying and depositing {} TON...", out.display(), ton(amount));
+            let state =
+                open_channel(&chain(&c)?, &w, parse_address(&payee)?, amount, channel_id, dispute_window, &out).await?;
             println!("{}", serde_json::to_string_pretty(&state)?);
         }
         ChannelCommand::TopUp { channel, amount, wallet: w, chain: c } => {

@@ -29,6 +29,11 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
+    /// The chain API these arguments name (`--ton-api`), for what else needs it.
+    pub fn chain(&self) -> anyhow::Result<cocoon_ton::toncenter::Toncenter> {
+        chain(&self.chain)
+    }
+
     /// The registry, read once (an error when it cannot be), when one is given.
     pub async fn watch(&self) -> anyhow::Result<Option<std::sync::Arc<cocoon_client::allowlist::Watched>>> {
         let Some(address) = &self.registry else { return Ok(None) };

@@ -4,8 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-use cocoon_ton::channel::{ChannelDescriptor, ChannelParams};
+use anyhow::{Context, bail};
+use cocoon_ton::TonAddress;
+use cocoon_ton::actions;
+use cocoon_ton::channel::{ChannelDescriptor, ChannelParams, ChannelState};
+use cocoon_ton::toncenter::Toncenter;
+use cocoon_ton::wallet::Wallet;
 
 /// Reads a channel file (the channel's descriptor: what fixes the channel and
 /// its address); refused when its parameters do not give its address.
@@ -16,6 +20,46 @@ pub fn load_channel(path: &Path) -> anyhow::Result<(ChannelParams, ChannelDescri
         serde_json::from_slice(&text).with_context(|| format!("channel file {}", path.display()))?;
     let params = d.params().map_err(|e| anyhow::anyhow!("channel file {}: {e}", path.display()))?;
     Ok((params, d))
+}
+
+/// Deploys a channel from `payer` to `payee` and deposits `amount` into it
+/// (the wallet pays the top-up fee on top), writing its file to `out` first
+/// (so that a crash during the deposit leaves the channel findable) and
+/// again, bound to its network and instance, once funded. A random channel
+/// id unless `channel_id` names one. Refused when `out` exists.
+pub async fn open_channel(
+    chain: &Toncenter,
+    payer: &Wallet,
+    payee: TonAddress,
+    amount: u64,
+    channel_id: Option<u64>,
+    dispute_window: u32,
+    out: &Path,
+) -> anyhow::Result<ChannelState> {
+    let channel_id = channel_id.unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("the operating system's random source failed");
+        u64::from_le_bytes(b)
+    });
+    let params = ChannelParams {
+        payer: payer.address().clone(),
+        payee,
+        payer_key: payer.signing_key().verifying_key().to_bytes(),
+        channel_id,
+        dispute_window,
+    };
+    if out.exists() {
+        bail!("{} exists already; a channel file is never overwritten", out.display());
+    }
+    let file = ChannelDescriptor::from_params(&params)?;
+    crate::durable::write(out, &serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let state = actions::top_up(chain, payer, &params, amount).await?;
+    // Funded: its vouchers bind the network and this instance, which the file now records.
+    let file = ChannelDescriptor::bound(&params, state.binding())?;
+    crate::durable::write(out, &serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(state)
 }
 
 /// "2.5" TON → nanoTON, exactly (no floating point).

@@ -2,7 +2,7 @@
 //! links this too): fetch and verify a worker's evidence, then seal requests
 //! to the key its evidence vouches for, stream the answers back, and verify
 //! the usage receipts; the client runner (`serve`), its payments through a
-//! channel (`pay`), a worker's payouts (`payouts`), the network's registry
+//! channels (`pay`), the proxies it uses (`proxies`), a worker's payouts (`payouts`), the network's registry
 //! applied (`allowlist`).
 //!
 //! Nothing is sent to a worker before its evidence passed the policy: the
@@ -17,6 +17,7 @@ pub mod http;
 pub mod keyfile;
 pub mod pay;
 pub mod payouts;
+pub mod proxies;
 pub mod serve;
 pub mod worker;
 

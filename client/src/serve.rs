@@ -5,8 +5,10 @@
 //! client's own policy (cached per evidence digest), seals the request to the
 //! worker's key, signs the proxy's charge authorisation, streams the answer
 //! back, and checks the receipt and the charge before it reports the cost.
-//! A worker that fails before answering is replaced transparently. With
-//! `--worker URL` it talks to one worker directly, without a proxy.
+//! A worker that fails before the app saw its answer is replaced
+//! transparently; so is a proxy (the runner may use several, see
+//! [`crate::proxies`]). With `--worker URL` it talks to one worker directly,
+//! without a proxy.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,7 +32,6 @@ use tracing::{info, warn};
 use cocoon_attestation::{Policy, VerifiedWorker};
 use cocoon_protocol::authorization::ClientAuthorization;
 use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
-use cocoon_protocol::price::ProxyTerms;
 use cocoon_protocol::proxy_api::{ApiError, ErrorCode, RouteAnswer, RouteRequest, WorkersList};
 use cocoon_protocol::{Commission, NanoTon, Prices, VerifiedReceipt, limits, media};
 use cocoon_runtime::LockExt;
@@ -39,12 +40,15 @@ use crate::allowlist::Watched;
 use crate::chat::SseParser;
 use crate::endorsements::EndorsementSources;
 use crate::http::{HttpClient, join};
-use crate::worker::{ClientError, ResponseStream, Route, Worker, fetch_verified};
+use crate::proxies::{ProxyLink, ProxySet, in_order};
+use crate::worker::{ClientError, ResponseStream, Route, Worker};
 
 /// Workers tried for one request before the runner gives up.
 const MAX_ATTEMPTS: usize = 4;
 /// Longest a request waits for a worker with free capacity.
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Longest a proxy may take to answer a route request before the next one is tried.
+const ROUTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Verified evidence kept (by digest) so that each request need not re-verify.
 const MAX_CACHED: usize = 256;
 /// Largest body an app may send.
@@ -57,8 +61,11 @@ pub const APP_MAX_PRICE_HEADER: &str = "x-cocoon-max-price-per-1k";
 
 /// Where the runner sends requests.
 pub enum Upstream {
-    Proxy { url: String, commission: Commission, account: [u8; 32] },
-    Direct { worker: Arc<Worker> },
+    /// Verified proxies, tried in order for each request (see [`crate::proxies`]).
+    Proxies(ProxySet),
+    Direct {
+        worker: Arc<Worker>,
+    },
 }
 
 pub struct Runner {
@@ -71,13 +78,18 @@ pub struct Runner {
     http: HttpClient,
     /// Verified evidence by its digest and the registry read it was checked against.
     verified: Mutex<HashMap<([u8; 32], u64), VerifiedWorker>>,
-    /// Pays the proxy through a channel, when the runner was given one.
-    payer: Option<crate::pay::ChannelPayer>,
-    /// The network's registry: only the proxy, images and models it lists are used.
+    /// The network's registry: only the proxies, images and models it lists are used.
     allowlist: Option<Arc<Watched>>,
     /// The most a worker may charge per 1,000 prompt and completion tokens
     /// when the app does not say: other workers are never used.
     max_price: Option<Prices>,
+    /// Opens a channel to a proxy on its first request, when the runner may.
+    opener: Option<crate::pay::ChannelOpener>,
+    /// Channels given for proxies not verified yet (down at start): used
+    /// when their proxy is.
+    pending_channels: Mutex<Vec<crate::pay::ChannelPayer>>,
+    /// Proxies that could not be verified at start.
+    unverified: Vec<String>,
 }
 
 impl Runner {
@@ -90,38 +102,51 @@ impl Runner {
         key: SigningKey,
         default_max_cost: NanoTon,
     ) -> Result<Self, ClientError> {
+        Self::via_proxies(&[proxy.to_string()], policy, sources, key, default_max_cost).await
+    }
+
+    /// Connects to several proxies, each verified as [`Runner::via_proxy`]
+    /// verifies one; those that fail are left out (and logged), and at least
+    /// one must pass. Each request then goes to the first of them in
+    /// [`in_order`] that serves it.
+    pub async fn via_proxies(
+        proxies: &[String],
+        policy: Policy,
+        sources: EndorsementSources,
+        key: SigningKey,
+        default_max_cost: NanoTon,
+    ) -> Result<Self, ClientError> {
         let http = HttpClient::default();
-        let (status, terms_bytes) = http.get(join(proxy, "/v1/terms")?, 16 << 10).await?;
-        if !status.is_success() {
-            return Err(ClientError::Status { what: "proxy terms", status: status.as_u16(), body: String::new() });
+        let mut links = Vec::new();
+        let mut refused = Vec::new();
+        let mut unverified = Vec::new();
+        for url in proxies {
+            match ProxyLink::verify(&http, url, &policy, &sources).await {
+                Ok(link) => links.push(Arc::new(link)),
+                Err(e) if proxies.len() == 1 => return Err(e),
+                Err(e) => {
+                    warn!(proxy = %url, "left out for now (tried again later): {e}");
+                    refused.push(format!("{url}: {e}"));
+                    unverified.push(url.clone());
+                }
+            }
         }
-        let terms: ProxyTerms = serde_json::from_slice(&terms_bytes)
-            .map_err(|e| ClientError::Answer { what: "the proxy's terms", reason: e.to_string() })?;
-        let (_, verified) = fetch_verified(&http, proxy, &policy, &sources, true).await?;
-        let digest: [u8; 32] = Sha256::digest(&terms_bytes).into();
-        if verified.claims().config_digest.as_slice() != digest {
-            return Err(ClientError::TermsNotBound);
+        if links.is_empty() {
+            return Err(ClientError::NoProxy { tried: proxies.len(), reasons: refused.join("; ") });
         }
-        if hex::encode(verified.receipt_key()) != terms.account_key {
-            return Err(ClientError::TermsAccount {
-                terms: terms.account_key.clone(),
-                evidence: hex::encode(verified.receipt_key()),
-            });
-        }
-        let commission = terms.commission()?;
-        info!(proxy, commission_ppm = commission.ppm(), account = %terms.account_key, "proxy verified");
-        let account = *verified.receipt_key();
         Ok(Runner {
-            upstream: Upstream::Proxy { url: proxy.trim_end_matches('/').to_string(), commission, account },
+            upstream: Upstream::Proxies(ProxySet::new(links)),
             policy,
             sources,
             key,
             default_max_cost,
             http,
             verified: Mutex::new(HashMap::new()),
-            payer: None,
             allowlist: None,
             max_price: None,
+            opener: None,
+            pending_channels: Mutex::new(Vec::new()),
+            unverified,
         })
     }
 
@@ -134,63 +159,197 @@ impl Runner {
         self
     }
 
-    /// Uses only what the registry `watched` lists: refused now unless it lists
-    /// this proxy with the commission its terms state and the endpoint it was
-    /// reached at; every request checks the newest read again (a removal stops
-    /// the runner's use of the proxy without a restart), and each worker's
-    /// evidence must match a listed image and name a listed model.
+    /// Uses only what the registry `watched` lists: a proxy is left out now
+    /// unless the registry lists it with the commission its terms state and
+    /// the endpoint it was reached at (refused when that leaves none); every
+    /// request checks the newest read again (a removal stops the runner's use
+    /// of a proxy without a restart), and each worker's evidence must match a
+    /// listed image and name a listed model.
     pub fn with_registry(mut self, watched: Arc<Watched>) -> Result<Self, ClientError> {
+        let list = watched.current()?;
+        match &mut self.upstream {
+            Upstream::Direct { worker } => list.check_worker(worker.verified())?,
+            Upstream::Proxies(set) => {
+                let mut first_refusal = None;
+                set.retain(|l| match check_listed(&list, l) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(proxy = %l.url(), "left out: {e}");
+                        first_refusal.get_or_insert(e);
+                        false
+                    }
+                });
+                if let (true, Some(e)) = (set.snapshot().is_empty(), first_refusal) {
+                    return Err(e);
+                }
+            }
+        }
         self.allowlist = Some(watched);
-        self.check_proxy_listed()?;
         Ok(self)
     }
 
-    /// The proxy is listed as it presents itself (when a registry is used); a
-    /// worker talked to directly serves a listed model.
-    fn check_proxy_listed(&self) -> Result<(), ClientError> {
-        let (Some(w), Upstream::Proxy { url, commission, account }) = (&self.allowlist, &self.upstream) else {
-            if let (Some(w), Upstream::Direct { worker }) = (&self.allowlist, &self.upstream) {
-                w.current()?.check_worker(worker.verified())?;
-            }
-            return Ok(());
+    /// The proxies to try for a request, in order: with a registry, only
+    /// those its newest read still lists as they present themselves.
+    fn usable_proxies(&self, links: &[Arc<ProxyLink>]) -> Result<Vec<Arc<ProxyLink>>, AppError> {
+        let Some(w) = &self.allowlist else { return Ok(in_order(links)) };
+        let not_listed = |m: String| AppError {
+            status: 503,
+            code: ErrorCode::ProxyNotListed,
+            message: format!("the registry no longer allows this runner's proxies: {m}"),
         };
-        let list = w.current()?;
-        let entry = list.check_proxy(account, commission.ppm(), url)?;
-        if let Some(payer) = &self.payer
-            && payer.params().payee != entry.wallet
-        {
-            return Err(ClientError::ListedWallet {
-                listed: entry.wallet.to_string(),
-                channel: payer.params().payee.to_string(),
-            });
+        let list = w.current().map_err(|e| not_listed(e.to_string()))?;
+        let mut reasons = Vec::new();
+        let listed: Vec<Arc<ProxyLink>> = links
+            .iter()
+            .filter(|l| match check_listed(&list, l) {
+                Ok(()) => true,
+                Err(e) => {
+                    reasons.push(format!("{}: {e}", l.url()));
+                    false
+                }
+            })
+            .cloned()
+            .collect();
+        if listed.is_empty() {
+            return Err(not_listed(reasons.join("; ")));
+        }
+        Ok(in_order(&listed))
+    }
+
+    /// Pays the proxy whose wallet the channel in `channel_file` pays (see
+    /// [`crate::pay`]); refused when it pays none of this runner's proxies.
+    pub fn with_channel(self, channel_file: &std::path::Path) -> Result<Self, ClientError> {
+        let Upstream::Proxies(set) = &self.upstream else {
+            return Err(ClientError::ChannelWithoutProxy);
+        };
+        let links = set.snapshot();
+        // Whom it pays first: a channel to someone else is refused as such, funded or not.
+        let (params, _) = crate::channel_file::load_channel(channel_file).map_err(|e| ClientError::ChannelFile {
+            path: channel_file.display().to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        let payee = params.payee;
+        let Some(link) = links.iter().find(|l| *l.wallet() == payee) else {
+            let reason = match &links[..] {
+                [one] => {
+                    format!("it pays {payee}, but the proxy's wallet (of its attested account key) is {}", one.wallet())
+                }
+                _ => {
+                    let wallets: Vec<String> = links.iter().map(|l| format!("{} at {}", l.wallet(), l.url())).collect();
+                    format!(
+                        "it pays {payee}, which is none of the proxies' wallets (of their attested account keys): {}",
+                        wallets.join(", ")
+                    )
+                }
+            };
+            if !self.unverified.is_empty() {
+                let payer = crate::pay::ChannelPayer::load(channel_file, &self.key)?;
+                warn!(channel = %channel_file.display(), "{reason}; kept for a proxy not verified yet");
+                self.pending_channels.locked().push(payer);
+                return Ok(self);
+            }
+            return Err(ClientError::ChannelFile { path: channel_file.display().to_string(), reason });
+        };
+        let payer = crate::pay::ChannelPayer::load(channel_file, &self.key)?;
+        info!(channel = %payer.params().address().map(|a| a.to_hex()).unwrap_or_default(), proxy = %link.url(), "paying the proxy through a channel");
+        link.set_payer(payer)?;
+        if let Some(w) = &self.allowlist {
+            check_listed(&*w.current()?, link)?;
+        }
+        Ok(self)
+    }
+
+    /// Opens a channel to each proxy without one on the first request that
+    /// goes to it, through `opener` (within its budget); channels it opened
+    /// before for these proxies are used again. A proxy the budget leaves
+    /// without a channel is not used.
+    pub fn with_channel_opener(mut self, opener: crate::pay::ChannelOpener) -> Result<Self, ClientError> {
+        opener.load_existing(&self.proxies(), &self.key)?;
+        if let Some(w) = &self.allowlist {
+            let list = w.current()?;
+            for link in self.proxies() {
+                check_listed(&list, &link)?;
+            }
+        }
+        self.opener = Some(opener);
+        Ok(self)
+    }
+
+    /// Shows each proxy paid through a channel that channel (see
+    /// [`crate::pay::ChannelPayer::register`]).
+    pub async fn register_channel(&self) -> Result<(), ClientError> {
+        if let Upstream::Proxies(set) = &self.upstream {
+            for link in set.snapshot() {
+                if let Some(payer) = link.payer() {
+                    payer.register(&self.key, &self.http, link.url()).await?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// Pays the proxy through the channel in `channel_file` (see [`crate::pay`]).
-    pub fn with_channel(mut self, channel_file: &std::path::Path) -> Result<Self, ClientError> {
-        let Upstream::Proxy { account, .. } = &self.upstream else {
-            return Err(ClientError::ChannelWithoutProxy);
-        };
-        let payer = crate::pay::ChannelPayer::open(channel_file, &self.key, account)?;
-        info!(channel = %payer.params().address().map(|a| a.to_hex()).unwrap_or_default(), "paying the proxy through a channel");
-        self.payer = Some(payer);
-        self.check_proxy_listed()?;
-        Ok(self)
+    /// Verifies the proxies at `urls` not in use yet (down at start, or
+    /// listed since) and adds those that pass and, with a registry, are
+    /// listed as they present themselves; a channel given for one pays it
+    /// from then on. Returns how many were added.
+    pub async fn adopt_proxies(&self, urls: &[String]) -> usize {
+        let Upstream::Proxies(set) = &self.upstream else { return 0 };
+        let mut added = 0;
+        for url in urls.iter().filter(|u| !set.has(u)) {
+            let link = match ProxyLink::verify(&self.http, url, &self.policy, &self.sources).await {
+                Ok(link) => Arc::new(link),
+                Err(e) => {
+                    tracing::debug!(proxy = %url, "still not used: {e}");
+                    continue;
+                }
+            };
+            let pending = {
+                let mut pending = self.pending_channels.locked();
+                pending.iter().position(|p| p.params().payee == *link.wallet()).map(|i| pending.remove(i))
+            };
+            let attached = match pending {
+                Some(payer) => link.set_payer(payer),
+                None => match &self.opener {
+                    Some(o) => o.load_existing(std::slice::from_ref(&link), &self.key),
+                    None => Ok(()),
+                },
+            };
+            let listed = match &self.allowlist {
+                Some(w) => w.current().map_err(ClientError::from).and_then(|l| check_listed(&l, &link)),
+                None => Ok(()),
+            };
+            if let Err(e) = attached.and(listed) {
+                warn!(proxy = %url, "not used: {e}");
+                continue;
+            }
+            if let Some(payer) = link.payer()
+                && let Err(e) = payer.register(&self.key, &self.http, link.url()).await
+            {
+                warn!(proxy = %url, "not used yet: showing it the channel: {e}");
+                continue;
+            }
+            if set.add(link) {
+                info!(proxy = %url, "proxy verified and used from now on");
+                added += 1;
+            }
+        }
+        added
     }
 
-    /// Shows the proxy this runner's channel (see [`crate::pay::ChannelPayer::register`]).
-    pub async fn register_channel(&self) -> Result<(), ClientError> {
-        match (&self.payer, &self.upstream) {
-            (Some(payer), Upstream::Proxy { url, .. }) => payer.register(&self.key, &self.http, url).await,
-            _ => Ok(()),
+    /// Every `every`, [`Runner::adopt_proxies`] for the proxies `wanted`
+    /// names then (the ones given, or those the registry lists).
+    pub async fn keep_adopting(self: Arc<Self>, wanted: impl Fn() -> Vec<String>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            self.adopt_proxies(&wanted()).await;
         }
     }
 
-    /// After a verified charge: the voucher for it, when paying through a channel.
-    async fn pay(&self, charge: NanoTon) {
-        if let (Some(payer), Upstream::Proxy { url, .. }) = (&self.payer, &self.upstream) {
-            payer.pay(charge, &self.key, &self.http, url).await;
+    /// The proxies this runner uses (none when it talks to a worker directly).
+    pub fn proxies(&self) -> Vec<Arc<ProxyLink>> {
+        match &self.upstream {
+            Upstream::Proxies(set) => set.snapshot(),
+            Upstream::Direct { .. } => Vec::new(),
         }
     }
 
@@ -211,27 +370,22 @@ impl Runner {
             default_max_cost,
             http: HttpClient::default(),
             verified: Mutex::new(HashMap::new()),
-            payer: None,
             allowlist: None,
             max_price: None,
+            opener: None,
+            pending_channels: Mutex::new(Vec::new()),
+            unverified: Vec::new(),
         })
-    }
-
-    fn commission(&self) -> Commission {
-        match &self.upstream {
-            Upstream::Proxy { commission, .. } => *commission,
-            Upstream::Direct { .. } => Commission::default(),
-        }
     }
 
     /// Asks the proxy for a worker of `model` and verifies its evidence (cached by digest).
     async fn routed_worker(
         &self,
-        proxy: &str,
+        proxy: &ProxyLink,
         model: &str,
         exclude: &[String],
         demand: &Demand,
-    ) -> Result<Worker, AppError> {
+    ) -> Result<Worker, Failure> {
         // A policy that requires GPUs of certain chips asks the proxy for such workers only.
         let gpu: &[String] = if self.policy.gpu.required { &self.policy.gpu.allowed_chips } else { &[] };
         let ask = RouteRequest {
@@ -243,36 +397,62 @@ impl Runner {
             max_price: demand.max_price,
         };
         let body = serde_json::to_vec(&ask).expect("JSON encodes");
-        let req = http::Request::post(join(proxy, "/v1/route").map_err(AppError::upstream)?)
+        let uri = join(proxy.url(), "/v1/route").map_err(|e| Failure::Proxy(AppError::upstream(e)))?;
+        let req = http::Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(Bytes::from(body)))
             .expect("valid request");
-        let resp = self.http.send(req).await.map_err(AppError::upstream)?;
-        let status = resp.status();
-        let bytes = http_body_util::Limited::new(resp.into_body(), limits::MAX_EVIDENCE * 2)
-            .collect()
-            .await
-            .map_err(|e| AppError::upstream(format!("reading the route answer: {e}")))?
-            .to_bytes();
+        let started = tokio::time::Instant::now();
+        let answered = tokio::time::timeout(ROUTE_TIMEOUT, async {
+            let resp = self.http.send(req).await.map_err(AppError::upstream)?;
+            let status = resp.status();
+            let bytes = http_body_util::Limited::new(resp.into_body(), limits::MAX_EVIDENCE * 2)
+                .collect()
+                .await
+                .map_err(|e| AppError::upstream(format!("reading the route answer: {e}")))?
+                .to_bytes();
+            Ok((status, bytes))
+        })
+        .await;
+        let (status, bytes) = match answered {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(Failure::Proxy(e)),
+            Err(_) => {
+                return Err(Failure::Proxy(AppError::upstream(format!(
+                    "the proxy did not answer the route request within {ROUTE_TIMEOUT:?}"
+                ))));
+            }
+        };
         if !status.is_success() {
-            return Err(match ApiError::parse(&bytes) {
+            let e = match ApiError::parse(&bytes) {
                 Some(e) => AppError { status: status.as_u16(), code: e.error.code, message: e.error.message },
                 None => AppError {
                     status: status.as_u16(),
                     code: ErrorCode::WorkerUnavailable,
                     message: format!("the proxy refused to route (HTTP {status})"),
                 },
+            };
+            return Err(match e.code {
+                ErrorCode::NoWorkerAvailable => Failure::Busy(e),
+                _ if status.is_server_error() => Failure::Proxy(e),
+                _ => Failure::Request(e),
             });
         }
-        let answer: RouteAnswer =
-            serde_json::from_slice(&bytes).map_err(|e| AppError::upstream(format!("route answer: {e}")))?;
+        proxy.succeeded(started.elapsed());
+        let answer: RouteAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::Proxy(AppError::upstream(format!("route answer: {e}"))))?;
         let id = answer.worker.id.as_str();
         let evidence = base64::engine::general_purpose::STANDARD
             .decode(&answer.evidence)
-            .map_err(|_| AppError::upstream("route answer: evidence is not base64"))?;
-        let route = Route::ViaProxy { proxy: proxy.to_string(), worker_id: id.to_string() };
-        let refused =
-            |m: String| AppError { status: 502, code: ErrorCode::WorkerRefused, message: format!("worker {id}: {m}") };
+            .map_err(|_| Failure::Proxy(AppError::upstream("route answer: evidence is not base64")))?;
+        let route = Route::ViaProxy { proxy: proxy.url().to_string(), worker_id: id.to_string() };
+        let refused = |m: String| {
+            Failure::Request(AppError {
+                status: 502,
+                code: ErrorCode::WorkerRefused,
+                message: format!("worker {id}: {m}"),
+            })
+        };
         // With a registry, the cache holds verdicts of its newest read only.
         let (listed, generation) = match &self.allowlist {
             Some(w) => (Some(w.current().map_err(|e| refused(e.to_string()))?), w.generation()),
@@ -300,7 +480,9 @@ impl Runner {
         Ok(worker)
     }
 
-    /// Routes, seals and sends; replaces a worker that fails before answering.
+    /// Routes, seals and sends, through the first proxy in order that takes
+    /// the request (or to the one worker); waits a while when every worker
+    /// is busy.
     async fn open_stream(
         &self,
         model: &str,
@@ -308,36 +490,83 @@ impl Runner {
         demand: &Demand,
         failed: &[String],
     ) -> Result<Sent, AppError> {
-        self.check_proxy_listed().map_err(|e| AppError {
-            status: 503,
-            code: ErrorCode::ProxyNotListed,
-            message: format!("the registry no longer allows this proxy: {e}"),
-        })?;
-        let mut exclude: Vec<String> = failed.to_vec();
-        let mut last = None;
+        // Workers tried for this request, over proxies and waits, and why the last failed.
+        let mut tried = Tried::default();
+        let links = match &self.upstream {
+            Upstream::Direct { .. } => {
+                return self.open_via(None, model, inner, demand, failed, &mut tried).await.map_err(Failure::into_app);
+            }
+            Upstream::Proxies(set) => set.snapshot(),
+        };
         let busy_until = tokio::time::Instant::now() + BUSY_WAIT;
         let mut backoff = std::time::Duration::from_millis(25);
-        let mut attempts = 0;
-        while attempts < MAX_ATTEMPTS {
-            let worker = match &self.upstream {
-                Upstream::Direct { worker } => {
+        loop {
+            let mut busy = None;
+            let mut last = None;
+            for link in self.usable_proxies(&links)? {
+                if let Some(opener) = &self.opener
+                    && let Err(e) = opener.ensure(&link, &self.key, &self.http).await
+                {
+                    match e {
+                        // Said once per proxy, by the opener.
+                        ClientError::ChannelBudget { .. } => tracing::debug!(proxy = %link.url(), "not used: {e}"),
+                        _ => warn!(proxy = %link.url(), "not used: {e}"),
+                    }
+                    last = Some(format!("{}: {e}", link.url()));
+                    continue;
+                }
+                match self.open_via(Some(&link), model, inner, demand, failed, &mut tried).await {
+                    Ok(sent) => return Ok(sent),
+                    Err(Failure::Proxy(e)) => {
+                        link.failed(&e.message);
+                        last = Some(format!("{}: {}", link.url(), e.message));
+                    }
+                    Err(Failure::Busy(e)) => busy = Some(e),
+                    Err(Failure::Request(e)) => return Err(e),
+                }
+            }
+            match busy {
+                Some(_) if tried.attempts >= MAX_ATTEMPTS => return Err(tried.exhausted()),
+                // Every worker is busy (or the ones left were excluded): nothing was
+                // sent yet, so wait a little for capacity instead of failing the app.
+                Some(_) if tokio::time::Instant::now() < busy_until => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+                Some(e) => return Err(e),
+                None => {
+                    return Err(AppError {
+                        status: 503,
+                        code: ErrorCode::UpstreamError,
+                        message: format!("no proxy took the request; last: {}", last.unwrap_or_default()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Routes, seals and sends through `proxy` (or to the one worker);
+    /// replaces a worker that fails before answering.
+    async fn open_via(
+        &self,
+        proxy: Option<&Arc<ProxyLink>>,
+        model: &str,
+        inner: &InnerRequest,
+        demand: &Demand,
+        failed: &[String],
+        tried: &mut Tried,
+    ) -> Result<Sent, Failure> {
+        let commission = proxy.map(|p| p.commission()).unwrap_or_default();
+        let mut exclude: Vec<String> = failed.to_vec();
+        while tried.attempts < MAX_ATTEMPTS {
+            let worker = match (&self.upstream, proxy) {
+                (_, Some(p)) => self.routed_worker(p, model, &exclude, demand).await?,
+                (Upstream::Direct { worker }, None) => {
                     Worker::with_verified(worker.route().clone(), self.http.clone(), worker.verified().clone())
                 }
-                Upstream::Proxy { url, .. } => match self.routed_worker(url, model, &exclude, demand).await {
-                    Ok(w) => w,
-                    // Every worker is busy (or the ones left were excluded): nothing was
-                    // sent yet, so wait a little for capacity instead of failing the app.
-                    Err(e) if e.code == ErrorCode::NoWorkerAvailable && tokio::time::Instant::now() < busy_until => {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                        // Workers that failed this very request stay out.
-                        exclude.truncate(failed.len());
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
+                (Upstream::Proxies(_), None) => unreachable!("a request through proxies names its proxy"),
             };
-            attempts += 1;
+            tried.attempts += 1;
             // What this request can cost at this worker's attested prices: the
             // most the runner signs for, and so what the proxy reserves.
             let prices = worker.verified().claims().prices.unwrap_or_default();
@@ -354,47 +583,112 @@ impl Runner {
                     ceiling.prompt_per_1k.0,
                     ceiling.completion_per_1k.0
                 );
-                if matches!(self.upstream, Upstream::Direct { .. }) {
-                    return Err(AppError { status: 402, code: ErrorCode::PriceAboveCeiling, message });
+                if proxy.is_none() {
+                    return Err(Failure::Request(AppError {
+                        status: 402,
+                        code: ErrorCode::PriceAboveCeiling,
+                        message,
+                    }));
                 }
                 warn!(worker = %id, "the proxy routed above the price ceiling; excluded: {message}");
                 exclude.push(id);
-                last = Some(message);
+                tried.last = Some(message);
                 continue;
             }
-            let max_cost = demand.max_cost(&prices, self.commission());
-            let budget = self.commission().worker_budget(max_cost);
+            let max_cost = demand.max_cost(&prices, commission);
+            let budget = commission.worker_budget(max_cost);
             let mut sealed = inner.clone();
             sealed.headers.push((media::MAX_WORKER_COST_HEADER.into(), budget.0.to_string()));
-            let via_proxy = matches!(self.upstream, Upstream::Proxy { .. });
             let key = &self.key;
             let result = worker
                 .stream_with(&sealed, |hash| {
-                    if !via_proxy {
+                    if proxy.is_none() {
                         return Vec::new();
                     }
                     ClientAuthorization::sign(key, hash, max_cost).header_values().into()
                 })
                 .await;
             match result {
-                Ok(stream) => return Ok(Sent { stream, worker, max_cost }),
+                Ok(stream) => return Ok(Sent { stream, worker, max_cost, via: proxy.cloned() }),
                 Err(ClientError::Retryable { worker: id, message, next_worker }) => {
                     warn!(worker = %id, "failing over: {message}");
                     // A worker that restarted with new keys is named again: re-seal to it.
                     if next_worker.as_deref() != Some(id.as_str()) {
                         exclude.push(id);
                     }
-                    last = Some(message);
+                    tried.last = Some(message);
                 }
-                Err(e) => return Err(AppError::from_client(e)),
+                // The proxy could not be reached, or failed, before anything was answered.
+                Err(e @ (ClientError::Http(_) | ClientError::Status { status: 500.., .. })) if proxy.is_some() => {
+                    return Err(Failure::Proxy(AppError::from_client(e)));
+                }
+                Err(e) => return Err(Failure::Request(AppError::from_client(e))),
             }
         }
-        Err(AppError {
+        Err(Failure::Busy(tried.exhausted()))
+    }
+
+    /// After a verified charge: the voucher for it, when `via` is paid through a channel.
+    async fn pay(&self, via: Option<&ProxyLink>, charge: NanoTon) {
+        if let Some(link) = via
+            && let Some(payer) = link.payer()
+        {
+            payer.pay(charge, &self.key, &self.http, link.url()).await;
+        }
+    }
+}
+
+/// The workers one request was sent to (or refused) so far.
+#[derive(Default)]
+struct Tried {
+    attempts: usize,
+    /// Why the last one failed.
+    last: Option<String>,
+}
+
+impl Tried {
+    fn exhausted(&self) -> AppError {
+        AppError {
             status: 503,
             code: ErrorCode::NoWorkerAvailable,
-            message: format!("{MAX_ATTEMPTS} workers failed; last: {}", last.unwrap_or_default()),
-        })
+            message: format!("{MAX_ATTEMPTS} workers failed; last: {}", self.last.as_deref().unwrap_or_default()),
+        }
     }
+}
+
+/// Why a request could not be sent through a proxy.
+enum Failure {
+    /// The proxy could not be reached, did not answer in time, failed (5xx)
+    /// or answered nonsense, before anything was sent: another proxy may.
+    Proxy(AppError),
+    /// No worker had room (or those left failed): wait, or try another proxy.
+    Busy(AppError),
+    /// The request itself was refused: the app gets this answer.
+    Request(AppError),
+}
+
+impl Failure {
+    fn into_app(self) -> AppError {
+        match self {
+            Failure::Proxy(e) | Failure::Busy(e) | Failure::Request(e) => e,
+        }
+    }
+}
+
+/// The proxy is listed as it presents itself: its account, with the
+/// commission its terms state, at the endpoint it was reached at, and (when
+/// paid through a channel) with the wallet the channel pays.
+fn check_listed(list: &crate::allowlist::Allowlist, link: &ProxyLink) -> Result<(), ClientError> {
+    let entry = list.check_proxy(link.account(), link.commission().ppm(), link.url())?;
+    if let Some(payer) = link.payer()
+        && payer.params().payee != entry.wallet
+    {
+        return Err(ClientError::ListedWallet {
+            listed: entry.wallet.to_string(),
+            channel: payer.params().payee.to_string(),
+        });
+    }
+    Ok(())
 }
 
 struct Sent {
@@ -402,17 +696,20 @@ struct Sent {
     worker: Worker,
     /// The maximum cost signed for this request.
     max_cost: NanoTon,
+    /// The proxy it went through.
+    via: Option<Arc<ProxyLink>>,
 }
 
-/// Most times a request is sent to another worker because its worker failed
-/// before the app saw anything of the answer.
+/// Most times a request is sent again because its worker (or its proxy)
+/// failed before the app saw anything of the answer.
 const MAX_UNSEEN_RETRIES: usize = 3;
 
 /// An answer as far as it is read before anything goes to the app: its
 /// head, and its content up to the first token of a stream (a whole answer,
-/// or an error, is read to its end). A worker that fails before then is
-/// replaced without the app noticing, and paid for once: the proxy charges
-/// nothing for a stream whose worker failed.
+/// or an error, is read to its end). A worker or proxy that fails before
+/// then is replaced without the app noticing, and paid for once: the proxy
+/// charges nothing for a stream whose worker failed, and a proxy that broke
+/// off sent no charge the runner would pay.
 struct Begun {
     sent: Sent,
     status: u16,
@@ -430,17 +727,26 @@ impl Runner {
         streamed: bool,
     ) -> Result<Begun, AppError> {
         let mut failed: Vec<String> = Vec::new();
+        let mut retries = 0;
         loop {
             let mut sent = self.open_stream(model, inner, demand, &failed).await?;
-            match read_unseen(&mut sent.stream, streamed).await {
-                Ok((status, content_type, prefix)) => return Ok(Begun { sent, status, content_type, prefix }),
-                Err(ClientError::WorkerFailed { message, .. }) if failed.len() < MAX_UNSEEN_RETRIES => {
+            let result = read_unseen(&mut sent.stream, streamed).await;
+            let again = retries < MAX_UNSEEN_RETRIES;
+            match (result, &sent.via) {
+                (Ok((status, content_type, prefix)), _) => return Ok(Begun { sent, status, content_type, prefix }),
+                (Err(ClientError::WorkerFailed { message, .. }), _) if again => {
                     let id = sent.worker.id().to_string();
                     warn!(worker = %id, "the worker failed before the app saw its answer; sending it to another: {message}");
                     failed.push(id);
                 }
-                Err(e) => return Err(AppError::from_client(e)),
+                // The proxy's connection broke: the request goes to the next proxy.
+                (Err(e @ ClientError::Http(_)), Some(link)) if again && self.proxies().len() > 1 => {
+                    link.failed(&e.to_string());
+                    warn!(proxy = %link.url(), "the proxy broke off before the app saw the answer; sending it through another: {e}");
+                }
+                (Err(e), _) => return Err(AppError::from_client(e)),
             }
+            retries += 1;
         }
     }
 }
@@ -578,24 +884,33 @@ pub fn router(runner: Arc<Runner>) -> Router {
 async fn models(State(r): State<Arc<Runner>>) -> Response {
     let ids: Vec<String> = match &r.upstream {
         Upstream::Direct { worker } => worker.verified().claims().model.iter().map(|m| m.id.clone()).collect(),
-        Upstream::Proxy { url, .. } => {
-            let uri = match join(url, "/v1/workers") {
-                Ok(u) => u,
-                Err(e) => return AppError::upstream(e).into_response(),
-            };
-            match r.http.get(uri, 4 << 20).await {
-                Ok((s, body)) if s.is_success() => match serde_json::from_slice::<WorkersList>(&body) {
-                    Ok(list) => list.models,
-                    Err(e) => return AppError::upstream(format!("the proxy's worker list: {e}")).into_response(),
-                },
-                Ok((s, _)) => return AppError::upstream(format!("the proxy answered {s}")).into_response(),
-                Err(e) => return AppError::upstream(e).into_response(),
-            }
-        }
+        Upstream::Proxies(set) => match proxy_models(&r, &set.snapshot()).await {
+            Ok(ids) => ids,
+            Err(e) => return e.into_response(),
+        },
     };
     let data: Vec<Value> =
         ids.iter().map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "cocoon"})).collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// The models the first proxy in order that answers lists.
+async fn proxy_models(r: &Runner, links: &[Arc<ProxyLink>]) -> Result<Vec<String>, AppError> {
+    let mut last = String::from("no proxy");
+    for link in r.usable_proxies(links)? {
+        let uri = join(link.url(), "/v1/workers").map_err(AppError::upstream)?;
+        let why = match r.http.get(uri, 4 << 20).await {
+            Ok((s, body)) if s.is_success() => match serde_json::from_slice::<WorkersList>(&body) {
+                Ok(list) => return Ok(list.models),
+                Err(e) => format!("the proxy's worker list: {e}"),
+            },
+            Ok((s, _)) => format!("the proxy answered {s}"),
+            Err(e) => e.to_string(),
+        };
+        link.failed(&why);
+        last = format!("{}: {why}", link.url());
+    }
+    Err(AppError::upstream(last))
 }
 
 async fn chat_completions(State(r): State<Arc<Runner>>, req: Request) -> Response {
@@ -679,12 +994,12 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
     let inner = InnerRequest::post_json(path, encoded);
     // The inner status comes first; an error inside the seal is passed on as it is.
     let Begun { sent, status, content_type, prefix } = r.begin(&model, &inner, &demand, streamed).await?;
-    let Sent { stream, worker, max_cost } = sent;
+    let Sent { stream, worker, max_cost, via } = sent;
     let billing = Billing {
         worker_prices: worker.verified().claims().prices.unwrap_or_default(),
-        commission: r.commission(),
+        commission: via.as_ref().map(|p| p.commission()).unwrap_or_default(),
         max_cost,
-        via_proxy: matches!(r.upstream, Upstream::Proxy { .. }),
+        via_proxy: via.is_some(),
     };
     let worker_id = worker.id().to_string();
     if status != 200 || !streamed {
@@ -697,12 +1012,12 @@ async fn complete(r: Arc<Runner>, path: &'static str, req: Request) -> Result<Re
         let mut answer: Value =
             serde_json::from_slice(&body).map_err(|e| AppError::upstream(format!("the answer is not JSON: {e}")))?;
         let cost = billing.check(&stream, &worker, &answer["usage"])?;
-        r.pay(cost.charge).await;
-        answer["cocoon"] = cost.json(&worker_id);
+        r.pay(via.as_deref(), cost.charge).await;
+        answer["cocoon"] = cost.json(&worker_id, via.as_deref());
         return Ok(axum::Json(answer).into_response());
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(32);
-    let relay = Relay { runner: r.clone(), stream, worker, billing, worker_id, app_wants_usage };
+    let relay = Relay { runner: r.clone(), via, stream, worker, billing, worker_id, app_wants_usage };
     tokio::spawn(relay.run(prefix, tx));
     let body = Body::from_stream(ReceiverStream::new(rx));
     Ok(Response::builder()
@@ -722,9 +1037,10 @@ struct Cost {
 }
 
 impl Cost {
-    fn json(&self, worker: &str) -> Value {
+    fn json(&self, worker: &str, proxy: Option<&ProxyLink>) -> Value {
         json!({
             "worker": worker,
+            "proxy": proxy.map(|p| p.url()),
             "cost_nanoton": self.charge.0,
             "worker_cost_nanoton": self.worker_cost.0,
             "commission_nanoton": self.commission.0,
@@ -796,6 +1112,7 @@ fn sse(v: &Value) -> Bytes {
 /// A stream on its way to the app.
 struct Relay {
     runner: Arc<Runner>,
+    via: Option<Arc<ProxyLink>>,
     stream: ResponseStream,
     worker: Worker,
     billing: Billing,
@@ -808,7 +1125,7 @@ impl Relay {
     /// back the usage chunk and `[DONE]` until the receipt and the charge have
     /// been checked. A stream that breaks now ends with an error event.
     async fn run(self, prefix: Vec<Bytes>, tx: mpsc::Sender<Result<Bytes, Infallible>>) {
-        let Relay { runner, mut stream, worker, billing, worker_id, app_wants_usage } = self;
+        let Relay { runner, via, mut stream, worker, billing, worker_id, app_wants_usage } = self;
         let mut parser = SseParser::default();
         let mut usage_chunk: Option<Value> = None;
         let fail = |message: String| {
@@ -856,9 +1173,9 @@ impl Relay {
         let usage = usage_chunk.as_ref().map(|u| u["usage"].clone()).unwrap_or(Value::Null);
         match billing.check(&stream, &worker, &usage) {
             Ok(cost) => {
-                runner.pay(cost.charge).await;
+                runner.pay(via.as_deref(), cost.charge).await;
                 if app_wants_usage && let Some(mut u) = usage_chunk {
-                    u["cocoon"] = cost.json(&worker_id);
+                    u["cocoon"] = cost.json(&worker_id, via.as_deref());
                     let _ = tx.send(Ok(sse(&u))).await;
                 }
                 let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;

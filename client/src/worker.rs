@@ -55,6 +55,14 @@ pub enum ClientError {
     ListedWallet { listed: String, channel: String },
     #[error("channel file {path}: {reason}")]
     ChannelFile { path: String, reason: String },
+    #[error("none of the {tried} proxies could be used: {reasons}")]
+    NoProxy { tried: usize, reasons: String },
+    #[error(
+        "no channel to the proxy at {proxy}, and the channel budget left ({left} nanoTON) is less than a deposit ({deposit} nanoTON)"
+    )]
+    ChannelBudget { proxy: String, deposit: u64, left: u64 },
+    #[error("opening a channel to the proxy at {proxy}: {reason}")]
+    ChannelOpen { proxy: String, reason: String },
     #[error("a payment channel pays a proxy; this runner talks to a worker directly")]
     ChannelWithoutProxy,
     #[error("signing a voucher: {0}")]

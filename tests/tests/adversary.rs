@@ -20,6 +20,7 @@ use cocoon_protocol::authorization::ClientAuthorization;
 use cocoon_protocol::bhttp_msg::{InnerRequest, ResponseEvent};
 use cocoon_protocol::{Commission, NanoTon};
 use cocoon_tests::echo_engine::{MODEL_ID, answer_tokens};
+use support::chain::*;
 use support::net::*;
 use support::*;
 
@@ -199,14 +200,6 @@ async fn forty_small_requests_at_once_on_one_ton_are_all_served() {
     assert!(one.0 * 40 < 1_000_000_000, "{one}");
 }
 
-const TON: u64 = 1_000_000_000;
-
-/// A 0600 seed file and the address of its key's v4R2 wallet.
-fn wallet_key(dir: &std::path::Path, name: &str, seed: u8) -> (std::path::PathBuf, cocoon_ton::TonAddress) {
-    let public = SigningKey::from_bytes(&[seed; 32]).verifying_key().to_bytes();
-    (key_file(dir, name, seed), cocoon_ton::wallet::address_of(&public).unwrap())
-}
-
 /// The three parties of paid requests on a fresh local chain (started with
 /// `chain_args`): client, proxy and worker keys (seeds `seed`, `seed + 1`,
 /// `seed + 2`) and their wallets, funded with 5, `proxy_tons` and 1 TON.
@@ -239,17 +232,6 @@ fn refused_claim(api: &str, channel: &std::path::Path, voucher: &std::path::Path
     let out = cocoon_cmd(api, &["channel", "claim"]).arg(channel).arg(voucher).arg("--key").arg(key).output().unwrap();
     assert!(!out.status.success(), "the claim went through: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn run_ok(cmd: &mut std::process::Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A proxy paid on TON through `api`, with `credit_limit`, for the workers at `workers`.
@@ -466,30 +448,6 @@ async fn a_host_that_strips_the_proxys_cap_gets_its_worker_quarantined_and_the_c
 }
 
 /// `cocoon` with the chain at `api`.
-fn cocoon_cmd(api: &str, args: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new(workspace_bin("cocoon"));
-    c.args(args).env("COCOON_TON_API", api);
-    c
-}
-
-/// `cocoon channel open` from the wallet of `key` to `payee`, written to `out`.
-fn open_channel(
-    api: &str,
-    key: &std::path::Path,
-    payee: &cocoon_ton::TonAddress,
-    ton: &str,
-    window: u32,
-    out: &std::path::Path,
-) {
-    run_ok(
-        cocoon_cmd(api, &["channel", "open", "--payee", &payee.to_hex(), "--amount", ton])
-            .args(["--dispute-window", &window.to_string(), "--key"])
-            .arg(key)
-            .arg("--out")
-            .arg(out),
-    );
-}
-
 /// `cocoon serve` through `proxy`, paying through the channel in `channel`; its base URL.
 fn serve_paying(api: &str, proxy: &str, key: &std::path::Path, channel: &std::path::Path) -> (Proc, String) {
     let port = free_port();

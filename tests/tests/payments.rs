@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,35 +22,19 @@ use cocoon_ton::{TonAddress, actions};
 use ed25519_dalek::SigningKey;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use support::chain::*;
 use support::*;
 
-const TON: u64 = 1_000_000_000;
 const COMMISSION_PPM: u64 = 100_000;
 
-/// A 0600 seed file and the address of its key's v4R2 wallet.
-fn wallet_key(dir: &Path, name: &str, seed: u8) -> (PathBuf, TonAddress) {
-    let public = SigningKey::from_bytes(&[seed; 32]).verifying_key().to_bytes();
-    (key_file(dir, name, seed), cocoon_ton::wallet::address_of(&public).unwrap())
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}{}",
-        cmd,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn ledger(dir: &Path) -> Value {
-    let out = run(Command::new(workspace_bin("cocoon-proxy"))
-        .arg("ledger")
-        .arg("--db")
-        .arg(dir.join("ledger.sqlite"))
-        .arg("--json"));
+    let out = run_ok(
+        Command::new(workspace_bin("cocoon-proxy"))
+            .arg("ledger")
+            .arg("--db")
+            .arg(dir.join("ledger.sqlite"))
+            .arg("--json"),
+    );
     serde_json::from_str(&out).unwrap()
 }
 
@@ -131,7 +115,7 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
         assert!(Instant::now() < deadline, "the worker was not admitted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let printed = run(Command::new(workspace_bin("cocoon-proxy")).arg("wallet").arg("--config").arg(&proxy_config));
+    let printed = run_ok(Command::new(workspace_bin("cocoon-proxy")).arg("wallet").arg("--config").arg(&proxy_config));
     assert!(printed.contains(&proxy_wallet.to_hex()), "{printed}");
 
     // The client opens a channel to the proxy's wallet and runs `cocoon serve` paying through it.
@@ -141,11 +125,13 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
         c.args(args).env("COCOON_TON_API", &api);
         c
     };
-    run(cocoon(&["channel", "open", "--payee", &proxy_wallet.to_hex(), "--amount", "5", "--dispute-window", "3600"])
-        .arg("--key")
-        .arg(&client_key)
-        .arg("--out")
-        .arg(&channel_file));
+    run_ok(
+        cocoon(&["channel", "open", "--payee", &proxy_wallet.to_hex(), "--amount", "5", "--dispute-window", "3600"])
+            .arg("--key")
+            .arg(&client_key)
+            .arg("--out")
+            .arg(&channel_file),
+    );
     let client_channel: ChannelDescriptor = serde_json::from_slice(&std::fs::read(&channel_file).unwrap()).unwrap();
     // A channel to someone else is refused at start.
     let other = dir.join("other.json");
@@ -260,7 +246,7 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
     // The client asks to close: the proxy's watcher records the close and claims the rest at
     // once, well within the window. (A claim of the voucher above may already be on its way,
     // started when the voucher came: wait for the watcher's record of the close as well.)
-    run(cocoon(&["channel", "close"]).arg(&channel_file).arg("--key").arg(&client_key));
+    run_ok(cocoon(&["channel", "close"]).arg(&channel_file).arg("--key").arg(&client_key));
     let deadline = Instant::now() + Duration::from_secs(40);
     let l = loop {
         let l = ledger(&dir);
@@ -286,17 +272,20 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
     assert_eq!(client_state.claimed, charged + ahead, "on chain, the proxy claimed exactly what the ledger credited");
     assert_ne!(client_state.closing_since, 0);
     assert_eq!(client_state.deposited, 5 * TON);
-    let settled =
-        run(Command::new(workspace_bin("cocoon-proxy")).arg("settle").arg("--all").arg("--config").arg(&proxy_config));
+    let settled = run_ok(
+        Command::new(workspace_bin("cocoon-proxy")).arg("settle").arg("--all").arg("--config").arg(&proxy_config),
+    );
     assert!(settled.contains("no channel owes"), "{settled}");
 
     // The worker fetches its voucher, keeps it, and claims it.
     let payouts = dir.join("payouts");
-    let out = run(cocoon(&["payouts", "--proxy", &proxy, "--claim", "--min-claim", "0"])
-        .arg("--key")
-        .arg(&worker_key)
-        .arg("--dir")
-        .arg(&payouts));
+    let out = run_ok(
+        cocoon(&["payouts", "--proxy", &proxy, "--claim", "--min-claim", "0"])
+            .arg("--key")
+            .arg(&worker_key)
+            .arg("--dir")
+            .arg(&payouts),
+    );
     assert!(out.contains("claimed"), "{out}");
     let held = cocoon_client::payouts::held(&payouts).unwrap();
     assert_eq!(held.len(), 1);
@@ -305,11 +294,13 @@ async fn clients_pay_proxies_pay_workers_and_the_chain_agrees_with_the_ledger() 
     assert_eq!(worker_state.claimed, earnings, "on chain, the worker claimed exactly the ledger's earnings");
     assert_eq!(worker_state.deposited, earnings + TON, "funded with its earnings plus worker_deposit");
     // Asking again changes nothing: the same total, nothing more to claim.
-    let again = run(cocoon(&["payouts", "--proxy", &proxy, "--claim", "--min-claim", "0"])
-        .arg("--key")
-        .arg(&worker_key)
-        .arg("--dir")
-        .arg(&payouts));
+    let again = run_ok(
+        cocoon(&["payouts", "--proxy", &proxy, "--claim", "--min-claim", "0"])
+            .arg("--key")
+            .arg(&worker_key)
+            .arg("--dir")
+            .arg(&payouts),
+    );
     assert!(!again.contains("claimed "), "{again}");
 
     // Every nanoTON: wallets and channels now, plus every fee, equal the wallets before.

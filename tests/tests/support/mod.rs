@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub use cocoon_tests::wait::{free_port, wait_for_port, wait_until};
 
+pub mod chain;
 pub mod net;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

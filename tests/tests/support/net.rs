@@ -379,3 +379,73 @@ pub async fn post_voucher_json(proxy: &str, body: &Value) -> (u16, Value) {
     let (status, text) = post_voucher(proxy, body).await;
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// How a streamed answer ended, as the app saw it.
+#[derive(Debug, PartialEq)]
+pub enum Seen {
+    /// Every token, the usage with its cost, `[DONE]`.
+    Complete { cost: u64 },
+    /// Some tokens, then an OpenAI-style error event, and a clean end.
+    ErrorAfterTokens,
+    /// Anything else: an error before any token, or a broken connection.
+    Broken(String),
+}
+
+pub async fn stream_seen(http: &HttpClient, runner: &str, prompt: &str) -> Seen {
+    let req = http::Request::post(format!("{runner}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat_body(prompt, true).to_string())))
+        .unwrap();
+    let resp = match http.send(req).await {
+        Ok(r) => r,
+        Err(e) => return Seen::Broken(format!("no answer: {e}")),
+    };
+    let status = resp.status().as_u16();
+    let body = match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Seen::Broken(format!("the connection broke: {e}")),
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if status != 200 {
+        return Seen::Broken(format!("status {status}: {text}"));
+    }
+    let (mut tokens, mut cost, mut done, mut error) = (0, None, false, false);
+    for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        if !v["error"].is_null() {
+            error = true;
+        } else if v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
+            tokens += 1;
+        }
+        cost = cost.or(v["cocoon"]["cost_nanoton"].as_u64());
+    }
+    match (tokens, cost, done, error) {
+        (t, Some(cost), true, false) if t > 0 => Seen::Complete { cost },
+        (t, _, false, true) if t > 0 => Seen::ErrorAfterTokens,
+        _ => Seen::Broken(text),
+    }
+}
+
+/// `n` streamed requests from `first`, started over `n % 40 × spread_ms`.
+pub fn streams(
+    http: &HttpClient,
+    runner: &str,
+    n: usize,
+    first: usize,
+    spread_ms: u64,
+) -> Vec<tokio::task::JoinHandle<Result<Seen, tokio::time::error::Elapsed>>> {
+    (0..n)
+        .map(|i| {
+            let (http, runner) = (http.clone(), runner.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis((i as u64 % 40) * spread_ms)).await;
+                let prompt = prompt_for(first + i);
+                tokio::time::timeout(Duration::from_secs(60), stream_seen(&http, &runner, &prompt)).await
+            })
+        })
+        .collect()
+}
