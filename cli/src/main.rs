@@ -11,6 +11,7 @@ mod measure;
 mod payouts;
 mod registry;
 mod serve;
+mod sponsor;
 mod verifier;
 
 use clap::{Parser, Subcommand};
@@ -58,6 +59,9 @@ enum Command {
     Market(market::MarketArgs),
     /// Print the client's account key (the public key a proxy credits), creating it if needed.
     Key(key::KeyArgs),
+    /// An app's sponsor: sign the charge authorisations of its Telegram users'
+    /// sealed requests (their hashes only), within per-user quotas.
+    Sponsor(sponsor::SponsorArgs),
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -74,6 +78,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Payouts(args) => payouts::run(args).await,
         Command::Key(args) => key::run(args),
         Command::Market(args) => market::run(args).await,
+        Command::Sponsor(args) => sponsor::run(args).await,
     }
 }
 

@@ -1,9 +1,11 @@
 //! The client library (the `cocoon` CLI is the `cocoon-cli` crate; the proxy
 //! links this too): fetch and verify a worker's evidence, then seal requests
 //! to the key its evidence vouches for, stream the answers back, and verify
-//! the usage receipts; the client runner (`serve`), its payments through a
-//! channels (`pay`), the proxies it uses (`proxies`), a worker's payouts (`payouts`), the network's registry
-//! applied (`allowlist`).
+//! the usage receipts; the client runner (`serve`), the proxies it uses
+//! (`proxies`) and its payments through channels (`pay`), a worker's payouts
+//! (`payouts`), the network's registry applied (`allowlist`); an app's
+//! sponsor, which pays for its Telegram users' sealed requests without seeing
+//! them (`sponsor`, `telegram`).
 //!
 //! Nothing is sent to a worker before its evidence passed the policy: the
 //! only way to get a [`Worker`] is [`Worker::attest`].
@@ -19,6 +21,8 @@ pub mod pay;
 pub mod payouts;
 pub mod proxies;
 pub mod serve;
+pub mod sponsor;
+pub mod telegram;
 pub mod worker;
 
 pub use chat::{ChatOptions, ChatOutcome, Usage};

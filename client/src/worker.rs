@@ -266,10 +266,28 @@ impl Worker {
         request: &InnerRequest,
         headers_for: impl FnOnce(&[u8; 32]) -> Vec<(&'static str, String)>,
     ) -> Result<ResponseStream, ClientError> {
-        let (sealed, opener) = self.client_request()?.seal_chunked(&dated(request).encode())?;
-        let request_hash: [u8; 32] = Sha256::digest(&sealed).into();
-        let extra = headers_for(&request_hash);
-        let resp = self.post(media::OHTTP_CHUNKED_REQUEST, sealed, &extra).await?;
+        let sealed = self.seal_stream(request)?;
+        let extra = headers_for(&sealed.request_hash);
+        self.send_sealed(sealed, &extra).await
+    }
+
+    /// Seals `request` for a streamed answer without sending it: for a client
+    /// whose charge authorisation comes from elsewhere (an app's sponsor),
+    /// which needs the sealed request's hash first.
+    pub fn seal_stream(&self, request: &InnerRequest) -> Result<SealedStream, ClientError> {
+        let (bytes, opener) = self.client_request()?.seal_chunked(&dated(request).encode())?;
+        let request_hash: [u8; 32] = Sha256::digest(&bytes).into();
+        Ok(SealedStream { bytes, opener, request_hash })
+    }
+
+    /// Sends a request sealed by [`Worker::seal_stream`] with `extra` clear headers.
+    pub async fn send_sealed(
+        &self,
+        sealed: SealedStream,
+        extra: &[(&'static str, String)],
+    ) -> Result<ResponseStream, ClientError> {
+        let SealedStream { bytes, opener, request_hash } = sealed;
+        let resp = self.post(media::OHTTP_CHUNKED_REQUEST, bytes, extra).await?;
         Ok(ResponseStream {
             body: resp.into_body(),
             state: StreamState::Open(opener),
@@ -280,6 +298,20 @@ impl Worker {
             receipt_key: *self.verified.receipt_key(),
             source: self.source(),
         })
+    }
+}
+
+/// A request sealed for a streamed answer, not sent yet.
+pub struct SealedStream {
+    bytes: Vec<u8>,
+    opener: ChunkedResponseOpener,
+    request_hash: [u8; 32],
+}
+
+impl SealedStream {
+    /// SHA-256 of the sealed bytes: what a charge authorisation signs and the receipt names.
+    pub fn request_hash(&self) -> [u8; 32] {
+        self.request_hash
     }
 }
 

@@ -78,6 +78,15 @@ pub enum ErrorCode {
     ChainUnavailable,
     InvalidPayee,
     NothingEarned,
+    // An app's sponsor (`cocoon sponsor`).
+    /// The Telegram init data is missing, malformed or not signed with the bot's token.
+    InitDataInvalid,
+    /// The Telegram init data is older than the sponsor accepts.
+    InitDataExpired,
+    /// The user's quota for this period is spent.
+    QuotaExhausted,
+    /// This request hash was authorised before.
+    AlreadySigned,
     // The server.
     Busy,
     LedgerUnavailable,
@@ -135,6 +144,10 @@ impl ErrorCode {
             ErrorCode::ChainUnavailable => "chain_unavailable",
             ErrorCode::InvalidPayee => "invalid_payee",
             ErrorCode::NothingEarned => "nothing_earned",
+            ErrorCode::InitDataInvalid => "init_data_invalid",
+            ErrorCode::InitDataExpired => "init_data_expired",
+            ErrorCode::QuotaExhausted => "quota_exhausted",
+            ErrorCode::AlreadySigned => "already_signed",
             ErrorCode::Busy => "busy",
             ErrorCode::LedgerUnavailable => "ledger_unavailable",
             ErrorCode::EvidenceUnavailable => "evidence_unavailable",
@@ -391,6 +404,10 @@ mod tests {
             ErrorCode::ChainUnavailable,
             ErrorCode::InvalidPayee,
             ErrorCode::NothingEarned,
+            ErrorCode::InitDataInvalid,
+            ErrorCode::InitDataExpired,
+            ErrorCode::QuotaExhausted,
+            ErrorCode::AlreadySigned,
             ErrorCode::Busy,
             ErrorCode::LedgerUnavailable,
             ErrorCode::EvidenceUnavailable,

@@ -6,10 +6,7 @@
 
 mod support;
 
-use base64::Engine as _;
-use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use cocoon_attestation::Policy;
@@ -23,22 +20,6 @@ use cocoon_tests::echo_engine::{MODEL_ID, answer_tokens};
 use support::chain::*;
 use support::net::*;
 use support::*;
-
-/// A worker as a client that skips the runner sees it: routed by the proxy,
-/// its evidence verified here.
-async fn routed_worker(proxy: &str, exclude: &[String]) -> Worker {
-    let http = HttpClient::default();
-    let req = http::Request::post(format!("{proxy}/v1/route"))
-        .body(Full::new(Bytes::from(json!({"model": MODEL_ID, "exclude": exclude}).to_string())))
-        .unwrap();
-    let resp = http.send(req).await.unwrap();
-    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    let evidence = base64::engine::general_purpose::STANDARD.decode(v["evidence"].as_str().unwrap()).unwrap();
-    let route = Route::ViaProxy { proxy: proxy.to_string(), worker_id: v["worker"]["id"].as_str().unwrap().into() };
-    Worker::from_evidence(route, http, &evidence, &Policy::insecure_simulated(), &EndorsementSources::default())
-        .await
-        .unwrap()
-}
 
 /// What a hand-made streamed request got back: the sealed status, the text
 /// generated, the error code inside the stream, and whether a receipt came.

@@ -449,3 +449,29 @@ pub fn streams(
         })
         .collect()
 }
+
+/// A worker as a client that skips the runner sees it: routed by the proxy,
+/// its evidence verified here.
+pub async fn routed_worker(proxy: &str, exclude: &[String]) -> cocoon_client::Worker {
+    let http = HttpClient::default();
+    let req = http::Request::post(format!("{proxy}/v1/route"))
+        .body(Full::new(Bytes::from(json!({"model": MODEL_ID, "exclude": exclude}).to_string())))
+        .unwrap();
+    let resp = http.send(req).await.unwrap();
+    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    use base64::Engine as _;
+    let evidence = base64::engine::general_purpose::STANDARD.decode(v["evidence"].as_str().unwrap()).unwrap();
+    let route = cocoon_client::Route::ViaProxy {
+        proxy: proxy.to_string(),
+        worker_id: v["worker"]["id"].as_str().unwrap().into(),
+    };
+    cocoon_client::Worker::from_evidence(
+        route,
+        http,
+        &evidence,
+        &Policy::insecure_simulated(),
+        &EndorsementSources::default(),
+    )
+    .await
+    .unwrap()
+}
