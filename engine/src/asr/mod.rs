@@ -1,4 +1,6 @@
 //! Speech to text (Whisper), beside the language models: the reader of
-//! CTranslate2's model files that carry Whisper's weights.
+//! CTranslate2's model files that carry Whisper's weights, and the log-mel
+//! front end.
 
 pub mod ct2;
+pub mod mel;
