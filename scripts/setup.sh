@@ -27,6 +27,10 @@ if [ "$what" = test ]; then
     command -v cpio >/dev/null || need_apt+=(cpio)
     command -v mkfs.erofs >/dev/null || need_apt+=(erofs-utils)
     command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+    # The reference decoders the audio tests compare with (engine/tests/whisper_audio.rs).
+    command -v opusdec >/dev/null || need_apt+=(opus-tools)
+    command -v lame >/dev/null || need_apt+=(lame)
+    command -v flac >/dev/null || need_apt+=(flac)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
