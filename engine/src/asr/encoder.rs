@@ -5,30 +5,19 @@
 //! vectors the decoder attends to. Weights are widened from the file's f16
 //! to f32; the tests compare the output with CTranslate2's own encoder.
 
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::Tensor;
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv1d, linear};
+use burn::tensor::module::conv1d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorData};
 
 use super::ct2::Ct2Model;
+use super::layers::{Norm, Projection, Weights, attend, layer_norm, project};
 use super::mel::N_MELS;
 use crate::LoadError;
 
 /// Log-mel frames in one window (30 s); the encoder's positions are half as many.
 pub const FRAMES: usize = 3000;
-const LAYER_NORM_EPS: f32 = 1e-5;
-
-struct Norm<B: Backend> {
-    gamma: Tensor<B, 1>,
-    beta: Tensor<B, 1>,
-}
-
-/// A projection with Burn's weight layout, [in, out].
-struct Projection<B: Backend> {
-    weight: Tensor<B, 2>,
-    bias: Tensor<B, 1>,
-}
 
 struct Block<B: Backend> {
     attention_norm: Norm<B>,
@@ -50,32 +39,6 @@ pub struct WhisperEncoder<B: Backend> {
     width: usize,
 }
 
-/// Reads the model's float variables onto `device`.
-struct Weights<'a, B: Backend> {
-    model: &'a Ct2Model,
-    device: &'a B::Device,
-}
-
-impl<B: Backend> Weights<'_, B> {
-    fn tensor<const D: usize>(&self, name: &str) -> Result<Tensor<B, D>, LoadError> {
-        let (shape, values) = self.model.f32(name)?;
-        if shape.len() != D {
-            return Err(LoadError::Format(format!("{name}: expected {D} dimensions, found shape {shape:?}")));
-        }
-        Ok(Tensor::from_data(TensorData::new(values, shape), self.device))
-    }
-
-    fn norm(&self, prefix: &str) -> Result<Norm<B>, LoadError> {
-        Ok(Norm { gamma: self.tensor(&format!("{prefix}/gamma"))?, beta: self.tensor(&format!("{prefix}/beta"))? })
-    }
-
-    /// CTranslate2 stores [out, in]; Burn multiplies by [in, out].
-    fn projection(&self, prefix: &str) -> Result<Projection<B>, LoadError> {
-        let weight: Tensor<B, 2> = self.tensor(&format!("{prefix}/weight"))?;
-        Ok(Projection { weight: weight.transpose(), bias: self.tensor(&format!("{prefix}/bias"))? })
-    }
-}
-
 impl<B: Backend> WhisperEncoder<B> {
     /// The encoder of `model` (a `WhisperSpec`), on `device`.
     pub fn load(model: &Ct2Model, device: &B::Device) -> Result<Self, LoadError> {
@@ -90,7 +53,7 @@ impl<B: Backend> WhisperEncoder<B> {
             as usize;
         let conv1 = (w.tensor::<3>("encoder/conv1/weight")?, w.tensor("encoder/conv1/bias")?);
         let [width, mels, _] = conv1.0.dims();
-        if mels != N_MELS || width % heads != 0 {
+        if mels != N_MELS || !width.is_multiple_of(heads) {
             return Err(LoadError::Format(format!(
                 "encoder/conv1/weight: {mels} mel bins and width {width} for {heads} heads; expected {N_MELS} bins \
                  and a width the heads divide"
@@ -142,30 +105,8 @@ impl<B: Backend> WhisperEncoder<B> {
     }
 
     fn attention(&self, block: &Block<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, t, _] = h.dims();
-        let (heads, head) = (self.heads, self.width / self.heads);
         let qkv = project(h, &block.qkv);
-        let split = |i: usize| {
-            qkv.clone().narrow(2, i * self.width, self.width).reshape([batch, t, heads, head]).swap_dims(1, 2)
-        };
-        let (q, k, v) = (split(0), split(1), split(2));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((head as f32).sqrt());
-        let mixed = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, t, self.width]);
-        project(mixed, &block.out)
+        let part = |i: usize| qkv.clone().narrow(2, i * self.width, self.width);
+        project(attend(part(0), part(1), part(2), self.heads, false), &block.out)
     }
-}
-
-fn project<B: Backend>(x: Tensor<B, 3>, p: &Projection<B>) -> Tensor<B, 3> {
-    let [batch, t, d] = x.dims();
-    let y = linear(x.reshape([batch * t, d]), p.weight.clone(), Some(p.bias.clone()));
-    let n = y.dims()[1];
-    y.reshape([batch, t, n])
-}
-
-fn layer_norm<B: Backend>(x: Tensor<B, 3>, n: &Norm<B>) -> Tensor<B, 3> {
-    let mean = x.clone().mean_dim(2);
-    let centred = x - mean;
-    let var = centred.clone().powi_scalar(2).mean_dim(2);
-    let normed = centred / var.add_scalar(LAYER_NORM_EPS).sqrt();
-    normed * n.gamma.clone().unsqueeze() + n.beta.clone().unsqueeze()
 }

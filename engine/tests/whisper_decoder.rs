@@ -1,0 +1,36 @@
+//! Transcription end to end in the engine: the voice note
+//! (tests/data/audio/speech.opus) decoded to 16 kHz, log-mel, Whisper
+//! tiny.en's encoder and greedy decoding; the tokens must be CTranslate2
+//! 4.6.0's own for the same audio (tests/data/whisper/speech.tokens.json
+//! and the script that made it), and the text what was spoken.
+
+use std::path::Path;
+
+use cocoon_engine::CpuBackend;
+use cocoon_engine::asr::audio::{AudioLimits, decode};
+use cocoon_engine::asr::whisper::{TranscribeError, WhisperModel};
+
+#[test]
+fn a_voice_note_is_transcribed_as_ctranslate2_transcribes_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("../.cache/models/whisper-tiny-en");
+    assert!(
+        dir.join("model.bin").exists(),
+        "{} is missing: run scripts/fetch-whisper.sh (make test does)",
+        dir.display()
+    );
+    let model = WhisperModel::<CpuBackend>::load(&dir, &Default::default()).unwrap();
+    let audio =
+        decode(&std::fs::read(root.join("tests/data/audio/speech.opus")).unwrap(), &AudioLimits::default()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("tests/data/whisper/speech.tokens.json")).unwrap()).unwrap();
+    assert_eq!(reference["samples"].as_u64(), Some(audio.samples.len() as u64), "the reference's input is this audio");
+    let started = std::time::Instant::now();
+    let t = model.transcribe_window(&audio.samples).unwrap();
+    eprintln!("{:?} in {:?} for {:.2} s of audio", t.text, started.elapsed(), audio.seconds());
+    let want: Vec<u32> = reference["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(t.tokens, want);
+    assert_eq!(t.text, " Nobody else can read this voice note.");
+    assert!(matches!(model.transcribe_window(&[]), Err(TranscribeError::Empty)));
+    assert!(matches!(model.transcribe_window(&vec![0.0; 30 * 16_000 + 1]), Err(TranscribeError::TooLong { .. })));
+}
