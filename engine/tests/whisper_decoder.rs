@@ -34,3 +34,22 @@ fn a_voice_note_is_transcribed_as_ctranslate2_transcribes_it() {
     assert!(matches!(model.transcribe_window(&[]), Err(TranscribeError::Empty)));
     assert!(matches!(model.transcribe_window(&vec![0.0; 30 * 16_000 + 1]), Err(TranscribeError::TooLong { .. })));
 }
+
+/// Audio past 30 s is decoded window after window: the voice note placed
+/// inside each of three windows (with silence around it) is heard in each.
+#[test]
+fn longer_audio_is_transcribed_window_by_window() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model =
+        WhisperModel::<CpuBackend>::load(&root.join("../.cache/models/whisper-tiny-en"), &Default::default()).unwrap();
+    let clip = decode(&std::fs::read(root.join("tests/data/audio/speech.opus")).unwrap(), &AudioLimits::default())
+        .unwrap()
+        .samples;
+    let mut long = vec![0f32; 65 * 16_000];
+    for at in [2, 40, 61] {
+        long[at * 16_000..at * 16_000 + clip.len()].copy_from_slice(&clip);
+    }
+    let windows = model.transcribe(&long).unwrap();
+    let texts: Vec<&str> = windows.iter().map(|w| w.text.as_str()).collect();
+    assert_eq!(texts, vec![" Nobody else can read this voice note."; 3]);
+}

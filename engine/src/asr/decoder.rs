@@ -3,10 +3,9 @@
 //! self-attention, cross-attention over the encoder's output and a GELU MLP,
 //! a final layer norm, and logits through the (tied) token embedding.
 //!
-//! Decoding is greedy. Each step runs the whole token prefix again (no
-//! key/value cache for the self-attention yet: a 30 s window's text is a few
-//! dozen tokens, and the cross-attention's keys and values, the large part,
-//! are computed once per window).
+//! Decoding keeps each block's self-attention keys and values as tokens are
+//! added ([`DecoderState`]), so a step runs only the new token; the
+//! cross-attention's keys and values are computed once per window.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
@@ -45,6 +44,23 @@ pub struct WhisperDecoder<B: Backend> {
 /// The audio's keys and values for each block, computed once per window.
 pub struct AudioContext<B: Backend> {
     keys_values: Vec<(Tensor<B, 3>, Tensor<B, 3>)>,
+}
+
+/// The tokens decoded so far in a window: each block's self-attention keys
+/// and values for them.
+pub struct DecoderState<B: Backend> {
+    keys_values: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
+    len: usize,
+}
+
+impl<B: Backend> DecoderState<B> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl<B: Backend> WhisperDecoder<B> {
@@ -115,26 +131,38 @@ impl<B: Backend> WhisperDecoder<B> {
         AudioContext { keys_values }
     }
 
-    /// The next token's logits after `tokens` (at most [`Self::max_positions`]).
-    pub fn next_logits(&self, tokens: &[u32], audio: &AudioContext<B>) -> Vec<f32> {
+    /// A window's decoding, before its first token.
+    pub fn start(&self) -> DecoderState<B> {
+        DecoderState { keys_values: vec![None; self.blocks.len()], len: 0 }
+    }
+
+    /// Adds `tokens` to `state` (in all at most [`Self::max_positions`]) and
+    /// returns the logits of the token after them.
+    pub fn step(&self, tokens: &[u32], state: &mut DecoderState<B>, audio: &AudioContext<B>) -> Vec<f32> {
         let device = self.embeddings.device();
         let t = tokens.len();
         let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(
             burn::tensor::TensorData::new(tokens.iter().map(|&id| id as i64).collect::<Vec<_>>(), [t]),
             &device,
         );
-        let mut x: Tensor<B, 3> =
-            (self.embeddings.clone().select(0, ids) + self.positions.clone().narrow(0, 0, t)).unsqueeze();
-        for (b, (keys, values)) in self.blocks.iter().zip(&audio.keys_values) {
+        let positions = self.positions.clone().narrow(0, state.len, t);
+        let mut x: Tensor<B, 3> = (self.embeddings.clone().select(0, ids) + positions).unsqueeze();
+        for ((b, (keys, values)), cache) in self.blocks.iter().zip(&audio.keys_values).zip(&mut state.keys_values) {
             let h = layer_norm(x.clone(), &b.self_norm);
             let qkv = project(h, &b.self_qkv);
             let part = |i: usize| qkv.clone().narrow(2, i * self.width, self.width);
-            x = x + project(attend(part(0), part(1), part(2), self.heads, true), &b.self_out);
+            let (k, v) = match cache.take() {
+                Some((k, v)) => (Tensor::cat(vec![k, part(1)], 1), Tensor::cat(vec![v, part(2)], 1)),
+                None => (part(1), part(2)),
+            };
+            *cache = Some((k.clone(), v.clone()));
+            x = x + project(attend(part(0), k, v, self.heads, true), &b.self_out);
             let q = project(layer_norm(x.clone(), &b.cross_norm), &b.cross_q);
             x = x + project(attend(q, keys.clone(), values.clone(), self.heads, false), &b.cross_out);
             let h = layer_norm(x.clone(), &b.mlp_norm);
             x = x + project(gelu(project(h, &b.up)), &b.down);
         }
+        state.len += t;
         let last = layer_norm(x, &self.final_norm).narrow(1, t - 1, 1).reshape([1, self.width]);
         last.matmul(self.unembed.clone()).into_data().to_vec().expect("f32 logits")
     }

@@ -5,8 +5,10 @@
 //! suppressed (and a blank or the end as the first token), as
 //! CTranslate2's `generate` does with one beam.
 //!
-//! One window of up to 30 s for now; longer audio, timestamps and
-//! multilingual prompts (language, task) come with the API.
+//! Longer audio is cut into consecutive 30 s windows of one log-mel
+//! spectrogram of the whole (as faster-whisper does without timestamps), each
+//! decoded on its own (not conditioned on the previous window's text).
+//! Timestamps and multilingual prompts (language, task) come with the API.
 
 use std::path::Path;
 
@@ -17,7 +19,7 @@ use serde::Deserialize;
 use super::ct2::Ct2Model;
 use super::decoder::WhisperDecoder;
 use super::encoder::{FRAMES, WhisperEncoder};
-use super::mel::{FrontEnd, HOP, N_MELS, SAMPLE_RATE};
+use super::mel::{FrontEnd, HOP, LogMel, N_MELS, SAMPLE_RATE};
 use crate::LoadError;
 
 /// The longest audio one window holds.
@@ -105,26 +107,46 @@ impl<B: Backend> WhisperModel<B> {
 
     /// Transcribes up to 30 s of 16 kHz mono samples.
     pub fn transcribe_window(&self, samples: &[f32]) -> Result<Transcript, TranscribeError> {
-        if samples.is_empty() {
-            return Err(TranscribeError::Empty);
-        }
         if samples.len() > WINDOW_SAMPLES {
             return Err(TranscribeError::TooLong { seconds: samples.len() as f64 / SAMPLE_RATE as f64 });
         }
+        let mut windows = self.transcribe(samples)?;
+        Ok(windows.swap_remove(0))
+    }
+
+    /// Transcribes 16 kHz mono samples of any length, 30 s at a time: one
+    /// transcript per window, in order.
+    pub fn transcribe(&self, samples: &[f32]) -> Result<Vec<Transcript>, TranscribeError> {
+        if samples.is_empty() {
+            return Err(TranscribeError::Empty);
+        }
         let mel = self.front.log_mel(samples);
-        // Zeros after the audio up to 30 s, as faster-whisper pads.
-        let frames = mel.frames.min(FRAMES);
+        // The last frame is the padding's (faster-whisper's content_frames).
+        let content = mel.frames - 1;
+        let mut windows = Vec::new();
+        let mut seek = 0;
+        while seek < content.max(1) {
+            windows.push(self.decode_window(&mel, seek)?);
+            seek += FRAMES;
+        }
+        Ok(windows)
+    }
+
+    /// Decodes the 30 s of `mel` from frame `seek` (zeros past its end, as faster-whisper pads).
+    fn decode_window(&self, mel: &LogMel, seek: usize) -> Result<Transcript, TranscribeError> {
+        let frames = (mel.frames - seek).min(FRAMES);
         let mut window = vec![0f32; N_MELS * FRAMES];
         for m in 0..N_MELS {
-            window[m * FRAMES..m * FRAMES + frames]
-                .copy_from_slice(&mel.values[m * mel.frames..m * mel.frames + frames]);
+            let row = &mel.values[m * mel.frames + seek..m * mel.frames + seek + frames];
+            window[m * FRAMES..m * FRAMES + frames].copy_from_slice(row);
         }
         let input = Tensor::<B, 3>::from_data(TensorData::new(window, [1, N_MELS, FRAMES]), &self.device);
         let audio = self.decoder.audio_context(self.encoder.forward(input));
         let mut tokens = vec![self.start, self.no_timestamps];
         let prompt = tokens.len();
+        let mut state = self.decoder.start();
         while tokens.len() < self.decoder.max_positions() {
-            let mut logits = self.decoder.next_logits(&tokens, &audio);
+            let mut logits = self.decoder.step(&tokens[state.len()..], &mut state, &audio);
             for (l, &s) in logits.iter_mut().zip(&self.suppressed) {
                 if s {
                     *l = f32::NEG_INFINITY;
