@@ -69,6 +69,10 @@ llama-cpp:
 	@$(LLAMA_VENV)/bin/python -c "import llama_cpp, numpy" 2>/dev/null || { \
 		echo "building llama-cpp-python 0.3.36 into $(LLAMA_VENV) (once, about 5 minutes) ..."; \
 		python3 -m venv $(LLAMA_VENV) && $(LLAMA_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36 numpy; }
+	@$(LLAMA_VENV)/bin/python -c "import ctranslate2" 2>/dev/null || $(LLAMA_VENV)/bin/pip install --quiet ctranslate2==4.6.0
+	@test -f $(LLAMA_VENV)/faster-whisper/faster_whisper/feature_extractor.py || { \
+		$(LLAMA_VENV)/bin/pip download --quiet --no-deps --dest $(LLAMA_VENV) faster-whisper==1.2.1 && \
+		python3 -m zipfile -e $(LLAMA_VENV)/faster_whisper-1.2.1-py3-none-any.whl $(LLAMA_VENV)/faster-whisper; }
 
 # Printed tables: sealing throughput next to `openssl speed`, HPKE setup,
 # shim forwarding next to socat, the proxy next to nginx (latency, throughput,
@@ -88,6 +92,8 @@ bench: model llama-cpp
 	$(MAKE) contracts-deps
 	cd contracts && node scripts/gas.js
 	LLAMA_CPP_PYTHON=$(abspath $(LLAMA_VENV))/bin/python $(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench
+	WHISPER_CT2_PYTHON=$(abspath $(LLAMA_VENV))/bin/python FASTER_WHISPER_DIR=$(abspath $(LLAMA_VENV))/faster-whisper \
+		$(CARGO) run --release -p cocoon-bench --features candle --bin engine-bench -- --asr
 
 # The main job on the embedded default model: enclave (simulated evidence, CPU)
 # + host shim on loopback, then a sealed, streamed chat through them.

@@ -14,6 +14,8 @@
 //! (sampled after each phase here; for llama.cpp, in its own process, its
 //! high-water mark less its resident set before loading).
 
+mod asr;
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -544,6 +546,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().any(|a| a == "--latency") {
         return latency_table(&path);
+    }
+    if std::env::args().any(|a| a == "--asr") {
+        return asr::run();
     }
     let quick = std::env::args().any(|a| a == "--packed-only");
     let reference =
