@@ -12,7 +12,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 
 use super::ct2::Ct2Model;
-use super::layers::{Norm, Projection, Weights, attend, layer_norm, project};
+use super::layers::{HeadKeysValues, Norm, Projection, Weights, attend_heads, layer_norm, project};
 use crate::LoadError;
 
 struct Block<B: Backend> {
@@ -43,13 +43,13 @@ pub struct WhisperDecoder<B: Backend> {
 
 /// The audio's keys and values for each block, computed once per window.
 pub struct AudioContext<B: Backend> {
-    keys_values: Vec<(Tensor<B, 3>, Tensor<B, 3>)>,
+    keys_values: Vec<HeadKeysValues<B>>,
 }
 
 /// The tokens decoded so far in a window: each block's self-attention keys
 /// and values for them.
 pub struct DecoderState<B: Backend> {
-    keys_values: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
+    keys_values: Vec<Option<HeadKeysValues<B>>>,
     len: usize,
 }
 
@@ -125,7 +125,11 @@ impl<B: Backend> WhisperDecoder<B> {
             .iter()
             .map(|b| {
                 let kv = project(audio.clone(), &b.cross_kv);
-                (kv.clone().narrow(2, 0, self.width), kv.narrow(2, self.width, self.width))
+                HeadKeysValues::split(
+                    kv.clone().narrow(2, 0, self.width),
+                    kv.narrow(2, self.width, self.width),
+                    self.heads,
+                )
             })
             .collect();
         AudioContext { keys_values }
@@ -133,7 +137,7 @@ impl<B: Backend> WhisperDecoder<B> {
 
     /// A window's decoding, before its first token.
     pub fn start(&self) -> DecoderState<B> {
-        DecoderState { keys_values: vec![None; self.blocks.len()], len: 0 }
+        DecoderState { keys_values: self.blocks.iter().map(|_| None).collect(), len: 0 }
     }
 
     /// Adds `tokens` to `state` (in all at most [`Self::max_positions`]) and
@@ -147,18 +151,20 @@ impl<B: Backend> WhisperDecoder<B> {
         );
         let positions = self.positions.clone().narrow(0, state.len, t);
         let mut x: Tensor<B, 3> = (self.embeddings.clone().select(0, ids) + positions).unsqueeze();
-        for ((b, (keys, values)), cache) in self.blocks.iter().zip(&audio.keys_values).zip(&mut state.keys_values) {
+        for ((b, audio_kv), cache) in self.blocks.iter().zip(&audio.keys_values).zip(&mut state.keys_values) {
             let h = layer_norm(x.clone(), &b.self_norm);
             let qkv = project(h, &b.self_qkv);
             let part = |i: usize| qkv.clone().narrow(2, i * self.width, self.width);
-            let (k, v) = match cache.take() {
-                Some((k, v)) => (Tensor::cat(vec![k, part(1)], 1), Tensor::cat(vec![v, part(2)], 1)),
-                None => (part(1), part(2)),
+            let new = HeadKeysValues::split(part(1), part(2), self.heads);
+            let kv = match cache.take() {
+                Some(earlier) => earlier.extend(new),
+                None => new,
             };
-            *cache = Some((k.clone(), v.clone()));
-            x = x + project(attend(part(0), k, v, self.heads, true), &b.self_out);
+            let attended = attend_heads(part(0), &kv, self.heads, true);
+            *cache = Some(kv);
+            x = x + project(attended, &b.self_out);
             let q = project(layer_norm(x.clone(), &b.cross_norm), &b.cross_q);
-            x = x + project(attend(q, keys.clone(), values.clone(), self.heads, false), &b.cross_out);
+            x = x + project(attend_heads(q, audio_kv, self.heads, false), &b.cross_out);
             let h = layer_norm(x.clone(), &b.mlp_norm);
             x = x + project(gelu(project(h, &b.up)), &b.down);
         }

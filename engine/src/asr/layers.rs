@@ -63,6 +63,34 @@ pub(super) fn layer_norm<B: Backend>(x: Tensor<B, 3>, n: &Norm<B>) -> Tensor<B, 
     normed * n.gamma.clone().unsqueeze() + n.beta.clone().unsqueeze()
 }
 
+/// Keys and values split into heads once, for attention by many queries:
+/// keys transposed, [batch, heads, head, t], values [batch, heads, t, head].
+pub(super) struct HeadKeysValues<B: Backend> {
+    pub(super) keys_t: Tensor<B, 4>,
+    pub(super) values: Tensor<B, 4>,
+}
+
+impl<B: Backend> HeadKeysValues<B> {
+    /// `k` and `v` are [batch, t, width]; the copies into head layout happen here, once.
+    pub(super) fn split(k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize) -> Self {
+        let [batch, t, width] = k.dims();
+        let head = width / heads;
+        let keys_t = k.reshape([batch, t, heads, head]).permute([0, 2, 3, 1]);
+        let values = v.reshape([batch, t, heads, head]).swap_dims(1, 2);
+        // Materialised now (an element-wise op writes a new, contiguous
+        // tensor), not copied again on every use of the strided view.
+        HeadKeysValues { keys_t: keys_t.add_scalar(0.0), values: values.add_scalar(0.0) }
+    }
+
+    /// Appends later keys and values (the decoder's cache).
+    pub(super) fn extend(self, more: HeadKeysValues<B>) -> Self {
+        HeadKeysValues {
+            keys_t: Tensor::cat(vec![self.keys_t, more.keys_t], 3),
+            values: Tensor::cat(vec![self.values, more.values], 2),
+        }
+    }
+}
+
 /// Multi-head attention of queries [batch, tq, width] over keys and values
 /// [batch, tk, width], `causal` masking later keys from earlier queries.
 pub(super) fn attend<B: Backend>(
@@ -72,16 +100,26 @@ pub(super) fn attend<B: Backend>(
     heads: usize,
     causal: bool,
 ) -> Tensor<B, 3> {
+    attend_heads(q, &HeadKeysValues::split(k, v, heads), heads, causal)
+}
+
+/// [`attend`] with the keys and values already in head layout.
+pub(super) fn attend_heads<B: Backend>(
+    q: Tensor<B, 3>,
+    kv: &HeadKeysValues<B>,
+    heads: usize,
+    causal: bool,
+) -> Tensor<B, 3> {
     let [batch, tq, width] = q.dims();
-    let tk = k.dims()[1];
+    let tk = kv.values.dims()[2];
     let head = width / heads;
-    let split = |x: Tensor<B, 3>, t: usize| x.reshape([batch, t, heads, head]).swap_dims(1, 2);
-    let mut scores = split(q, tq).matmul(split(k, tk).swap_dims(2, 3)).div_scalar((head as f32).sqrt());
-    if causal {
+    let q = q.reshape([batch, tq, heads, head]).swap_dims(1, 2);
+    let mut scores = q.matmul(kv.keys_t.clone()).div_scalar((head as f32).sqrt());
+    if causal && tq > 1 {
         let device = scores.device();
         let mask: Vec<f32> =
             (0..tq).flat_map(|i| (0..tk).map(move |j| if j + tq > i + tk { f32::NEG_INFINITY } else { 0.0 })).collect();
         scores = scores + Tensor::<B, 2>::from_data(TensorData::new(mask, [tq, tk]), &device).unsqueeze();
     }
-    softmax(scores, 3).matmul(split(v, tk)).swap_dims(1, 2).reshape([batch, tq, width])
+    softmax(scores, 3).matmul(kv.values.clone()).swap_dims(1, 2).reshape([batch, tq, width])
 }
