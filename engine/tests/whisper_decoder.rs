@@ -53,3 +53,40 @@ fn longer_audio_is_transcribed_window_by_window() {
     let texts: Vec<&str> = windows.iter().map(|w| w.text.as_str()).collect();
     assert_eq!(texts, vec![" Nobody else can read this voice note."; 3]);
 }
+
+/// With timestamps, the tokens are CTranslate2's own (the first a
+/// timestamp, pairs around each segment's text), alone and for nine notes in
+/// one window (tests/data/whisper/speech.timed.json and its script).
+#[test]
+fn timed_transcripts_follow_whispers_timestamp_rules_as_ctranslate2_does() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model =
+        WhisperModel::<CpuBackend>::load(&root.join("../.cache/models/whisper-tiny-en"), &Default::default()).unwrap();
+    let clip = decode(&std::fs::read(root.join("tests/data/audio/speech.opus")).unwrap(), &AudioLimits::default())
+        .unwrap()
+        .samples;
+    let mut nine = Vec::new();
+    for _ in 0..9 {
+        nine.extend_from_slice(&clip);
+        nine.extend(std::iter::repeat_n(0.0, 8000));
+    }
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("tests/data/whisper/speech.timed.json")).unwrap()).unwrap();
+    let tokens = |key: &str| -> Vec<u32> {
+        reference[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    };
+    let one = model.transcribe_window_timed(&clip).unwrap();
+    assert_eq!(one.tokens, tokens("one"));
+    let segments = model.segments(&one).unwrap();
+    assert_eq!(segments.len(), 1);
+    assert_eq!((segments[0].start, segments[0].end), (0.0, 2.0));
+    assert_eq!(segments[0].text, " Nobody else can read this voice note.");
+    let timed = model.transcribe_window_timed(&nine).unwrap();
+    assert_eq!(timed.tokens, tokens("nine"));
+    let segments = model.segments(&timed).unwrap();
+    assert_eq!(segments.len(), 8, "the ninth note's segment is cut at the window's last timestamp: {segments:?}");
+    for (i, s) in segments.iter().enumerate() {
+        assert_eq!(s.text, " Nobody else can read this voice note.");
+        assert!((s.start - 3.0 * i as f64).abs() < 1e-9 && (s.end - 3.0 * (i + 1) as f64).abs() < 1e-9, "{s:?}");
+    }
+}
