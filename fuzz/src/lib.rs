@@ -161,3 +161,20 @@ pub fn ton(data: &[u8]) {
         }
     }
 }
+
+/// Outside bytes as a CTranslate2 `model.bin` (a worker operator's model file).
+pub fn ct2(data: &[u8]) {
+    if let Ok(model) = cocoon_engine::asr::ct2::Ct2Model::parse(data.to_vec()) {
+        let names: Vec<String> = model.names().map(str::to_owned).collect();
+        for name in names {
+            let _ = model.f32(&name);
+            let _ = model.scalar_int(&name);
+        }
+    }
+}
+
+/// Outside bytes as an uploaded audio file (WAV, FLAC, MP3, Ogg Opus or anything else).
+pub fn audio(data: &[u8]) {
+    let limits = cocoon_engine::asr::audio::AudioLimits { max_bytes: 1 << 20, max_seconds: 30 };
+    let _ = cocoon_engine::asr::audio::decode(data, &limits);
+}

@@ -47,6 +47,16 @@ fn replay(target: &str, body: impl Fn(&[u8])) {
 }
 
 #[test]
+fn ct2_model_files() {
+    replay("ct2", fuzz_bodies::ct2);
+}
+
+#[test]
+fn audio_files() {
+    replay("audio", fuzz_bodies::audio);
+}
+
+#[test]
 fn ohttp_inputs() {
     replay("ohttp", fuzz_bodies::ohttp);
 }
