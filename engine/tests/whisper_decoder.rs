@@ -10,8 +10,8 @@ use cocoon_engine::CpuBackend;
 use cocoon_engine::asr::audio::{AudioLimits, decode};
 use cocoon_engine::asr::whisper::{TranscribeError, WhisperModel};
 
-#[test]
-fn a_voice_note_is_transcribed_as_ctranslate2_transcribes_it() {
+/// Whisper tiny.en and the voice note at 16 kHz.
+fn model_and_voice_note() -> (WhisperModel<CpuBackend>, Vec<f32>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("../.cache/models/whisper-tiny-en");
     assert!(
@@ -20,14 +20,22 @@ fn a_voice_note_is_transcribed_as_ctranslate2_transcribes_it() {
         dir.display()
     );
     let model = WhisperModel::<CpuBackend>::load(&dir, &Default::default()).unwrap();
-    let audio =
-        decode(&std::fs::read(root.join("tests/data/audio/speech.opus")).unwrap(), &AudioLimits::default()).unwrap();
+    let clip = decode(&std::fs::read(root.join("tests/data/audio/speech.opus")).unwrap(), &AudioLimits::default())
+        .unwrap()
+        .samples;
+    (model, clip)
+}
+
+#[test]
+fn a_voice_note_is_transcribed_as_ctranslate2_transcribes_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (model, clip) = model_and_voice_note();
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("tests/data/whisper/speech.tokens.json")).unwrap()).unwrap();
-    assert_eq!(reference["samples"].as_u64(), Some(audio.samples.len() as u64), "the reference's input is this audio");
+    assert_eq!(reference["samples"].as_u64(), Some(clip.len() as u64), "the reference's input is this audio");
     let started = std::time::Instant::now();
-    let t = model.transcribe_window(&audio.samples).unwrap();
-    eprintln!("{:?} in {:?} for {:.2} s of audio", t.text, started.elapsed(), audio.seconds());
+    let t = model.transcribe_window(&clip).unwrap();
+    eprintln!("{:?} in {:?} for {:.2} s of audio", t.text, started.elapsed(), clip.len() as f64 / 16_000.0);
     let want: Vec<u32> = reference["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     assert_eq!(t.tokens, want);
     assert_eq!(t.text, " Nobody else can read this voice note.");
@@ -39,12 +47,7 @@ fn a_voice_note_is_transcribed_as_ctranslate2_transcribes_it() {
 /// inside each of three windows (with silence around it) is heard in each.
 #[test]
 fn longer_audio_is_transcribed_window_by_window() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model =
-        WhisperModel::<CpuBackend>::load(&root.join("../.cache/models/whisper-tiny-en"), &Default::default()).unwrap();
-    let clip = decode(&std::fs::read(root.join("tests/data/audio/speech.opus")).unwrap(), &AudioLimits::default())
-        .unwrap()
-        .samples;
+    let (model, clip) = model_and_voice_note();
     let mut long = vec![0f32; 65 * 16_000];
     for at in [2, 40, 61] {
         long[at * 16_000..at * 16_000 + clip.len()].copy_from_slice(&clip);
@@ -60,11 +63,7 @@ fn longer_audio_is_transcribed_window_by_window() {
 #[test]
 fn timed_transcripts_follow_whispers_timestamp_rules_as_ctranslate2_does() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model =
-        WhisperModel::<CpuBackend>::load(&root.join("../.cache/models/whisper-tiny-en"), &Default::default()).unwrap();
-    let clip = decode(&std::fs::read(root.join("tests/data/audio/speech.opus")).unwrap(), &AudioLimits::default())
-        .unwrap()
-        .samples;
+    let (model, clip) = model_and_voice_note();
     let mut nine = Vec::new();
     for _ in 0..9 {
         nine.extend_from_slice(&clip);

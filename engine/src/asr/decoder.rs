@@ -71,11 +71,7 @@ impl<B: Backend> WhisperDecoder<B> {
                 return Err(LoadError::Format(format!("{flag}: expected {want}, as Whisper's decoder has")));
             }
         }
-        let heads = model
-            .scalar_int("decoder/num_heads")
-            .filter(|&h| h > 0)
-            .ok_or_else(|| LoadError::Format("decoder/num_heads: expected a positive integer".into()))?
-            as usize;
+        let heads = w.heads("decoder/num_heads")?;
         let embeddings: Tensor<B, 2> = w.tensor("decoder/embeddings/weight")?;
         let width = embeddings.dims()[1];
         if !width.is_multiple_of(heads) {

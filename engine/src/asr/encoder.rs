@@ -46,11 +46,7 @@ impl<B: Backend> WhisperEncoder<B> {
             return Err(LoadError::Format(format!("expected a WhisperSpec model, found {}", model.spec)));
         }
         let w = Weights::<B> { model, device };
-        let heads = model
-            .scalar_int("encoder/num_heads")
-            .filter(|&h| h > 0)
-            .ok_or_else(|| LoadError::Format("encoder/num_heads: expected a positive integer".into()))?
-            as usize;
+        let heads = w.heads("encoder/num_heads")?;
         let conv1 = (w.tensor::<3>("encoder/conv1/weight")?, w.tensor("encoder/conv1/bias")?);
         let [width, mels, _] = conv1.0.dims();
         if mels != N_MELS || !width.is_multiple_of(heads) {

@@ -37,6 +37,15 @@ impl<B: Backend> Weights<'_, B> {
         Ok(Tensor::from_data(TensorData::new(values, shape), self.device))
     }
 
+    /// A positive head count stored as a scalar setting.
+    pub(super) fn heads(&self, name: &str) -> Result<usize, LoadError> {
+        self.model
+            .scalar_int(name)
+            .filter(|&h| h > 0)
+            .map(|h| h as usize)
+            .ok_or_else(|| LoadError::Format(format!("{name}: expected a positive integer")))
+    }
+
     pub(super) fn norm(&self, prefix: &str) -> Result<Norm<B>, LoadError> {
         Ok(Norm { gamma: self.tensor(&format!("{prefix}/gamma"))?, beta: self.tensor(&format!("{prefix}/beta"))? })
     }

@@ -116,11 +116,7 @@ impl<B: Backend> WhisperModel<B> {
 
     /// Transcribes up to 30 s of 16 kHz mono samples.
     pub fn transcribe_window(&self, samples: &[f32]) -> Result<Transcript, TranscribeError> {
-        if samples.len() > WINDOW_SAMPLES {
-            return Err(TranscribeError::TooLong { seconds: samples.len() as f64 / SAMPLE_RATE as f64 });
-        }
-        let mut windows = self.transcribe(samples)?;
-        Ok(windows.swap_remove(0))
+        self.one_window(samples, false)
     }
 
     /// Transcribes 16 kHz mono samples of any length, 30 s at a time: one
@@ -145,13 +141,18 @@ impl<B: Backend> WhisperModel<B> {
     /// (`<|0.00|>` and on, every 20 ms), pairs around each segment's text;
     /// [`WhisperModel::segments`] reads them.
     pub fn transcribe_window_timed(&self, samples: &[f32]) -> Result<Transcript, TranscribeError> {
+        self.one_window(samples, true)
+    }
+
+    /// Up to 30 s of samples, decoded as the first (and only) window.
+    fn one_window(&self, samples: &[f32], timestamps: bool) -> Result<Transcript, TranscribeError> {
         if samples.is_empty() {
             return Err(TranscribeError::Empty);
         }
         if samples.len() > WINDOW_SAMPLES {
             return Err(TranscribeError::TooLong { seconds: samples.len() as f64 / SAMPLE_RATE as f64 });
         }
-        self.decode_window(&self.front.log_mel(samples), 0, true)
+        self.decode_window(&self.front.log_mel(samples), 0, timestamps)
     }
 
     /// The segments of a timed transcript: (start s, end s, text) for each
